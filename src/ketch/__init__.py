@@ -1,0 +1,1 @@
+"""ketch: workflow orchestration for data teams on Kubernetes."""

@@ -1,0 +1,120 @@
+"""Engines and sessions for the metadata database.
+
+One engine per process and URL. SQLite gets WAL mode, ``synchronous=NORMAL`` and a
+busy timeout so the scheduler and the web server (threads or processes) can share
+the file; PostgreSQL gets a connect timeout and pre-ping so a database that went
+away is noticed on the next checkout rather than mid-transaction.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+_engines: dict[str, Engine] = {}
+_lock = threading.Lock()
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The metadata database cannot be reached; the message says which and why."""
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def make_engine(
+    url: str, *, pool_size: int = 5, max_overflow: int = 10, connect_timeout: float = 10
+) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+        )
+        event.listen(engine, "connect", _sqlite_on_connect)
+        return engine
+    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+        # Plain postgresql:// means psycopg 3 here (the driver we ship), not psycopg2.
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return create_engine(
+        parsed,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": int(max(1, connect_timeout))},
+    )
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """The process-wide engine for ``url`` (default: the configured database)."""
+    from ketch.config import get_settings
+
+    settings = get_settings()
+    url = url or settings.database_url
+    with _lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = make_engine(
+                url,
+                pool_size=settings.database.sql_alchemy_pool_size,
+                max_overflow=settings.database.sql_alchemy_max_overflow,
+                connect_timeout=settings.database.connect_timeout,
+            )
+            _engines[url] = engine
+        return engine
+
+
+def dispose_engines() -> None:
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
+def session_factory(engine: Engine | None = None) -> sessionmaker[Session]:
+    return sessionmaker(bind=engine or get_engine(), expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(engine: Engine | None = None) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error."""
+    session = session_factory(engine)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def check_connection(engine: Engine) -> None:
+    """Raise DatabaseUnavailable with a readable reason if the database cannot be reached."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except OperationalError as exc:
+        safe_url = engine.url.render_as_string(hide_password=True)
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise DatabaseUnavailable(
+            f"cannot reach the metadata database {safe_url}: {reason}"
+        ) from exc

@@ -1,0 +1,238 @@
+"""The metadata database: SQLAlchemy 2 models, the same on SQLite and PostgreSQL.
+
+The database is the source of truth. Table and column names follow Airflow's
+where the concept is the same, so a reader who knows Airflow's schema finds
+their way. Every datetime is stored timezone-aware in UTC.
+
+Change a model only together with a new Alembic revision in ``db/migrations``
+(``tests/unit/test_migrations.py`` fails when they disagree).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware datetime that reads back aware on SQLite too.
+
+    SQLite has no timezone type; SQLAlchemy would hand back naive values. We store
+    UTC and re-attach UTC on read so code never mixes naive and aware datetimes.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(
+                f"naive datetime {value!r} given to the database; use UTC-aware values"
+            )
+        from datetime import UTC
+
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        from datetime import UTC
+
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UtcDateTime, dict[str, Any]: JSON}
+
+
+class DagModel(Base):
+    """A DAG known to ketch, with its latest serialized form and its schedule bookkeeping."""
+
+    __tablename__ = "dag"
+
+    dag_id: Mapped[str] = mapped_column(String(250), primary_key=True)
+    fileloc: Mapped[str] = mapped_column(Text)
+    relative_fileloc: Mapped[str] = mapped_column(Text)
+    is_paused: Mapped[bool] = mapped_column(Boolean, default=True)
+    # False once the DAG disappeared from the folder (kept for its history).
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    serialized: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # sha256 of the serialized JSON: the processor skips writes when nothing changed.
+    serialized_hash: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str | None] = mapped_column(Text, default=None)
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    schedule_summary: Mapped[str | None] = mapped_column(String(250), default=None)
+    last_parsed_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The next scheduled run the scheduler will create (Airflow's next_dagrun* columns).
+    next_dagrun: Mapped[datetime | None] = mapped_column(default=None)
+    next_dagrun_data_interval_start: Mapped[datetime | None] = mapped_column(default=None)
+    next_dagrun_data_interval_end: Mapped[datetime | None] = mapped_column(default=None)
+    next_dagrun_create_after: Mapped[datetime | None] = mapped_column(default=None, index=True)
+
+
+class DagRun(Base):
+    __tablename__ = "dag_run"
+    __table_args__ = (
+        UniqueConstraint("dag_id", "run_id"),
+        Index("ix_dag_run_state_dag_id", "state", "dag_id"),
+        Index("ix_dag_run_dag_id_logical_date", "dag_id", "logical_date"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dag_id: Mapped[str] = mapped_column(String(250), ForeignKey("dag.dag_id", ondelete="CASCADE"))
+    run_id: Mapped[str] = mapped_column(String(250))
+    run_type: Mapped[str] = mapped_column(String(20))  # DagRunType
+    state: Mapped[str] = mapped_column(String(20))  # DagRunState
+    logical_date: Mapped[datetime | None] = mapped_column(default=None)
+    data_interval_start: Mapped[datetime | None] = mapped_column(default=None)
+    data_interval_end: Mapped[datetime | None] = mapped_column(default=None)
+    run_after: Mapped[datetime]
+    queued_at: Mapped[datetime | None] = mapped_column(default=None)
+    start_date: Mapped[datetime | None] = mapped_column(default=None)
+    end_date: Mapped[datetime | None] = mapped_column(default=None)
+    conf: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # conf merged over the DAG's param defaults and validated: what tasks see as params.
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The serialized DAG this run was created from (hash into dag_version), so a file
+    # edited mid-run does not change the shape of a running run.
+    dag_hash: Mapped[str] = mapped_column(String(64))
+    # Set by user actions (clear, mark state) so the scheduler re-evaluates the whole run
+    # once; the normal path is event-driven and never scans a run.
+    needs_evaluation: Mapped[bool] = mapped_column(Boolean, default=True, index=True)
+    note: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class DagVersion(Base):
+    """Every serialized form a run was created from, by hash (Airflow 3's dag_version)."""
+
+    __tablename__ = "dag_version"
+
+    dag_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    dag_id: Mapped[str] = mapped_column(String(250), index=True)
+    serialized: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+
+
+class TaskInstance(Base):
+    __tablename__ = "task_instance"
+    __table_args__ = (
+        UniqueConstraint("dag_run_id", "task_id"),
+        Index("ix_task_instance_state_dag_id", "state", "dag_id"),
+        Index("ix_task_instance_dag_run_id_state", "dag_run_id", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dag_run_id: Mapped[int] = mapped_column(ForeignKey("dag_run.id", ondelete="CASCADE"))
+    dag_id: Mapped[str] = mapped_column(String(250))
+    run_id: Mapped[str] = mapped_column(String(250))
+    task_id: Mapped[str] = mapped_column(String(250))
+    state: Mapped[str | None] = mapped_column(String(20), default=None)  # TaskInstanceState
+    # The number of the current (or last) try; 0 before the first. Incremented when queued.
+    try_number: Mapped[int] = mapped_column(Integer, default=0)
+    # Highest try_number allowed before failing for good (Airflow's max_tries: retries,
+    # raised by a clear so the task gets its retries again).
+    max_tries: Mapped[int] = mapped_column(Integer, default=0)
+    priority_weight: Mapped[int] = mapped_column(Integer, default=1)
+    pool: Mapped[str] = mapped_column(String(256), default="default_pool")
+    pool_slots: Mapped[int] = mapped_column(Integer, default=1)
+    queued_at: Mapped[datetime | None] = mapped_column(default=None)
+    start_date: Mapped[datetime | None] = mapped_column(default=None)
+    end_date: Mapped[datetime | None] = mapped_column(default=None)
+    duration: Mapped[float | None] = mapped_column(Float, default=None)
+    next_retry_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    hostname: Mapped[str | None] = mapped_column(String(1000), default=None)
+    pid: Mapped[int | None] = mapped_column(Integer, default=None)
+    executor: Mapped[str | None] = mapped_column(String(50), default=None)
+    # What the executor needs to find the try again after a restart: "pid:create_time"
+    # for the local executor, the pod name for Kubernetes.
+    external_executor_id: Mapped[str | None] = mapped_column(String(250), default=None)
+    # Why the last try failed, in one line (exit code, timeout, OOMKilled, exception...).
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class TaskInstanceTry(Base):
+    """One row per try of a task instance: the history behind try_number."""
+
+    __tablename__ = "task_instance_try"
+    __table_args__ = (UniqueConstraint("task_instance_id", "try_number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task_instance_id: Mapped[int] = mapped_column(
+        ForeignKey("task_instance.id", ondelete="CASCADE")
+    )
+    try_number: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str | None] = mapped_column(String(20), default=None)
+    queued_at: Mapped[datetime | None] = mapped_column(default=None)
+    start_date: Mapped[datetime | None] = mapped_column(default=None)
+    end_date: Mapped[datetime | None] = mapped_column(default=None)
+    hostname: Mapped[str | None] = mapped_column(String(1000), default=None)
+    pid: Mapped[int | None] = mapped_column(Integer, default=None)
+    external_executor_id: Mapped[str | None] = mapped_column(String(250), default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class XCom(Base):
+    """A value a task returned (key ``return_value``) or a branch's choice (``__branch__``)."""
+
+    __tablename__ = "xcom"
+    __table_args__ = (UniqueConstraint("dag_run_id", "task_id", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dag_run_id: Mapped[int] = mapped_column(ForeignKey("dag_run.id", ondelete="CASCADE"))
+    task_id: Mapped[str] = mapped_column(String(250))
+    key: Mapped[str] = mapped_column(String(512))
+    value: Mapped[Any] = mapped_column(JSON)
+    timestamp: Mapped[datetime]
+
+
+class ImportError_(Base):
+    """A DAG file that failed to parse, with its traceback (Airflow's import_error)."""
+
+    __tablename__ = "import_error"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    filename: Mapped[str] = mapped_column(Text, unique=True)
+    stacktrace: Mapped[str] = mapped_column(Text)
+    timestamp: Mapped[datetime]
+
+
+class Pool(Base):
+    __tablename__ = "slot_pool"
+
+    pool: Mapped[str] = mapped_column(String(256), primary_key=True)
+    slots: Mapped[int] = mapped_column(Integer)
+    description: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+DEFAULT_POOL_NAME = "default_pool"
+DEFAULT_POOL_SLOTS = 128

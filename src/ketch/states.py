@@ -1,0 +1,74 @@
+"""The states of DAG runs and task instances, named and valued as in Airflow 3.
+
+Kept free of heavy imports: the task-try process imports this module too.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class DagRunState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+
+
+class TaskInstanceState(StrEnum):
+    """A task instance's state. ``None`` (no state yet) is stored as SQL NULL."""
+
+    SCHEDULED = "scheduled"  # upstreams resolved; waiting for a free slot
+    QUEUED = "queued"  # handed to the executor; the try has not started yet
+    RUNNING = "running"  # the try called the execution API's start
+    SUCCESS = "success"
+    FAILED = "failed"
+    UP_FOR_RETRY = "up_for_retry"  # failed; a new try is due at next_retry_at
+    UPSTREAM_FAILED = "upstream_failed"
+    SKIPPED = "skipped"
+    REMOVED = "removed"  # the task no longer exists in the DAG
+
+
+class TriggerRule(StrEnum):
+    ALL_SUCCESS = "all_success"
+    ALL_FAILED = "all_failed"
+    ALL_DONE = "all_done"
+    ONE_SUCCESS = "one_success"
+    ONE_FAILED = "one_failed"
+    NONE_FAILED = "none_failed"
+    NONE_SKIPPED = "none_skipped"
+    NONE_FAILED_MIN_ONE_SUCCESS = "none_failed_min_one_success"
+    ALWAYS = "always"
+
+
+class DagRunType(StrEnum):
+    SCHEDULED = "scheduled"
+    MANUAL = "manual"
+
+
+FINISHED_TI_STATES: frozenset[TaskInstanceState] = frozenset(
+    {
+        TaskInstanceState.SUCCESS,
+        TaskInstanceState.FAILED,
+        TaskInstanceState.UPSTREAM_FAILED,
+        TaskInstanceState.SKIPPED,
+        TaskInstanceState.REMOVED,
+    }
+)
+"""States a task instance stays in unless a user clears it."""
+
+UNFINISHED_TI_STATES: frozenset[TaskInstanceState | None] = frozenset(
+    {
+        None,
+        TaskInstanceState.SCHEDULED,
+        TaskInstanceState.QUEUED,
+        TaskInstanceState.RUNNING,
+        TaskInstanceState.UP_FOR_RETRY,
+    }
+)
+
+FAILED_TI_STATES: frozenset[TaskInstanceState] = frozenset(
+    {TaskInstanceState.FAILED, TaskInstanceState.UPSTREAM_FAILED}
+)
+
+ACTIVE_RUN_STATES: frozenset[DagRunState] = frozenset({DagRunState.QUEUED, DagRunState.RUNNING})
