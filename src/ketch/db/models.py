@@ -97,6 +97,9 @@ class DagModel(Base):
     next_dagrun_data_interval_start: Mapped[datetime | None] = mapped_column(default=None)
     next_dagrun_data_interval_end: Mapped[datetime | None] = mapped_column(default=None)
     next_dagrun_create_after: Mapped[datetime | None] = mapped_column(default=None, index=True)
+    # Set by the DAG processor (new or changed DAG) and by unpause: the scheduler then
+    # recomputes the next_dagrun* columns from the timetable and clears it.
+    needs_next_dagrun: Mapped[bool] = mapped_column(Boolean, default=True, index=True)
 
 
 class DagRun(Base):

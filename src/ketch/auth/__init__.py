@@ -1,0 +1,1 @@
+"""Authentication: per-try tokens (and, later, OIDC sign-in)."""

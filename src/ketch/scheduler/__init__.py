@@ -1,0 +1,1 @@
+"""The scheduler: run creation, the scheduling loop and the task state machine."""

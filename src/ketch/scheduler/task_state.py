@@ -1,0 +1,70 @@
+"""The transitions of a task instance that more than one writer makes.
+
+The execution API records a try's own outcome; the scheduler records the end of
+a try that could not report (crash, timeout, zombie, vanished pod). Both go
+through :func:`record_try_outcome` so the rules (retry or fail, the try history
+row, durations) live in one place.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ketch.db.models import DagRun, TaskInstance, TaskInstanceTry
+from ketch.scheduler.retries import retry_delay_seconds
+from ketch.serialization import SerializedTask
+from ketch.states import TaskInstanceState
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def record_try_outcome(
+    session: Session,
+    ti: TaskInstance,
+    task: SerializedTask,
+    *,
+    state: TaskInstanceState,
+    error: str | None = None,
+    allow_retry: bool = True,
+    now: datetime | None = None,
+) -> TaskInstanceState:
+    """Record how the TI's current try ended and return the state the TI is now in.
+
+    ``state`` is SUCCESS, SKIPPED or FAILED. A FAILED try becomes UP_FOR_RETRY
+    while ``try_number <= max_tries`` and ``allow_retry`` (FailTask forbids it).
+    The caller commits.
+    """
+    now = now or utcnow()
+    final = state
+    ti.next_retry_at = None
+    if state == TaskInstanceState.FAILED and allow_retry and ti.try_number <= ti.max_tries:
+        final = TaskInstanceState.UP_FOR_RETRY
+        run = session.get(DagRun, ti.dag_run_id)
+        delay = retry_delay_seconds(
+            task,
+            dag_id=ti.dag_id,
+            logical_date=run.logical_date if run else None,
+            try_number=ti.try_number,
+        )
+        ti.next_retry_at = now + timedelta(seconds=delay)
+    ti.state = final.value
+    ti.end_date = now
+    ti.duration = (now - ti.start_date).total_seconds() if ti.start_date else None
+    if error is not None or state != TaskInstanceState.FAILED:
+        ti.error = error
+    try_row = session.scalars(
+        select(TaskInstanceTry).where(
+            TaskInstanceTry.task_instance_id == ti.id,
+            TaskInstanceTry.try_number == ti.try_number,
+        )
+    ).first()
+    if try_row is not None:
+        try_row.state = state.value
+        try_row.end_date = now
+        try_row.error = error
+    return final

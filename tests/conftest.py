@@ -1,0 +1,84 @@
+"""Fixtures shared by every test: an isolated KETCH_HOME, and databases on both backends.
+
+``db_url`` is parametrised over SQLite and PostgreSQL: a test that takes it runs
+on both, against a real PostgreSQL server this suite starts itself.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from ketch.config import get_settings
+from tests.support.postgres import PostgresServer, start_postgres
+
+_db_counter = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def ketch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Every test gets its own KETCH_HOME and no inherited KETCH__ settings."""
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("KETCH__") or key in ("KETCH_CONFIG",):
+            monkeypatch.delenv(key)
+    home = tmp_path / "ketch_home"
+    home.mkdir()
+    monkeypatch.setenv("KETCH_HOME", str(home))
+    get_settings.cache_clear()
+    yield home
+    get_settings.cache_clear()
+    from ketch.db.engine import dispose_engines
+
+    dispose_engines()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(
+    request: pytest.FixtureRequest, ketch_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """A fresh, empty database URL on each backend, also set as the configured database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{ketch_home / 'ketch.db'}"
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        url = server.create_database(f"ketch_test_{next(_db_counter)}")
+    monkeypatch.setenv("KETCH__DATABASE__SQL_ALCHEMY_CONN", url)
+    get_settings.cache_clear()
+    return url
+
+
+@pytest.fixture
+def engine(db_url: str) -> Engine:
+    """A migrated engine on each backend."""
+    from ketch.db.engine import get_engine
+    from ketch.db.migrate import migrate
+
+    eng = get_engine(db_url)
+    migrate(eng)
+    return eng
+
+
+@pytest.fixture
+def sqlite_engine(ketch_home: Path) -> Engine:
+    """A migrated SQLite engine only, for fast unit tests that need some database."""
+    from ketch.db.engine import get_engine
+    from ketch.db.migrate import migrate
+
+    eng = get_engine(f"sqlite:///{ketch_home / 'ketch.db'}")
+    migrate(eng)
+    return eng
