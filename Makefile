@@ -1,0 +1,39 @@
+# Two commands set up a fresh machine (see README.md):
+#   make standalone   runs ketch standalone: example DAGs, SQLite, local executor
+#   make test         installs what the tests need and runs lint, type checks and the whole suite
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: standalone test install system-deps lint typecheck unit bench docs
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+standalone: install
+	$(VENV)/bin/ketch standalone
+
+system-deps:
+	./scripts/install-system-deps
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+docs: install
+	$(PY) -m ketch.config_docs > docs/configuration.md
+
+test: system-deps install lint typecheck
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(PY) -m benchmarks.run
