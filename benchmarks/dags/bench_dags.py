@@ -1,0 +1,44 @@
+"""DAGs for the benchmarks: no-op tasks, so the figures measure ketch, not the work."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+
+from ketch import dag, task
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+SCALE_TASKS = int(os.environ.get("KETCH_BENCH_SCALE_TASKS", "10000"))
+
+
+@task
+def noop() -> None:
+    return None
+
+
+@dag(schedule=None, start_date=START, is_paused_upon_creation=False)
+def chain_20() -> None:
+    previous = None
+    for i in range(20):
+        current = noop.override(task_id=f"t{i:02d}")()
+        if previous is not None:
+            previous >> current
+        previous = current
+
+
+@dag(schedule=None, start_date=START, is_paused_upon_creation=False, max_active_tasks=64)
+def fanout_200() -> None:
+    join = noop.override(task_id="join")()
+    for i in range(200):
+        noop.override(task_id=f"t{i:03d}")() >> join
+
+
+@dag(schedule=None, start_date=START, is_paused_upon_creation=False, max_active_tasks=64)
+def scale_10k() -> None:
+    for i in range(SCALE_TASKS):
+        noop.override(task_id=f"t{i:05d}")()
+
+
+chain_20()
+fanout_200()
+scale_10k()
