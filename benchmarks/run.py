@@ -17,6 +17,7 @@ These are measurements, never assertions: the tests do not time anything.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 import shutil
@@ -25,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -86,10 +87,8 @@ def tree_pss_mb(pid: int) -> float:
     root = psutil.Process(pid)
     total = 0
     for proc in [root, *root.children(recursive=True)]:
-        try:
+        with suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             total += proc.memory_full_info().pss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
     return total / 2**20
 
 
@@ -151,7 +150,7 @@ def bench_chain_20(bench: Bench) -> dict[str, float]:
     ordered = [tis[f"t{i:02d}"] for i in range(20)]
     gaps = [
         (_ts(b["start_date"]) - _ts(a["end_date"])).total_seconds()
-        for a, b in zip(ordered, ordered[1:], strict=False)
+        for a, b in itertools.pairwise(ordered)
     ]
     durations = [ti["duration"] for ti in ordered if ti.get("duration") is not None]
     process_ms = try_process_durations_ms(env, "chain_20", run["dag_run_id"])
