@@ -1,0 +1,60 @@
+"""The web application: REST API v1, the execution API for task tries, OpenAPI.
+
+``create_app(settings)`` builds a FastAPI app bound to those settings: the shared
+dependencies ``get_session`` and ``settings_dep`` are pointed at them, so an app
+built for a test database or a second configuration never falls back to the
+process-wide defaults. It does not migrate the database: the commands that start
+servers (``ketch web``, ``ketch scheduler``, ``ketch standalone``) do that first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from fastapi import FastAPI
+from sqlalchemy.orm import Session
+
+from ketch.api import deps
+from ketch.config import Settings
+
+
+def create_app(settings: Settings) -> FastAPI:
+    from ketch.api.execution import router as execution_router
+    from ketch.api.rest import build_router
+    from ketch.api.rest.errors import install_error_handlers
+    from ketch.db.engine import get_engine, session_factory
+
+    app = FastAPI(
+        title="ketch",
+        summary="REST API of ketch, a workflow orchestrator (Airflow-style DAGs).",
+        version=_version(),
+        openapi_url="/openapi.json",
+    )
+    app.state.settings = settings
+    make_session = session_factory(get_engine(settings.database_url))
+
+    def get_session() -> Iterator[Session]:
+        session = make_session()
+        try:
+            yield session
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    app.dependency_overrides[deps.get_session] = get_session
+    app.dependency_overrides[deps.settings_dep] = lambda: settings
+    install_error_handlers(app)
+    app.include_router(build_router())
+    app.include_router(execution_router)
+    return app
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ketch")
+    except PackageNotFoundError:
+        return "0.0.0"

@@ -1,0 +1,20 @@
+"""The REST API v1 (``/api/v1``): one router module per resource.
+
+Endpoints are thin: they parse the request, call :mod:`ketch.operations` (the
+same functions the CLI calls), commit, and map rows to :mod:`ketch.api.schemas`.
+Errors from operations become HTTP errors in :mod:`ketch.api.rest.errors`.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from ketch.api.rest import dag_runs, dags, health, import_errors, logs, task_instances
+
+
+def build_router() -> APIRouter:
+    """All REST routers under ``/api/v1``."""
+    router = APIRouter(prefix="/api/v1")
+    for module in (health, dags, dag_runs, task_instances, logs, import_errors):
+        router.include_router(module.router)
+    return router

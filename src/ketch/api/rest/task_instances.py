@@ -1,0 +1,82 @@
+"""Task instances of a run: list, get (with its tries), mark state, clear."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from ketch import operations
+from ketch.api.rest.common import SessionDep
+from ketch.api.schemas import (
+    ClearTaskInstancesBody,
+    PatchTaskInstanceBody,
+    TaskInstanceCollectionResponse,
+    TaskInstanceResponse,
+)
+
+router = APIRouter(prefix="/dags/{dag_id}", tags=["TaskInstance"])
+
+
+def _collection(tis: list) -> TaskInstanceCollectionResponse:
+    return TaskInstanceCollectionResponse(
+        task_instances=[TaskInstanceResponse.from_model(ti) for ti in tis],
+        total_entries=len(tis),
+    )
+
+
+@router.get("/dagRuns/{dag_run_id}/taskInstances")
+def list_task_instances(
+    dag_id: str, dag_run_id: str, session: SessionDep
+) -> TaskInstanceCollectionResponse:
+    return _collection(operations.list_task_instances(session, dag_id, dag_run_id))
+
+
+@router.get("/dagRuns/{dag_run_id}/taskInstances/{task_id}")
+def get_task_instance(
+    dag_id: str, dag_run_id: str, task_id: str, session: SessionDep
+) -> TaskInstanceResponse:
+    ti = operations.get_task_instance(session, dag_id, dag_run_id, task_id)
+    return TaskInstanceResponse.from_model(ti, operations.list_task_instance_tries(session, ti))
+
+
+@router.patch("/dagRuns/{dag_run_id}/taskInstances/{task_id}")
+def patch_task_instance(
+    dag_id: str,
+    dag_run_id: str,
+    task_id: str,
+    body: PatchTaskInstanceBody,
+    session: SessionDep,
+) -> TaskInstanceCollectionResponse:
+    """Set the state; returns the task instances whose state changed (as Airflow 3)."""
+    operations.get_task_instance(session, dag_id, dag_run_id, task_id)
+    altered = operations.set_task_instance_state(
+        session,
+        dag_id,
+        dag_run_id,
+        task_id,
+        body.new_state,
+        include_downstream=body.include_downstream,
+        include_upstream=body.include_upstream,
+    )
+    session.commit()
+    return _collection(altered)
+
+
+@router.post("/clearTaskInstances")
+def clear_task_instances(
+    dag_id: str, body: ClearTaskInstancesBody, session: SessionDep
+) -> TaskInstanceCollectionResponse:
+    """Clear (rerun) task instances of one run; ``dry_run`` only lists them."""
+    tis = operations.clear_task_instances(
+        session,
+        dag_id,
+        body.dag_run_id,
+        body.task_ids,
+        include_downstream=body.include_downstream,
+        include_upstream=body.include_upstream,
+        only_failed=body.only_failed,
+        dry_run=body.dry_run,
+    )
+    response = _collection(tis)
+    if not body.dry_run:
+        session.commit()
+    return response

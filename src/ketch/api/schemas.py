@@ -1,0 +1,340 @@
+"""Request bodies and responses of the REST API (``/api/v1``), as pydantic models.
+
+Field names follow Airflow's public REST API (``dag_run_id``, ``total_entries``,
+``queued_when``...) so scripts written against Airflow need few changes. Response
+models are built from ORM rows with the ``from_*`` constructors; keeping that
+mapping here keeps the routers thin.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from ketch.db.models import DagModel, DagRun, ImportError_, TaskInstance, TaskInstanceTry
+from ketch.serialization import SerializedDag, SerializedSchedule, SerializedTask
+
+
+class StrictBody(BaseModel):
+    """A request body: unknown fields are an error (422) rather than silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- health ---------------------------------------------------------------------------
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "unhealthy"]
+    database: str
+
+
+# --- DAGs ------------------------------------------------------------------------------
+
+
+class DagResponse(BaseModel):
+    dag_id: str
+    description: str | None
+    tags: list[str]
+    is_paused: bool
+    is_active: bool
+    fileloc: str
+    relative_fileloc: str
+    timetable_summary: str | None
+    last_parsed_time: datetime | None
+    next_dagrun_logical_date: datetime | None
+    next_dagrun_data_interval_start: datetime | None
+    next_dagrun_data_interval_end: datetime | None
+    next_dagrun_run_after: datetime | None
+    last_run_id: str | None = None
+    last_run_state: str | None = None
+    last_run_after: datetime | None = None
+
+    @classmethod
+    def from_model(cls, dag: DagModel, last_run: DagRun | None = None) -> DagResponse:
+        return cls(
+            dag_id=dag.dag_id,
+            description=dag.description,
+            tags=list(dag.tags or []),
+            is_paused=dag.is_paused,
+            is_active=dag.is_active,
+            fileloc=dag.fileloc,
+            relative_fileloc=dag.relative_fileloc,
+            timetable_summary=dag.schedule_summary,
+            last_parsed_time=dag.last_parsed_at,
+            next_dagrun_logical_date=dag.next_dagrun,
+            next_dagrun_data_interval_start=dag.next_dagrun_data_interval_start,
+            next_dagrun_data_interval_end=dag.next_dagrun_data_interval_end,
+            next_dagrun_run_after=dag.next_dagrun_create_after,
+            last_run_id=last_run.run_id if last_run else None,
+            last_run_state=last_run.state if last_run else None,
+            last_run_after=last_run.run_after if last_run else None,
+        )
+
+
+class DagCollectionResponse(BaseModel):
+    dags: list[DagResponse]
+    total_entries: int
+
+
+class ParamResponse(BaseModel):
+    value: Any = None
+    has_default: bool
+    schema_: dict[str, Any] = Field(serialization_alias="schema")
+    description: str | None = None
+
+
+class TaskResponse(BaseModel):
+    task_id: str
+    kind: str
+    upstream_task_ids: list[str]
+    downstream_task_ids: list[str]
+    trigger_rule: str
+    retries: int
+    retry_delay: float
+    retry_exponential_backoff: float
+    max_retry_delay: float | None
+    execution_timeout: float | None
+    priority_weight: int
+    pool: str
+    pool_slots: int
+    doc_md: str | None
+
+    @classmethod
+    def from_serialized(cls, task: SerializedTask) -> TaskResponse:
+        return cls.model_validate(task.model_dump(mode="json"))
+
+
+class TaskCollectionResponse(BaseModel):
+    tasks: list[TaskResponse]
+    total_entries: int
+
+
+class DagDetailsResponse(DagResponse):
+    schedule: SerializedSchedule
+    start_date: datetime | None
+    end_date: datetime | None
+    catchup: bool
+    max_active_runs: int
+    max_active_tasks: int
+    dagrun_timeout: float | None
+    doc_md: str | None
+    params: dict[str, ParamResponse]
+    tasks: list[TaskResponse]
+
+    @classmethod
+    def from_serialized(
+        cls, dag: DagModel, serialized: SerializedDag, last_run: DagRun | None
+    ) -> DagDetailsResponse:
+        base = DagResponse.from_model(dag, last_run).model_dump()
+        params = {
+            name: ParamResponse(
+                value=p.default,
+                has_default=p.has_default,
+                schema_=p.schema_,
+                description=p.description,
+            )
+            for name, p in serialized.params.items()
+        }
+        return cls(
+            **base,
+            schedule=serialized.schedule,
+            start_date=serialized.start_date,
+            end_date=serialized.end_date,
+            catchup=serialized.catchup,
+            max_active_runs=serialized.max_active_runs,
+            max_active_tasks=serialized.max_active_tasks,
+            dagrun_timeout=serialized.dagrun_timeout,
+            doc_md=serialized.doc_md,
+            params=params,
+            tasks=[TaskResponse.from_serialized(t) for t in serialized.tasks.values()],
+        )
+
+
+class DagPatchBody(StrictBody):
+    is_paused: bool
+
+
+# --- DAG runs --------------------------------------------------------------------------
+
+
+class DagRunResponse(BaseModel):
+    dag_run_id: str
+    dag_id: str
+    run_type: str
+    state: str
+    logical_date: datetime | None
+    data_interval_start: datetime | None
+    data_interval_end: datetime | None
+    run_after: datetime
+    queued_at: datetime | None
+    start_date: datetime | None
+    end_date: datetime | None
+    duration: float | None
+    conf: dict[str, Any]
+    params: dict[str, Any]
+    note: str | None
+
+    @classmethod
+    def from_model(cls, run: DagRun) -> DagRunResponse:
+        duration = None
+        if run.start_date and run.end_date:
+            duration = (run.end_date - run.start_date).total_seconds()
+        return cls(
+            dag_run_id=run.run_id,
+            dag_id=run.dag_id,
+            run_type=run.run_type,
+            state=run.state,
+            logical_date=run.logical_date,
+            data_interval_start=run.data_interval_start,
+            data_interval_end=run.data_interval_end,
+            run_after=run.run_after,
+            queued_at=run.queued_at,
+            start_date=run.start_date,
+            end_date=run.end_date,
+            duration=duration,
+            conf=run.conf or {},
+            params=run.params or {},
+            note=run.note,
+        )
+
+
+class DagRunCollectionResponse(BaseModel):
+    dag_runs: list[DagRunResponse]
+    total_entries: int
+
+
+class TriggerDagRunBody(StrictBody):
+    """Airflow 3's trigger body: no logical_date means a run without one."""
+
+    conf: dict[str, Any] = Field(default_factory=dict)
+    logical_date: AwareDatetime | None = None
+    dag_run_id: str | None = Field(default=None, min_length=1, max_length=250)
+
+
+class DagRunPatchBody(StrictBody):
+    state: Literal["success", "failed", "queued"]
+
+
+# --- task instances ---------------------------------------------------------------------
+
+
+class TaskInstanceTryResponse(BaseModel):
+    try_number: int
+    state: str | None
+    queued_when: datetime | None
+    start_date: datetime | None
+    end_date: datetime | None
+    hostname: str | None
+    pid: int | None
+    error: str | None
+
+    @classmethod
+    def from_model(cls, row: TaskInstanceTry) -> TaskInstanceTryResponse:
+        return cls(
+            try_number=row.try_number,
+            state=row.state,
+            queued_when=row.queued_at,
+            start_date=row.start_date,
+            end_date=row.end_date,
+            hostname=row.hostname,
+            pid=row.pid,
+            error=row.error,
+        )
+
+
+class TaskInstanceResponse(BaseModel):
+    task_id: str
+    dag_id: str
+    dag_run_id: str
+    state: str | None
+    try_number: int
+    max_tries: int
+    queued_when: datetime | None
+    start_date: datetime | None
+    end_date: datetime | None
+    duration: float | None
+    next_retry_at: datetime | None
+    hostname: str | None
+    pid: int | None
+    executor: str | None
+    priority_weight: int
+    pool: str
+    pool_slots: int
+    error: str | None
+    tries: list[TaskInstanceTryResponse] | None = None
+
+    @classmethod
+    def from_model(
+        cls, ti: TaskInstance, tries: list[TaskInstanceTry] | None = None
+    ) -> TaskInstanceResponse:
+        return cls(
+            task_id=ti.task_id,
+            dag_id=ti.dag_id,
+            dag_run_id=ti.run_id,
+            state=ti.state,
+            try_number=ti.try_number,
+            max_tries=ti.max_tries,
+            queued_when=ti.queued_at,
+            start_date=ti.start_date,
+            end_date=ti.end_date,
+            duration=ti.duration,
+            next_retry_at=ti.next_retry_at,
+            hostname=ti.hostname,
+            pid=ti.pid,
+            executor=ti.executor,
+            priority_weight=ti.priority_weight,
+            pool=ti.pool,
+            pool_slots=ti.pool_slots,
+            error=ti.error,
+            tries=None if tries is None else [TaskInstanceTryResponse.from_model(t) for t in tries],
+        )
+
+
+class TaskInstanceCollectionResponse(BaseModel):
+    task_instances: list[TaskInstanceResponse]
+    total_entries: int
+
+
+class PatchTaskInstanceBody(StrictBody):
+    new_state: Literal["success", "failed", "skipped"]
+    include_downstream: bool = False
+    include_upstream: bool = False
+
+
+class ClearTaskInstancesBody(StrictBody):
+    """Airflow's clear body for one run; like Airflow, ``dry_run`` and ``only_failed``
+    default to true so a bare request previews rather than reruns everything."""
+
+    dag_run_id: str
+    task_ids: list[str] | None = Field(default=None, min_length=1)
+    include_downstream: bool = False
+    include_upstream: bool = False
+    only_failed: bool = True
+    dry_run: bool = True
+
+
+# --- import errors ----------------------------------------------------------------------
+
+
+class ImportErrorResponse(BaseModel):
+    import_error_id: int
+    filename: str
+    stack_trace: str
+    timestamp: datetime
+
+    @classmethod
+    def from_model(cls, row: ImportError_) -> ImportErrorResponse:
+        return cls(
+            import_error_id=row.id,
+            filename=row.filename,
+            stack_trace=row.stacktrace,
+            timestamp=row.timestamp,
+        )
+
+
+class ImportErrorCollectionResponse(BaseModel):
+    import_errors: list[ImportErrorResponse]
+    total_entries: int
