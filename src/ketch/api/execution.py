@@ -1,0 +1,325 @@
+"""The execution API: the only door a running task try has into ketch.
+
+A try carries a token naming exactly one try; every call here is about that try
+(the paths carry no ids). The API records only the try's own life: it started,
+it is alive, it ended with this outcome and return value. Scheduling decisions
+stay with the scheduler. State changes are conditional UPDATEs or row-locked
+reads, so a duplicate process (a relaunched try, a retried request) can never
+run the task twice or overwrite a newer try's outcome.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from ketch.api.deps import get_session, settings_dep
+from ketch.auth.try_tokens import InvalidTryToken, TryClaims, verify_try_token
+from ketch.config import Settings
+from ketch.db.models import DagRun, DagVersion, TaskInstance, TaskInstanceTry, XCom
+from ketch.scheduler.task_state import record_try_outcome, utcnow
+from ketch.serialization import SerializedDag, SerializedTask
+from ketch.states import TaskInstanceState
+
+router = APIRouter(prefix="/execution", tags=["execution"])
+
+RETURN_VALUE_KEY = "return_value"
+BRANCH_KEY = "__branch__"
+
+_bearer = HTTPBearer(auto_error=False)
+SessionDep = Annotated[Session, Depends(get_session)]
+SettingsDep = Annotated[Settings, Depends(settings_dep)]
+
+
+def try_claims(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> TryClaims:
+    """The verified claims of the bearer token; 401 for anything else."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+    try:
+        return verify_try_token(settings, credentials.credentials)
+    except InvalidTryToken as exc:
+        raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from exc
+
+
+ClaimsDep = Annotated[TryClaims, Depends(try_claims)]
+
+
+class StartBody(BaseModel):
+    pid: int
+    hostname: str
+
+
+class FinishBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    state: Literal["success", "failed", "skipped"]
+    error: str | None = None
+    return_value: Any = None
+    has_return_value: bool = False
+    follow_task_ids: list[str] | None = None
+    retry: bool = True
+
+
+def _conflict(ti: TaskInstance | None, claims: TryClaims, what: str) -> HTTPException:
+    """409 saying what the TI is now, so the try can log why it stops."""
+    if ti is None:
+        return HTTPException(409, f"{what}: task instance {claims.ti_id} no longer exists")
+    return HTTPException(
+        409,
+        f"{what}: task instance is {ti.state or 'none'} with try_number {ti.try_number}, "
+        f"this is try {claims.try_number}",
+    )
+
+
+def _load_ti(session: Session, claims: TryClaims, *, lock: bool = False) -> TaskInstance | None:
+    """The claimed TI, or None when it is gone or the claims do not name it."""
+    stmt = select(TaskInstance).where(TaskInstance.id == claims.ti_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    ti = session.scalars(stmt).first()
+    if ti is None or (ti.dag_id, ti.run_id, ti.task_id) != (
+        claims.dag_id,
+        claims.run_id,
+        claims.task_id,
+    ):
+        return None
+    return ti
+
+
+def _try_row(session: Session, ti: TaskInstance) -> TaskInstanceTry | None:
+    return session.scalars(
+        select(TaskInstanceTry).where(
+            TaskInstanceTry.task_instance_id == ti.id,
+            TaskInstanceTry.try_number == ti.try_number,
+        )
+    ).first()
+
+
+def _serialized_dag(session: Session, run: DagRun) -> SerializedDag:
+    version = session.get(DagVersion, run.dag_hash)
+    if version is None:
+        raise HTTPException(500, f"DAG version {run.dag_hash} of run {run.run_id} is missing")
+    return SerializedDag.model_validate(version.serialized)
+
+
+def _serialized_task(session: Session, run: DagRun, task_id: str) -> SerializedTask:
+    dag = _serialized_dag(session, run)
+    if task_id in dag.tasks:
+        return dag.task(task_id)
+    # The run's version always has the task; a bare default keeps the outcome recordable.
+    return SerializedTask(task_id=task_id, kind="python")
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _start_payload(session: Session, ti: TaskInstance, settings: Settings) -> dict[str, Any]:
+    run = session.get(DagRun, ti.dag_run_id)
+    assert run is not None  # the FK guarantees it
+    dag = _serialized_dag(session, run)
+    task = dag.tasks.get(ti.task_id)
+    return {
+        "dag_id": ti.dag_id,
+        "task_id": ti.task_id,
+        "run_id": ti.run_id,
+        "try_number": ti.try_number,
+        "max_tries": ti.max_tries,
+        "logical_date": _iso(run.logical_date),
+        "data_interval_start": _iso(run.data_interval_start),
+        "data_interval_end": _iso(run.data_interval_end),
+        "run_after": _iso(run.run_after),
+        "run_type": run.run_type,
+        "params": run.params or {},
+        "conf": run.conf or {},
+        "fileloc": dag.fileloc,
+        "relative_fileloc": dag.relative_fileloc,
+        "execution_timeout": task.execution_timeout if task else None,
+        "heartbeat_interval": settings.scheduler.task_instance_heartbeat_sec,
+        "max_xcom_size": settings.core.max_xcom_size,
+    }
+
+
+@router.post("/try/start")
+def start_try(
+    body: StartBody, claims: ClaimsDep, session: SessionDep, settings: SettingsDep
+) -> dict[str, Any]:
+    """Move the TI from queued to running for this try, once; return the task's context.
+
+    The conditional UPDATE is the guard: of two processes starting the same try,
+    exactly one sees a changed row. A repeat of the same start (same pid and host,
+    a retried request after a lost answer) gets the payload again.
+    """
+    now = utcnow()
+    result = session.execute(
+        update(TaskInstance)
+        .where(
+            TaskInstance.id == claims.ti_id,
+            TaskInstance.dag_id == claims.dag_id,
+            TaskInstance.run_id == claims.run_id,
+            TaskInstance.task_id == claims.task_id,
+            TaskInstance.state == TaskInstanceState.QUEUED.value,
+            TaskInstance.try_number == claims.try_number,
+        )
+        .values(
+            state=TaskInstanceState.RUNNING.value,
+            start_date=now,
+            end_date=None,
+            duration=None,
+            pid=body.pid,
+            hostname=body.hostname,
+            last_heartbeat_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    ti = _load_ti(session, claims)
+    if ti is None:
+        session.rollback()
+        raise _conflict(None, claims, "cannot start")
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        same_process = (
+            ti.state == TaskInstanceState.RUNNING.value
+            and ti.try_number == claims.try_number
+            and (ti.pid, ti.hostname) == (body.pid, body.hostname)
+        )
+        if not same_process:
+            session.rollback()
+            raise _conflict(ti, claims, "cannot start")
+    else:
+        try_row = _try_row(session, ti)
+        if try_row is not None:
+            try_row.state = TaskInstanceState.RUNNING.value
+            try_row.start_date = now
+            try_row.pid = body.pid
+            try_row.hostname = body.hostname
+    payload = _start_payload(session, ti, settings)
+    session.commit()
+    return payload
+
+
+@router.post("/try/heartbeat", status_code=204)
+def heartbeat(claims: ClaimsDep, session: SessionDep) -> Response:
+    """One conditional UPDATE: cheap, and 409 tells a try that was cleared/marked to stop."""
+    result = session.execute(
+        update(TaskInstance)
+        .where(
+            TaskInstance.id == claims.ti_id,
+            TaskInstance.task_id == claims.task_id,
+            TaskInstance.state == TaskInstanceState.RUNNING.value,
+            TaskInstance.try_number == claims.try_number,
+        )
+        .values(last_heartbeat_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        raise _conflict(_load_ti(session, claims), claims, "heartbeat refused")
+    session.commit()
+    return Response(status_code=204)
+
+
+@router.get("/try/xcom/{task_id}")
+def get_xcom(
+    task_id: str,
+    claims: ClaimsDep,
+    session: SessionDep,
+    key: Annotated[str, Query()] = RETURN_VALUE_KEY,
+) -> dict[str, Any]:
+    """A value another task of the same run stored (its return value by default)."""
+    run_id_of_ti = select(TaskInstance.dag_run_id).where(TaskInstance.id == claims.ti_id)
+    row = session.execute(
+        select(XCom.value).where(
+            XCom.dag_run_id == run_id_of_ti.scalar_subquery(),
+            XCom.task_id == task_id,
+            XCom.key == key,
+        )
+    ).first()
+    if row is None:
+        raise HTTPException(404, f"no XCom {key!r} of task {task_id!r} in run {claims.run_id!r}")
+    return {"value": row[0]}
+
+
+def _check_xcom_size(body: FinishBody, task_id: str, limit: int) -> None:
+    if not body.has_return_value:
+        return
+    size = len(json.dumps(body.return_value).encode())
+    if size > limit:
+        raise HTTPException(
+            413,
+            f"return value of task {task_id!r} is {size} bytes of JSON, "
+            f"more than max_xcom_size ({limit} bytes)",
+        )
+
+
+def _put_xcom(session: Session, ti: TaskInstance, key: str, value: Any) -> None:
+    """Insert or replace one XCom row (a retried try overwrites its predecessor's)."""
+    existing = session.scalars(
+        select(XCom).where(
+            XCom.dag_run_id == ti.dag_run_id, XCom.task_id == ti.task_id, XCom.key == key
+        )
+    ).first()
+    if existing is None:
+        session.add(
+            XCom(
+                dag_run_id=ti.dag_run_id,
+                task_id=ti.task_id,
+                key=key,
+                value=value,
+                timestamp=utcnow(),
+            )
+        )
+    else:
+        existing.value = value
+        existing.timestamp = utcnow()
+
+
+def _already_finished(session: Session, ti: TaskInstance, claims: TryClaims, state: str) -> bool:
+    """True when this try already recorded this outcome (a retried finish request)."""
+    if ti.try_number != claims.try_number:
+        return False
+    try_row = _try_row(session, ti)
+    return try_row is not None and try_row.state == state and try_row.end_date is not None
+
+
+@router.post("/try/finish", status_code=204)
+def finish_try(
+    body: FinishBody, claims: ClaimsDep, session: SessionDep, settings: SettingsDep
+) -> Response:
+    """Record the try's outcome and return value; the scheduler takes it from there."""
+    ti = _load_ti(session, claims, lock=True)
+    if ti is None:
+        raise _conflict(None, claims, "cannot finish")
+    if ti.state != TaskInstanceState.RUNNING.value or ti.try_number != claims.try_number:
+        if _already_finished(session, ti, claims, body.state):
+            session.rollback()
+            return Response(status_code=204)
+        session.rollback()
+        raise _conflict(ti, claims, "cannot finish")
+    _check_xcom_size(body, ti.task_id, settings.core.max_xcom_size)
+    # A failed try keeps no return value of its own; a new try replaces the old one's.
+    if body.has_return_value and body.state == "success":
+        _put_xcom(session, ti, RETURN_VALUE_KEY, body.return_value)
+    if body.follow_task_ids is not None and body.state == "success":
+        _put_xcom(session, ti, BRANCH_KEY, list(body.follow_task_ids))
+    run = session.get(DagRun, ti.dag_run_id)
+    assert run is not None
+    record_try_outcome(
+        session,
+        ti,
+        _serialized_task(session, run, ti.task_id),
+        state=TaskInstanceState(body.state),
+        error=body.error,
+        allow_retry=body.retry,
+    )
+    session.commit()
+    return Response(status_code=204)

@@ -1,0 +1,344 @@
+"""The local executor: every task try is a fresh process forked from a warm fork server.
+
+The embedded default. Tries are forked by :mod:`ketch.executors.forkserver` (no
+interpreter start-up per try), each in its own session so its whole process
+group can be killed. Exits arrive as fork-server events and become ``TryEnded``
+at once, so the scheduler reacts within milliseconds.
+
+Tries outlive the scheduler: after a restart, :meth:`LocalExecutor.adopt` finds
+them again by ``"pid:create_time"`` (the create time rules out a reused pid) and
+watches them with a pidfd, since they are no longer our children and their exit
+status cannot be learned. The execution API already holds their outcome.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import selectors
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import psutil
+
+from ketch.config import Settings
+from ketch.executors.base import (
+    EventSink,
+    LaunchError,
+    LaunchRequest,
+    RunningTry,
+    TryEnded,
+    TryKey,
+)
+from ketch.executors.forkserver import ChildExit, ForkServer, ForkServerError
+from ketch.worker.client import ENV_TOKEN, ENV_URL
+from ketch.worker.task_log import log_path
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_GRACE_SECONDS = 10.0  # the try enforces its own timeout; this is the backstop
+KILL_GRACE_SECONDS = 5.0  # SIGTERM, then SIGKILL this much later
+_MONITOR_INTERVAL = 0.25
+VANISHED = "process vanished while the scheduler was down"
+
+
+@dataclass(eq=False)
+class _Tracked:
+    """A try this executor watches. Compared by identity: a relaunch is a new object."""
+
+    key: TryKey
+    ti_id: int
+    timeout: float | None = None
+    pid: int | None = None
+    create_time: float = 0.0
+    deadline: float | None = None  # monotonic time the timeout backstop fires
+    kill_reason: str | None = None
+    sigkill_at: float | None = None  # monotonic time to escalate to SIGKILL
+
+
+def parse_external_id(external_id: str | None) -> tuple[int, float] | None:
+    """``"pid:create_time"`` -> (pid, create_time); None when absent or not ours."""
+    if not external_id:
+        return None
+    pid, sep, created = external_id.partition(":")
+    try:
+        return (int(pid), float(created)) if sep else None
+    except ValueError:
+        return None
+
+
+def same_process(pid: int, create_time: float) -> bool:
+    """True when ``pid`` is alive and is the process created at ``create_time``."""
+    try:
+        return abs(psutil.Process(pid).create_time() - create_time) < 0.05
+    except psutil.Error:
+        return False
+
+
+def describe_exit(exit_code: int | None, sig: int | None) -> str | None:
+    if sig is not None:
+        return f"killed by signal {sig}"
+    if exit_code:
+        return f"exited with code {exit_code}"
+    return None
+
+
+class PidfdWatcher:
+    """One selector thread over pidfds: hears when processes that are not our children exit."""
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._pending: list[tuple[int, Callable[[], None]]] = []
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name="ketch-pidfd", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def watch(self, pidfd: int, on_exit: Callable[[], None]) -> None:
+        """Call ``on_exit`` (on the watcher thread) when the pidfd's process ends; owns the fd."""
+        with self._lock:
+            self._pending.append((pidfd, on_exit))
+        os.write(self._wake_w, b"x")
+
+    def stop(self) -> None:
+        self._stopped = True
+        os.write(self._wake_w, b"x")
+        self._thread.join(timeout=5)
+        for key in list(self._selector.get_map().values()):
+            if key.data is not None:
+                os.close(key.fd)
+        self._selector.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _loop(self) -> None:
+        while not self._stopped:
+            for key, _ in self._selector.select():
+                if key.data is None:
+                    self._drain()
+                    continue
+                self._selector.unregister(key.fd)
+                os.close(key.fd)
+                try:
+                    key.data()
+                except Exception:
+                    log.exception("pidfd exit callback failed")
+
+    def _drain(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for fd, callback in pending:
+            self._selector.register(fd, selectors.EVENT_READ, callback)
+
+
+def open_pidfd(pid: int, create_time: float) -> int | None:
+    """A pidfd for the process ``pid`` created at ``create_time``; None if it is gone."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (ProcessLookupError, OSError):
+        return None
+    if not same_process(pid, create_time):  # checked after pinning: no reuse race
+        os.close(fd)
+        return None
+    return fd
+
+
+class LocalExecutor:
+    """:class:`ketch.executors.base.Executor` running tries as processes on this machine."""
+
+    name = "local"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._sink: EventSink | None = None
+        self._lock = threading.Lock()
+        self._tries: dict[TryKey, _Tracked] = {}
+        self._forkserver: ForkServer | None = None
+        self._watcher: PidfdWatcher | None = None
+        self._stop = threading.Event()
+        self._monitor: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self, on_try_ended: EventSink) -> None:
+        self._sink = on_try_ended
+        self._stop.clear()
+        self._watcher = PidfdWatcher()
+        self._watcher.start()
+        self._forkserver = ForkServer(self._on_child_exit, self._on_orphans)
+        self._forkserver.start()
+        self._monitor = threading.Thread(
+            target=self._monitor_loop, name="ketch-local-executor", daemon=True
+        )
+        self._monitor.start()
+
+    def stop(self) -> None:
+        """Stop watching; running tries keep running and are adopted by the next executor."""
+        self._stop.set()
+        if self._forkserver is not None:
+            self._forkserver.stop()
+        if self._monitor is not None:
+            self._monitor.join(timeout=5)
+        if self._watcher is not None:
+            self._watcher.stop()
+        with self._lock:
+            self._tries.clear()
+        self._forkserver = self._watcher = self._monitor = None
+
+    def running(self) -> set[TryKey]:
+        with self._lock:
+            return set(self._tries)
+
+    # -- launch ----------------------------------------------------------------------
+
+    def launch(self, request: LaunchRequest) -> str:
+        if self._forkserver is None:
+            raise LaunchError("the local executor is not started")
+        tracked = _Tracked(request.key, request.ti_id, timeout=request.execution_timeout)
+        if request.execution_timeout:
+            tracked.deadline = time.monotonic() + request.execution_timeout + TIMEOUT_GRACE_SECONDS
+        with self._lock:
+            self._tries[request.key] = tracked
+        key = request.key
+        argv = [key.dag_id, key.task_id, key.run_id, "--try", str(key.try_number)]
+        env = {
+            **os.environ,
+            ENV_TOKEN: request.token,
+            ENV_URL: self.settings.execution_api_url,
+        }
+        try:
+            spawned = self._forkserver.spawn(
+                argv, env=env, log_file=str(log_path(self.settings.log_folder, key)), tag=tracked
+            )
+        except (ForkServerError, TimeoutError) as exc:
+            self._forget(tracked)
+            raise LaunchError(f"could not fork the try: {exc}") from exc
+        tracked.pid, tracked.create_time = spawned.pid, spawned.create_time
+        return f"{spawned.pid}:{spawned.create_time}"
+
+    # -- exits -----------------------------------------------------------------------
+
+    def _forget(self, tracked: _Tracked) -> bool:
+        """Stop tracking ``tracked``; False if it was no longer (or never) tracked."""
+        with self._lock:
+            if self._tries.get(tracked.key) is not tracked:
+                return False
+            del self._tries[tracked.key]
+            return True
+
+    def _ended(self, tracked: _Tracked, exit_code: int | None, reason: str | None) -> None:
+        if not self._forget(tracked):
+            return
+        event = TryEnded(tracked.key, tracked.ti_id, exit_code, tracked.kill_reason or reason)
+        if self._sink is None:
+            return
+        try:
+            self._sink(event)
+        except Exception:
+            log.exception("event sink failed for %s", event)
+
+    def _on_child_exit(self, child: ChildExit) -> None:
+        if not isinstance(child.tag, _Tracked):
+            return
+        code = -child.signal if child.signal is not None else child.exit_code
+        self._ended(child.tag, code, describe_exit(child.exit_code, child.signal))
+
+    def _on_orphans(self, orphans: dict[int, object]) -> None:
+        """The fork server died: keep watching its children that still run."""
+        for tracked in orphans.values():
+            if isinstance(tracked, _Tracked) and tracked.pid is not None:
+                self._watch_or_end(tracked, "exit status unknown: the fork server died")
+
+    def _watch_or_end(self, tracked: _Tracked, gone_reason: str) -> bool:
+        """Watch a process that is not our child; report it ended now if it is gone."""
+        assert tracked.pid is not None and self._watcher is not None
+        fd = open_pidfd(tracked.pid, tracked.create_time)
+        if fd is None:
+            self._ended(tracked, None, gone_reason)
+            return False
+        self._watcher.watch(fd, lambda: self._ended(tracked, None, None))
+        return True
+
+    # -- adoption --------------------------------------------------------------------
+
+    def adopt(self, tries: Iterable[RunningTry]) -> list[TryKey]:
+        """Watch tries a previous scheduler started. Tries without an external id were
+        never launched: they are neither adopted nor reported (the scheduler relaunches them)."""
+        adopted: list[TryKey] = []
+        for running in tries:
+            parsed = parse_external_id(running.external_executor_id)
+            if parsed is None:
+                continue
+            tracked = _Tracked(running.key, running.ti_id, timeout=running.execution_timeout)
+            tracked.pid, tracked.create_time = parsed
+            if running.execution_timeout:
+                started = running.started_at_epoch or tracked.create_time
+                remaining = (
+                    started + running.execution_timeout + TIMEOUT_GRACE_SECONDS - time.time()
+                )
+                tracked.deadline = time.monotonic() + remaining
+            with self._lock:
+                self._tries[running.key] = tracked
+            if self._watch_or_end(tracked, VANISHED):
+                adopted.append(running.key)
+        return adopted
+
+    # -- killing ---------------------------------------------------------------------
+
+    def cancel(self, key: TryKey) -> None:
+        with self._lock:
+            tracked = self._tries.get(key)
+        if tracked is not None and tracked.kill_reason is None:
+            self._kill(tracked, "cancelled; process group killed")
+
+    def _kill(self, tracked: _Tracked, reason: str) -> None:
+        tracked.kill_reason = reason
+        tracked.sigkill_at = time.monotonic() + KILL_GRACE_SECONDS
+        self._signal_group(tracked, signal.SIGTERM)
+
+    def _signal_group(self, tracked: _Tracked, sig: int) -> None:
+        pid = tracked.pid
+        if pid is None:
+            return
+        try:
+            alive = psutil.Process(pid)
+            if abs(alive.create_time() - tracked.create_time) >= 0.05:
+                return  # the pid now belongs to someone else
+        except psutil.Error:
+            pass  # the leader is gone; members of its group may remain
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+
+    def _monitor_loop(self) -> None:
+        """Timeout backstop and SIGKILL escalation, a few times a second."""
+        while not self._stop.wait(_MONITOR_INTERVAL):
+            now = time.monotonic()
+            with self._lock:
+                tracked_list = list(self._tries.values())
+            for tracked in tracked_list:
+                if (
+                    tracked.deadline is not None
+                    and now >= tracked.deadline
+                    and not tracked.kill_reason
+                ):
+                    reason = (
+                        f"execution_timeout of {tracked.timeout:g}s exceeded; process group killed"
+                    )
+                    self._kill(tracked, reason)
+                elif tracked.sigkill_at is not None and now >= tracked.sigkill_at:
+                    tracked.sigkill_at = None
+                    self._signal_group(tracked, signal.SIGKILL)

@@ -1,0 +1,175 @@
+"""The execution API client a task try uses (stdlib only).
+
+Built on ``http.client`` with one persistent keep-alive connection per thread
+and ``json``, nothing else: a try must start in milliseconds and must never pull
+in httpx, pydantic or the database stack. Connection errors and 5xx answers are
+retried with exponential backoff for up to ``KETCH_API_RETRY_TIMEOUT`` seconds
+(default 300), so a try survives a restart of the web server under it. A 409
+raises :class:`TryStateConflict`: the try was cleared, marked or duplicated and
+must stop.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import threading
+import time
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+ENV_URL = "KETCH_EXECUTION_API_URL"
+ENV_TOKEN = "KETCH_TRY_TOKEN"
+ENV_RETRY_TIMEOUT = "KETCH_API_RETRY_TIMEOUT"
+DEFAULT_RETRY_TIMEOUT = 300.0
+_MAX_BACKOFF = 5.0
+
+
+class ExecutionApiError(Exception):
+    """The execution API refused a call (4xx) or stayed unreachable past the retry timeout."""
+
+    def __init__(self, status: int | None, detail: str) -> None:
+        super().__init__(f"{status}: {detail}" if status else detail)
+        self.status = status
+        self.detail = detail
+
+
+class TryStateConflict(ExecutionApiError):
+    """409: the task instance is not in the state this try expects; the try must stop."""
+
+
+class _Transient(Exception):
+    """A failure worth retrying (connection trouble, 5xx)."""
+
+
+def _detail(raw: bytes) -> str:
+    try:
+        detail = json.loads(raw).get("detail", "")
+    except (ValueError, AttributeError):
+        return raw.decode(errors="replace")[:500]
+    return detail if isinstance(detail, str) else json.dumps(detail)
+
+
+class ExecutionApiClient:
+    """Calls about one try, authenticated by its token."""
+
+    def __init__(self, base_url: str, token: str, *, retry_timeout: float = DEFAULT_RETRY_TIMEOUT):
+        parts = urlsplit(base_url.rstrip("/"))
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"execution API URL must be http(s)://host[:port]/path: {base_url!r}")
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port
+        self._prefix = parts.path
+        self._headers = {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
+        self.retry_timeout = retry_timeout
+        self._local = threading.local()  # http.client connections are not thread-safe
+
+    @classmethod
+    def from_env(cls) -> ExecutionApiClient:
+        url = os.environ.get(ENV_URL)
+        token = os.environ.get(ENV_TOKEN)
+        if not url or not token:
+            raise ExecutionApiError(None, f"{ENV_URL} and {ENV_TOKEN} must be set for a task try")
+        timeout = float(os.environ.get(ENV_RETRY_TIMEOUT, DEFAULT_RETRY_TIMEOUT))
+        return cls(url, token, retry_timeout=timeout)
+
+    # -- the calls -------------------------------------------------------------------
+
+    def start(self, pid: int, hostname: str) -> dict[str, Any]:
+        result = self._call("POST", "/try/start", {"pid": pid, "hostname": hostname})
+        assert isinstance(result, dict)
+        return result
+
+    def heartbeat(self) -> None:
+        self._call("POST", "/try/heartbeat", {})
+
+    def xcom(self, task_id: str, key: str = "return_value") -> Any:
+        """The stored value; ``KeyError`` when there is none."""
+        path = f"/try/xcom/{quote(task_id, safe='')}?key={quote(key, safe='')}"
+        try:
+            result = self._call("GET", path, None)
+        except ExecutionApiError as exc:
+            if exc.status == 404:
+                raise KeyError(f"no XCom {key!r} of task {task_id!r}") from exc
+            raise
+        return result["value"]
+
+    def finish(
+        self,
+        state: str,
+        *,
+        error: str | None = None,
+        return_value: Any = None,
+        has_return_value: bool = False,
+        follow_task_ids: list[str] | None = None,
+        retry: bool = True,
+    ) -> None:
+        body = {
+            "state": state,
+            "error": error,
+            "return_value": return_value,
+            "has_return_value": has_return_value,
+            "follow_task_ids": follow_task_ids,
+            "retry": retry,
+        }
+        self._call("POST", "/try/finish", body)
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- transport -------------------------------------------------------------------
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            conn = cls(self._host, self._port, timeout=60)
+            self._local.conn = conn
+        return conn
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
+        payload = None if body is None else json.dumps(body).encode()
+        deadline = time.monotonic() + self.retry_timeout
+        delay = 0.05
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return self._once(method, self._prefix + path, payload)
+            except _Transient as exc:
+                self.close()
+                # A kept-alive connection the server closed fails once; retry at once.
+                if attempt == 1 and isinstance(exc.__cause__, http.client.RemoteDisconnected):
+                    continue
+                if time.monotonic() + delay > deadline:
+                    raise ExecutionApiError(
+                        None, f"execution API unreachable for {self.retry_timeout:.0f}s: {exc}"
+                    ) from exc
+                time.sleep(delay)
+                delay = min(delay * 2, _MAX_BACKOFF)
+
+    def _once(self, method: str, path: str, payload: bytes | None) -> Any:
+        conn = self._connection()
+        try:
+            conn.request(method, path, body=payload, headers=self._headers)
+            response = conn.getresponse()
+            raw = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise _Transient(f"{type(exc).__name__}: {exc}") from exc
+        status = response.status
+        if status >= 500:
+            raise _Transient(f"HTTP {status}: {_detail(raw)}")
+        if status == 409:
+            raise TryStateConflict(status, _detail(raw))
+        if status >= 400:
+            raise ExecutionApiError(status, _detail(raw))
+        return json.loads(raw) if raw else None

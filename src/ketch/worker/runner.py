@@ -1,0 +1,343 @@
+"""What one task try runs: ``ketch task run DAG_ID TASK_ID RUN_ID --try N``.
+
+The same code runs in a process forked by the local executor's fork server and
+as a pod's command. It only talks HTTP to the execution API (never the
+database): start (a 409 means another process owns this try, so exit without
+running anything), load the DAG file, run the task under its execution_timeout
+while a thread heartbeats, check the return value, finish. Output is plain text
+on stdout (``kubectl logs`` works); ``--log-file`` tees it to a file as well.
+
+Imports stay light on purpose: no SQLAlchemy, FastAPI, Uvicorn, Alembic,
+``ketch.db`` or ``ketch.api`` here (a test checks ``sys.modules``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from ketch.exceptions import FailTask, KetchException, SkipTask, TaskTimeout
+from ketch.worker.client import ExecutionApiClient, ExecutionApiError, TryStateConflict
+
+ENV_DAGS_FOLDER = "KETCH_DAGS_FOLDER"
+_CHILD_GRACE_SECONDS = 3.0
+
+
+class TaskTerminated(KetchException):
+    """The try received SIGTERM (cancelled, or killed by the executor's timeout backstop)."""
+
+
+@dataclass
+class Outcome:
+    """How the task ended, in the shape ``POST /execution/try/finish`` takes."""
+
+    state: str  # success | failed | skipped
+    error: str | None = None
+    return_value: Any = None
+    has_return_value: bool = False
+    follow_task_ids: list[str] | None = None
+    retry: bool = True
+    kill_children: bool = field(default=False, repr=False)
+
+
+def say(message: str) -> None:
+    """One timestamped line of the runner's own output."""
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    print(f"[{stamp}] ketch: {message}", flush=True)
+
+
+# -- child processes -----------------------------------------------------------------
+
+_doomed: list[Any] = []  # psutil.Process snapshots taken when a timeout fired
+
+
+def _descendants() -> list[Any]:
+    import psutil
+
+    try:
+        return list(psutil.Process().children(recursive=True))
+    except psutil.Error:
+        return []
+
+
+def _signal_all(procs: list[Any], sig: int) -> None:
+    import psutil
+
+    for proc in procs:
+        with suppress(psutil.Error):
+            proc.send_signal(sig)
+
+
+def kill_children() -> None:
+    """Stop everything the task started: descendants and the rest of our process group.
+
+    A bash task's ``sleep`` may already be orphaned (its bash was killed), so the
+    snapshot taken when the timeout fired and a ``killpg`` of our own group (we are
+    its leader when forked by the fork server) catch what ``children()`` no longer sees.
+    """
+    import psutil
+
+    procs = {p.pid: p for p in [*_doomed, *_descendants()]}
+    _signal_all(list(procs.values()), signal.SIGTERM)
+    if os.getpgrp() == os.getpid():
+        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            os.killpg(os.getpgrp(), signal.SIGTERM)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    _gone, alive = psutil.wait_procs(list(procs.values()), timeout=_CHILD_GRACE_SECONDS)
+    _signal_all(alive, signal.SIGKILL)
+    _doomed.clear()
+
+
+def terminate_whole_group() -> None:
+    """Kill the try and everything it started, now (its state was changed externally)."""
+    _signal_all(_descendants(), signal.SIGTERM)
+    sys.stdout.flush()
+    if os.getpgrp() == os.getpid():
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+# -- timeout, termination, heartbeat -------------------------------------------------
+
+
+@contextmanager
+def execution_timeout(seconds: float | None) -> Iterator[None]:
+    """Raise TaskTimeout in the main thread after ``seconds`` (setitimer, so sub-second works)."""
+    if not seconds or seconds <= 0:
+        yield
+        return
+
+    def on_alarm(_signum: int, _frame: FrameType | None) -> None:
+        doomed = _descendants()
+        _doomed.extend(doomed)
+        _signal_all(doomed, signal.SIGTERM)  # so a blocking wait on a child returns
+        raise TaskTimeout(f"execution_timeout of {seconds:g}s exceeded")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _on_sigterm(_signum: int, _frame: FrameType | None) -> None:
+    raise TaskTerminated("task received SIGTERM")
+
+
+class Heartbeat:
+    """Tells the API every interval that the try lives; a 409 ends the whole try at once.
+
+    ``stop()`` waits for an in-flight heartbeat, so no heartbeat can race the
+    finish call and misread the try's own outcome as an external change.
+    """
+
+    def __init__(self, client: ExecutionApiClient, interval: float) -> None:
+        self._client = client
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="ketch-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped.set()
+
+    def _loop(self) -> None:
+        while not self._stopped.wait(self._interval):
+            with self._lock:
+                if self._stopped.is_set():
+                    return
+                self._beat()
+
+    def _beat(self) -> None:
+        try:
+            self._client.heartbeat()
+        except TryStateConflict as exc:
+            say(f"task instance state changed externally; terminating ({exc.detail})")
+            terminate_whole_group()
+        except ExecutionApiError as exc:
+            say(f"heartbeat failed: {exc}")
+
+
+# -- running the task ----------------------------------------------------------------
+
+
+def dag_file(payload: dict[str, Any]) -> str:
+    """The DAG file: under $KETCH_DAGS_FOLDER when set (a pod), else the scheduler's path."""
+    folder = os.environ.get(ENV_DAGS_FOLDER)
+    if folder:
+        return str(Path(folder) / payload["relative_fileloc"])
+    return str(payload["fileloc"])
+
+
+def check_return_value(task_id: str, value: Any, max_size: int) -> str | None:
+    """Why the return value cannot be stored, or None when it can."""
+    try:
+        encoded = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        return f"return value of task {task_id!r} is not JSON-serialisable: {exc}"
+    size = len(encoded.encode())
+    if size > max_size:
+        return (
+            f"return value of task {task_id!r} is {size} bytes of JSON, "
+            f"more than max_xcom_size ({max_size} bytes)"
+        )
+    return None
+
+
+def _xcom_puller(client: ExecutionApiClient) -> Any:
+    def xcom_pull(task_id: str, key: str = "return_value") -> Any:
+        try:
+            return client.xcom(task_id, key)
+        except KeyError:
+            return None
+
+    return xcom_pull
+
+
+def _failure(exc: BaseException, *, retry: bool = True) -> Outcome:
+    traceback.print_exception(exc, file=sys.stdout)
+    sys.stdout.flush()
+    message = str(exc) or type(exc).__name__
+    return Outcome("failed", error=f"{type(exc).__name__}: {message}", retry=retry)
+
+
+def run_task(payload: dict[str, Any], client: ExecutionApiClient) -> Outcome:
+    """Load the DAG and run the task here, turning every way it can end into an Outcome."""
+    from ketch.authoring.context import build_context
+    from ketch.authoring.loader import load_dag
+
+    task_id = payload["task_id"]
+    try:
+        context = build_context(payload)
+        task = load_dag(dag_file(payload), payload["dag_id"]).get_task(task_id)
+        timeout = payload.get("execution_timeout") or getattr(task, "execution_timeout", None)
+        with execution_timeout(timeout):
+            result = task.execute(context, _xcom_puller(client))
+    except SkipTask as exc:
+        say(f"task skipped: {exc}" if str(exc) else "task skipped")
+        return Outcome("skipped")
+    except FailTask as exc:
+        return _failure(exc, retry=False)
+    except (TaskTimeout, TaskTerminated) as exc:
+        outcome = _failure(exc)
+        outcome.kill_children = True
+        return outcome
+    except Exception as exc:
+        return _failure(exc)
+    except SystemExit as exc:
+        return _failure(RuntimeError(f"task called sys.exit({exc.code!r})"))
+    return _success(task_id, result, payload)
+
+
+def _success(task_id: str, result: Any, payload: dict[str, Any]) -> Outcome:
+    value = getattr(result, "return_value", None)
+    follow = getattr(result, "follow_task_ids", None)
+    if value is not None:
+        problem = check_return_value(task_id, value, int(payload["max_xcom_size"]))
+        if problem:
+            say(problem)
+            return Outcome("failed", error=problem)
+    return Outcome(
+        "success",
+        return_value=value,
+        has_return_value=value is not None,
+        follow_task_ids=list(follow) if follow is not None else None,
+    )
+
+
+def report(client: ExecutionApiClient, outcome: Outcome) -> bool:
+    """Send the outcome; False when the API would not take it."""
+    try:
+        client.finish(
+            outcome.state,
+            error=outcome.error,
+            return_value=outcome.return_value,
+            has_return_value=outcome.has_return_value,
+            follow_task_ids=outcome.follow_task_ids,
+            retry=outcome.retry,
+        )
+    except TryStateConflict as exc:
+        say(f"outcome not recorded, task instance changed externally: {exc.detail}")
+        return False
+    except ExecutionApiError as exc:
+        if exc.status == 413 and outcome.state == "success":
+            say(exc.detail)
+            return report(client, Outcome("failed", error=exc.detail))
+        say(f"outcome not recorded: {exc}")
+        return False
+    return True
+
+
+def run_try(args: argparse.Namespace) -> int:
+    """Start, run, finish one try; the exit code says whether the task succeeded."""
+    hostname = socket.gethostname()
+    say(
+        f"dag={args.dag_id} task={args.task_id} run={args.run_id} try={args.try_number} "
+        f"host={hostname} pid={os.getpid()}"
+    )
+    client = ExecutionApiClient.from_env()
+    try:
+        payload = client.start(os.getpid(), hostname)
+    except TryStateConflict as exc:
+        say(f"not running the task: {exc.detail}")
+        return 0
+    heartbeat = Heartbeat(client, float(payload.get("heartbeat_interval") or 5.0))
+    heartbeat.start()
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        outcome = run_task(payload, client)
+    finally:
+        heartbeat.stop()
+    if outcome.kill_children:
+        kill_children()
+    recorded = report(client, outcome)
+    say(f"task {outcome.state}" + (f": {outcome.error}" if outcome.error else ""))
+    return 0 if outcome.state != "failed" and recorded else 1
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="ketch task run", description="Run one task try.")
+    parser.add_argument("dag_id")
+    parser.add_argument("task_id")
+    parser.add_argument("run_id")
+    parser.add_argument("--try", dest="try_number", type=int, required=True)
+    parser.add_argument("--log-file", type=Path, default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``ketch task run`` and ``python -m ketch.worker.runner``."""
+    args = parse_args(argv)
+    if isinstance(sys.stdout, __import__("io").TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)  # a live log follows the task's prints
+    if args.log_file is None:
+        return run_try(args)
+    from ketch.worker.task_log import tee_output
+
+    with tee_output(args.log_file):
+        return run_try(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
