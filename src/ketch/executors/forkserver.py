@@ -74,7 +74,7 @@ def _write_event(fd: int, event: dict[str, Any]) -> None:
 
 def _resolve_target(target: str) -> Callable[[list[str]], int]:
     module_name, _, func_name = target.partition(":")
-    return getattr(importlib.import_module(module_name), func_name)  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(module_name), func_name)
 
 
 def _redirect_output(log_file: str | None) -> None:
