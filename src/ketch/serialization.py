@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ketch.states import TriggerRule
 
@@ -65,7 +65,8 @@ class SerializedTask(BaseModel):
     trigger_rule: TriggerRule = TriggerRule.ALL_SUCCESS
     retries: int = 0
     retry_delay: float = 300.0
-    retry_exponential_backoff: bool = False
+    # Airflow 3.2+: a float multiplier of retry_delay per try (0 = off); True means 2.0.
+    retry_exponential_backoff: float = 0.0
     max_retry_delay: float | None = None
     execution_timeout: float | None = None
     priority_weight: int = 1  # the effective weight (weight_rule already applied)
@@ -73,6 +74,14 @@ class SerializedTask(BaseModel):
     pool_slots: int = 1
     executor_config: dict[str, Any] = Field(default_factory=dict)
     doc_md: str | None = None
+
+    @field_validator("retry_exponential_backoff", mode="before")
+    @classmethod
+    def _backoff_bool(cls, value: Any) -> Any:
+        """Airflow still accepts ``retry_exponential_backoff=True``: it means a multiplier of 2."""
+        if isinstance(value, bool):
+            return 2.0 if value else 0.0
+        return value
 
 
 class SerializedDag(BaseModel):

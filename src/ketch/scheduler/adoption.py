@@ -1,0 +1,119 @@
+"""Start-up: take over the tries a previous scheduler left queued or running.
+
+Every queued/running TI is offered to ``Executor.adopt()``. Adopted tries need nothing:
+their end arrives as an event. Queued TIs not adopted are launched again with the SAME
+try_number (the execution API answers 409 to a second ``try/start``, so a duplicate can
+never run). Running TIs not adopted ended while nobody watched: they go through the
+event path, which records the failure (and the retry, if any).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+
+from ketch.db.models import DagRun, TaskInstance
+from ketch.executors.base import RunningTry, TryEnded, TryKey
+from ketch.scheduler.context import SchedulerContext
+from ketch.scheduler.queueing import launch_try, try_key
+from ketch.scheduler.reactions import react_to_changes
+from ketch.states import TaskInstanceState
+
+log = logging.getLogger("ketch.scheduler.adoption")
+
+_TI = TaskInstanceState
+
+
+@dataclass
+class AdoptionResult:
+    adopted: list[TryKey] = field(default_factory=list)
+    relaunched: list[TryKey] = field(default_factory=list)
+    lost: list[TryEnded] = field(default_factory=list)  # to record through the event path
+
+
+def _offers(ctx: SchedulerContext, rows: list[tuple[TaskInstance, str]]) -> list[RunningTry]:
+    offers = []
+    with ctx.sessions() as session:
+        for ti, dag_hash in rows:
+            info = ctx.dags.get(session, dag_hash)
+            task = info.task(ti.task_id) if info else None
+            offers.append(
+                RunningTry(
+                    key=try_key(ti),
+                    ti_id=ti.id,
+                    external_executor_id=ti.external_executor_id,
+                    execution_timeout=task.execution_timeout if task else None,
+                    started_at_epoch=ti.start_date.timestamp() if ti.start_date else None,
+                )
+            )
+    return offers
+
+
+def adopt_tries(ctx: SchedulerContext, events: queue.SimpleQueue[TryEnded]) -> AdoptionResult:
+    """Offer, adopt, relaunch; returns what happened (lost tries become events)."""
+    result = AdoptionResult()
+    with ctx.sessions() as session:
+        rows = list(
+            session.execute(
+                select(TaskInstance, DagRun.dag_hash)
+                .join(DagRun, DagRun.id == TaskInstance.dag_run_id)
+                .where(TaskInstance.state.in_([_TI.QUEUED.value, _TI.RUNNING.value]))
+            ).tuples()
+        )
+    if not rows:
+        return result
+    adopted = set(ctx.executor.adopt(_offers(ctx, rows)))
+    result.adopted = sorted(adopted, key=str)
+    to_relaunch = [(ti, h) for ti, h in rows if try_key(ti) not in adopted and ti.state == "queued"]
+    relaunch_keys = {try_key(ti) for ti, _ in to_relaunch}
+    _drop_vanished_reports(events, relaunch_keys, result)
+    _relaunch(ctx, to_relaunch, result)
+    for ti, _ in rows:
+        key = try_key(ti)
+        if key not in adopted and ti.state == _TI.RUNNING.value:
+            reason = "the try was not found after a scheduler restart (not adoptable)"
+            result.lost.append(TryEnded(key=key, ti_id=ti.id, exit_code=None, reason=reason))
+    log.info(
+        "adoption: %d adopted, %d relaunched, %d lost",
+        len(result.adopted),
+        len(result.relaunched),
+        len(result.lost),
+    )
+    return result
+
+
+def _drop_vanished_reports(
+    events: queue.SimpleQueue[TryEnded], relaunch: set[TryKey], result: AdoptionResult
+) -> None:
+    """adopt() reports unfound tries as ended; for queued ones we relaunch instead."""
+    kept = []
+    while True:
+        try:
+            event = events.get_nowait()
+        except queue.Empty:
+            break
+        if event.key in relaunch and event.exit_code is None:
+            continue
+        kept.append(event)
+    for event in kept:
+        events.put(event)
+
+
+def _relaunch(
+    ctx: SchedulerContext, rows: list[tuple[TaskInstance, str]], result: AdoptionResult
+) -> None:
+    with ctx.sessions() as session:
+        failed = []
+        for ti, dag_hash in rows:
+            ti = session.merge(ti, load=True)
+            if launch_try(ctx, session, ti, dag_hash):
+                result.relaunched.append(try_key(ti))
+            else:
+                failed.append(ti)
+        session.flush()
+        for ti in failed:
+            react_to_changes(ctx, session, ti.dag_run_id, [ti])
+        session.commit()

@@ -1,0 +1,55 @@
+"""What every scheduling step needs: settings, database, executor, caches and the clock.
+
+One object instead of long parameter lists, so each step stays a short function that a
+test can call with an injected clock and token signer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from ketch.config import Settings
+from ketch.executors.base import Executor, TryKey
+from ketch.scheduler.dag_cache import DagCache
+from ketch.scheduler.evaluation import TallyStore
+
+TokenSigner = Callable[[TryKey, int], str]
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class SchedulerContext:
+    settings: Settings
+    engine: Engine
+    executor: Executor
+    sign_token: TokenSigner
+    clock: Clock = utcnow
+    dags: DagCache = field(default_factory=DagCache)
+    tallies: TallyStore = field(default_factory=TallyStore)
+    # Set by a step when another step should run soon (a run ended, runs were created...).
+    poke: Callable[[], None] = lambda: None
+
+    def __post_init__(self) -> None:
+        self.sessions: sessionmaker[Session] = sessionmaker(
+            bind=self.engine, expire_on_commit=False
+        )
+
+
+def default_token_signer(settings: Settings) -> TokenSigner:
+    """Sign per-try tokens with ``ketch.auth.try_tokens`` (imported when first used)."""
+
+    def sign(key: TryKey, ti_id: int) -> str:
+        from ketch.auth.try_tokens import sign_try_token
+
+        return sign_try_token(settings, key, ti_id)
+
+    return sign

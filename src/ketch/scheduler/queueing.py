@@ -1,0 +1,227 @@
+"""Queueing scheduled task instances within the limits, then handing them to the executor.
+
+Limits, as in Airflow 3: ``[core] parallelism`` (queued + running over all DAGs), the DAG's
+``max_active_tasks`` (counted per DAG *run* since Airflow 3.0), and pool slots. Work is
+bounded by the free slots: candidates come from an indexed query ordered by priority,
+and runs or pools found full are excluded from the next page (Airflow's "starved" sets).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ketch.db.models import DagModel, DagRun, Pool, TaskInstance, TaskInstanceTry
+from ketch.executors.base import LaunchError, LaunchRequest, TryKey
+from ketch.scheduler.context import SchedulerContext
+from ketch.scheduler.reactions import fail_unreported_try, react_to_changes
+from ketch.states import DagRunState, TaskInstanceState
+
+log = logging.getLogger("ketch.scheduler.queueing")
+
+_TI = TaskInstanceState
+_ACTIVE = (_TI.QUEUED.value, _TI.RUNNING.value)
+_MAX_PAGES = 5
+
+
+@dataclass
+class _Limits:
+    free: int
+    pool_slots: dict[str, int]
+    pool_used: dict[str, int]
+    run_active: dict[int, int] = field(default_factory=dict)
+    starved_runs: set[int] = field(default_factory=set)
+    starved_pools: set[str] = field(default_factory=set)
+
+
+def _load_limits(ctx: SchedulerContext, session: Session) -> _Limits:
+    active = session.scalar(
+        select(func.count(TaskInstance.id)).where(TaskInstance.state.in_(_ACTIVE))
+    )
+    pools = {p.pool: p.slots for p in session.scalars(select(Pool))}
+    used = session.execute(
+        select(TaskInstance.pool, func.sum(TaskInstance.pool_slots))
+        .where(TaskInstance.state.in_(_ACTIVE))
+        .group_by(TaskInstance.pool)
+    )
+    return _Limits(
+        free=ctx.settings.core.parallelism - int(active or 0),
+        pool_slots=pools,
+        pool_used={pool: int(n or 0) for pool, n in used},
+    )
+
+
+def _candidates(session: Session, limits: _Limits, page: int) -> list[tuple[TaskInstance, str]]:
+    stmt = (
+        select(TaskInstance, DagRun.dag_hash)
+        .join(DagRun, DagRun.id == TaskInstance.dag_run_id)
+        .join(DagModel, DagModel.dag_id == TaskInstance.dag_id)
+        .where(
+            TaskInstance.state == _TI.SCHEDULED.value,
+            DagRun.state == DagRunState.RUNNING.value,
+            DagModel.is_paused.is_(False),
+        )
+        .order_by(TaskInstance.priority_weight.desc(), DagRun.run_after, TaskInstance.id)
+        .limit(page)
+    )
+    if limits.starved_runs:
+        stmt = stmt.where(TaskInstance.dag_run_id.not_in(limits.starved_runs))
+    if limits.starved_pools:
+        stmt = stmt.where(TaskInstance.pool.not_in(limits.starved_pools))
+    return [(ti, dag_hash) for ti, dag_hash in session.execute(stmt).tuples()]
+
+
+def _count_run_active(session: Session, limits: _Limits, run_ids: set[int]) -> None:
+    missing = run_ids - limits.run_active.keys()
+    if not missing:
+        return
+    rows = session.execute(
+        select(TaskInstance.dag_run_id, func.count(TaskInstance.id))
+        .where(TaskInstance.dag_run_id.in_(missing), TaskInstance.state.in_(_ACTIVE))
+        .group_by(TaskInstance.dag_run_id)
+    )
+    counts = dict(rows.tuples().all())
+    for run_id in missing:
+        limits.run_active[run_id] = int(counts.get(run_id, 0))
+
+
+def _select(
+    ctx: SchedulerContext, session: Session, limits: _Limits
+) -> tuple[list[tuple[TaskInstance, str]], list[TaskInstance]]:
+    """Pick TIs to queue within the limits; also return TIs whose pool does not exist."""
+    chosen: list[tuple[TaskInstance, str]] = []
+    bad_pool: list[TaskInstance] = []
+    seen: set[int] = set()
+    for _ in range(_MAX_PAGES):
+        if limits.free <= 0:
+            break
+        page = _candidates(session, limits, limits.free + len(chosen) + len(bad_pool))
+        page = [(ti, h) for ti, h in page if ti.id not in seen]
+        seen.update(ti.id for ti, _ in page)
+        if not page:
+            break
+        _count_run_active(session, limits, {ti.dag_run_id for ti, _ in page})
+        starved_before = len(limits.starved_runs) + len(limits.starved_pools)
+        for ti, dag_hash in page:
+            if limits.free <= 0:
+                break
+            verdict = _fits(ctx, session, limits, ti, dag_hash)
+            if verdict == "bad_pool":
+                bad_pool.append(ti)
+            elif verdict == "ok":
+                chosen.append((ti, dag_hash))
+        if len(limits.starved_runs) + len(limits.starved_pools) == starved_before:
+            break
+    return chosen, bad_pool
+
+
+def _fits(
+    ctx: SchedulerContext, session: Session, limits: _Limits, ti: TaskInstance, dag_hash: str
+) -> str:
+    if ti.pool not in limits.pool_slots:
+        return "bad_pool"
+    if ti.dag_run_id in limits.starved_runs or ti.pool in limits.starved_pools:
+        return "full"
+    used = limits.pool_used.get(ti.pool, 0)
+    if used + ti.pool_slots > limits.pool_slots[ti.pool]:
+        limits.starved_pools.add(ti.pool)
+        return "full"
+    info = ctx.dags.get(session, dag_hash)
+    max_tasks = info.dag.max_active_tasks if info else ctx.settings.core.max_active_tasks_per_dag
+    if limits.run_active[ti.dag_run_id] >= max_tasks:
+        limits.starved_runs.add(ti.dag_run_id)
+        return "full"
+    limits.free -= 1
+    limits.pool_used[ti.pool] = used + ti.pool_slots
+    limits.run_active[ti.dag_run_id] += 1
+    return "ok"
+
+
+def _mark_queued(ctx: SchedulerContext, session: Session, ti: TaskInstance, now: datetime) -> None:
+    ti.try_number += 1
+    ti.state = _TI.QUEUED.value
+    ti.queued_at = now
+    ti.executor = ctx.executor.name
+    ti.external_executor_id = None
+    ti.hostname = None
+    ti.pid = None
+    ti.last_heartbeat_at = None
+    session.add(
+        TaskInstanceTry(
+            task_instance_id=ti.id,
+            try_number=ti.try_number,
+            state=_TI.QUEUED.value,
+            queued_at=now,
+        )
+    )
+
+
+def try_key(ti: TaskInstance) -> TryKey:
+    return TryKey(ti.dag_id, ti.run_id, ti.task_id, ti.try_number)
+
+
+def launch_try(ctx: SchedulerContext, session: Session, ti: TaskInstance, dag_hash: str) -> bool:
+    """Hand one queued try to the executor; a LaunchError fails (or retries) the try."""
+    info = ctx.dags.get(session, dag_hash)
+    task = info.task(ti.task_id) if info else None
+    key = try_key(ti)
+    try:
+        if info is None or task is None:
+            raise LaunchError(f"task {ti.task_id!r} is not in the serialized DAG {dag_hash}")
+        request = LaunchRequest(
+            key=key,
+            ti_id=ti.id,
+            token=ctx.sign_token(key, ti.id),
+            relative_fileloc=info.dag.relative_fileloc,
+            fileloc=info.dag.fileloc,
+            execution_timeout=task.execution_timeout,
+            executor_config=task.executor_config,
+            priority_weight=ti.priority_weight,
+        )
+        external_id = ctx.executor.launch(request)
+    except Exception as exc:
+        log.warning("cannot launch try %s: %s", key, exc)
+        fail_unreported_try(ctx, session, ti, f"launch failed: {exc}", ctx.clock())
+        return False
+    ti.external_executor_id = external_id
+    try_row = session.scalar(
+        select(TaskInstanceTry).where(
+            TaskInstanceTry.task_instance_id == ti.id,
+            TaskInstanceTry.try_number == ti.try_number,
+        )
+    )
+    if try_row is not None:
+        try_row.external_executor_id = external_id
+    return True
+
+
+def queue_and_launch(ctx: SchedulerContext, session: Session) -> int:
+    """Queue what fits, commit, then launch; returns the number of tries launched."""
+    limits = _load_limits(ctx, session)
+    if limits.free <= 0:
+        return 0
+    chosen, bad_pool = _select(ctx, session, limits)
+    now = ctx.clock()
+    for ti in bad_pool:
+        ti.state, ti.end_date = _TI.FAILED.value, now
+        ti.error = f"pool {ti.pool!r} does not exist"
+        log.error("task %s of run %s/%s: %s", ti.task_id, ti.dag_id, ti.run_id, ti.error)
+    for ti, _ in chosen:
+        _mark_queued(ctx, session, ti, now)
+    session.commit()  # queued before launch: the try's start call must find it queued
+    failed = list(bad_pool)
+    for ti, dag_hash in chosen:
+        if not launch_try(ctx, session, ti, dag_hash):
+            failed.append(ti)
+    session.flush()
+    by_run: dict[int, list[TaskInstance]] = {}
+    for ti in failed:
+        by_run.setdefault(ti.dag_run_id, []).append(ti)
+    for run_id, tis in by_run.items():
+        react_to_changes(ctx, session, run_id, tis)
+    session.commit()
+    return len(chosen)

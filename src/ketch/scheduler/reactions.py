@@ -1,0 +1,253 @@
+"""Reacting to change: ended tries, user actions, and run completion.
+
+The event path (a try ended) evaluates only the direct downstream tasks of what changed;
+the full path (``needs_evaluation``: a new run, a clear, a mark) evaluates a run once in
+topological order. Both end with the completion check of the runs they touched.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from ketch.db.models import DagModel, DagRun, TaskInstance
+from ketch.executors.base import TryEnded
+from ketch.scheduler.context import SchedulerContext
+from ketch.scheduler.evaluation import (
+    RunTally,
+    cascade,
+    downstream_of,
+    load_branch_choices,
+    write_decisions,
+)
+from ketch.scheduler.task_state import record_try_outcome
+from ketch.states import (
+    FAILED_TI_STATES,
+    DagRunState,
+    TaskInstanceState,
+)
+
+log = logging.getLogger("ketch.scheduler.reactions")
+
+_TI = TaskInstanceState
+_ACTIVE_TRY = (_TI.QUEUED.value, _TI.RUNNING.value)
+_UNFINISHED_VALUES = [
+    _TI.SCHEDULED.value,
+    _TI.QUEUED.value,
+    _TI.RUNNING.value,
+    _TI.UP_FOR_RETRY.value,
+]
+_FAILED_VALUES = frozenset(s.value for s in FAILED_TI_STATES)
+
+
+def event_error(event: TryEnded) -> str:
+    """One line saying why a try that did not report a result ended."""
+    if event.reason:
+        return event.reason
+    if event.exit_code is not None:
+        return f"exited with code {event.exit_code} without reporting a result"
+    return "ended without reporting a result (exit code unknown)"
+
+
+_MAX_FORGIVEN = 3
+
+
+def fail_unreported_try(
+    ctx: SchedulerContext,
+    session: Session,
+    ti: TaskInstance,
+    error: str,
+    now: datetime,
+    *,
+    before_start: bool = False,
+) -> None:
+    """Record a failure (or retry) for a try that ended, vanished or hung without reporting.
+
+    A try that never got to run user code (``before_start``: image pull, admission...) does
+    not use up a retry: ``max_tries`` is raised by one, at most ``_MAX_FORGIVEN`` times over
+    the task's own retries, so a pod that can never start does not retry forever.
+    """
+    run = session.get(DagRun, ti.dag_run_id)
+    info = ctx.dags.get(session, run.dag_hash) if run else None
+    task = info.task(ti.task_id) if info else None
+    if task is not None and before_start and ti.max_tries - task.retries < _MAX_FORGIVEN:
+        ti.max_tries += 1
+    if task is None:
+        ti.state, ti.error, ti.end_date = _TI.FAILED.value, error, now
+    else:
+        record_try_outcome(session, ti, task, state=_TI.FAILED, error=error, now=now)
+    log.info("task %s of run %s/%s: %s (%s)", ti.task_id, ti.dag_id, ti.run_id, ti.state, error)
+
+
+def process_events(ctx: SchedulerContext, session: Session, events: list[TryEnded]) -> int:
+    """Record tries that ended without reporting, then evaluate what follows. Returns TIs changed."""
+    now = ctx.clock()
+    tis = {
+        ti.id: ti
+        for ti in session.scalars(
+            select(TaskInstance).where(TaskInstance.id.in_({e.ti_id for e in events}))
+        )
+    }
+    changed: dict[int, list[TaskInstance]] = {}
+    for event in events:
+        ti = tis.get(event.ti_id)
+        if ti is None or ti.try_number != event.key.try_number:
+            log.debug("ignoring the end of a stale try %s", event.key)
+            continue
+        if ti.state in _ACTIVE_TRY:
+            before_start = event.failed_before_start and ti.state == _TI.QUEUED.value
+            fail_unreported_try(
+                ctx, session, ti, event_error(event), now, before_start=before_start
+            )
+        changed.setdefault(ti.dag_run_id, []).append(ti)
+    session.flush()
+    for dag_run_id, run_tis in changed.items():
+        react_to_changes(ctx, session, dag_run_id, run_tis)
+    return sum(len(v) for v in changed.values())
+
+
+def _log_terminal(ti: TaskInstance) -> None:
+    if ti.state in (_TI.SUCCESS.value, _TI.SKIPPED.value, _TI.FAILED.value):
+        log.info(
+            "task %s of run %s/%s try %s: %s",
+            ti.task_id,
+            ti.dag_id,
+            ti.run_id,
+            ti.try_number,
+            ti.state,
+        )
+
+
+def react_to_changes(
+    ctx: SchedulerContext, session: Session, dag_run_id: int, tis: Iterable[TaskInstance]
+) -> None:
+    """Fold changed TIs into the run's tally, decide their downstream, check completion."""
+    run = session.get(DagRun, dag_run_id)
+    if run is None:
+        return
+    tis = list(tis)
+    for ti in tis:
+        _log_terminal(ti)
+    if run.state != DagRunState.RUNNING.value:
+        return
+    if _dag_paused(session, run.dag_id):
+        run.needs_evaluation = True  # Airflow does not examine runs of paused DAGs
+        return
+    info = ctx.dags.get(session, run.dag_hash)
+    if info is None:
+        log.error("run %s/%s: serialized DAG %s is missing", run.dag_id, run.run_id, run.dag_hash)
+        return
+    tally = ctx.tallies.get(session, run.id, info)
+    for ti in tis:
+        tally.set_state(ti.task_id, ti.state)
+    _learn_branch_choices(session, tally, [ti.task_id for ti in tis])
+    decided = cascade(tally, downstream_of(tally, [ti.task_id for ti in tis]))
+    write_decisions(session, run.id, decided, ctx.clock())
+    if tally.unfinished == 0:
+        check_run_completion(ctx, session, run, tally)
+
+
+def _learn_branch_choices(session: Session, tally: RunTally, task_ids: list[str]) -> None:
+    branches = [
+        tid
+        for tid in task_ids
+        if tid in tally.info.branch_ids
+        and tally.states.get(tid) == _TI.SUCCESS.value
+        and tid not in tally.follow
+    ]
+    if branches:
+        for task_id, value in load_branch_choices(session, tally.dag_run_id, branches).items():
+            tally.record_branch(task_id, value)
+
+
+def _dag_paused(session: Session, dag_id: str) -> bool:
+    return bool(session.scalar(select(DagModel.is_paused).where(DagModel.dag_id == dag_id)))
+
+
+def evaluate_run_fully(ctx: SchedulerContext, session: Session, run: DagRun) -> None:
+    """Evaluate every TI of a running run once (new run, clear, mark), from a fresh tally."""
+    ctx.tallies.drop(run.id)
+    info = ctx.dags.get(session, run.dag_hash)
+    if info is None:
+        log.error("run %s/%s: serialized DAG %s is missing", run.dag_id, run.run_id, run.dag_hash)
+        return
+    tally = ctx.tallies.get(session, run.id, info)
+    pending = [tid for tid in info.topological_order if tally.states.get(tid, "x") is None]
+    decided = cascade(tally, pending)
+    write_decisions(session, run.id, decided, ctx.clock())
+    log.debug("run %s/%s evaluated: %d decisions", run.dag_id, run.run_id, len(decided))
+    if tally.unfinished == 0:
+        check_run_completion(ctx, session, run, tally)
+
+
+def check_run_completion(
+    ctx: SchedulerContext, session: Session, run: DagRun, tally: RunTally
+) -> bool:
+    """Finish the run when no TI is unfinished: failed if a leaf failed, else success."""
+    unfinished = session.scalar(
+        select(TaskInstance.id)
+        .where(
+            TaskInstance.dag_run_id == run.id,
+            or_(TaskInstance.state.is_(None), TaskInstance.state.in_(_UNFINISHED_VALUES)),
+        )
+        .limit(1)
+    )
+    if unfinished is not None:
+        return False
+    leaf_failed = any(tally.states.get(leaf) in _FAILED_VALUES for leaf in tally.info.leaves)
+    finish_run(ctx, session, run, DagRunState.FAILED if leaf_failed else DagRunState.SUCCESS)
+    return True
+
+
+def finish_run(ctx: SchedulerContext, session: Session, run: DagRun, state: DagRunState) -> None:
+    now = ctx.clock()
+    run.state = state.value
+    run.end_date = now
+    run.needs_evaluation = False
+    ctx.tallies.drop(run.id)
+    dag = session.get(DagModel, run.dag_id)
+    if dag is not None:
+        dag.needs_next_dagrun = True  # a slot under max_active_runs may have opened
+    ctx.poke()
+    log.info("run %s of DAG %s: %s", run.run_id, run.dag_id, state.value)
+
+
+def cancel_run_tries(ctx: SchedulerContext, run: DagRun) -> int:
+    """Stop the tries of a run that was failed or cancelled (their ends arrive as events)."""
+    cancelled = 0
+    for key in list(ctx.executor.running()):
+        if key.dag_id == run.dag_id and key.run_id == run.run_id:
+            try:
+                ctx.executor.cancel(key)
+                cancelled += 1
+            except Exception:
+                log.exception("cannot cancel try %s", key)
+    return cancelled
+
+
+def evaluate_flagged_runs(ctx: SchedulerContext, session: Session, limit: int = 50) -> int:
+    """Runs flagged ``needs_evaluation`` by run creation or a user action elsewhere."""
+    runs = session.scalars(
+        select(DagRun)
+        .join(DagModel, DagModel.dag_id == DagRun.dag_id)
+        .where(
+            DagRun.needs_evaluation.is_(True),
+            DagRun.state != DagRunState.QUEUED.value,
+            or_(DagRun.state != DagRunState.RUNNING.value, DagModel.is_paused.is_(False)),
+        )
+        .order_by(DagRun.id)
+        .limit(limit)
+    ).all()
+    for run in runs:
+        run.needs_evaluation = False
+        if run.state == DagRunState.RUNNING.value:
+            evaluate_run_fully(ctx, session, run)
+        else:
+            ctx.tallies.drop(run.id)
+            if cancel_run_tries(ctx, run):
+                log.info("run %s/%s is %s: cancelled its tries", run.dag_id, run.run_id, run.state)
+    return len(runs)
