@@ -1,1 +1,39 @@
-"""ketch: workflow orchestration for data teams on Kubernetes."""
+"""ketch: workflow orchestration for data teams on Kubernetes.
+
+The public authoring API, as an Airflow 3 user expects it::
+
+    from ketch import DAG, dag, task, Param, BashTask, EmptyTask, get_current_context
+
+Importing ``ketch`` stays light (no database, web or settings libraries): the
+task-try process imports it for every try.
+"""
+
+from ketch.authoring.bash import BashTask
+from ketch.authoring.context import get_current_context
+from ketch.authoring.dag import DAG, dag
+from ketch.authoring.decorators import task
+from ketch.authoring.params import Param
+from ketch.authoring.tasks import BaseTask, EmptyTask, TaskResult, XComArg
+from ketch.exceptions import FailTask, SkipTask
+from ketch.states import TriggerRule
+
+BashOperator = BashTask
+EmptyOperator = EmptyTask
+
+__all__ = [
+    "DAG",
+    "BaseTask",
+    "BashOperator",
+    "BashTask",
+    "EmptyOperator",
+    "EmptyTask",
+    "FailTask",
+    "Param",
+    "SkipTask",
+    "TaskResult",
+    "TriggerRule",
+    "XComArg",
+    "dag",
+    "get_current_context",
+    "task",
+]

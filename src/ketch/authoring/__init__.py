@@ -1,0 +1,1 @@
+"""What DAG files import: DAGs, tasks, params, schedules. Kept light for task tries."""

@@ -1,0 +1,92 @@
+"""``@task``, ``@task.branch``, ``@task.bash``: functions that become tasks when called.
+
+Calling a decorated function inside a DAG creates the task and returns an
+:class:`XComArg`; passing that XComArg (also inside lists and dicts) to another
+decorated call links the two tasks and feeds the value at run time. Calling
+the same function twice gives ids ``name``, ``name__1``, ... as in Airflow.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+from typing import Any, overload
+
+from ketch.authoring.bash import BashDecoratedTask
+from ketch.authoring.python import BranchPythonTask, PythonTask
+from ketch.authoring.tasks import BaseTask, XComArg, find_xcom_args
+
+
+def unique_task_id(task_id: str, existing: dict[str, BaseTask] | None) -> str:
+    """``task_id`` if free in the DAG, else ``core__N`` with N one above the highest in use."""
+    if not existing or task_id not in existing:
+        return task_id
+    core = re.split(r"__\d+$", task_id)[0]
+    suffixes = [
+        int(m.group(1)) for other in existing if (m := re.fullmatch(rf"{re.escape(core)}__(\d+)", other))
+    ]
+    return f"{core}__{max(suffixes, default=0) + 1}"
+
+
+class DecoratedTask:
+    """The object ``@task`` returns: call it to add a task to the current DAG."""
+
+    def __init__(
+        self, func: Callable[..., Any], task_class: type[BaseTask], kwargs: dict[str, Any]
+    ) -> None:
+        functools.update_wrapper(self, func)
+        self.function = func
+        self.task_class = task_class
+        self.kwargs = kwargs
+
+    def override(self, **kwargs: Any) -> DecoratedTask:
+        return DecoratedTask(self.function, self.task_class, {**self.kwargs, **kwargs})
+
+    def __call__(self, *args: Any, **kwargs: Any) -> XComArg:
+        from ketch.authoring.dag import current_dag
+
+        options = dict(self.kwargs)
+        dag = options.get("dag") or current_dag()
+        wanted = options.pop("task_id", None) or self.function.__name__
+        task_id = unique_task_id(wanted, dag.tasks if dag else None)
+        task = self.task_class(
+            task_id, python_callable=self.function, op_args=args, op_kwargs=kwargs, **options
+        )
+        for arg in find_xcom_args((args, kwargs)):
+            arg.operator.set_downstream(task)
+        return XComArg(task)
+
+
+def _decorator(
+    task_class: type[BaseTask], func: Callable[..., Any] | None, kwargs: dict[str, Any]
+) -> Any:
+    if func is not None:
+        return DecoratedTask(func, task_class, kwargs)
+    return lambda f: DecoratedTask(f, task_class, kwargs)
+
+
+class TaskDecoratorFactory:
+    """``task`` itself: ``@task``, ``@task(...)``, ``@task.python``, ``@task.branch``, ``@task.bash``."""
+
+    @overload
+    def __call__(self, python_callable: Callable[..., Any]) -> DecoratedTask: ...
+    @overload
+    def __call__(
+        self, python_callable: None = None, **kwargs: Any
+    ) -> Callable[[Callable[..., Any]], DecoratedTask]: ...
+
+    def __call__(self, python_callable: Callable[..., Any] | None = None, **kwargs: Any) -> Any:
+        return _decorator(PythonTask, python_callable, kwargs)
+
+    def python(self, python_callable: Callable[..., Any] | None = None, **kwargs: Any) -> Any:
+        return _decorator(PythonTask, python_callable, kwargs)
+
+    def branch(self, python_callable: Callable[..., Any] | None = None, **kwargs: Any) -> Any:
+        return _decorator(BranchPythonTask, python_callable, kwargs)
+
+    def bash(self, python_callable: Callable[..., Any] | None = None, **kwargs: Any) -> Any:
+        return _decorator(BashDecoratedTask, python_callable, kwargs)
+
+
+task = TaskDecoratorFactory()

@@ -1,0 +1,77 @@
+"""Import a DAG file as a fresh module and collect the DAGs it defines.
+
+Each import gets a unique module name (``unusual_prefix_<sha1 of path>_<stem>``,
+as Airflow does) so two files named ``etl.py`` in different folders never share
+a module, and the file's folder is on ``sys.path`` so sibling helper modules
+import. DAGs are collected both from the registry active during the import
+(Airflow 3 auto-registers ``with DAG`` blocks and ``@dag`` calls) and from
+module-level globals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from ketch.authoring.dag import DAG, collecting_dags
+from ketch.exceptions import DagDefinitionError
+
+
+class DagNotFound(KeyError):
+    """The file does not define the requested DAG."""
+
+
+def module_name(fileloc: str) -> str:
+    path = os.path.abspath(fileloc)
+    digest = hashlib.sha1(path.encode()).hexdigest()
+    return f"unusual_prefix_{digest}_{Path(path).stem}"
+
+
+def import_file(fileloc: str) -> tuple[ModuleType, list[DAG]]:
+    """Import ``fileloc``; return the module and the DAGs registered while importing."""
+    path = os.path.abspath(fileloc)
+    name = module_name(path)
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    folder = os.path.dirname(path)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    sys.modules[name] = module
+    try:
+        with collecting_dags() as registered:
+            spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module, registered
+
+
+def collect_dags(fileloc: str) -> list[DAG]:
+    """Every DAG ``fileloc`` defines, in definition order; each gets ``fileloc`` set."""
+    path = os.path.abspath(fileloc)
+    module, registered = import_file(path)
+    found: list[DAG] = list(registered)
+    for value in vars(module).values():
+        if isinstance(value, DAG) and not any(value is d for d in found):
+            found.append(value)
+    by_id: dict[str, DAG] = {}
+    for d in found:
+        if d.dag_id in by_id:
+            raise DagDefinitionError(f"{path} defines DAG {d.dag_id!r} twice")
+        by_id[d.dag_id] = d
+        d.fileloc = path
+    return found
+
+
+def load_dag(fileloc: str, dag_id: str) -> DAG:
+    """The DAG ``dag_id`` from ``fileloc`` (what a task try runs)."""
+    for d in collect_dags(fileloc):
+        if d.dag_id == dag_id:
+            return d
+    raise DagNotFound(f"DAG {dag_id!r} not found in {fileloc}")

@@ -1,0 +1,105 @@
+"""Tasks that call a Python function: ``@task`` and ``@task.branch``.
+
+Context injection follows Airflow: a parameter named like a context key
+(``params``, ``logical_date``, ``ti``...) receives that value unless the caller
+passed it, and a ``**kwargs``/``**context`` parameter receives the whole context.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ketch.authoring.tasks import BaseTask, TaskResult, XComPull, resolve_xcom_args
+
+if TYPE_CHECKING:
+    from ketch.authoring.context import Context
+
+
+def context_kwargs(
+    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], context: Context
+) -> dict[str, Any]:
+    """The keyword arguments to call ``func`` with: ``kwargs`` plus the context it asks for."""
+    sig = inspect.signature(func)
+    params = sig.parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        extra = {k: v for k, v in context.items() if k not in kwargs}
+        positional = _bound_positional(sig, args)
+        return {**{k: v for k, v in extra.items() if k not in positional}, **kwargs}
+    positional = _bound_positional(sig, args)
+    out = dict(kwargs)
+    for name, p in params.items():
+        if name in out or name in positional or name not in context:
+            continue
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
+            out[name] = context[name]
+    return out
+
+
+def _bound_positional(sig: inspect.Signature, args: tuple[Any, ...]) -> set[str]:
+    names = [
+        n
+        for n, p in sig.parameters.items()
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    return set(names[: len(args)])
+
+
+class PythonTask(BaseTask):
+    """Calls ``python_callable(*op_args, **op_kwargs)``; its return value is the task's XCom."""
+
+    kind = "python"
+
+    def __init__(
+        self,
+        task_id: str,
+        python_callable: Callable[..., Any],
+        *,
+        op_args: tuple[Any, ...] | list[Any] = (),
+        op_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(task_id, **kwargs)
+        if not callable(python_callable):
+            raise TypeError(f"task {task_id!r}: python_callable must be callable")
+        self.python_callable = python_callable
+        self.op_args = tuple(op_args)
+        self.op_kwargs = dict(op_kwargs or {})
+
+    def call(self, context: Context, xcom_pull: XComPull) -> Any:
+        args = resolve_xcom_args(self.op_args, xcom_pull)
+        kwargs = resolve_xcom_args(self.op_kwargs, xcom_pull)
+        kwargs = context_kwargs(self.python_callable, args, kwargs, context)
+        return self.python_callable(*args, **kwargs)
+
+    def _run(self, context: Context, xcom_pull: XComPull) -> TaskResult:
+        return TaskResult(return_value=self.call(context, xcom_pull))
+
+
+class BranchPythonTask(PythonTask):
+    """The callable returns the task id (or ids) to follow; other direct downstreams are skipped."""
+
+    kind = "branch"
+
+    def _run(self, context: Context, xcom_pull: XComPull) -> TaskResult:
+        chosen = self.call(context, xcom_pull)
+        follow = self.follow_ids(chosen)
+        return TaskResult(return_value=chosen, follow_task_ids=follow)
+
+    def follow_ids(self, chosen: Any) -> list[str]:
+        if chosen is None:
+            return []
+        ids = [chosen] if isinstance(chosen, str) else list(chosen)
+        if not all(isinstance(i, str) for i in ids):
+            raise TypeError(
+                f"branch task {self.task_id!r} must return a task id, a list of task ids or None, "
+                f"not {chosen!r}"
+            )
+        invalid = sorted(set(ids) - self.downstream_task_ids)
+        if invalid:
+            raise ValueError(
+                f"branch task {self.task_id!r} returned {invalid}, which are not its direct "
+                f"downstream tasks ({sorted(self.downstream_task_ids)})"
+            )
+        return ids

@@ -1,0 +1,97 @@
+"""DAG object -> :class:`ketch.serialization.SerializedDag` (what the DAG processor stores).
+
+Runs the whole-graph checks first (cycles, cron syntax, param defaults), so a
+broken DAG becomes an import error naming its file instead of a stored DAG.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ketch.authoring import _defaults
+from ketch.authoring.timetables import serialize_schedule
+
+if TYPE_CHECKING:
+    from ketch.authoring.dag import DAG
+    from ketch.authoring.tasks import BaseTask
+    from ketch.serialization import SerializedDag, SerializedTask
+
+
+def _relatives(dag: DAG, task_id: str, direction: Callable[[BaseTask], set[str]]) -> set[str]:
+    """Every task reachable from ``task_id`` following ``direction`` (excluding itself)."""
+    seen: set[str] = set()
+    stack = list(direction(dag.tasks[task_id]))
+    while stack:
+        tid = stack.pop()
+        if tid not in seen:
+            seen.add(tid)
+            stack.extend(direction(dag.tasks[tid]))
+    return seen
+
+
+def effective_priority_weight(dag: DAG, task: BaseTask) -> int:
+    """Airflow's priority_weight_total: own weight plus down- or upstream weights by weight_rule."""
+    if task.weight_rule == "absolute":
+        return task.priority_weight
+    if task.weight_rule == "downstream":
+        others = _relatives(dag, task.task_id, lambda t: t.downstream_task_ids)
+    else:
+        others = _relatives(dag, task.task_id, lambda t: t.upstream_task_ids)
+    return task.priority_weight + sum(dag.tasks[t].priority_weight for t in others)
+
+
+def serialize_task(dag: DAG, task: BaseTask) -> SerializedTask:
+    from ketch.serialization import SerializedTask
+
+    return SerializedTask(
+        task_id=task.task_id,
+        kind=task.kind,  # type: ignore[arg-type]
+        upstream_task_ids=sorted(task.upstream_task_ids),
+        downstream_task_ids=sorted(task.downstream_task_ids),
+        trigger_rule=task.trigger_rule,
+        retries=task.retries,
+        retry_delay=task.retry_delay,
+        retry_exponential_backoff=task.retry_exponential_backoff,
+        max_retry_delay=task.max_retry_delay,
+        execution_timeout=task.execution_timeout,
+        priority_weight=effective_priority_weight(dag, task),
+        pool=task.pool,
+        pool_slots=task.pool_slots,
+        executor_config=task.executor_config,
+        doc_md=task.doc_md,
+    )
+
+
+def serialize_dag(dag: DAG, dags_folder: Path) -> SerializedDag:
+    """Validate ``dag`` and return its serialized form (fileloc absolute, relative_fileloc to the folder)."""
+    from ketch.serialization import SerializedDag
+
+    dag.validate()
+    defaults = _defaults.parse_defaults()
+    fileloc = os.path.abspath(dag.fileloc)
+    return SerializedDag(
+        dag_id=dag.dag_id,
+        fileloc=fileloc,
+        relative_fileloc=os.path.relpath(fileloc, os.path.abspath(dags_folder)),
+        description=dag.description,
+        doc_md=dag.doc_md,
+        tags=list(dag.tags),
+        schedule=serialize_schedule(
+            dag.schedule,
+            timezone=dag.timezone,
+            create_cron_data_intervals=defaults["create_cron_data_intervals"],
+            create_delta_data_intervals=defaults["create_delta_data_intervals"],
+        ),
+        start_date=dag.start_date,
+        end_date=dag.end_date,
+        catchup=dag.catchup,
+        max_active_runs=dag.max_active_runs,
+        max_active_tasks=dag.max_active_tasks,
+        dagrun_timeout=dag.dagrun_timeout,
+        is_paused_upon_creation=dag.is_paused_upon_creation,
+        params={name: p.serialize() for name, p in dag.params.items()},
+        tasks={tid: serialize_task(dag, t) for tid, t in dag.tasks.items()},
+    )

@@ -1,0 +1,1 @@
+"""The DAG processor: finds DAG files, parses them in child processes, stores the result."""

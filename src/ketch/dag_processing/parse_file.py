@@ -1,0 +1,49 @@
+"""The parse child: ``python -m ketch.dag_processing.parse_file FILE DAGS_FOLDER``.
+
+Imports one DAG file and prints one JSON object on stdout:
+``{"ok": true, "dags": [<SerializedDag>...]}`` or ``{"ok": false, "error": <traceback>}``.
+Running each file in its own process keeps a slow, crashing or memory-hungry
+file away from the scheduler, and lets the processor kill it on timeout.
+Anything the DAG file itself prints goes to stderr so it cannot corrupt the JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+
+def parse(fileloc: str, dags_folder: str) -> dict[str, Any]:
+    """Import ``fileloc`` and serialize its DAGs; any failure becomes ``{"ok": False}``."""
+    try:
+        from ketch.authoring.loader import collect_dags
+        from ketch.authoring.serialize import serialize_dag
+
+        dags = collect_dags(fileloc)
+        serialized = [
+            serialize_dag(d, Path(dags_folder)).model_dump(mode="json", by_alias=True) for d in dags
+        ]
+    except BaseException:  # SystemExit and KeyboardInterrupt from a DAG file are errors too
+        return {"ok": False, "error": traceback.format_exc()}
+    return {"ok": True, "dags": serialized}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python -m ketch.dag_processing.parse_file FILE DAGS_FOLDER", file=sys.stderr)
+        return 2
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # the DAG file's own output (even from C code) goes to stderr
+    sys.stdout = sys.stderr
+    result = parse(argv[0], argv[1])
+    out.write(json.dumps(result))
+    out.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
