@@ -114,7 +114,7 @@ class SchedulerSettings(BaseModel):
         "trigger semantics (CronTriggerTimetable, the Airflow 3 default).",
     )
     create_delta_data_intervals: bool = Field(
-        default=True,
+        default=False,
         description="timedelta schedules get data intervals (DeltaDataIntervalTimetable) instead "
         "of trigger semantics (DeltaTriggerTimetable).",
     )
