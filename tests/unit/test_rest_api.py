@@ -1,0 +1,220 @@
+"""The REST API v1 through FastAPI's TestClient: every endpoint, its 404/409/422 paths."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from ketch.api.app import create_app
+from ketch.config import get_settings
+from ketch.db.models import ImportError_, TaskInstance
+from ketch.executors.base import TryKey
+from ketch.worker.task_log import log_path
+from tests.unit.test_operations import add_dag, add_run, serialized_chain
+
+API = "/api/v1"
+STATES = {"extract": "success", "transform": "failed", "load": "upstream_failed", "report": None}
+
+
+@pytest.fixture
+def client(sqlite_engine: Engine) -> Iterator[TestClient]:
+    with Session(sqlite_engine) as session:
+        etl = add_dag(session, serialized_chain())
+        add_dag(session, serialized_chain("other"), paused=True)
+        add_run(session, etl, "r1", STATES, run_state="failed")
+        session.add(
+            ImportError_(
+                filename="/dags/bad.py",
+                stacktrace="Traceback\nSyntaxError: x",
+                timestamp=datetime.now(UTC),
+            )
+        )
+        session.commit()
+    with TestClient(create_app(get_settings())) as c:
+        yield c
+
+
+def test_openapi_and_health(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    assert spec["info"]["title"] == "ketch"
+    assert f"{API}/dags/{{dag_id}}/dagRuns" in spec["paths"]
+    assert "/execution/try/start" in spec["paths"]
+    assert client.get(f"{API}/health").json() == {"status": "ok", "database": "ok"}
+
+
+def test_list_dags_filters_and_paginates(client: TestClient) -> None:
+    body = client.get(f"{API}/dags").json()
+    assert body["total_entries"] == 2
+    assert [d["dag_id"] for d in body["dags"]] == ["etl", "other"]
+    assert body["dags"][0]["last_run_state"] == "failed"
+    page = client.get(f"{API}/dags", params={"limit": 1, "offset": 1}).json()
+    assert [d["dag_id"] for d in page["dags"]] == ["other"] and page["total_entries"] == 2
+    paused = client.get(f"{API}/dags", params={"paused": "true"}).json()
+    assert [d["dag_id"] for d in paused["dags"]] == ["other"]
+    tagged = client.get(f"{API}/dags", params={"tags": ["team-a"]}).json()
+    assert [d["dag_id"] for d in tagged["dags"]] == ["etl"]
+    assert client.get(f"{API}/dags", params={"limit": 0}).status_code == 422
+
+
+def test_dag_details_tasks_and_pause(client: TestClient) -> None:
+    detail = client.get(f"{API}/dags/etl").json()
+    assert detail["schedule"]["kind"] == "none"
+    assert detail["params"]["n"] == {
+        "value": 3,
+        "has_default": True,
+        "schema": {"type": "integer", "minimum": 1},
+        "description": None,
+    }
+    assert [t["task_id"] for t in detail["tasks"]] == ["extract", "transform", "load", "report"]
+    tasks = client.get(f"{API}/dags/etl/tasks").json()
+    assert tasks["total_entries"] == 4 and tasks["tasks"][1]["upstream_task_ids"] == ["extract"]
+    missing = client.get(f"{API}/dags/nope")
+    assert missing.status_code == 404 and "'nope'" in missing.json()["detail"]
+    assert client.get(f"{API}/dags/nope/tasks").status_code == 404
+    patched = client.patch(f"{API}/dags/other", json={"is_paused": False})
+    assert patched.status_code == 200 and patched.json()["is_paused"] is False
+    bad = client.patch(f"{API}/dags/other", json={"paused": False})
+    assert bad.status_code == 422
+    assert client.patch(f"{API}/dags/nope", json={"is_paused": True}).status_code == 404
+
+
+def test_trigger_run_and_its_errors(client: TestClient) -> None:
+    created = client.post(f"{API}/dags/etl/dagRuns", json={"conf": {"n": 5}, "dag_run_id": "mine"})
+    assert created.status_code == 200, created.text
+    run = created.json()
+    assert run["dag_run_id"] == "mine" and run["state"] == "queued"
+    assert run["logical_date"] is None and run["params"] == {"n": 5}
+    dup = client.post(f"{API}/dags/etl/dagRuns", json={"dag_run_id": "mine"})
+    assert dup.status_code == 409 and "mine" in dup.json()["detail"]
+    invalid = client.post(f"{API}/dags/etl/dagRuns", json={"conf": {"n": 0}})
+    assert invalid.status_code == 422
+    assert invalid.json()["detail"][0]["loc"] == ["body", "conf", "n"]
+    not_object = client.post(f"{API}/dags/etl/dagRuns", json={"conf": [1]})
+    assert not_object.status_code == 422 and not_object.json()["detail"][0]["loc"] == [
+        "body",
+        "conf",
+    ]
+    naive = client.post(f"{API}/dags/etl/dagRuns", json={"logical_date": "2026-01-01T00:00:00"})
+    assert naive.status_code == 422 and naive.json()["detail"][0]["loc"] == ["body", "logical_date"]
+    assert client.post(f"{API}/dags/nope/dagRuns", json={}).status_code == 404
+    dated = client.post(f"{API}/dags/etl/dagRuns", json={"logical_date": "2026-01-01T00:00:00Z"})
+    assert dated.json()["logical_date"] == "2026-01-01T00:00:00Z"
+
+
+def test_runs_list_get_and_cancel(client: TestClient) -> None:
+    client.post(f"{API}/dags/etl/dagRuns", json={"dag_run_id": "r2"})
+    runs = client.get(f"{API}/dags/etl/dagRuns").json()
+    assert runs["total_entries"] == 2
+    assert {r["dag_run_id"] for r in runs["dag_runs"]} == {"r1", "r2"}
+    assert (
+        client.get(f"{API}/dags/etl/dagRuns", params={"state": "queued"}).json()["total_entries"]
+        == 1
+    )
+    assert client.get(f"{API}/dags/etl/dagRuns/r2").json()["state"] == "queued"
+    gone = client.get(f"{API}/dags/etl/dagRuns/zzz")
+    assert gone.status_code == 404 and "'zzz'" in gone.json()["detail"]
+    assert client.get(f"{API}/dags/nope/dagRuns").status_code == 404
+    cancelled = client.patch(f"{API}/dags/etl/dagRuns/r2", json={"state": "failed"})
+    assert cancelled.json()["state"] == "failed"
+    tis = client.get(f"{API}/dags/etl/dagRuns/r2/taskInstances").json()["task_instances"]
+    assert {ti["state"] for ti in tis} == {"skipped"}
+    assert client.patch(f"{API}/dags/etl/dagRuns/r2", json={"state": "running"}).status_code == 422
+
+
+def test_task_instances_get_mark_and_clear(client: TestClient) -> None:
+    listed = client.get(f"{API}/dags/etl/dagRuns/r1/taskInstances").json()
+    assert [ti["task_id"] for ti in listed["task_instances"]] == [
+        "extract",
+        "transform",
+        "load",
+        "report",
+    ]
+    one = client.get(f"{API}/dags/etl/dagRuns/r1/taskInstances/transform").json()
+    assert one["state"] == "failed" and one["try_number"] == 1
+    assert one["tries"][0]["try_number"] == 1 and one["error"] == "boom"
+    assert client.get(f"{API}/dags/etl/dagRuns/r1/taskInstances/nope").status_code == 404
+    preview = client.post(f"{API}/dags/etl/clearTaskInstances", json={"dag_run_id": "r1"})
+    assert {ti["task_id"] for ti in preview.json()["task_instances"]} == {"transform", "load"}
+    still = client.get(f"{API}/dags/etl/dagRuns/r1/taskInstances/transform").json()
+    assert still["state"] == "failed"  # dry_run defaults to true, as in Airflow
+    marked = client.patch(
+        f"{API}/dags/etl/dagRuns/r1/taskInstances/transform", json={"new_state": "success"}
+    )
+    assert [ti["task_id"] for ti in marked.json()["task_instances"]] == ["transform"]
+    load = client.get(f"{API}/dags/etl/dagRuns/r1/taskInstances/load").json()
+    assert load["state"] is None  # failed downstream cleared by the mark
+    bad_state = client.patch(
+        f"{API}/dags/etl/dagRuns/r1/taskInstances/load", json={"new_state": "running"}
+    )
+    assert bad_state.status_code == 422
+    cleared = client.post(
+        f"{API}/dags/etl/clearTaskInstances",
+        json={"dag_run_id": "r1", "task_ids": ["extract"], "only_failed": False, "dry_run": False},
+    )
+    assert [ti["task_id"] for ti in cleared.json()["task_instances"]] == ["extract"]
+    assert client.get(f"{API}/dags/etl/dagRuns/r1").json()["state"] == "queued"
+    unknown = client.post(
+        f"{API}/dags/etl/clearTaskInstances", json={"dag_run_id": "r1", "task_ids": ["zz"]}
+    )
+    assert unknown.status_code == 404 and "'zz'" in unknown.json()["detail"]
+
+
+def test_import_errors(client: TestClient) -> None:
+    body = client.get(f"{API}/importErrors").json()
+    assert body["total_entries"] == 1
+    assert body["import_errors"][0]["filename"] == "/dags/bad.py"
+    assert "SyntaxError" in body["import_errors"][0]["stack_trace"]
+
+
+def _log_file(task_id: str, try_number: int = 1) -> str:
+    path = log_path(get_settings().log_folder, TryKey("etl", "r1", task_id, try_number))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+def test_log_as_text_and_missing_logs(client: TestClient) -> None:
+    with open(_log_file("transform"), "w") as fh:
+        fh.write("line one\nline two\n")
+    url = f"{API}/dags/etl/dagRuns/r1/taskInstances/transform/logs"
+    text = client.get(f"{url}/1")
+    assert text.status_code == 200 and text.text == "line one\nline two\n"
+    assert text.headers["content-type"].startswith("text/plain")
+    assert client.get(f"{url}/2").status_code == 404  # no second try
+    missing = client.get(f"{API}/dags/etl/dagRuns/r1/taskInstances/extract/logs/1")
+    assert missing.status_code == 404 and "no log" in missing.json()["detail"]
+
+
+def test_log_follow_streams_until_the_try_ends(client: TestClient, sqlite_engine: Engine) -> None:
+    with Session(sqlite_engine) as session:
+        ti = session.query(TaskInstance).filter_by(task_id="extract").one()
+        ti.state = "running"
+        session.commit()
+    path = _log_file("extract")
+    with open(path, "w") as fh:
+        fh.write("started\n")
+
+    def finish_later() -> None:
+        time.sleep(0.3)
+        with open(path, "a") as fh:
+            fh.write("finished\n")
+        with Session(sqlite_engine) as session:
+            session.query(TaskInstance).filter_by(task_id="extract").update({"state": "success"})
+            session.commit()
+
+    writer = threading.Thread(target=finish_later)
+    writer.start()
+    url = f"{API}/dags/etl/dagRuns/r1/taskInstances/extract/logs/1?follow=true"
+    with client.stream("GET", url) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        body = "".join(response.iter_text())
+    writer.join()
+    data = [ln[len("data: ") :] for ln in body.splitlines() if ln.startswith("data: ")]
+    assert "started" in data and "finished" in data
+    assert body.rstrip().endswith("event: end\ndata: success")
