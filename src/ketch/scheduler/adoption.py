@@ -56,13 +56,14 @@ def adopt_tries(ctx: SchedulerContext, events: queue.SimpleQueue[TryEnded]) -> A
     """Offer, adopt, relaunch; returns what happened (lost tries become events)."""
     result = AdoptionResult()
     with ctx.sessions() as session:
-        rows = list(
-            session.execute(
+        rows = [
+            (ti, dag_hash)
+            for ti, dag_hash in session.execute(
                 select(TaskInstance, DagRun.dag_hash)
                 .join(DagRun, DagRun.id == TaskInstance.dag_run_id)
                 .where(TaskInstance.state.in_([_TI.QUEUED.value, _TI.RUNNING.value]))
-            ).tuples()
-        )
+            )
+        ]
     if not rows:
         return result
     adopted = set(ctx.executor.adopt(_offers(ctx, rows)))

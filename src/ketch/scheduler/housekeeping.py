@@ -41,17 +41,12 @@ def start_queued_runs(ctx: SchedulerContext, session: Session) -> int:
     if not queued:
         return 0
     dag_ids = {run.dag_id for run, _ in queued}
-    running = Counter(
-        dict(
-            session.execute(
-                select(DagRun.dag_id, func.count(DagRun.id))
-                .where(DagRun.dag_id.in_(dag_ids), DagRun.state == DagRunState.RUNNING.value)
-                .group_by(DagRun.dag_id)
-            )
-            .tuples()
-            .all()
-        )
+    rows = session.execute(
+        select(DagRun.dag_id, func.count(DagRun.id))
+        .where(DagRun.dag_id.in_(dag_ids), DagRun.state == DagRunState.RUNNING.value)
+        .group_by(DagRun.dag_id)
     )
+    running: Counter[str] = Counter({dag_id: n for dag_id, n in rows})
     started = 0
     now = ctx.clock()
     for run, serialized in queued:

@@ -72,7 +72,7 @@ def _candidates(session: Session, limits: _Limits, page: int) -> list[tuple[Task
         stmt = stmt.where(TaskInstance.dag_run_id.not_in(limits.starved_runs))
     if limits.starved_pools:
         stmt = stmt.where(TaskInstance.pool.not_in(limits.starved_pools))
-    return [(ti, dag_hash) for ti, dag_hash in session.execute(stmt).tuples()]
+    return [(ti, dag_hash) for ti, dag_hash in session.execute(stmt).all()]
 
 
 def _count_run_active(session: Session, limits: _Limits, run_ids: set[int]) -> None:
@@ -84,7 +84,7 @@ def _count_run_active(session: Session, limits: _Limits, run_ids: set[int]) -> N
         .where(TaskInstance.dag_run_id.in_(missing), TaskInstance.state.in_(_ACTIVE))
         .group_by(TaskInstance.dag_run_id)
     )
-    counts = dict(rows.tuples().all())
+    counts: dict[int, int] = {run_id: n for run_id, n in rows}
     for run_id in missing:
         limits.run_active[run_id] = int(counts.get(run_id, 0))
 
