@@ -366,7 +366,7 @@ def _parse_conf(conf: str | None) -> dict[str, Any]:
     return parsed
 
 
-def _wait_for_run(dag_id: str, run_id: str, poll: float = WAIT_POLL_SECONDS) -> int:
+def _wait_for_run(dag_id: str, run_id: str) -> int:
     """Print progress and each failure as it happens until the run ends; its exit code."""
     from ketch import operations
     from ketch.states import DagRunState
@@ -388,7 +388,7 @@ def _wait_for_run(dag_id: str, run_id: str, poll: float = WAIT_POLL_SECONDS) -> 
         if progress.state in (DagRunState.SUCCESS, DagRunState.FAILED):
             click.echo(f"run {run_id} {progress.state}")
             return 0 if progress.state == DagRunState.SUCCESS else 1
-        time.sleep(poll)
+        time.sleep(WAIT_POLL_SECONDS)
 
 
 def _first_line(text: str) -> str:
@@ -520,7 +520,7 @@ def _try_is_live(ti_id: int, try_number: int) -> bool:
         return ti is not None and ti.try_number == try_number and ti.state in live
 
 
-def _follow_file(path: Path, is_live: Callable[[], bool], poll: float = LOG_POLL_SECONDS) -> None:
+def _follow_file(path: Path, is_live: Callable[[], bool]) -> None:
     """Copy ``path`` to stdout as it grows, until the try is over and all of it is printed."""
     offset = 0
     while True:
@@ -533,7 +533,7 @@ def _follow_file(path: Path, is_live: Callable[[], bool], poll: float = LOG_POLL
             chunk = _read_from(path, offset)
         if not live:
             return
-        time.sleep(poll)
+        time.sleep(LOG_POLL_SECONDS)
 
 
 def _read_from(path: Path, offset: int) -> bytes:
