@@ -14,12 +14,14 @@ Imports stay light on purpose: no SQLAlchemy, FastAPI, Uvicorn, Alembic,
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -88,8 +90,6 @@ def kill_children() -> None:
     snapshot taken when the timeout fired and a ``killpg`` of our own group (we are
     its leader when forked by the fork server) catch what ``children()`` no longer sees.
     """
-    import psutil
-
     procs = {p.pid: p for p in [*_doomed, *_descendants()]}
     _signal_all(list(procs.values()), signal.SIGTERM)
     if os.getpgrp() == os.getpid():
@@ -98,9 +98,24 @@ def kill_children() -> None:
             os.killpg(os.getpgrp(), signal.SIGTERM)
         finally:
             signal.signal(signal.SIGTERM, previous)
-    _gone, alive = psutil.wait_procs(list(procs.values()), timeout=_CHILD_GRACE_SECONDS)
-    _signal_all(alive, signal.SIGKILL)
+    _signal_all(_wait_gone(list(procs.values()), _CHILD_GRACE_SECONDS), signal.SIGKILL)
     _doomed.clear()
+
+
+def _wait_gone(procs: list[Any], timeout: float) -> list[Any]:
+    """Wait until the processes are gone (or zombies nobody reaped yet); return the rest."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = []
+        for proc in procs:
+            with suppress(psutil.Error):
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(proc)
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.02)
 
 
 def terminate_whole_group() -> None:
@@ -329,7 +344,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     """Entry point of ``ketch task run`` and ``python -m ketch.worker.runner``."""
     args = parse_args(argv)
-    if isinstance(sys.stdout, __import__("io").TextIOWrapper):
+    if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)  # a live log follows the task's prints
     if args.log_file is None:
         return run_try(args)
