@@ -43,7 +43,7 @@ def bundled_dags_folder() -> Path:
     """The example DAGs shipped inside the package."""
     import ketch
 
-    return Path(ketch.__file__).parent / "example_dags"
+    return Path(ketch.__file__).resolve().parent / "example_dags"
 
 
 def effective_dags_folder(settings: Settings) -> Path:
@@ -97,8 +97,8 @@ class SchedulerStack:
         self.scheduler.wake()
 
     def run(self) -> None:
-        """Block in the scheduling loop until :meth:`stop` is called."""
-        self.processor.start()
+        """Block in the scheduling loop until :meth:`stop` is called. The scheduler starts
+        the executor and the DAG processor, and stops both when its loop ends."""
         self.scheduler.run(self.stop_event)
 
     def stop(self) -> None:
@@ -106,19 +106,12 @@ class SchedulerStack:
         self.scheduler.wake()
 
     def close(self) -> None:
-        """Stop background machinery; running tries keep running (adopted on restart)."""
+        """Unhook from user actions. The loop itself stopped the processor and executor on
+        its way out (running tries keep running; they are adopted on restart)."""
         from ketch import operations
 
         if self._operations_hook in operations.on_change:
             operations.on_change.remove(self._operations_hook)
-        for name, stop in (
-            ("DAG processor", self.processor.stop),
-            ("executor", self.executor.stop),
-        ):
-            try:
-                stop()
-            except Exception:
-                log.exception("stopping the %s failed", name)
 
 
 def _install_stop_handlers(on_signal: Callable[[], None]) -> None:
