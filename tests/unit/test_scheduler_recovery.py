@@ -1,0 +1,198 @@
+"""Failures around tries and the database: zombies, queued timeout, run timeout, external
+cancel, adoption after a restart (both backends), and a database outage with no event lost."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, event, select
+from sqlalchemy.orm import Session
+
+from ketch.config import get_settings
+from ketch.db.engine import make_engine
+from ketch.db.models import DagRun, TaskInstance
+from ketch.executors.base import TryKey
+from ketch.scheduler.loop import Scheduler
+from ketch.states import TaskInstanceState
+from tests.support.fake_executor import (
+    FakeExecutor,
+    Outcome,
+    drive,
+    insert_dag,
+    run_state,
+    serialized_dag,
+    ti_states,
+    trigger,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+
+def scheduler_for(engine: Engine, executor: FakeExecutor, clock: Clock | None = None) -> Scheduler:
+    scheduler = Scheduler(
+        get_settings(),
+        engine,
+        executor,
+        clock=clock or Clock(),
+        token_signer=lambda k, i: "token",
+    )
+    scheduler.start_executor()
+    return scheduler
+
+
+def ti_of(engine: Engine, task_id: str) -> TaskInstance:
+    with Session(engine) as session:
+        return session.scalars(select(TaskInstance).where(TaskInstance.task_id == task_id)).one()
+
+
+def test_zombie_is_failed_and_retried(sqlite_engine: Engine) -> None:
+    insert_dag(sqlite_engine, serialized_dag("d", {"a": {"retries": 1, "retry_delay": 0}}))
+    trigger(sqlite_engine, "d")
+    clock = Clock()
+    executor = FakeExecutor(sqlite_engine, {"a": [Outcome.hang(), Outcome.success()]})
+    scheduler = scheduler_for(sqlite_engine, executor, clock)
+    drive(scheduler, lambda: ti_of(sqlite_engine, "a").state == "running")
+    clock.offset = timedelta(seconds=get_settings().scheduler.task_instance_heartbeat_timeout + 5)
+    scheduler.detect_failures()
+    ti = ti_of(sqlite_engine, "a")
+    assert ti.state == "up_for_retry"
+    assert ti.error is not None and ti.error.startswith("zombie: no heartbeat for 30")
+    assert TryKey("d", ti.run_id, "a", 1) in executor.cancelled
+    drive(scheduler, lambda: ti_of(sqlite_engine, "a").state == "success")
+    assert ti_of(sqlite_engine, "a").try_number == 2
+
+
+def test_queued_timeout_fails_the_try(sqlite_engine: Engine) -> None:
+    insert_dag(sqlite_engine, serialized_dag("d", {"a": {}}))
+    run_id = trigger(sqlite_engine, "d")
+    clock = Clock()
+    executor = FakeExecutor(sqlite_engine, {"a": Outcome.never_start()})
+    scheduler = scheduler_for(sqlite_engine, executor, clock)
+    drive(scheduler, lambda: ti_of(sqlite_engine, "a").state == "queued")
+    clock.offset = timedelta(seconds=get_settings().scheduler.task_queued_timeout + 1)
+    scheduler.detect_failures()
+    drive(scheduler, lambda: run_state(sqlite_engine, run_id) == "failed")
+    assert ti_of(sqlite_engine, "a").error == (
+        "queued for more than 600s without starting (task_queued_timeout)"
+    )
+
+
+def test_dagrun_timeout_fails_run_and_cancels(sqlite_engine: Engine) -> None:
+    insert_dag(
+        sqlite_engine,
+        serialized_dag("d", {"a": {}, "b": {"upstream": ["a"]}}, dagrun_timeout=60.0),
+    )
+    run_id = trigger(sqlite_engine, "d")
+    clock = Clock()
+    executor = FakeExecutor(sqlite_engine, {"a": Outcome.hang()})
+    scheduler = scheduler_for(sqlite_engine, executor, clock)
+    drive(scheduler, lambda: ti_of(sqlite_engine, "a").state == "running")
+    clock.offset = timedelta(seconds=61)
+    scheduler.detect_failures()
+    assert run_state(sqlite_engine, run_id) == "failed"
+    assert ti_states(sqlite_engine, run_id) == {"a": "skipped", "b": "skipped"}
+    assert [k.task_id for k in executor.cancelled] == ["a"]
+
+
+def test_externally_failed_run_cancels_its_tries(sqlite_engine: Engine) -> None:
+    insert_dag(sqlite_engine, serialized_dag("d", {"a": {}}))
+    run_id = trigger(sqlite_engine, "d")
+    executor = FakeExecutor(sqlite_engine, {"a": Outcome.hang()})
+    scheduler = scheduler_for(sqlite_engine, executor)
+    drive(scheduler, lambda: ti_of(sqlite_engine, "a").state == "running")
+    with Session(sqlite_engine) as session:  # what operations.set_dag_run_state does
+        run = session.get(DagRun, run_id)
+        assert run is not None
+        run.state, run.needs_evaluation = "failed", True
+        session.commit()
+    scheduler.wake()
+    scheduler.run_once()
+    assert [k.task_id for k in executor.cancelled] == ["a"]
+
+
+def _prepare_restart(engine: Engine) -> dict[str, TaskInstance]:
+    """A run as a killed scheduler left it: a running (alive), b queued (never launched),
+    d running (gone), c waiting on a and b."""
+    tasks = {"a": {}, "b": {}, "d": {}, "c": {"upstream": ["a", "b"]}}
+    insert_dag(engine, serialized_dag("d", tasks))
+    run_id = trigger(engine, "d", "r")
+    now = datetime.now(UTC)
+    with Session(engine, expire_on_commit=False) as session:
+        run = session.get(DagRun, run_id)
+        assert run is not None
+        run.state, run.start_date, run.needs_evaluation = "running", now, False
+        tis = {ti.task_id: ti for ti in session.scalars(select(TaskInstance))}
+        for task_id, state in (("a", "running"), ("b", "queued"), ("d", "running")):
+            ti = tis[task_id]
+            ti.state, ti.try_number, ti.queued_at = state, 1, now
+            if state == "running":
+                ti.start_date, ti.last_heartbeat_at = now, now
+                ti.external_executor_id = f"old:{task_id}"
+        session.commit()
+        return tis
+
+
+def test_restart_adopts_relaunches_and_loses_nothing(engine: Engine) -> None:
+    tis = _prepare_restart(engine)
+    key_a = TryKey("d", "r", "a", 1)
+    executor = FakeExecutor(engine, alive_on_adopt={key_a})
+    scheduler = scheduler_for(engine, executor)
+    scheduler.adopt()
+    assert {o.key.task_id for o in executor.adopt_offers} == {"a", "b", "d"}
+    assert executor.launched == [TryKey("d", "r", "b", 1)]  # same try_number, only b
+    executor.finish_adopted(key_a, tis["a"].id, TaskInstanceState.SUCCESS)
+    drive(scheduler, lambda: run_state(engine, tis["a"].dag_run_id) in ("success", "failed"))
+    states = ti_states(engine, tis["a"].dag_run_id)
+    assert states == {"a": "success", "b": "success", "c": "success", "d": "failed"}
+    assert run_state(engine, tis["a"].dag_run_id) == "failed"  # leaf d was lost
+    assert [k.task_id for k in executor.launched].count("a") == 0
+    assert ti_of(engine, "b").try_number == 1
+
+
+def test_database_outage_keeps_events(
+    sqlite_engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    insert_dag(sqlite_engine, serialized_dag("d", {"a": {}, "b": {"upstream": ["a"]}}))
+    run_id = trigger(sqlite_engine, "d")
+    # The fake "execution API" keeps its own connection; only the scheduler's engine breaks.
+    api_engine = make_engine(str(sqlite_engine.url))
+    executor = FakeExecutor(api_engine, {"a": Outcome.success(delay=0.3)})
+    broken = threading.Event()
+
+    def fail_when_broken(*_: Any) -> None:
+        if broken.is_set():
+            raise sqlite3.OperationalError("disk I/O error (simulated outage)")
+
+    event.listen(sqlite_engine, "before_cursor_execute", fail_when_broken)
+    scheduler = scheduler_for(sqlite_engine, executor)
+    stop = threading.Event()
+    thread = threading.Thread(target=scheduler.run, args=(stop,))
+    caplog.set_level(logging.WARNING, logger="ketch.scheduler")
+    thread.start()
+    try:
+        deadline = datetime.now(UTC) + timedelta(seconds=10)
+        while not executor.launched and datetime.now(UTC) < deadline:
+            stop.wait(0.01)
+        broken.set()  # the try ends while the database is unreachable
+        stop.wait(1.5)
+        broken.clear()
+        while run_state(sqlite_engine, run_id) != "success" and datetime.now(UTC) < deadline:
+            stop.wait(0.05)
+    finally:
+        stop.set()
+        scheduler.wake()
+        thread.join(10)
+        event.remove(sqlite_engine, "before_cursor_execute", fail_when_broken)
+    assert ti_states(sqlite_engine, run_id) == {"a": "success", "b": "success"}
+    assert any("database unavailable: disk I/O error" in r.message for r in caplog.records)
