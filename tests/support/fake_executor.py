@@ -275,9 +275,7 @@ def try_rows(engine: Engine, ti_id: int) -> list[TaskInstanceTry]:
 # -- building DAGs and runs for scheduler tests ---------------------------------------------
 
 
-def serialized_dag(
-    dag_id: str, tasks: dict[str, dict[str, Any]], **dag_fields: Any
-) -> dict[str, Any]:
+def serialized_dag(dag_id: str, tasks: dict[str, Any], **dag_fields: Any) -> dict[str, Any]:
     """A SerializedDag JSON from ``{task_id: {"upstream": [...], other SerializedTask fields}}``."""
     downstream: dict[str, list[str]] = {tid: [] for tid in tasks}
     for tid, spec in tasks.items():
