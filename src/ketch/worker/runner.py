@@ -246,8 +246,9 @@ def run_task(payload: dict[str, Any], client: ExecutionApiClient) -> Outcome:
     try:
         context = build_context(payload)
         task = load_dag(dag_file(payload), payload["dag_id"]).get_task(task_id)
-        timeout = payload.get("execution_timeout") or getattr(task, "execution_timeout", None)
-        with execution_timeout(timeout):
+        # From the serialized task (defaults resolved at parse time): reading the task's
+        # own property could import the settings stack into the try.
+        with execution_timeout(payload.get("execution_timeout")):
             result = task.execute(context, _xcom_puller(client))
     except SkipTask as exc:
         say(f"task skipped: {exc}" if str(exc) else "task skipped")
