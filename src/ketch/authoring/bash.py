@@ -26,9 +26,7 @@ if TYPE_CHECKING:
 SKIP_EXIT_CODE = 99
 
 
-def bash_env(
-    env: dict[str, str] | None, append_env: bool, context: Context
-) -> dict[str, str]:
+def bash_env(env: dict[str, str] | None, append_env: bool, context: Context) -> dict[str, str]:
     """``env`` replaces the environment unless ``append_env`` (Airflow's rule), plus context vars."""
     if env is None:
         result = dict(os.environ)

@@ -257,9 +257,7 @@ class DAG:
         return f"<DAG {self.dag_id}>"
 
 
-def dag(
-    dag_id: str | Callable[..., Any] | None = None, **dag_kwargs: Any
-) -> Any:
+def dag(dag_id: str | Callable[..., Any] | None = None, **dag_kwargs: Any) -> Any:
     """``@dag`` / ``@dag(...)``: calling the decorated function builds and returns the DAG."""
     if callable(dag_id):
         return _DagFactory(dag_id, None, dag_kwargs)

@@ -24,7 +24,9 @@ def unique_task_id(task_id: str, existing: dict[str, BaseTask] | None) -> str:
         return task_id
     core = re.split(r"__\d+$", task_id)[0]
     suffixes = [
-        int(m.group(1)) for other in existing if (m := re.fullmatch(rf"{re.escape(core)}__(\d+)", other))
+        int(m.group(1))
+        for other in existing
+        if (m := re.fullmatch(rf"{re.escape(core)}__(\d+)", other))
     ]
     return f"{core}__{max(suffixes, default=0) + 1}"
 

@@ -306,7 +306,9 @@ def validate_cron(expression: str) -> str:
 
     expanded = CRON_PRESETS.get(expression, expression)
     if expanded.startswith("@") or not croniter.is_valid(expanded):
-        raise DagDefinitionError(f"invalid schedule {expression!r}: not a cron expression or preset")
+        raise DagDefinitionError(
+            f"invalid schedule {expression!r}: not a cron expression or preset"
+        )
     return expanded
 
 
@@ -325,15 +327,18 @@ def serialize_schedule(
     if schedule == "@once":
         return SerializedSchedule(kind="once", summary="@once")
     if isinstance(schedule, timedelta):
-        kind = "delta_interval" if create_delta_data_intervals else "delta_trigger"
         return SerializedSchedule(
-            kind=kind, delta_seconds=schedule.total_seconds(), summary=str(schedule)
+            kind="delta_interval" if create_delta_data_intervals else "delta_trigger",
+            delta_seconds=schedule.total_seconds(),
+            summary=str(schedule),
         )
     if isinstance(schedule, str):
         expression = validate_cron(schedule)
-        kind = "cron_interval" if create_cron_data_intervals else "cron_trigger"
         return SerializedSchedule(
-            kind=kind, expression=expression, timezone=timezone, summary=schedule
+            kind="cron_interval" if create_cron_data_intervals else "cron_trigger",
+            expression=expression,
+            timezone=timezone,
+            summary=schedule,
         )
     raise DagDefinitionError(f"invalid schedule {schedule!r}")
 

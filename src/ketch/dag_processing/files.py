@@ -39,6 +39,10 @@ def might_contain_dag(path: Path) -> bool:
     return b"dag" in content and b"ketch" in content
 
 
+def _ignored(path: Path, patterns: list[tuple[Path, re.Pattern[str]]]) -> bool:
+    return any(p.search(str(path.relative_to(base))) for base, p in patterns)
+
+
 def list_dag_files(root: Path) -> list[Path]:
     """The DAG files under ``root``, sorted, honouring ``.ketchignore`` files on the way down."""
     if not root.is_dir():
@@ -50,15 +54,14 @@ def list_dag_files(root: Path) -> list[Path]:
         inherited = [(base, p) for base, p in inherited if folder.is_relative_to(base)]
         inherited += [(folder, p) for p in _ignore_patterns(folder)]
 
-        def ignored(path: Path) -> bool:
-            return any(p.search(str(path.relative_to(base))) for base, p in inherited)
-
         dirnames[:] = sorted(
-            d for d in dirnames if not d.startswith((".", "__")) and not ignored(folder / d)
+            d
+            for d in dirnames
+            if not d.startswith((".", "__")) and not _ignored(folder / d, inherited)
         )
         for name in sorted(filenames):
             path = folder / name
-            if name.endswith(".py") and not ignored(path) and might_contain_dag(path):
+            if name.endswith(".py") and not _ignored(path, inherited) and might_contain_dag(path):
                 found.append(path)
     return found
 

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -93,10 +94,8 @@ def parse_in_child(path: Path, root: Path, timeout: float, env: dict[str, str]) 
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.communicate()
 
 
@@ -198,7 +197,9 @@ class DagProcessor:
         )
 
     @staticmethod
-    def _account(summary: ParseSummary, result: FileResult, outcome: Any, recount: bool = True) -> None:
+    def _account(
+        summary: ParseSummary, result: FileResult, outcome: Any, recount: bool = True
+    ) -> None:
         summary.changed |= outcome.changed
         key = str(result.path)
         if outcome.error:

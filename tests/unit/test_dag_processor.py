@@ -1,0 +1,247 @@
+"""The DAG processor on SQLite and PostgreSQL: good files, broken files, changes, deletions."""
+
+from __future__ import annotations
+
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from ketch.config import Settings
+from ketch.dag_processing.files import BUNDLED_EXAMPLES, list_dag_files
+from ketch.dag_processing.processor import DagProcessor
+from ketch.db.models import DagModel, DagVersion, ImportError_
+
+GOOD = """
+from ketch import DAG, EmptyTask
+with DAG("{dag_id}", is_paused_upon_creation={paused}):
+    EmptyTask(task_id="{task_id}")
+"""
+
+
+def write(folder: Path, name: str, body: str) -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def good(folder: Path, name: str, dag_id: str, task_id: str = "t", paused: Any = None) -> Path:
+    return write(folder, name, GOOD.format(dag_id=dag_id, task_id=task_id, paused=paused))
+
+
+def processor(engine: Engine, folder: Path, **core: Any) -> DagProcessor:
+    settings = Settings(core={"dags_folder": str(folder), **core})  # type: ignore[arg-type]
+    return DagProcessor(settings, engine)
+
+
+def dags(engine: Engine) -> dict[str, DagModel]:
+    with Session(engine) as s:
+        return {d.dag_id: d for d in s.scalars(select(DagModel))}
+
+
+def errors(engine: Engine) -> dict[str, str]:
+    with Session(engine) as s:
+        return {Path(e.filename).name: e.stacktrace for e in s.scalars(select(ImportError_))}
+
+
+BROKEN = {
+    "syntax.py": "from ketch import DAG\nwith DAG('s') as d\n    pass\n",
+    "raises.py": "from ketch import DAG\nraise RuntimeError('boom at import')\n",
+    "cycle.py": """
+        from ketch import DAG, EmptyTask
+        with DAG("cyc"):
+            a = EmptyTask(task_id="a"); b = EmptyTask(task_id="b")
+            a >> b >> a
+        """,
+    "dup_task.py": """
+        from ketch import DAG, EmptyTask
+        with DAG("dt"):
+            EmptyTask(task_id="a"); EmptyTask(task_id="a")
+        """,
+}
+
+
+def test_broken_files_are_import_errors_and_others_load(engine: Engine, tmp_path: Path) -> None:
+    good(tmp_path, "ok.py", "ok")
+    for name, body in BROKEN.items():
+        write(tmp_path, name, body)
+    summary = processor(engine, tmp_path).parse_all()
+    assert summary.files == 5 and summary.dags == 1 and summary.changed
+    assert set(dags(engine)) == {"ok"}
+    errs = errors(engine)
+    assert set(errs) == set(BROKEN)
+    assert "SyntaxError" in errs["syntax.py"]
+    assert "Traceback" in errs["raises.py"] and "boom at import" in errs["raises.py"]
+    assert "cycle: a >> b >> a" in errs["cycle.py"]
+    assert "duplicate task_id 'a'" in errs["dup_task.py"]
+
+
+def test_new_dag_rows_and_pause_rules(engine: Engine, tmp_path: Path) -> None:
+    good(tmp_path, "a.py", "paused_default")
+    good(tmp_path, "b.py", "unpaused", paused=False)
+    processor(engine, tmp_path).parse_all()
+    rows = dags(engine)
+    assert rows["paused_default"].is_paused is True  # dags_are_paused_at_creation
+    assert rows["unpaused"].is_paused is False
+    row = rows["unpaused"]
+    assert row.is_active and row.needs_next_dagrun and row.relative_fileloc == "b.py"
+    assert row.serialized["tasks"]["t"]["task_id"] == "t"
+    with Session(engine) as s:
+        assert s.get(DagVersion, row.serialized_hash) is not None
+
+
+def test_unchanged_file_is_not_rewritten_and_pause_is_kept(engine: Engine, tmp_path: Path) -> None:
+    good(tmp_path, "a.py", "a")
+    proc = processor(engine, tmp_path)
+    proc.parse_all()
+    with Session(engine) as s:
+        row = s.get(DagModel, "a")
+        assert row is not None
+        row.needs_next_dagrun = False
+        row.is_paused = False
+        first_hash, first_parsed = row.serialized_hash, row.last_parsed_at
+        s.commit()
+    summary = proc.parse_all()
+    assert not summary.changed
+    row = dags(engine)["a"]
+    assert row.serialized_hash == first_hash and row.needs_next_dagrun is False
+    assert row.last_parsed_at is not None and first_parsed is not None
+    assert row.last_parsed_at >= first_parsed
+    good(tmp_path, "a.py", "a", task_id="renamed")
+    assert proc.parse_all().changed
+    row = dags(engine)["a"]
+    assert row.serialized_hash != first_hash and row.needs_next_dagrun is True
+    assert row.is_paused is False  # an existing DAG keeps its pause state
+    with Session(engine) as s:
+        assert len(s.scalars(select(DagVersion).where(DagVersion.dag_id == "a")).all()) == 2
+
+
+def test_broken_file_keeps_last_good_dags_until_fixed(engine: Engine, tmp_path: Path) -> None:
+    path = good(tmp_path, "a.py", "a")
+    proc = processor(engine, tmp_path)
+    proc.parse_all()
+    before = dags(engine)["a"].serialized_hash
+    path.write_text(path.read_text() + "\nraise ValueError('oops')\n")
+    proc.parse_all()
+    assert "oops" in errors(engine)["a.py"]
+    row = dags(engine)["a"]
+    assert row.is_active and row.serialized_hash == before
+    good(tmp_path, "a.py", "a", task_id="fixed")
+    proc.parse_all()
+    assert errors(engine) == {}
+    assert "fixed" in dags(engine)["a"].serialized["tasks"]
+
+
+def test_duplicate_dag_id_across_files(engine: Engine, tmp_path: Path) -> None:
+    first = good(tmp_path, "a_first.py", "same", task_id="one")
+    proc = processor(engine, tmp_path)
+    proc.parse_all()
+    good(tmp_path, "b_second.py", "same", task_id="two")
+    proc.parse_all()
+    row = dags(engine)["same"]
+    assert row.fileloc == str(first) and "one" in row.serialized["tasks"]
+    err = errors(engine)["b_second.py"]
+    assert "a_first.py" in err and "b_second.py" in err
+    # Moving the DAG: the old file stops defining it, the new one takes over in one pass.
+    write(tmp_path, "a_first.py", "# ketch dag moved away\n")
+    proc.parse_all()
+    row = dags(engine)["same"]
+    assert row.fileloc.endswith("b_second.py") and row.is_active
+    assert errors(engine) == {}
+
+
+def test_timeout_kills_the_parse(engine: Engine, tmp_path: Path) -> None:
+    write(tmp_path, "slow.py", "import time\nfrom ketch import DAG\ntime.sleep(60)\n")
+    good(tmp_path, "fast.py", "fast")
+    summary = processor(engine, tmp_path, dagbag_import_timeout=1).parse_all()
+    assert "timed out after 1s" in errors(engine)["slow.py"]
+    assert "fast" in dags(engine) and summary.dags == 1
+
+
+def test_deleted_file_deactivates_its_dags(engine: Engine, tmp_path: Path) -> None:
+    path = good(tmp_path, "gone.py", "gone")
+    broken = write(tmp_path, "broken.py", "import ketch  # dag\nraise RuntimeError('x')\n")
+    proc = processor(engine, tmp_path)
+    proc.parse_all()
+    path.unlink()
+    broken.unlink()
+    assert proc.parse_all().changed
+    assert dags(engine)["gone"].is_active is False
+    assert errors(engine) == {}
+    good(tmp_path, "gone.py", "gone")
+    proc.parse_all()
+    assert dags(engine)["gone"].is_active is True
+
+
+def test_parse_paths_handles_one_changed_or_deleted_file(engine: Engine, tmp_path: Path) -> None:
+    a = good(tmp_path, "a.py", "a")
+    good(tmp_path, "b.py", "b")
+    proc = processor(engine, tmp_path)
+    summary = proc.parse_paths([a])
+    assert summary.files == 1 and set(dags(engine)) == {"a"}
+    a.unlink()
+    assert proc.parse_paths([a]).changed
+    assert dags(engine)["a"].is_active is False
+
+
+def test_safe_mode_and_ketchignore(tmp_path: Path) -> None:
+    good(tmp_path, "yes.py", "yes")
+    write(tmp_path, "no_keywords.py", "x = 1\n")
+    good(tmp_path, "skipped/inside.py", "inside")
+    good(tmp_path, "keep/inside.py", "keep")
+    good(tmp_path, "keep/tmp_scratch.py", "scratch")
+    write(tmp_path, ".ketchignore", "^skipped\n# comment\n")
+    write(tmp_path, "keep/.ketchignore", "tmp_.*\n")
+    names = [p.relative_to(tmp_path).as_posix() for p in list_dag_files(tmp_path)]
+    assert names == ["yes.py", "keep/inside.py"]
+
+
+def test_examples_are_used_without_a_dags_folder(sqlite_engine: Engine) -> None:
+    summary = DagProcessor(Settings(), sqlite_engine).parse_all()
+    assert summary.errors == {}
+    rows = dags(sqlite_engine)
+    assert {
+        "example_etl",
+        "example_branching",
+        "example_fan_out_fan_in",
+        "example_scheduled_catchup",
+    } <= set(rows)
+    assert all(r.is_paused is False for r in rows.values())
+    assert all(Path(r.fileloc).parent == BUNDLED_EXAMPLES for r in rows.values())
+    fan = rows["example_fan_out_fan_in"].serialized["tasks"]
+    assert fan["total"]["upstream_task_ids"] == sorted(
+        ["square"] + [f"square__{i}" for i in range(1, 10)]
+    )
+
+
+def wait_for(condition: Any, what: str, deadline: float = 20.0) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if condition():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"gave up waiting for {what}")
+
+
+def test_background_thread_watches_changes(sqlite_engine: Engine, tmp_path: Path) -> None:
+    good(tmp_path, "a.py", "a")
+    woken = threading.Event()
+    settings = Settings(core={"dags_folder": str(tmp_path)})  # type: ignore[arg-type]
+    proc = DagProcessor(settings, sqlite_engine, on_change=woken.set)
+    proc.start()
+    try:
+        wait_for(lambda: "a" in dags(sqlite_engine), "the first pass")
+        assert woken.is_set()
+        good(tmp_path, "b.py", "b")
+        wait_for(lambda: "b" in dags(sqlite_engine), "the new file to be parsed")
+        (tmp_path / "a.py").unlink()
+        wait_for(lambda: dags(sqlite_engine)["a"].is_active is False, "the deletion")
+    finally:
+        proc.stop()
+    assert proc._thread is None
