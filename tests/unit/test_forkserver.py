@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,3 +135,37 @@ def test_a_dead_server_is_restarted_and_its_children_handed_over(
     finally:
         os.kill(child.pid, signal.SIGKILL)
     assert wait_gone(child.pid)
+
+
+PARENT_SCRIPT = """
+import sys, time
+from ketch.executors.forkserver import ForkServer
+fs = ForkServer(lambda e: None)
+fs.start([{targets!r}])
+child = fs.spawn(["30"], env={{}}, log_file=None, target={targets!r} + ":sleep_for")
+print(fs.pid, child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_server_exits_when_its_parent_is_killed() -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT_SCRIPT.format(targets=TARGETS)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[2],
+    )
+    child_pid = None
+    try:
+        assert parent.stdout is not None
+        server_pid, child_pid = map(int, parent.stdout.readline().split())
+        parent.kill()  # kill -9 of the scheduler
+        parent.wait()
+        assert wait_gone(server_pid), "the fork server outlived its parent"
+        assert psutil.Process(child_pid).status() != psutil.STATUS_ZOMBIE, "the try died too"
+    finally:
+        parent.kill()
+        parent.wait()
+        if child_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child_pid, signal.SIGKILL)
