@@ -171,6 +171,7 @@ def test_import_errors(client: TestClient) -> None:
     assert body["total_entries"] == 1
     assert body["import_errors"][0]["filename"] == "/dags/bad.py"
     assert "SyntaxError" in body["import_errors"][0]["stack_trace"]
+    assert body["import_errors"][0]["stacktrace"] == body["import_errors"][0]["stack_trace"]
 
 
 def _log_file(task_id: str, try_number: int = 1) -> str:

@@ -320,9 +320,13 @@ class ClearTaskInstancesBody(StrictBody):
 
 
 class ImportErrorResponse(BaseModel):
+    """``stack_trace`` is Airflow's REST field; ``stacktrace`` (the column's name, and
+    Airflow's model attribute) carries the same text for clients written against either."""
+
     import_error_id: int
     filename: str
     stack_trace: str
+    stacktrace: str
     timestamp: datetime
 
     @classmethod
@@ -331,6 +335,7 @@ class ImportErrorResponse(BaseModel):
             import_error_id=row.id,
             filename=row.filename,
             stack_trace=row.stacktrace,
+            stacktrace=row.stacktrace,
             timestamp=row.timestamp,
         )
 
