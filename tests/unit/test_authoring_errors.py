@@ -165,3 +165,27 @@ def test_same_dag_id_twice_in_a_file(tmp_path: Path) -> None:
     f = _write(tmp_path / "twice.py", 'from ketch import DAG\na = DAG("x")\nb = DAG("x")\n')
     with pytest.raises(DagDefinitionError, match="defines DAG 'x' twice"):
         collect_dags(str(f))
+
+
+def test_loader_builds_uncalled_dag_functions_once(tmp_path: Path) -> None:
+    f = _write(
+        tmp_path / "uncalled.py",
+        """
+        from ketch import EmptyTask, dag
+
+        @dag
+        def never_called():
+            EmptyTask(task_id="t")
+
+        @dag
+        def called():
+            EmptyTask(task_id="t")
+
+        built = called()
+
+        @dag
+        def needs_argument(x):
+            EmptyTask(task_id="t")
+        """,
+    )
+    assert sorted(d.dag_id for d in collect_dags(str(f))) == ["called", "never_called"]
