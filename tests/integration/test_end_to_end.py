@@ -101,6 +101,13 @@ def e2e_zombie():
         os.kill(os.getpid(), signal.SIGSTOP)
 
     freezes()
+
+
+e2e_retry()
+e2e_timeout()
+e2e_bad_return()
+e2e_slow_parallel()
+e2e_zombie()
 '''
 
 
@@ -223,7 +230,7 @@ def test_broken_dag_file_is_reported_and_others_keep_running(
 ) -> None:
     _, api = standalone
     (env.dags_folder / "broken_ketch_dag.py").write_text(
-        "from ketch import dag\nthis is not python\n"
+        "from ketch import dag\ndef broken(:\n"
     )
 
     def has_error() -> list[dict]:

@@ -158,8 +158,7 @@ def running(env: KetchEnv, *args: str) -> Iterator[KetchProcess]:
     process = KetchProcess(env, *args).start()
     try:
         yield process
-    except BaseException:
-        sys.stderr.write(f"--- output of ketch {' '.join(args)} ---\n{process.output()[-20000:]}\n")
-        raise
     finally:
         process.stop()
+        # pytest shows a test's captured stderr only when it fails: no noise otherwise.
+        sys.stderr.write(f"--- output of ketch {' '.join(args)} ---\n{process.output()[-20000:]}\n")

@@ -37,6 +37,11 @@ class SchedulerContext:
     tallies: TallyStore = field(default_factory=TallyStore)
     # Set by a step when another step should run soon (a run ended, runs were created...).
     poke: Callable[[], None] = lambda: None
+    # When the scheduler last (re)gained the database. Tries cannot heartbeat while the
+    # database (or the web server, in standalone) is down, so zombie detection only
+    # counts silence after this moment. None: an outage is going on (the first step that
+    # reaches the database again sets it).
+    healthy_since: datetime | None = field(default_factory=utcnow)
 
     def __post_init__(self) -> None:
         self.sessions: sessionmaker[Session] = sessionmaker(

@@ -117,6 +117,10 @@ def detect_zombies(ctx: SchedulerContext, session: Session) -> int:
     now = ctx.clock()
     timeout = ctx.settings.scheduler.task_instance_heartbeat_timeout
     cutoff = now - timedelta(seconds=timeout)
+    if ctx.healthy_since is None:
+        ctx.healthy_since = now
+    if cutoff < ctx.healthy_since:
+        return 0  # too soon after start-up or a database outage to blame the tries
     zombies = session.scalars(
         select(TaskInstance).where(
             TaskInstance.state == _TI.RUNNING.value,

@@ -88,6 +88,7 @@ class Scheduler:
             sign_token=token_signer or default_token_signer(settings),
             clock=clock,
             poke=self._poke,
+            healthy_since=clock(),
         )
         self._events: queue.SimpleQueue[TryEnded] = queue.SimpleQueue()
         self._pending: list[TryEnded] = []
@@ -145,9 +146,13 @@ class Scheduler:
     def _retrying(self, stop: threading.Event, step: object) -> bool:
         """Run one step; wait out database outages with exponential back-off; never die."""
         delay = 0.5
+        outage = False
         while not stop.is_set():
             try:
-                return bool(step())  # type: ignore[operator]
+                result = bool(step())  # type: ignore[operator]
+                if outage:
+                    log.info("database available again; resuming")
+                return result
             except Exception as exc:
                 if not is_db_unavailable(exc):
                     log.exception("scheduler loop iteration failed; continuing")
@@ -155,6 +160,8 @@ class Scheduler:
                     stop.wait(0.1)
                     return False
                 log.warning("database unavailable: %s; retrying in %.1fs", _reason(exc), delay)
+                outage = True
+                self.ctx.healthy_since = None  # see detect_zombies
                 self.ctx.engine.dispose()
                 self.ctx.tallies.clear()
                 stop.wait(delay)
