@@ -117,26 +117,49 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class ApiServer:
+    """The execution API served by uvicorn in a thread; stoppable and restartable on its port."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}/execution"
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        app = FastAPI()
+        app.include_router(router)
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=10)
+        self._server = self._thread = None
+
+
 @pytest.fixture
-def api_url(sqlite_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """The execution API served by uvicorn on a free loopback port, in a thread."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/execution"
-    monkeypatch.setenv("KETCH__CORE__EXECUTION_API_SERVER_URL", url)
+def api_server(sqlite_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[ApiServer]:
+    """A real execution API over loopback on a free port (heartbeats every 0.2 s)."""
+    server = ApiServer(free_port())
+    monkeypatch.setenv("KETCH__CORE__EXECUTION_API_SERVER_URL", server.url)
     monkeypatch.setenv("KETCH__SCHEDULER__TASK_INSTANCE_HEARTBEAT_SEC", "0.2")
     get_settings.cache_clear()
-    app = FastAPI()
-    app.include_router(router)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    yield url
-    server.should_exit = True
-    thread.join(timeout=10)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def api_url(api_server: ApiServer) -> str:
+    return api_server.url
 
 
 @dataclass

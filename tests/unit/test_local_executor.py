@@ -21,7 +21,7 @@ from ketch.executors import local as local_module
 from ketch.executors.base import Executor, RunningTry, TryEnded
 from ketch.executors.local import VANISHED, LocalExecutor
 from ketch.worker.task_log import log_path
-from tests.unit._worker_support import DagSetup, api_url, dag_setup  # noqa: F401 (fixtures)
+from tests.unit._worker_support import ApiServer, DagSetup, api_server, api_url, dag_setup  # noqa: F401 (fixtures)
 
 Events = queue.Queue[TryEnded]
 
@@ -247,3 +247,21 @@ def test_log_path_layout(tmp_path: Path) -> None:
 
     path = log_path(tmp_path, TryKey("d", "r", "t", 3))
     assert path == tmp_path / "dag_id=d" / "run_id=r" / "task_id=t" / "attempt=3.log"
+
+
+def test_a_try_survives_a_restart_of_the_api_server(
+    api_server: ApiServer, executor: LocalExecutor, events: Events, dag_setup: DagSetup
+) -> None:
+    request = dag_setup.queue_try("nap")
+    executor.launch(request)
+    deadline = time.monotonic() + 20
+    while dag_setup.ti(request.ti_id).state != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    api_server.stop()  # its heartbeats now fail: connection refused, then reset
+    time.sleep(0.6)
+    api_server.start()
+    ended = events.get(timeout=30)
+    assert (ended.exit_code, ended.reason) == (0, None), read_log(dag_setup, "nap")
+    assert dag_setup.ti(request.ti_id).state == "success"
+    assert dag_setup.xcom("nap") == "rested"

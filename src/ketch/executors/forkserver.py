@@ -6,7 +6,8 @@ task. So the local executor starts this server once: a child Python process
 that imports the worker modules and then, single-threaded, forks one grandchild
 per spawn request. Forking a warm process takes about a millisecond.
 
-Protocol (JSON lines over two pipes, fds given on the command line):
+Protocol (JSON lines over two pipes, fds given on the command line; the modules to
+preload in ``$KETCH_FORKSERVER_PRELOAD``):
 
 - requests: ``{"id", "argv", "env", "log_file", "target"}``;
 - events: ``{"type": "ready"}`` once; ``{"type": "spawned", "id", "pid", "create_time"}``
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 DEFAULT_TARGET = "ketch.worker.runner:main"
+PRELOAD_ENV = "KETCH_FORKSERVER_PRELOAD"
 DEFAULT_PRELOAD = [
     "json",
     "http.client",
@@ -94,8 +96,11 @@ def _child_main(request: dict[str, Any], server_fds: list[int]) -> None:
     code = 1
     try:
         signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
+        for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_DFL)
+        # As in any Python process: a write to a socket the web server closed must raise
+        # EPIPE (and be retried), not kill the try.
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         for fd in server_fds:
             os.close(fd)
         os.setsid()
@@ -224,9 +229,10 @@ def _preload(modules: list[str]) -> None:
 
 
 def server_main(argv: list[str]) -> int:
-    """``python -m ketch.executors.forkserver REQ_FD EVT_FD [MODULE,...]``."""
+    """``python -m ketch.executors.forkserver REQ_FD EVT_FD``; modules to preload in
+    ``$KETCH_FORKSERVER_PRELOAD`` (not argv: forked tries inherit the command line)."""
     req_fd, evt_fd = int(argv[0]), int(argv[1])
-    _preload([m for m in (argv[2] if len(argv) > 2 else "").split(",") if m])
+    _preload([m for m in os.environ.pop(PRELOAD_ENV, "").split(",") if m])
     gc.collect()
     gc.freeze()  # keep the warm heap shared copy-on-write with every child
     # BrokenPipeError: the executor closed the event pipe, nothing is left to report to.
@@ -308,10 +314,14 @@ class ForkServer:
         req_r, req_w = os.pipe()
         evt_r, evt_w = os.pipe()
         cmd = [self._python, "-m", "ketch.executors.forkserver", str(req_r), str(evt_w)]
-        cmd.append(",".join(self._preload))
+        env = {**os.environ, PRELOAD_ENV: ",".join(self._preload)}
         try:
             proc = subprocess.Popen(
-                cmd, pass_fds=(req_r, evt_w), stdin=subprocess.DEVNULL, start_new_session=True
+                cmd,
+                pass_fds=(req_r, evt_w),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
             )
         finally:
             os.close(req_r)
