@@ -24,7 +24,7 @@ from ketch.exceptions import TaskTimeout
 from ketch.executors.base import LaunchRequest
 from ketch.worker.client import ExecutionApiClient, ExecutionApiError, TryStateConflict
 from ketch.worker.runner import check_return_value, execution_timeout, parse_args
-from tests.unit._worker_support import DagSetup, api_url, dag_setup, free_port  # noqa: F401 (fixtures)
+from tests.unit._worker_support import DagSetup, api_server, api_url, dag_setup, free_port  # noqa: F401 (fixtures)
 
 
 def run_pod_style(
