@@ -265,25 +265,13 @@ def dag(dag_id: str | Callable[..., Any] | None = None, **dag_kwargs: Any) -> An
 
 
 class _DagFactory:
-    """What ``@dag`` returns: call it to build the DAG (the loader calls it if the file does not)."""
-
     def __init__(self, func: Callable[..., Any], dag_id: str | None, kwargs: dict[str, Any]):
         functools.update_wrapper(self, func)
         self.function = func
         self.dag_id = dag_id or func.__name__
         self.kwargs = kwargs
-        self.called = False
-
-    def can_build_without_arguments(self) -> bool:
-        import inspect
-
-        return all(
-            p.default is not inspect.Parameter.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-            for p in inspect.signature(self.function).parameters.values()
-        )
 
     def __call__(self, *args: Any, **kwargs: Any) -> DAG:
-        self.called = True
         the_dag = DAG(self.dag_id, **self.kwargs)
         the_dag.fileloc = self.function.__code__.co_filename
         if the_dag.doc_md is None and self.function.__doc__:

@@ -52,32 +52,14 @@ def import_file(fileloc: str) -> tuple[ModuleType, list[DAG]]:
     return module, registered
 
 
-def _uncalled_dag_function(value: object, module: ModuleType) -> bool:
-    """An ``@dag`` function defined in this file that the file never called.
-
-    Airflow ignores those; ketch builds them (when they need no arguments), since
-    a decorated DAG function that silently does not appear is a common surprise.
-    """
-    from ketch.authoring.dag import _DagFactory
-
-    return (
-        isinstance(value, _DagFactory)
-        and not value.called
-        and getattr(value.function, "__module__", None) == module.__name__
-        and value.can_build_without_arguments()
-    )
-
-
 def collect_dags(fileloc: str) -> list[DAG]:
     """Every DAG ``fileloc`` defines, in definition order; each gets ``fileloc`` set."""
     path = os.path.abspath(fileloc)
     module, registered = import_file(path)
     found: list[DAG] = list(registered)
-    for value in list(vars(module).values()):
+    for value in vars(module).values():
         if isinstance(value, DAG) and not any(value is d for d in found):
             found.append(value)
-        elif _uncalled_dag_function(value, module):
-            found.append(value())
     by_id: dict[str, DAG] = {}
     for d in found:
         if d.dag_id in by_id:
