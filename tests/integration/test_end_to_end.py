@@ -6,8 +6,6 @@ the REST API and the CLI a user would use.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -229,9 +227,7 @@ def test_broken_dag_file_is_reported_and_others_keep_running(
     standalone: tuple[KetchProcess, Api], env: KetchEnv
 ) -> None:
     _, api = standalone
-    (env.dags_folder / "broken_ketch_dag.py").write_text(
-        "from ketch import dag\ndef broken(:\n"
-    )
+    (env.dags_folder / "broken_ketch_dag.py").write_text("from ketch import dag\ndef broken(:\n")
 
     def has_error() -> list[dict]:
         body = api.http.get("/api/v1/importErrors").json()
@@ -328,15 +324,3 @@ def test_scheduler_survives_a_database_outage(
         assert "database" in process.output().lower()
     assert run["state"] == "success"
     assert len((marks / "total").read_text().split()) == 1
-
-
-@pytest.fixture(autouse=True)
-def _no_stray_tries() -> Iterator[None]:
-    """Fail loudly rather than leak task processes between tests."""
-    before = {p.pid for p in psutil.process_iter()}
-    yield
-    for proc in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(proc.info.get("cmdline") or [])
-        if proc.pid not in before and "ketch" in cmd and "task" in cmd:
-            with __import__("contextlib").suppress(psutil.Error):
-                os.killpg(proc.pid, signal.SIGKILL)

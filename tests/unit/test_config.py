@@ -30,7 +30,9 @@ def test_environment_overrides_toml(ketch_home: Path, monkeypatch: pytest.Monkey
     assert settings.api.port == 9000
 
 
-def test_ketch_config_points_at_another_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ketch_config_points_at_another_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "elsewhere.toml"
     path.write_text('[database]\nsql_alchemy_conn = "postgresql://u:p@db/ketch"\n')
     monkeypatch.setenv("KETCH_CONFIG", str(path))
