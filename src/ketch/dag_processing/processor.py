@@ -99,6 +99,13 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
     proc.communicate()
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return -1.0
+
+
 class DagProcessor:
     """Parses the DAGs folder into ``dag`` / ``dag_version`` / ``import_error`` rows."""
 
@@ -111,6 +118,8 @@ class DagProcessor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one pass at a time (the thread and parse_all callers)
+        # mtime of each file when it was last parsed: the stat scan's memory.
+        self._mtimes: dict[Path, float] = {}
         self._child_env = {
             **os.environ,
             PARSE_DEFAULTS_ENV: json.dumps(defaults_from_settings(settings)),
@@ -172,6 +181,8 @@ class DagProcessor:
         retry: list[FileResult] = []
         if not files:
             return summary
+        for path, _root in files:
+            self._mtimes[path] = _mtime(path)
         workers = min(MAX_PARALLEL_PARSES, len(files))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dag-parse") as pool:
             futures = [
@@ -274,10 +285,27 @@ class DagProcessor:
         ):
             if changes:
                 self._safely(lambda c=changes: self._handle_changes(c))  # type: ignore[misc]
+            else:
+                self._safely(self._stat_scan)
             next_full = self._full_pass_if_due(next_full)
             if self._stop.is_set():
                 break
         return next_full
+
+    def _stat_scan(self) -> None:
+        """Re-parse files whose mtime changed, or that appeared or went, since last parsed.
+
+        The watcher makes changes visible at once; this scan (a stat per file, once a
+        second) catches what a watcher can miss: a file written between the first full
+        pass and the watch starting, network filesystems, git-sync's symlink swaps.
+        """
+        listed = {path for path, _root in self.list_files()}
+        stale = {p for p in listed if self._mtimes.get(p) != _mtime(p)}
+        gone = set(self._mtimes) - listed
+        for path in gone:
+            self._mtimes.pop(path, None)
+        if stale or gone:
+            self.parse_paths(stale | gone)
 
     def _handle_changes(self, changes: set[tuple[Any, str]]) -> None:
         paths = {Path(p) for _, p in changes}

@@ -35,6 +35,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -94,6 +95,7 @@ def _redirect_output(log_file: str | None) -> None:
 def _child_main(request: dict[str, Any], server_fds: list[int]) -> None:
     """In the forked grandchild: become a fresh try and never return."""
     code = 1
+    os.environ["KETCH_PROCESS_STARTED_AT"] = repr(time.time())  # the try's birth: this fork
     try:
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
@@ -105,8 +107,10 @@ def _child_main(request: dict[str, Any], server_fds: list[int]) -> None:
             os.close(fd)
         os.setsid()
         _redirect_output(request.get("log_file"))
+        started_at = os.environ["KETCH_PROCESS_STARTED_AT"]
         os.environ.clear()
         os.environ.update(request.get("env") or {})
+        os.environ["KETCH_PROCESS_STARTED_AT"] = started_at
         import random
 
         random.seed()

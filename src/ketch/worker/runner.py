@@ -329,7 +329,18 @@ def run_try(args: argparse.Namespace) -> int:
         kill_children()
     recorded = report(client, outcome)
     say(f"task {outcome.state}" + (f": {outcome.error}" if outcome.error else ""))
+    say(f"try ended; process lived {process_age_ms():.1f} ms")
     return 0 if outcome.state != "failed" and recorded else 1
+
+
+def process_age_ms() -> float:
+    """Milliseconds since this process began: the fork (fork server) or the exec."""
+    forked_at = os.environ.get("KETCH_PROCESS_STARTED_AT")
+    if forked_at:
+        return (time.time() - float(forked_at)) * 1000
+    import psutil
+
+    return (time.time() - psutil.Process().create_time()) * 1000
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
