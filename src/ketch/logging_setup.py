@@ -20,6 +20,19 @@ DATE_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
 _QUIET = ("httpx", "httpcore", "watchfiles", "alembic.runtime.migration")
 
 
+class _HideExecutionApiAccess(logging.Filter):
+    """Drop access-log lines of the execution API: tries call it several times each, and
+    a line per call would drown the REST API's access log (errors still show as 4xx/5xx)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 5:
+            path, status = str(args[2]), args[4]
+            if path.startswith("/execution/") and isinstance(status, int) and status < 400:
+                return False
+        return True
+
+
 def configure_logging(settings: Settings) -> None:
     """Replace the root logger's handlers with one stderr handler (idempotent)."""
     level = getattr(logging, settings.logging.logging_level)
@@ -36,3 +49,6 @@ def configure_logging(settings: Settings) -> None:
         uvicorn_logger = logging.getLogger(name)
         uvicorn_logger.handlers.clear()
         uvicorn_logger.propagate = True
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _HideExecutionApiAccess) for f in access.filters):
+        access.addFilter(_HideExecutionApiAccess())

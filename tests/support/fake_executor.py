@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -124,6 +124,15 @@ class FakeExecutor:
             self.max_concurrent = max(self.max_concurrent, len(self._running))
         threading.Thread(target=self._play, args=(request, outcome, stop), daemon=True).start()
         return f"fake:{request.key.task_id}:{request.key.try_number}"
+
+    def launch_many(self, requests: Sequence[LaunchRequest]) -> list[str | LaunchError]:
+        results: list[str | LaunchError] = []
+        for request in requests:
+            try:
+                results.append(self.launch(request))
+            except LaunchError as exc:
+                results.append(exc)
+        return results
 
     def adopt(self, tries: Iterable[RunningTry]) -> list[TryKey]:
         tries = list(tries)

@@ -1,20 +1,16 @@
 """The web application: REST API v1, the execution API for task tries, OpenAPI.
 
 ``create_app(settings)`` builds a FastAPI app bound to those settings: the shared
-dependencies ``get_session`` and ``settings_dep`` are pointed at them, so an app
-built for a test database or a second configuration never falls back to the
-process-wide defaults. It does not migrate the database: the commands that start
+dependencies ``get_session`` and ``settings_dep`` read them from ``app.state``, so
+an app built for a test database or a second configuration never falls back to
+the process-wide defaults. It does not migrate the database: the commands that start
 servers (``ketch web``, ``ketch scheduler``, ``ketch standalone``) do that first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from fastapi import FastAPI
-from sqlalchemy.orm import Session
 
-from ketch.api import deps
 from ketch.config import Settings
 
 
@@ -31,20 +27,7 @@ def create_app(settings: Settings) -> FastAPI:
         openapi_url="/openapi.json",
     )
     app.state.settings = settings
-    make_session = session_factory(get_engine(settings.database_url))
-
-    def get_session() -> Iterator[Session]:
-        session = make_session()
-        try:
-            yield session
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
-
-    app.dependency_overrides[deps.get_session] = get_session
-    app.dependency_overrides[deps.settings_dep] = lambda: settings
+    app.state.session_factory = session_factory(get_engine(settings.database_url))
     install_error_handlers(app)
     app.include_router(build_router())
     app.include_router(execution_router)

@@ -23,7 +23,8 @@ from sqlalchemy.orm import Session
 from ketch.api.deps import get_session, settings_dep
 from ketch.auth.try_tokens import InvalidTryToken, TryClaims, verify_try_token
 from ketch.config import Settings
-from ketch.db.models import DagRun, DagVersion, TaskInstance, TaskInstanceTry, XCom
+from ketch.db.models import DagRun, TaskInstance, TaskInstanceTry, XCom
+from ketch.scheduler.dag_cache import DagCache
 from ketch.scheduler.task_state import record_try_outcome, utcnow
 from ketch.serialization import SerializedDag, SerializedTask
 from ketch.states import TaskInstanceState
@@ -105,11 +106,19 @@ def _try_row(session: Session, ti: TaskInstance) -> TaskInstanceTry | None:
     ).first()
 
 
+# Runs are pinned to a content hash, so a parsed DAG never goes stale: parse each once
+# per process (a big DAG's JSON costs milliseconds per try otherwise).
+# One cache per database (tests run many databases in one process).
+_dag_caches: dict[str, DagCache] = {}
+
+
 def _serialized_dag(session: Session, run: DagRun) -> SerializedDag:
-    version = session.get(DagVersion, run.dag_hash)
-    if version is None:
+    url = str(session.get_bind().url)
+    cache = _dag_caches.get(url) or _dag_caches.setdefault(url, DagCache(max_entries=64))
+    info = cache.get(session, run.dag_hash)
+    if info is None:
         raise HTTPException(500, f"DAG version {run.dag_hash} of run {run.run_id} is missing")
-    return SerializedDag.model_validate(version.serialized)
+    return info.dag
 
 
 def _serialized_task(session: Session, run: DagRun, task_id: str) -> SerializedTask:

@@ -43,11 +43,13 @@ def make_engine(
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        # A SQLite connection is a file handle: cheap to keep. A pool at least as big as
+        # the web server's worker threads avoids re-opening (and re-PRAGMA-ing) per request.
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": 30},
-            pool_size=pool_size,
-            max_overflow=max_overflow,
+            pool_size=max(pool_size, 16),
+            max_overflow=max(max_overflow, 32),
         )
         event.listen(engine, "connect", _sqlite_on_connect)
         return engine

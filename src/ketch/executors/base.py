@@ -13,7 +13,7 @@ per try). Both satisfy :class:`Executor`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -87,6 +87,12 @@ class Executor(Protocol):
         Must not block for long; may raise ``LaunchError`` (the scheduler then fails
         or retries the try with the message).
         """
+        ...
+
+    def launch_many(self, requests: Sequence[LaunchRequest]) -> list[str | LaunchError]:
+        """Start several tries, concurrently where the executor can (forks in flight at
+        once, pod creates in parallel); one result per request, in order: the external
+        id, or the LaunchError of that request."""
         ...
 
     def adopt(self, tries: Iterable[RunningTry]) -> list[TryKey]:

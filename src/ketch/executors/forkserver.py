@@ -354,6 +354,21 @@ class ForkServer:
         timeout: float = 30.0,
     ) -> Spawned:
         """Fork a child running ``target(argv)``; return its pid once it exists."""
+        return self.submit(argv, env=env, log_file=log_file, tag=tag, target=target).result(
+            timeout=timeout
+        )
+
+    def submit(
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str],
+        log_file: str | None,
+        tag: Any = None,
+        target: str = DEFAULT_TARGET,
+    ) -> Future[Spawned]:
+        """Ask for a fork without waiting: many requests in flight fork back to back,
+        instead of one round trip (and one wake-up of each side) per child."""
         future: Future[Spawned] = Future()
         with self._lock:
             if self._req_w is None:
@@ -378,7 +393,7 @@ class ForkServer:
             with self._lock:
                 self._pending.pop(request_id, None)
             raise ForkServerError(f"fork server is gone: {exc}") from exc
-        return future.result(timeout=timeout)
+        return future
 
     def _read_events(self, events: Any, proc: subprocess.Popen[bytes]) -> None:
         with events:

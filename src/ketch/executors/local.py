@@ -20,7 +20,8 @@ import selectors
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import psutil
@@ -34,7 +35,7 @@ from ketch.executors.base import (
     TryEnded,
     TryKey,
 )
-from ketch.executors.forkserver import ChildExit, ForkServer, ForkServerError
+from ketch.executors.forkserver import ChildExit, ForkServer, ForkServerError, Spawned
 from ketch.worker.client import ENV_TOKEN, ENV_URL
 from ketch.worker.task_log import log_path
 
@@ -206,6 +207,29 @@ class LocalExecutor:
     # -- launch ----------------------------------------------------------------------
 
     def launch(self, request: LaunchRequest) -> str:
+        tracked, future = self._submit(request)
+        return self._resolve(tracked, future)
+
+    def launch_many(self, requests: Sequence[LaunchRequest]) -> list[str | LaunchError]:
+        """Fork a batch of tries with every request in flight at once (see ForkServer.submit)."""
+        submitted: list[tuple[_Tracked, Future[Spawned]] | LaunchError] = []
+        for request in requests:
+            try:
+                submitted.append(self._submit(request))
+            except LaunchError as exc:
+                submitted.append(exc)
+        results: list[str | LaunchError] = []
+        for item in submitted:
+            if isinstance(item, LaunchError):
+                results.append(item)
+                continue
+            try:
+                results.append(self._resolve(*item))
+            except LaunchError as exc:
+                results.append(exc)
+        return results
+
+    def _submit(self, request: LaunchRequest) -> tuple[_Tracked, Future[Spawned]]:
         if self._forkserver is None:
             raise LaunchError("the local executor is not started")
         tracked = _Tracked(request.key, request.ti_id, timeout=request.execution_timeout)
@@ -221,9 +245,17 @@ class LocalExecutor:
             ENV_URL: self.settings.execution_api_url,
         }
         try:
-            spawned = self._forkserver.spawn(
+            future = self._forkserver.submit(
                 argv, env=env, log_file=str(log_path(self.settings.log_folder, key)), tag=tracked
             )
+        except ForkServerError as exc:
+            self._forget(tracked)
+            raise LaunchError(f"could not fork the try: {exc}") from exc
+        return tracked, future
+
+    def _resolve(self, tracked: _Tracked, future: Future[Spawned]) -> str:
+        try:
+            spawned = future.result(timeout=30.0)
         except (ForkServerError, TimeoutError) as exc:
             self._forget(tracked)
             raise LaunchError(f"could not fork the try: {exc}") from exc

@@ -141,7 +141,9 @@ def _fits(
     return "ok"
 
 
-def _mark_queued(ctx: SchedulerContext, session: Session, ti: TaskInstance, now: datetime) -> None:
+def _mark_queued(
+    ctx: SchedulerContext, session: Session, ti: TaskInstance, now: datetime
+) -> TaskInstanceTry:
     ti.try_number += 1
     ti.state = _TI.QUEUED.value
     ti.queued_at = now
@@ -150,53 +152,105 @@ def _mark_queued(ctx: SchedulerContext, session: Session, ti: TaskInstance, now:
     ti.hostname = None
     ti.pid = None
     ti.last_heartbeat_at = None
-    session.add(
-        TaskInstanceTry(
-            task_instance_id=ti.id,
-            try_number=ti.try_number,
-            state=_TI.QUEUED.value,
-            queued_at=now,
-        )
+    try_row = TaskInstanceTry(
+        task_instance_id=ti.id,
+        try_number=ti.try_number,
+        state=_TI.QUEUED.value,
+        queued_at=now,
     )
+    session.add(try_row)
+    return try_row
 
 
 def try_key(ti: TaskInstance) -> TryKey:
     return TryKey(ti.dag_id, ti.run_id, ti.task_id, ti.try_number)
 
 
-def launch_try(ctx: SchedulerContext, session: Session, ti: TaskInstance, dag_hash: str) -> bool:
-    """Hand one queued try to the executor; a LaunchError fails (or retries) the try."""
+def _request(
+    ctx: SchedulerContext, session: Session, ti: TaskInstance, dag_hash: str
+) -> LaunchRequest:
     info = ctx.dags.get(session, dag_hash)
     task = info.task(ti.task_id) if info else None
+    if info is None or task is None:
+        raise LaunchError(f"task {ti.task_id!r} is not in the serialized DAG {dag_hash}")
     key = try_key(ti)
-    try:
-        if info is None or task is None:
-            raise LaunchError(f"task {ti.task_id!r} is not in the serialized DAG {dag_hash}")
-        request = LaunchRequest(
-            key=key,
-            ti_id=ti.id,
-            token=ctx.sign_token(key, ti.id),
-            relative_fileloc=info.dag.relative_fileloc,
-            fileloc=info.dag.fileloc,
-            execution_timeout=task.execution_timeout,
-            executor_config=task.executor_config,
-            priority_weight=ti.priority_weight,
-        )
-        external_id = ctx.executor.launch(request)
-    except Exception as exc:
-        log.warning("cannot launch try %s: %s", key, exc)
-        fail_unreported_try(ctx, session, ti, f"launch failed: {exc}", ctx.clock())
-        return False
-    ti.external_executor_id = external_id
-    try_row = session.scalar(
-        select(TaskInstanceTry).where(
-            TaskInstanceTry.task_instance_id == ti.id,
-            TaskInstanceTry.try_number == ti.try_number,
-        )
+    return LaunchRequest(
+        key=key,
+        ti_id=ti.id,
+        token=ctx.sign_token(key, ti.id),
+        relative_fileloc=info.dag.relative_fileloc,
+        fileloc=info.dag.fileloc,
+        execution_timeout=task.execution_timeout,
+        executor_config=task.executor_config,
+        priority_weight=ti.priority_weight,
     )
+
+
+def _record_launch(
+    ctx: SchedulerContext,
+    session: Session,
+    ti: TaskInstance,
+    try_row: TaskInstanceTry | None,
+    result: str | Exception,
+) -> bool:
+    if isinstance(result, Exception):
+        log.warning("cannot launch try %s: %s", try_key(ti), result)
+        fail_unreported_try(ctx, session, ti, f"launch failed: {result}", ctx.clock())
+        return False
+    ti.external_executor_id = result
+    if try_row is None:
+        try_row = session.scalar(
+            select(TaskInstanceTry).where(
+                TaskInstanceTry.task_instance_id == ti.id,
+                TaskInstanceTry.try_number == ti.try_number,
+            )
+        )
     if try_row is not None:
-        try_row.external_executor_id = external_id
+        try_row.external_executor_id = result
     return True
+
+
+def launch_try(ctx: SchedulerContext, session: Session, ti: TaskInstance, dag_hash: str) -> bool:
+    """Hand one queued try to the executor; a LaunchError fails (or retries) the try."""
+    result: str | Exception
+    try:
+        result = ctx.executor.launch(_request(ctx, session, ti, dag_hash))
+    except Exception as exc:
+        result = exc
+    return _record_launch(ctx, session, ti, None, result)
+
+
+def launch_batch(
+    ctx: SchedulerContext,
+    session: Session,
+    batch: list[tuple[TaskInstance, str, TaskInstanceTry]],
+) -> list[TaskInstance]:
+    """Launch queued tries together (``Executor.launch_many``); return those that failed.
+
+    Issues no SQL on success (the caller flushes once for the whole batch): a query
+    here would autoflush and hold SQLite's write lock while tries are being launched,
+    and every launched try's ``try/start`` would wait for it.
+    """
+    requests: list[LaunchRequest] = []
+    launchable: list[tuple[TaskInstance, TaskInstanceTry]] = []
+    failed: list[TaskInstance] = []
+    for ti, dag_hash, try_row in batch:
+        try:
+            requests.append(_request(ctx, session, ti, dag_hash))
+            launchable.append((ti, try_row))
+        except LaunchError as exc:
+            _record_launch(ctx, session, ti, try_row, exc)
+            failed.append(ti)
+    results: list[str | LaunchError] | None = None
+    if requests:
+        try:
+            results = list(ctx.executor.launch_many(requests))
+        except Exception as exc:
+            results = [LaunchError(str(exc))] * len(requests)
+    for (ti, try_row), result in zip(launchable, results or [], strict=True):
+        if not _record_launch(ctx, session, ti, try_row, result):
+            failed.append(ti)
+    return failed
 
 
 def queue_and_launch(ctx: SchedulerContext, session: Session) -> int:
@@ -210,13 +264,10 @@ def queue_and_launch(ctx: SchedulerContext, session: Session) -> int:
         ti.state, ti.end_date = _TI.FAILED.value, now
         ti.error = f"pool {ti.pool!r} does not exist"
         log.error("task %s of run %s/%s: %s", ti.task_id, ti.dag_id, ti.run_id, ti.error)
-    for ti, _ in chosen:
-        _mark_queued(ctx, session, ti, now)
+    try_rows = [_mark_queued(ctx, session, ti, now) for ti, _ in chosen]
     session.commit()  # queued before launch: the try's start call must find it queued
-    failed = list(bad_pool)
-    for ti, dag_hash in chosen:
-        if not launch_try(ctx, session, ti, dag_hash):
-            failed.append(ti)
+    batch = [(ti, dag_hash, row) for (ti, dag_hash), row in zip(chosen, try_rows, strict=True)]
+    failed = list(bad_pool) + launch_batch(ctx, session, batch)
     session.flush()
     by_run: dict[int, list[TaskInstance]] = {}
     for ti in failed:
