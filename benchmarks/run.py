@@ -189,9 +189,9 @@ def bench_scale_10k(bench: Bench, tasks: int) -> dict[str, float]:
     env = bench.env({"KETCH_BENCH_SCALE_TASKS": str(tasks), "KETCH__CORE__PARALLELISM": "64"})
     api = Api(env.base_url)
     web = KetchProcess(env, "web").start()
+    wait_for(api.healthy, 60, 0.01, "web up")
     scheduler = KetchProcess(env, "scheduler").start()
     try:
-        wait_for(api.healthy, 60, 0.01, "web up")
         wait_for(lambda: api.dag("scale_10k"), 120, 0.05, "scale_10k parsed")
         assert scheduler.proc is not None
         sched = psutil.Process(scheduler.proc.pid)

@@ -37,3 +37,14 @@ def ignore_sigterm(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     time.sleep(float(argv[0]))
     return 0
+
+
+def describe_dag(argv: list[str]) -> int:
+    """Print whether the DAG file was inherited pre-imported, and the DAG's task ids."""
+    from ketch.authoring import loader
+
+    path, dag_id = argv
+    inherited = os.path.abspath(path) in loader._preloaded
+    dag = loader.load_dag(path, dag_id)
+    print(f"inherited={inherited} tasks={sorted(dag.tasks)}")
+    return 0

@@ -113,7 +113,7 @@ _dag_caches: dict[str, DagCache] = {}
 
 
 def _serialized_dag(session: Session, run: DagRun) -> SerializedDag:
-    url = str(session.get_bind().url)
+    url = str(session.get_bind().engine.url)
     cache = _dag_caches.get(url) or _dag_caches.setdefault(url, DagCache(max_entries=64))
     info = cache.get(session, run.dag_hash)
     if info is None:

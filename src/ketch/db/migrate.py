@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
 from ketch.db.engine import check_connection
 from ketch.db.models import DEFAULT_POOL_NAME, DEFAULT_POOL_SLOTS, Pool
@@ -24,12 +26,26 @@ def alembic_config(engine: Engine) -> Config:
     return config
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision and make sure the default pool exists."""
+def migrate(engine: Engine, *, lock_wait: float = 60.0) -> None:
+    """Bring the schema to the newest revision and make sure the default pool exists.
+
+    ``ketch scheduler`` and ``ketch web`` may start together on one SQLite file; the
+    second migration then meets "database is locked" and waits for the first.
+    """
     from sqlalchemy.orm import Session
 
     check_connection(engine)
-    command.upgrade(alembic_config(engine), "head")
+    deadline = time.monotonic() + lock_wait
+    delay = 0.1
+    while True:
+        try:
+            command.upgrade(alembic_config(engine), "head")
+            break
+        except OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
     with Session(engine) as session:
         if session.get(Pool, DEFAULT_POOL_NAME) is None:
             session.add(

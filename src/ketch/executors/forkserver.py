@@ -141,10 +141,22 @@ def _create_time(pid: int) -> float:
         return 0.0
 
 
+class _ImportTimeout(Exception):
+    pass
+
+
+def _import_timed_out(_signum: int, _frame: Any) -> None:
+    raise _ImportTimeout("DAG file import timed out in the fork server")
+
+
+MAX_PRELOADED_DAG_FILES = 64
+
+
 class _Server:
     """The fork server's single-threaded loop."""
 
     def __init__(self, req_fd: int, evt_fd: int) -> None:
+        self.failed_dag_files: set[tuple[str, tuple[int, int, int]]] = set()
         self.req_fd = req_fd
         self.evt_fd = evt_fd
         self.buffer = b""
@@ -186,7 +198,42 @@ class _Server:
                 self._spawn(json.loads(line))
         return True
 
+    def _preload_dag_file(self, path: str, timeout: float) -> None:
+        """Import the try's DAG file here, once per file version, before forking.
+
+        A file that fails, hangs past the import timeout or exits is not retried
+        in this version: its tries import it themselves and report the error.
+        """
+        from ketch.authoring import loader
+
+        try:
+            identity = loader._identity(path)
+        except OSError:
+            return
+        if (path, identity) in self.failed_dag_files:
+            return
+        previous = signal.signal(signal.SIGALRM, _import_timed_out)
+        signal.setitimer(signal.ITIMER_REAL, timeout)
+        try:
+            loader.preload(path)
+        except BaseException as exc:
+            self.failed_dag_files.add((path, identity))
+            print(
+                f"ketch fork server: not preloading {path}: {type(exc).__name__}: {exc}",
+                file=sys.stderr,
+                flush=True,
+            )
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        while len(loader._preloaded) > MAX_PRELOADED_DAG_FILES:
+            loader._preloaded.pop(next(iter(loader._preloaded)))
+
     def _spawn(self, request: dict[str, Any]) -> None:
+        if request.get("dag_file"):
+            self._preload_dag_file(
+                str(request["dag_file"]), float(request.get("dag_timeout") or 30)
+            )
         sys.stdout.flush()
         sys.stderr.flush()
         try:
@@ -352,11 +399,12 @@ class ForkServer:
         tag: Any = None,
         target: str = DEFAULT_TARGET,
         timeout: float = 30.0,
+        dag_file: str | None = None,
     ) -> Spawned:
         """Fork a child running ``target(argv)``; return its pid once it exists."""
-        return self.submit(argv, env=env, log_file=log_file, tag=tag, target=target).result(
-            timeout=timeout
-        )
+        return self.submit(
+            argv, env=env, log_file=log_file, tag=tag, target=target, dag_file=dag_file
+        ).result(timeout=timeout)
 
     def submit(
         self,
@@ -366,6 +414,8 @@ class ForkServer:
         log_file: str | None,
         tag: Any = None,
         target: str = DEFAULT_TARGET,
+        dag_file: str | None = None,
+        dag_timeout: float = 30.0,
     ) -> Future[Spawned]:
         """Ask for a fork without waiting: many requests in flight fork back to back,
         instead of one round trip (and one wake-up of each side) per child."""
@@ -383,6 +433,8 @@ class ForkServer:
             "env": env,
             "log_file": log_file,
             "target": target,
+            "dag_file": dag_file,
+            "dag_timeout": dag_timeout,
         }
         data = memoryview((json.dumps(request) + "\n").encode())
         try:

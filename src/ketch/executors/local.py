@@ -246,7 +246,12 @@ class LocalExecutor:
         }
         try:
             future = self._forkserver.submit(
-                argv, env=env, log_file=str(log_path(self.settings.log_folder, key)), tag=tracked
+                argv,
+                env=env,
+                log_file=str(log_path(self.settings.log_folder, key)),
+                tag=tracked,
+                dag_file=request.fileloc,
+                dag_timeout=self.settings.core.dagbag_import_timeout,
             )
         except ForkServerError as exc:
             self._forget(tracked)
