@@ -233,7 +233,7 @@ def db_migrate() -> None:
 
 @cli.group()
 def dags() -> None:
-    """List, trigger, pause DAGs; their runs and import errors."""
+    """List, trigger, pause DAGs; their runs (mark, cancel) and import errors."""
 
 
 @dags.command("list")
@@ -354,6 +354,44 @@ def dags_trigger(
         sys.exit(_wait_for_run(dag_id, row["dag_run_id"]))
 
 
+@dags.command("mark-run")
+@click.argument("dag_id")
+@click.argument("run_id")
+@click.option(
+    "--state",
+    type=click.Choice(["success", "failed", "queued"]),
+    required=True,
+    help="success: every task instance becomes success; failed: running tries fail, "
+    "pending ones are skipped; queued: the run is started again.",
+)
+def dags_mark_run(dag_id: str, run_id: str, state: str) -> None:
+    """Set the state of a DAG run (as Airflow's "mark run as")."""
+    from ketch import operations
+
+    with _db_session() as session:
+        operations.set_dag_run_state(session, dag_id, run_id, state)
+    click.echo(f"run {run_id} of DAG {dag_id} marked {state}")
+
+
+@dags.command("cancel")
+@click.argument("dag_id")
+@click.argument("run_id")
+def dags_cancel(dag_id: str, run_id: str) -> None:
+    """Stop a run: it is marked failed, running tries are stopped, pending tasks skipped."""
+    from ketch import operations
+    from ketch.states import DagRunState, TaskInstanceState
+
+    with _db_session() as session:
+        run = operations.get_dag_run(session, dag_id, run_id)
+        if run.state in (DagRunState.SUCCESS, DagRunState.FAILED):
+            click.echo(f"run {run_id} of DAG {dag_id} already finished ({run.state}): not changed")
+            return
+        states = operations.run_progress(session, dag_id, run_id).states.values()
+        running = sum(1 for s in states if s == TaskInstanceState.RUNNING)
+        operations.cancel_dag_run(session, dag_id, run_id)
+    click.echo(f"run {run_id} of DAG {dag_id} cancelled (failed); {running} running tries stopped")
+
+
 def _parse_conf(conf: str | None) -> dict[str, Any]:
     if conf is None:
         return {}
@@ -401,7 +439,7 @@ def _first_line(text: str) -> str:
 
 @cli.group()
 def tasks() -> None:
-    """A DAG's tasks and task instances: list, test, logs, clear."""
+    """A DAG's tasks and task instances: list, test, logs, clear, mark."""
 
 
 @tasks.command("list")
@@ -479,6 +517,36 @@ def tasks_clear(
             session, dag_id, run_id, list(task_ids) or None, **kwargs
         )
     click.echo(f"cleared {len(cleared)} task instance(s) of run {run_id}")
+
+
+@tasks.command("mark")
+@click.argument("dag_id")
+@click.argument("run_id")
+@click.argument("task_id")
+@click.option("--state", type=click.Choice(["success", "failed"]), required=True)
+@click.option("--downstream", "-d", is_flag=True, help="Also mark its downstream tasks.")
+def tasks_mark(dag_id: str, run_id: str, task_id: str, state: str, downstream: bool) -> None:
+    """Set the state of a task instance (a running try is stopped), as Airflow's "mark as".
+
+    Failed or upstream_failed tasks downstream of it are cleared so the run can go on.
+    """
+    from ketch import operations
+
+    with _db_session() as session:
+        operations.get_task_instance(session, dag_id, run_id, task_id)  # names what is missing
+        altered = operations.set_task_instance_state(
+            session, dag_id, run_id, task_id, state, include_downstream=downstream
+        )
+        # As in Airflow, failed downstream tasks are cleared after the mark (so the run can
+        # resume): with --downstream --state failed that includes the ones just marked.
+        names = [ti.task_id for ti in altered if ti.state == state]
+        cleared = [ti.task_id for ti in altered if ti.state != state]
+    if not altered:
+        click.echo(f"nothing to mark: already {state}")
+        return
+    click.echo(f"marked {len(names)} task instance(s) of run {run_id} {state}: {', '.join(names)}")
+    if cleared:
+        click.echo(f"cleared again as failed downstream tasks: {', '.join(cleared)}")
 
 
 @tasks.command("logs")
@@ -638,6 +706,55 @@ def _run_task_test(
         click.echo(f"follow task ids: {', '.join(result.follow_task_ids)}")
     click.echo(f"task {task_id} succeeded")
     return 0
+
+
+# --- pools ---------------------------------------------------------------------------------------
+
+
+@cli.group()
+def pools() -> None:
+    """Pools: how many slots their task instances may take at once."""
+
+
+@pools.command("list")
+@_output_option
+def pools_list(output: str) -> None:
+    """Every pool with its slots, occupied (queued + running) and open slots."""
+    from ketch import operations
+    from ketch.api.schemas import PoolResponse
+
+    with _db_session() as session:
+        rows = [
+            PoolResponse.from_stats(p).model_dump(mode="json")
+            for p in operations.list_pools(session)
+        ]
+    _emit(output, rows, ("name", "slots", "occupied_slots", "open_slots", "description"))
+
+
+@pools.command("set")
+@click.argument("name")
+@click.argument("slots", type=int)
+@click.option("--description", default=None, help="What the pool is for (default: unchanged).")
+def pools_set(name: str, slots: int, description: str | None) -> None:
+    """Create a pool or change its slots."""
+    from ketch import operations
+    from ketch.db.models import Pool
+
+    with _db_session() as session:
+        existed = session.get(Pool, name) is not None
+        operations.set_pool(session, name, slots, description)
+    click.echo(f"pool {name} {'updated' if existed else 'created'}: {slots} slots")
+
+
+@pools.command("delete")
+@click.argument("name")
+def pools_delete(name: str) -> None:
+    """Delete a pool (not the default pool)."""
+    from ketch import operations
+
+    with _db_session() as session:
+        operations.delete_pool(session, name)
+    click.echo(f"pool {name} deleted")
 
 
 # --- task (what a try runs) ----------------------------------------------------------------------

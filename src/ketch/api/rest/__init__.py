@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from ketch.api.rest import dag_runs, dags, health, import_errors, logs, task_instances
+from ketch.api.rest import dag_runs, dags, health, import_errors, logs, pools, task_instances
 
 
 def build_router() -> APIRouter:
     """All REST routers under ``/api/v1``."""
     router = APIRouter(prefix="/api/v1")
-    for module in (health, dags, dag_runs, task_instances, logs, import_errors):
+    for module in (health, dags, dag_runs, task_instances, logs, import_errors, pools):
         router.include_router(module.router)
     return router
