@@ -29,8 +29,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.session_factory = session_factory(get_engine(settings.database_url))
     install_error_handlers(app)
-    app.include_router(build_router())
+    # The execution API first: task tries call it several times each, so their requests
+    # should not be matched against every REST route before reaching it.
     app.include_router(execution_router)
+    app.include_router(build_router())
     return app
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from ketch.db.models import DagRun, TaskInstance, TaskInstanceTry
@@ -57,14 +57,13 @@ def record_try_outcome(
     ti.duration = (now - ti.start_date).total_seconds() if ti.start_date else None
     if error is not None or state != TaskInstanceState.FAILED:
         ti.error = error
-    try_row = session.scalars(
-        select(TaskInstanceTry).where(
+    # One UPDATE, no SELECT: this runs once per try on the hot path.
+    session.execute(
+        update(TaskInstanceTry)
+        .where(
             TaskInstanceTry.task_instance_id == ti.id,
             TaskInstanceTry.try_number == ti.try_number,
         )
-    ).first()
-    if try_row is not None:
-        try_row.state = state.value
-        try_row.end_date = now
-        try_row.error = error
+        .values(state=state.value, end_date=now, error=error)
+    )
     return final
