@@ -239,3 +239,77 @@ class Pool(Base):
 
 DEFAULT_POOL_NAME = "default_pool"
 DEFAULT_POOL_SLOTS = 128
+
+
+class Variable(Base):
+    """A variable: key -> string (JSON text for structured values), encrypted at rest.
+
+    ``source`` is the id of the sync source that created the key (None: set by hand);
+    only that source may delete it when the key disappears from its snapshot.
+    """
+
+    __tablename__ = "variable"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(250), unique=True)
+    # Fernet token of the value (text); never the value in clear.
+    val: Mapped[str] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text, default=None)
+    is_sensitive: Mapped[bool] = mapped_column(Boolean, default=False)
+    source: Mapped[str | None] = mapped_column(String(250), default=None, index=True)
+    source_version: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class Connection(Base):
+    """A connection (Airflow's fields); password and extra are encrypted at rest."""
+
+    __tablename__ = "connection"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    conn_id: Mapped[str] = mapped_column(String(250), unique=True)
+    conn_type: Mapped[str] = mapped_column(String(500))
+    description: Mapped[str | None] = mapped_column(Text, default=None)
+    host: Mapped[str | None] = mapped_column(String(500), default=None)
+    schema: Mapped[str | None] = mapped_column(String(500), default=None)
+    login: Mapped[str | None] = mapped_column(Text, default=None)
+    # Fernet tokens (text) of the password and of the extra JSON.
+    password: Mapped[str | None] = mapped_column(Text, default=None)
+    port: Mapped[int | None] = mapped_column(Integer, default=None)
+    extra: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class VariableSyncStatus(Base):
+    """One row per configured sync source: what ``ketch variables sync-status`` shows."""
+
+    __tablename__ = "variable_sync_status"
+
+    source_id: Mapped[str] = mapped_column(String(250), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(50))
+    # The version of the last snapshot applied (None before the first success).
+    version: Mapped[str | None] = mapped_column(Text, default=None)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_success_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    last_error_at: Mapped[datetime | None] = mapped_column(default=None)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
+    managed_keys: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class VariableAuditLog(Base):
+    """Every applied change to a variable: key, source, version, time; never the value."""
+
+    __tablename__ = "variable_audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(250), index=True)
+    # created | updated | deleted | overwrote_manual (a sync replaced a value set by hand)
+    action: Mapped[str] = mapped_column(String(30))
+    # The sync source id, or "user" / "cli" / "api" for changes made by hand.
+    source: Mapped[str] = mapped_column(String(250))
+    version: Mapped[str | None] = mapped_column(Text, default=None)
+    timestamp: Mapped[datetime] = mapped_column(index=True)
