@@ -36,23 +36,34 @@ class _Limits:
     run_active: dict[int, int] = field(default_factory=dict)
     starved_runs: set[int] = field(default_factory=set)
     starved_pools: set[str] = field(default_factory=set)
+    # True when run_active holds every run with active TIs (absent means zero).
+    complete_run_counts: bool = False
 
 
 def _load_limits(ctx: SchedulerContext, session: Session) -> _Limits:
-    active = session.scalar(
-        select(func.count(TaskInstance.id)).where(TaskInstance.state.in_(_ACTIVE))
-    )
+    """Every limit's current use from one grouped query over the active TIs (at most
+    ``parallelism`` rows: it grows with what runs, not with what exists)."""
     pools = {p.pool: p.slots for p in session.scalars(select(Pool))}
-    used = session.execute(
-        select(TaskInstance.pool, func.sum(TaskInstance.pool_slots))
+    rows = session.execute(
+        select(
+            TaskInstance.pool,
+            TaskInstance.dag_run_id,
+            func.count(TaskInstance.id),
+            func.sum(TaskInstance.pool_slots),
+        )
         .where(TaskInstance.state.in_(_ACTIVE))
-        .group_by(TaskInstance.pool)
-    )
-    return _Limits(
-        free=ctx.settings.core.parallelism - int(active or 0),
+        .group_by(TaskInstance.pool, TaskInstance.dag_run_id)
+    ).all()
+    limits = _Limits(
+        free=ctx.settings.core.parallelism - sum(int(n) for _, _, n, _ in rows),
         pool_slots=pools,
-        pool_used={pool: int(n or 0) for pool, n in used},
+        pool_used={},
+        complete_run_counts=True,
     )
+    for pool, run_id, count, slots in rows:
+        limits.pool_used[pool] = limits.pool_used.get(pool, 0) + int(slots or 0)
+        limits.run_active[run_id] = limits.run_active.get(run_id, 0) + int(count)
+    return limits
 
 
 def _candidates(session: Session, limits: _Limits, page: int) -> list[tuple[TaskInstance, str]]:
@@ -78,6 +89,10 @@ def _candidates(session: Session, limits: _Limits, page: int) -> list[tuple[Task
 def _count_run_active(session: Session, limits: _Limits, run_ids: set[int]) -> None:
     missing = run_ids - limits.run_active.keys()
     if not missing:
+        return
+    if limits.complete_run_counts:
+        for run_id in missing:
+            limits.run_active[run_id] = 0
         return
     rows = session.execute(
         select(TaskInstance.dag_run_id, func.count(TaskInstance.id))
