@@ -9,11 +9,13 @@ task-try process imports it for every try.
 """
 
 from ketch.authoring.bash import BashTask
+from ketch.authoring.connection import Connection
 from ketch.authoring.context import get_current_context
 from ketch.authoring.dag import DAG, dag
 from ketch.authoring.decorators import task
 from ketch.authoring.params import Param
 from ketch.authoring.tasks import BaseTask, EmptyTask, TaskResult, XComArg
+from ketch.authoring.variable import Variable
 from ketch.exceptions import FailTask, SkipTask
 from ketch.states import TriggerRule
 
@@ -25,6 +27,7 @@ __all__ = [
     "BaseTask",
     "BashOperator",
     "BashTask",
+    "Connection",
     "EmptyOperator",
     "EmptyTask",
     "FailTask",
@@ -32,6 +35,7 @@ __all__ = [
     "SkipTask",
     "TaskResult",
     "TriggerRule",
+    "Variable",
     "XComArg",
     "dag",
     "get_current_context",

@@ -817,3 +817,10 @@ def _as_toml(data: dict[str, dict[str, Any]]) -> str:
         unset = "".join(f"# {k} = (unset)\n" for k, v in values.items() if v is None)
         parts.append(f"[{section}]\n{body}{unset}")
     return "\n".join(parts)
+
+
+from ketch.cli_variables import connections, rotate_fernet_key, variables  # noqa: E402
+
+cli.add_command(variables)
+cli.add_command(connections)
+cli.add_command(rotate_fernet_key)

@@ -16,6 +16,7 @@ from ketch.config import Settings
 
 def create_app(settings: Settings) -> FastAPI:
     from ketch.api.execution import router as execution_router
+    from ketch.api.execution_variables import router as execution_variables_router
     from ketch.api.rest import build_router
     from ketch.api.rest.errors import install_error_handlers
     from ketch.db.engine import get_engine, session_factory
@@ -32,6 +33,7 @@ def create_app(settings: Settings) -> FastAPI:
     # The execution API first: task tries call it several times each, so their requests
     # should not be matched against every REST route before reaching it.
     app.include_router(execution_router)
+    app.include_router(execution_variables_router)
     app.include_router(build_router())
     return app
 

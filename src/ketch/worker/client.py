@@ -120,6 +120,28 @@ class ExecutionApiClient:
         }
         self._call("POST", "/try/finish", body)
 
+    def get_variable(self, key: str) -> dict[str, Any]:
+        """``{key, value, is_sensitive}``; ``KeyError`` when there is no such variable."""
+        try:
+            result = self._call("GET", f"/variables/{quote(key, safe='')}", None)
+        except ExecutionApiError as exc:
+            if exc.status == 404:
+                raise KeyError(f"variable {key!r} does not exist") from exc
+            raise
+        assert isinstance(result, dict)
+        return result
+
+    def get_connection(self, conn_id: str) -> dict[str, Any]:
+        """The connection's fields; ``KeyError`` when there is no such connection."""
+        try:
+            result = self._call("GET", f"/connections/{quote(conn_id, safe='')}", None)
+        except ExecutionApiError as exc:
+            if exc.status == 404:
+                raise KeyError(f"connection {conn_id!r} does not exist") from exc
+            raise
+        assert isinstance(result, dict)
+        return result
+
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
@@ -173,3 +195,17 @@ class ExecutionApiClient:
         if status >= 400:
             raise ExecutionApiError(status, _detail(raw))
         return json.loads(raw) if raw else None
+
+
+_task_client: ExecutionApiClient | None = None
+_task_client_lock = threading.Lock()
+
+
+def task_client() -> ExecutionApiClient:
+    """The client of the running try (from its environment), for task-side helpers
+    such as ``Variable.get``; ``ExecutionApiError`` outside a task try."""
+    global _task_client
+    with _task_client_lock:
+        if _task_client is None:
+            _task_client = ExecutionApiClient.from_env()
+        return _task_client

@@ -9,7 +9,17 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from ketch.api.rest import dag_runs, dags, health, import_errors, logs, pools, task_instances
+from ketch.api.rest import (
+    connections,
+    dag_runs,
+    dags,
+    health,
+    import_errors,
+    logs,
+    pools,
+    task_instances,
+    variables,
+)
 
 
 def build_router() -> APIRouter:
@@ -17,4 +27,6 @@ def build_router() -> APIRouter:
     router = APIRouter(prefix="/api/v1")
     for module in (health, dags, dag_runs, task_instances, logs, import_errors, pools):
         router.include_router(module.router)
+    router.include_router(variables.router)
+    router.include_router(connections.router)
     return router

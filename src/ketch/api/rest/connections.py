@@ -1,0 +1,88 @@
+"""Connections: list, get, create (POST), create or replace (PUT), delete, import.
+
+Passwords are never returned (``***`` when set). Import takes Airflow's connections
+JSON export format (conn_id -> fields or URI) as the body, all or nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Body, HTTPException, Response, status
+
+from ketch.api.rest.common import Limit, Offset, SessionDep, SettingsDep
+from ketch.operations import InvalidRequest
+from ketch.variables import store
+from ketch.variables.models_api import (
+    ConnectionBody,
+    ConnectionCollectionResponse,
+    ConnectionPostBody,
+    ConnectionResponse,
+    ImportResponse,
+)
+
+router = APIRouter(prefix="/connections", tags=["Connection"])
+
+
+@router.get("")
+def list_connections(
+    session: SessionDep, settings: SettingsDep, limit: Limit = 50, offset: Offset = 0
+) -> ConnectionCollectionResponse:
+    conns = store.list_connections(session, settings)
+    return ConnectionCollectionResponse(
+        connections=[ConnectionResponse.from_connection(c) for c in conns[offset : offset + limit]],
+        total_entries=len(conns),
+    )
+
+
+def _to_connection(body: ConnectionBody, conn_id: str) -> Any:
+    try:
+        return body.to_connection(conn_id)
+    except ValueError as exc:
+        raise InvalidRequest("connection", str(exc)) from exc
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def post_connection(
+    body: ConnectionPostBody, session: SessionDep, settings: SettingsDep
+) -> ConnectionResponse:
+    """Create a connection; 409 if the conn_id exists."""
+    try:
+        conn = store.set_connection(
+            session, settings, _to_connection(body, body.connection_id), overwrite=False
+        )
+    except store.ConnectionAlreadyExists as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    session.commit()
+    return ConnectionResponse.from_connection(conn)
+
+
+@router.post("/import")
+def import_connections(
+    session: SessionDep, settings: SettingsDep, data: Any = Body(...)
+) -> ImportResponse:
+    count = store.import_connections(session, settings, data)
+    session.commit()
+    return ImportResponse(imported=count)
+
+
+@router.get("/{conn_id:path}")
+def get_connection(conn_id: str, session: SessionDep, settings: SettingsDep) -> ConnectionResponse:
+    return ConnectionResponse.from_connection(store.get_connection(session, settings, conn_id))
+
+
+@router.put("/{conn_id:path}")
+def put_connection(
+    conn_id: str, body: ConnectionBody, session: SessionDep, settings: SettingsDep
+) -> ConnectionResponse:
+    """Create the connection or replace all its fields."""
+    conn = store.set_connection(session, settings, _to_connection(body, conn_id))
+    session.commit()
+    return ConnectionResponse.from_connection(conn)
+
+
+@router.delete("/{conn_id:path}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
+def delete_connection(conn_id: str, session: SessionDep) -> Response:
+    store.delete_connection(session, conn_id)
+    session.commit()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
