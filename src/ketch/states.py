@@ -38,6 +38,9 @@ class TriggerRule(StrEnum):
     NONE_FAILED = "none_failed"
     NONE_SKIPPED = "none_skipped"
     NONE_FAILED_MIN_ONE_SUCCESS = "none_failed_min_one_success"
+    ONE_DONE = "one_done"
+    ALL_SKIPPED = "all_skipped"
+    ALL_DONE_MIN_ONE_SUCCESS = "all_done_min_one_success"
     ALWAYS = "always"
 
 

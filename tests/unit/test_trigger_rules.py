@@ -72,6 +72,21 @@ CASES = [
     # always
     (TR.ALWAYS, c(2), RUN),
     (TR.ALWAYS, c(2, f=2), RUN),
+    # one_done: at least one upstream succeeded or failed
+    (TR.ONE_DONE, c(3, s=1), RUN),
+    (TR.ONE_DONE, c(3, f=1), RUN),
+    (TR.ONE_DONE, c(3, sk=1), WAIT),
+    (TR.ONE_DONE, c(2, sk=1, uf=1), SKIP),  # all done, none succeeded or failed
+    # all_skipped
+    (TR.ALL_SKIPPED, c(2, sk=2), RUN),
+    (TR.ALL_SKIPPED, c(2, sk=1), WAIT),
+    (TR.ALL_SKIPPED, c(2, sk=1, s=1), SKIP),
+    (TR.ALL_SKIPPED, c(2, uf=1), SKIP),
+    # all_done_min_one_success: skipped upstreams skip it; all done with no success fails it
+    (TR.ALL_DONE_MIN_ONE_SUCCESS, c(2, s=1, f=1), RUN),
+    (TR.ALL_DONE_MIN_ONE_SUCCESS, c(2, s=1), WAIT),
+    (TR.ALL_DONE_MIN_ONE_SUCCESS, c(2, f=2), UF),
+    (TR.ALL_DONE_MIN_ONE_SUCCESS, c(2, s=1, sk=1), SKIP),
 ]
 
 

@@ -99,7 +99,23 @@ def _final_state(rule: TriggerRule, c: UpstreamCounts) -> Decision | None:
             return Decision.SKIPPED
     elif rule == TriggerRule.NONE_SKIPPED and c.skipped:
         return Decision.SKIPPED
+    elif rule == TriggerRule.ONE_DONE:
+        if upstream_done and not (c.failed or c.success):
+            return Decision.SKIPPED
+    elif rule == TriggerRule.ALL_SKIPPED:
+        if c.success or c.failed or c.upstream_failed:
+            return Decision.SKIPPED
+    elif rule == TriggerRule.ALL_DONE_MIN_ONE_SUCCESS:
+        # Skipped upstreams are not "done" for this rule (Airflow skips the task then).
+        if c.skipped:
+            return Decision.SKIPPED
+        if _non_skipped_done(c) >= c.total - c.skipped and c.success == 0:
+            return Decision.UPSTREAM_FAILED
     return None
+
+
+def _non_skipped_done(c: UpstreamCounts) -> int:
+    return c.success + c.failed + c.upstream_failed + c.removed
 
 
 def _passes(rule: TriggerRule, c: UpstreamCounts) -> bool:
@@ -119,6 +135,12 @@ def _passes(rule: TriggerRule, c: UpstreamCounts) -> bool:
         return c.total - c.success - c.skipped <= 0
     if rule == TriggerRule.NONE_SKIPPED:
         return upstream_done and c.skipped == 0
+    if rule == TriggerRule.ONE_DONE:
+        return c.success + c.failed > 0
+    if rule == TriggerRule.ALL_SKIPPED:
+        return c.total - c.skipped <= 0
+    if rule == TriggerRule.ALL_DONE_MIN_ONE_SUCCESS:
+        return c.skipped == 0 and _non_skipped_done(c) >= c.total - c.skipped and c.success > 0
     if rule == TriggerRule.ALWAYS:
         return True
     raise ValueError(f"no strategy to evaluate trigger rule {rule!r}")
