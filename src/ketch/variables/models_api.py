@@ -63,7 +63,7 @@ class ConnectionBody(BaseModel):
     extra: str | dict[str, Any] | None = None
 
     def to_connection(self, conn_id: str) -> Connection:
-        data = self.model_dump(by_alias=True)
+        data = self.model_dump(by_alias=True, exclude={"connection_id"})
         return Connection.from_dict(conn_id, data)
 
 
