@@ -19,9 +19,9 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -191,6 +191,83 @@ class LoggingSettings(BaseModel):
     )
 
 
+class AwsSecretsManagerSource(BaseModel):
+    """A ``[variables] sync_sources`` entry that reads AWS Secrets Manager.
+
+    Either ``secret_id`` (one secret holding a JSON object: each key becomes a variable),
+    or ``name_prefix`` and/or ``tags`` (every matching secret becomes one variable, named
+    by the secret name minus the prefix). Region, credentials and retries come from the
+    standard boto3 chain unless set here.
+    """
+
+    kind: Literal["aws-secrets-manager"]
+    id: str | None = None
+    secret_id: str | None = None
+    name_prefix: str | None = None
+    tags: dict[str, str] | None = None
+    region: str | None = None
+    endpoint_url: str | None = None
+    sensitive: bool = True
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> AwsSecretsManagerSource:
+        if self.secret_id and (self.name_prefix or self.tags):
+            raise ValueError("give either secret_id, or name_prefix and/or tags, not both")
+        if not (self.secret_id or self.name_prefix or self.tags):
+            raise ValueError("an aws-secrets-manager source needs secret_id, name_prefix or tags")
+        return self
+
+    @property
+    def source_id(self) -> str:
+        if self.id:
+            return self.id
+        if self.secret_id:
+            return f"aws-secrets-manager:{self.secret_id}"
+        selector = f"prefix={self.name_prefix}" if self.name_prefix else ""
+        if self.tags:
+            tags = ",".join(f"{k}={v}" for k, v in sorted(self.tags.items()))
+            selector = f"{selector};tags={tags}" if selector else f"tags={tags}"
+        return f"aws-secrets-manager:{selector}"
+
+
+class FileSource(BaseModel):
+    """A ``[variables] sync_sources`` entry that reads a mounted JSON file (Airflow's
+    ``variables.json`` format), reloaded when its content changes."""
+
+    kind: Literal["file"]
+    id: str | None = None
+    path: Path
+    sensitive: bool = True
+
+    @property
+    def source_id(self) -> str:
+        return self.id or f"file:{self.path}"
+
+
+SyncSourceSettings = Annotated[AwsSecretsManagerSource | FileSource, Field(discriminator="kind")]
+
+
+class VariablesSettings(BaseModel):
+    sync_sources: list[SyncSourceSettings] = Field(
+        default=[],
+        description="Sources the scheduler syncs variables from (a JSON list in the environment "
+        "variable); see docs/variables.md.",
+    )
+    sync_interval: float = Field(
+        default=30.0, gt=0, description="Seconds between two polls of each sync source."
+    )
+    conflict_policy: Literal["source_wins", "keep_manual"] = Field(
+        default="source_wins",
+        description="When a source brings a key that was set by hand: `source_wins` overwrites "
+        "it (logged and audited), `keep_manual` keeps the hand-set value.",
+    )
+    sync_max_backoff: float = Field(
+        default=600.0,
+        gt=0,
+        description="Longest wait before retrying a failing source (the wait doubles per failure).",
+    )
+
+
 class Settings(BaseSettings):
     """Every setting of ketch, grouped in Airflow's sections."""
 
@@ -208,6 +285,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     api_auth: ApiAuthSettings = ApiAuthSettings()
     logging: LoggingSettings = LoggingSettings()
+    variables: VariablesSettings = VariablesSettings()
 
     @classmethod
     def settings_customise_sources(
