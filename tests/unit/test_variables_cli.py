@@ -104,3 +104,23 @@ def test_rotate_fernet_key(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("KETCH__CORE__FERNET_KEY", new)
     get_settings.cache_clear()
     assert run("variables", "get", "v").output == "value\n"
+
+
+def test_sync_once_and_sync_status(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good = tmp_path / "variables.json"
+    good.write_text(json.dumps({"from_file": "yes"}))
+    bad = tmp_path / "broken.json"
+    bad.write_text('{"half": ')
+    sources = [{"kind": "file", "path": str(good)}, {"kind": "file", "path": str(bad)}]
+    monkeypatch.setenv("KETCH__VARIABLES__SYNC_SOURCES", json.dumps(sources))
+    get_settings.cache_clear()
+    result = run("variables", "sync", "--once", "-o", "json")
+    assert result.exit_code == 1  # one source failed
+    rows = {r["ok"]: r for r in json.loads(result.output)}
+    assert rows[True]["managed_keys"] == 1 and rows[False]["last_error"]
+    assert run("variables", "get", "from_file").output == "yes\n"
+    status = json.loads(run("variables", "sync-status", "-o", "json").output)
+    assert sorted(r["managed_keys"] for r in status) == [0, 1]
+    assert "yes" not in run("variables", "sync-status").output
