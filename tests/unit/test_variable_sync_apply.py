@@ -246,3 +246,10 @@ def test_background_thread_syncs_and_stops(sqlite_engine: Engine) -> None:
     finally:
         service.stop()
     assert rows(sqlite_engine) == {"a": ("1", "src", "v1")}
+
+
+def test_a_snapshot_with_an_invalid_key_is_rejected_whole(engine: Engine) -> None:
+    source = ListSource("src", Snapshot("v1", {"ok": "1", "k" * 300: "2"}))
+    [status] = SyncService(get_settings(), engine, [(source, True)]).run_once()
+    assert not status.ok and "longer than 250" in (status.last_error or "")
+    assert rows(engine) == {}

@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ketch.variables.sync")
 
+MAX_KEY_LENGTH = 250  # variable.key's column length
+
 
 @dataclass(frozen=True)
 class SourceStatus:
@@ -138,6 +140,13 @@ def apply_snapshot(
     now = now or _now()
     result = ApplyResult()
     wanted = snapshot.values
+    bad = [key for key in wanted if not key or len(key) > MAX_KEY_LENGTH]
+    if bad:  # checked before any write: the change set is all or nothing
+        raise SourceError(
+            f"{len(bad)} key(s) are empty or longer than {MAX_KEY_LENGTH} characters "
+            f"(first: {bad[0][:60]!r})",
+            kind="invalid_key",
+        )
     rows = {
         row.key: row
         for row in session.scalars(select(Variable).where(Variable.source == source_id))
