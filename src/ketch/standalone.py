@@ -85,11 +85,13 @@ class SchedulerStack:
         from ketch import operations
         from ketch.dag_processing.processor import DagProcessor
         from ketch.scheduler.loop import Scheduler
+        from ketch.variables.sync import SyncService
 
         self.stop_event = threading.Event()
         self.executor = make_executor(settings)
         self.processor = DagProcessor(settings, engine, on_change=self._wake)
         self.scheduler = Scheduler(settings, engine, self.executor, dag_processor=self.processor)
+        self.variable_sync = SyncService(settings, engine)  # [variables] sync_sources, a thread
         self._operations_hook = self.scheduler.wake
         operations.on_change.append(self._operations_hook)
 
@@ -99,7 +101,11 @@ class SchedulerStack:
     def run(self) -> None:
         """Block in the scheduling loop until :meth:`stop` is called. The scheduler starts
         the executor and the DAG processor, and stops both when its loop ends."""
-        self.scheduler.run(self.stop_event)
+        self.variable_sync.start()
+        try:
+            self.scheduler.run(self.stop_event)
+        finally:
+            self.variable_sync.stop()
 
     def stop(self) -> None:
         self.stop_event.set()

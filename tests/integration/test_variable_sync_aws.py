@@ -295,3 +295,82 @@ def test_unchanged_answer_is_cheap(moto: MotoServer) -> None:
     aws = moto.client()
     version = aws.create_secret(Name=SECRET, SecretString="{}")["VersionId"]
     assert SecretJsonSource(moto.client(), SECRET).fetch(version) == Unchanged(version)
+
+
+SYNC_DAG = """
+import os
+from datetime import datetime, timezone
+
+from ketch import Variable, dag, task
+
+
+@dag(schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezone.utc))
+def read_synced_variable():
+    @task
+    def read():
+        cfg = Variable.get("pipeline", deserialize_json=True)
+        with open(os.environ["SYNC_OUT"], "a") as f:
+            f.write(Variable.get("greeting") + " " + str(cfg["batch"]) + "\\n")
+
+    read()
+
+
+read_synced_variable()
+"""
+
+
+def test_standalone_syncs_and_a_task_reads_the_value(
+    moto: MotoServer, db_url: str, ketch_home: Any, tmp_path: Any
+) -> None:
+    """A real `ketch standalone` syncs a secret on its thread; a real try reads it."""
+    from tests.support.ketch_process import Api, KetchEnv, running, wait_for
+
+    aws = moto.client()
+    aws.create_secret(
+        Name=SECRET, SecretString=json.dumps({"greeting": "hello", "pipeline": {"batch": 1}})
+    )
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "read_synced_variable.py").write_text(SYNC_DAG)
+    out = tmp_path / "out.txt"
+    sources = [{"kind": "aws-secrets-manager", "secret_id": SECRET, "endpoint_url": moto.url}]
+    env = KetchEnv(
+        home=ketch_home,
+        db_url=db_url,
+        dags_folder=dags,
+        extra={
+            "KETCH__VARIABLES__SYNC_SOURCES": json.dumps(sources),
+            "KETCH__VARIABLES__SYNC_INTERVAL": "0.2",
+            "SYNC_OUT": str(out),
+        },
+    )
+    api = Api(env.base_url)
+
+    def synced_version() -> str | None:
+        [source] = api.http.get("/api/v1/variables/syncStatus").json()["sources"]
+        return source["version"] if source["ok"] else None
+
+    with running(env, "standalone"):
+        wait_for(api.healthy, 60, 0.05, "web server")
+        first = wait_for(synced_version, 30, 0.05, "first sync")
+        wait_for(lambda: api.dag("read_synced_variable"), 30, 0.05, "DAG parsed")
+        run = api.trigger("read_synced_variable")
+        assert (
+            api.wait_run_finished("read_synced_variable", run["dag_run_id"], 60)["state"]
+            == "success"
+        )
+        assert out.read_text() == "hello 1\n"
+
+        aws.put_secret_value(
+            SecretId=SECRET,
+            SecretString=json.dumps({"greeting": "bonjour", "pipeline": {"batch": 2}}),
+        )
+        wait_for(lambda: (synced_version() or first) != first, 30, 0.05, "second sync")
+        run = api.trigger("read_synced_variable")
+        assert (
+            api.wait_run_finished("read_synced_variable", run["dag_run_id"], 60)["state"]
+            == "success"
+        )
+        assert out.read_text() == "hello 1\nbonjour 2\n"
+        metrics = api.http.get("/metrics").text
+        assert 'ketch_variable_sync_runs_total{result="changed"' in metrics

@@ -19,6 +19,7 @@ def create_app(settings: Settings) -> FastAPI:
     from ketch.api.execution_variables import router as execution_variables_router
     from ketch.api.rest import build_router
     from ketch.api.rest.errors import install_error_handlers
+    from ketch.api.rest.variable_sync import metrics_router as variable_sync_metrics_router
     from ketch.db.engine import get_engine, session_factory
 
     app = FastAPI(
@@ -35,6 +36,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(execution_router)
     app.include_router(execution_variables_router)
     app.include_router(build_router())
+    app.include_router(variable_sync_metrics_router)  # /metrics (Prometheus)
     return app
 
 

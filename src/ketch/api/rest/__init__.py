@@ -18,6 +18,7 @@ from ketch.api.rest import (
     logs,
     pools,
     task_instances,
+    variable_sync,
     variables,
 )
 
@@ -27,6 +28,7 @@ def build_router() -> APIRouter:
     router = APIRouter(prefix="/api/v1")
     for module in (health, dags, dag_runs, task_instances, logs, import_errors, pools):
         router.include_router(module.router)
+    router.include_router(variable_sync.router)  # before variables: syncStatus is no key
     router.include_router(variables.router)
     router.include_router(connections.router)
     return router
