@@ -374,3 +374,19 @@ def test_standalone_syncs_and_a_task_reads_the_value(
         assert out.read_text() == "hello 1\nbonjour 2\n"
         metrics = api.http.get("/metrics").text
         assert 'ketch_variable_sync_runs_total{result="changed"' in metrics
+
+
+def test_no_region_is_a_source_error(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ketch.config import AwsSecretsManagerSource
+    from ketch.variables.sources import build_source
+
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    for config in (
+        AwsSecretsManagerSource(kind="aws-secrets-manager", secret_id=SECRET),
+        AwsSecretsManagerSource(kind="aws-secrets-manager", name_prefix="x/"),
+    ):
+        with pytest.raises(SourceError) as info:
+            build_source(config).fetch(None)
+        assert str(info.value).startswith("cannot create the Secrets Manager client")

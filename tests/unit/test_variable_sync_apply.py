@@ -253,3 +253,36 @@ def test_a_snapshot_with_an_invalid_key_is_rejected_whole(engine: Engine) -> Non
     [status] = SyncService(get_settings(), engine, [(source, True)]).run_once()
     assert not status.ok and "longer than 250" in (status.last_error or "")
     assert rows(engine) == {}
+
+
+def test_source_settings_from_json_and_their_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from pydantic import ValidationError
+
+    monkeypatch.setenv(
+        "KETCH__VARIABLES__SYNC_SOURCES",
+        json.dumps(
+            [
+                {"kind": "aws-secrets-manager", "secret_id": "a/b.json", "region": "eu-west-1"},
+                {"kind": "aws-secrets-manager", "tags": {"team": "data"}, "id": "by-tag"},
+                {"kind": "file", "path": "/x/variables.json", "sensitive": False},
+            ]
+        ),
+    )
+    monkeypatch.setenv("KETCH__VARIABLES__CONFLICT_POLICY", "keep_manual")
+    get_settings.cache_clear()
+    cfg = get_settings().variables
+    assert [s.source_id for s in cfg.sync_sources] == [
+        "aws-secrets-manager:a/b.json",
+        "by-tag",
+        "file:/x/variables.json",
+    ]
+    assert cfg.conflict_policy == "keep_manual" and cfg.sync_interval == 30
+    for bad in (
+        [{"kind": "aws-secrets-manager"}],
+        [{"kind": "aws-secrets-manager", "secret_id": "a", "name_prefix": "b/"}],
+        [{"kind": "s3", "path": "x"}],
+    ):
+        with pytest.raises(ValidationError):
+            Settings.model_validate({"variables": {"sync_sources": bad}})

@@ -57,6 +57,8 @@ def make_client(*, region: str | None = None, endpoint_url: str | None = None) -
 def _source_error(what: str, exc: Exception) -> SourceError:
     from botocore.exceptions import BotoCoreError, ClientError
 
+    if isinstance(exc, SourceError):
+        return exc
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         code = error.get("Code", "ClientError")
