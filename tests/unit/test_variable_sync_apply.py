@@ -286,3 +286,28 @@ def test_source_settings_from_json_and_their_validation(monkeypatch: pytest.Monk
     ):
         with pytest.raises(ValidationError):
             Settings.model_validate({"variables": {"sync_sources": bad}})
+
+
+def test_database_outage_is_a_failure_with_backoff(
+    sqlite_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    source = ListSource("src", Snapshot("v1", {"a": "1"}), Snapshot("v1", {"a": "1"}))
+    service = SyncService(
+        settings(sync_interval=10.0, sync_max_backoff=100.0), sqlite_engine, [(source, True)]
+    )
+
+    def no_database() -> Session:
+        raise OperationalError("SELECT 1", {}, Exception("database is away"))
+
+    working = service._sessions
+    monkeypatch.setattr(service, "_sessions", no_database)
+    for failures in (1, 2):
+        [status] = service.run_once()  # never raises: the sync thread must keep going
+        assert not status.ok and status.consecutive_failures == failures
+        assert "database is away" in (status.last_error or "")
+    assert service.run_once(only_due=True) == []  # backing off
+    monkeypatch.setattr(service, "_sessions", working)
+    [status] = service.run_once()
+    assert status.ok and rows(sqlite_engine) == {"a": ("1", "src", "v1")}

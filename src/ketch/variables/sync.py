@@ -256,6 +256,7 @@ class SyncService:
             ]
         self.sources = sources
         self._next_due: dict[str, float] = {}
+        self._failures: dict[str, int] = {}  # while the database cannot say (outage)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._fernet: MultiFernet | None = None
@@ -285,11 +286,12 @@ class SyncService:
     def sync_source(self, source: VariableSource, *, sensitive: bool = True) -> SourceStatus:
         started = time.perf_counter()
         source_id = source.source_id
-        with self._sessions() as session:
-            previous = session.get(VariableSyncStatus, source_id)
-            previous_version = previous.version if previous is not None else None
-            failures = previous.consecutive_failures if previous is not None else 0
+        failures = self._failures.get(source_id, 0)
         try:
+            with self._sessions() as session:
+                previous = session.get(VariableSyncStatus, source_id)
+                previous_version = previous.version if previous is not None else None
+                failures = previous.consecutive_failures if previous is not None else failures
             result = source.fetch(previous_version)
             with self._sessions() as session, session.begin():
                 now = _now()
@@ -328,6 +330,7 @@ class SyncService:
             metrics.SYNC_RUNS.labels(source=source_id, result="error").inc()
             metrics.SYNC_ERRORS.labels(source=source_id, error=kind).inc()
             self._next_due[source_id] = time.monotonic() + delay
+            self._failures[source_id] = failures
             status = self._record_failure(source, reason, failures, delay)
         else:
             if applied is not None:
@@ -346,6 +349,7 @@ class SyncService:
             else:
                 metrics.SYNC_RUNS.labels(source=source_id, result="unchanged").inc()
             self._next_due[source_id] = time.monotonic() + self.settings.variables.sync_interval
+            self._failures.pop(source_id, None)
         metrics.SYNC_DURATION.labels(source=source_id).observe(time.perf_counter() - started)
         return status
 
