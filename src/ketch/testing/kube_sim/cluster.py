@@ -1,0 +1,964 @@
+"""In-memory cluster state and the fake kubelet that runs pod containers as local processes."""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import copy
+import functools
+import io
+import os
+import random
+import re
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ketch.testing.kube_sim.faults import Faults
+from ketch.testing.kube_sim.selectors import labels_match
+
+NODE_NAME = "kube-sim-node"
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ApiError(Exception):
+    """Turns into a Kubernetes ``Status`` answer."""
+
+    def __init__(self, code: int, reason: str, message: str, details: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.details = details or {}
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        }
+        if self.details:
+            out["details"] = self.details
+        return out
+
+
+class ConfigError(Exception):
+    """A container's env cannot be resolved (missing Secret/ConfigMap key)."""
+
+
+class LogBuffer:
+    """One container's output, readable while it grows."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.done = False
+        self.cond = threading.Condition()
+
+    def append(self, chunk: bytes) -> None:
+        with self.cond:
+            self.data.extend(chunk)
+            self.cond.notify_all()
+
+    def close(self) -> None:
+        with self.cond:
+            self.done = True
+            self.cond.notify_all()
+
+
+@dataclass
+class PodRuntime:
+    uid: str
+    namespace: str
+    name: str
+    wake: threading.Event = field(default_factory=threading.Event)
+    stop: bool = False
+    running: bool = False
+    finished: bool = False
+    delete_deadline: float | None = None
+    oom_requested: bool = False
+    evict_requested: bool = False
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    logs: dict[str, LogBuffer] = field(default_factory=dict)
+    thread: threading.Thread | None = None
+
+
+def _validate_labels(where: str, labels: Any) -> None:
+    if labels is None:
+        return
+    if not isinstance(labels, dict):
+        raise ApiError(422, "Invalid", f"{where}: Invalid value: must be an object")
+    for key, value in labels.items():
+        name = key.rsplit("/", 1)[-1]
+        if not _LABEL_NAME.match(name) or len(name) > 63:
+            raise ApiError(
+                422,
+                "Invalid",
+                f"{where}: Invalid value: {key!r}: name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character",
+            )
+        if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
+            raise ApiError(
+                422,
+                "Invalid",
+                f"{where}: Invalid value: {value!r}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (must be no more than 63 characters)",
+            )
+
+
+def validate_pod(pod: dict[str, Any]) -> None:
+    meta = pod.get("metadata") or {}
+    name = meta.get("name") or ""
+    if not name:
+        raise ApiError(
+            422,
+            "Invalid",
+            "Pod is invalid: metadata.name: Required value: name or generateName is required",
+        )
+    if len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
+        raise ApiError(
+            422,
+            "Invalid",
+            f"Pod \"{name}\" is invalid: metadata.name: Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
+            {"name": name, "kind": "Pod"},
+        )
+    _validate_labels(f'Pod "{name}" is invalid: metadata.labels', meta.get("labels"))
+    annotations = meta.get("annotations")
+    if annotations is not None and not all(isinstance(v, str) for v in annotations.values()):
+        raise ApiError(
+            422, "Invalid", f'Pod "{name}" is invalid: metadata.annotations: values must be strings'
+        )
+    spec = pod.get("spec") or {}
+    containers = spec.get("containers") or []
+    if not containers:
+        raise ApiError(422, "Invalid", f'Pod "{name}" is invalid: spec.containers: Required value')
+    seen: set[str] = set()
+    for kind, items in (
+        ("initContainers", spec.get("initContainers") or []),
+        ("containers", containers),
+    ):
+        for i, c in enumerate(items):
+            cname = c.get("name") or ""
+            where = f'Pod "{name}" is invalid: spec.{kind}[{i}]'
+            if not cname or len(cname) > 63 or not _DNS_LABEL.match(cname):
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    f"{where}.name: Invalid value: {cname!r}: a lowercase RFC 1123 label is required",
+                )
+            if cname in seen:
+                raise ApiError(422, "Invalid", f"{where}.name: Duplicate value: {cname!r}")
+            seen.add(cname)
+            if not c.get("image"):
+                raise ApiError(422, "Invalid", f"{where}.image: Required value")
+    _validate_labels(f'Pod "{name}" is invalid: spec.nodeSelector', spec.get("nodeSelector"))
+
+
+class Cluster:
+    """Pods, Events, a global resourceVersion counter and the watch history."""
+
+    def __init__(
+        self,
+        faults: Faults,
+        *,
+        inherit_env: bool = True,
+        image_entrypoints: dict[str, list[str]] | None = None,
+        history_limit: int = 10_000,
+        work_dir: Path | None = None,
+    ) -> None:
+        self.cond = threading.Condition()
+        self._faults = faults
+        self.rng = random.Random(faults.seed)
+        self.rv = 0
+        self.compacted_rv = 0
+        self.pods: dict[tuple[str, str], dict[str, Any]] = {}
+        self.events: dict[tuple[str, str], dict[str, Any]] = {}
+        self.history_rvs: list[int] = []
+        self.history: list[tuple[int, str, str, dict[str, Any]]] = []
+        self.history_limit = history_limit
+        self.runtimes: dict[str, PodRuntime] = {}
+        self.secrets: dict[tuple[str, str], dict[str, str]] = {}
+        self.config_maps: dict[tuple[str, str], dict[str, str]] = {}
+        self.request_count: Counter[str] = Counter()
+        self.request_log: list[tuple[str, str]] = []
+        self.inherit_env = inherit_env
+        self.image_entrypoints = dict(image_entrypoints or {})
+        self._tmp = tempfile.TemporaryDirectory(prefix="kube-sim-") if work_dir is None else None
+        self.work_dir = Path(self._tmp.name) if self._tmp else Path(work_dir or ".")
+        self.closed = False
+        self.watch_generation = 0
+
+    # -- faults -------------------------------------------------------------------------------
+
+    @property
+    def faults(self) -> Faults:
+        return self._faults
+
+    @faults.setter
+    def faults(self, value: Faults) -> None:
+        with self.cond:
+            if value.seed is not None and value.seed != self._faults.seed:
+                self.rng = random.Random(value.seed)
+            self._faults = value
+            runtimes = list(self.runtimes.values())
+        for rt in runtimes:
+            rt.wake.set()
+
+    def chance(self, rate: float) -> bool:
+        if rate <= 0:
+            return False
+        with self.cond:
+            return self.rng.random() < rate
+
+    def pick(self, options: tuple[int, ...]) -> int:
+        with self.cond:
+            return self.rng.choice(options)
+
+    # -- storage --------------------------------------------------------------------------------
+
+    def _commit(self, event_type: str, pod: dict[str, Any]) -> None:
+        """Store a pod change; caller holds ``cond``."""
+        self.rv += 1
+        meta = pod["metadata"]
+        meta["resourceVersion"] = str(self.rv)
+        key = (meta["namespace"], meta["name"])
+        if event_type == "DELETED":
+            self.pods.pop(key, None)
+        else:
+            self.pods[key] = pod
+        self.history_rvs.append(self.rv)
+        self.history.append((self.rv, meta["namespace"], event_type, copy.deepcopy(pod)))
+        if len(self.history) > self.history_limit:
+            cut = len(self.history) // 2
+            self.compacted_rv = self.history_rvs[cut - 1]
+            del self.history[:cut]
+            del self.history_rvs[:cut]
+        self.cond.notify_all()
+
+    def compact(self) -> None:
+        with self.cond:
+            self.compacted_rv = self.rv
+            self.history.clear()
+            self.history_rvs.clear()
+            self.cond.notify_all()
+
+    def events_after(self, rv: int) -> list[tuple[int, str, str, dict[str, Any]]]:
+        """History entries newer than ``rv``; caller holds ``cond``."""
+        i = bisect.bisect_right(self.history_rvs, rv)
+        return self.history[i:]
+
+    def update_pod(self, rt: PodRuntime, fn: Callable[[dict[str, Any]], None]) -> bool:
+        with self.cond:
+            pod = self.pods.get((rt.namespace, rt.name))
+            if pod is None or pod["metadata"]["uid"] != rt.uid:
+                return False
+            pod = copy.deepcopy(pod)
+            fn(pod)
+            self._commit("MODIFIED", pod)
+            return True
+
+    def record_event(
+        self, pod: dict[str, Any], type_: str, reason: str, message: str, component: str = "kubelet"
+    ) -> None:
+        meta = pod["metadata"]
+        with self.cond:
+            self.rv += 1
+            ts = now_rfc3339()
+            name = f"{meta['name']}.{uuid.uuid4().hex[:16]}"
+            self.events[(meta["namespace"], name)] = {
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {
+                    "name": name,
+                    "namespace": meta["namespace"],
+                    "uid": str(uuid.uuid4()),
+                    "resourceVersion": str(self.rv),
+                    "creationTimestamp": ts,
+                },
+                "involvedObject": {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "name": meta["name"],
+                    "namespace": meta["namespace"],
+                    "uid": meta["uid"],
+                },
+                "reason": reason,
+                "message": message,
+                "type": type_,
+                "source": {"component": component, "host": NODE_NAME},
+                "reportingComponent": component,
+                "reportingInstance": NODE_NAME,
+                "firstTimestamp": ts,
+                "lastTimestamp": ts,
+                "count": 1,
+            }
+
+    # -- API operations -------------------------------------------------------------------------
+
+    def create_pod(
+        self, namespace: str, body: dict[str, Any], *, dry_run: bool = False
+    ) -> dict[str, Any]:
+        if not isinstance(body, dict) or body.get("kind", "Pod") != "Pod":
+            raise ApiError(400, "BadRequest", "the body of the request must be a Pod")
+        pod = copy.deepcopy(body)
+        pod.setdefault("apiVersion", "v1")
+        pod["kind"] = "Pod"
+        meta = pod.setdefault("metadata", {})
+        if meta.get("namespace") not in (None, "", namespace):
+            raise ApiError(
+                400,
+                "BadRequest",
+                "the namespace of the provided object does not match the namespace sent on the request",
+            )
+        if not meta.get("name") and meta.get("generateName"):
+            suffix = "".join(random.choice("bcdfghjklmnpqrstvwxz2456789") for _ in range(5))
+            meta["name"] = f"{meta['generateName']}{suffix}"
+        validate_pod(pod)
+        meta["namespace"] = namespace
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = now_rfc3339()
+        meta.setdefault("generation", 1)
+        spec = pod.setdefault("spec", {})
+        spec.setdefault("restartPolicy", "Always")
+        spec.setdefault("terminationGracePeriodSeconds", 30)
+        spec.setdefault("dnsPolicy", "ClusterFirst")
+        spec.setdefault("schedulerName", "default-scheduler")
+        spec.setdefault("serviceAccountName", spec.get("serviceAccount") or "default")
+        pod["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
+        with self.cond:
+            key = (namespace, meta["name"])
+            if key in self.pods:
+                raise ApiError(
+                    409,
+                    "AlreadyExists",
+                    f'pods "{meta["name"]}" already exists',
+                    {"name": meta["name"], "kind": "pods"},
+                )
+            if dry_run:
+                meta["resourceVersion"] = ""
+                return pod
+            self._commit("ADDED", pod)
+            rt = PodRuntime(uid=meta["uid"], namespace=namespace, name=meta["name"])
+            self.runtimes[rt.uid] = rt
+            created = copy.deepcopy(pod)
+        rt.thread = threading.Thread(
+            target=Kubelet(self, rt).run, name=f"kube-sim-pod-{rt.name}", daemon=True
+        )
+        rt.thread.start()
+        return created
+
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any]:
+        with self.cond:
+            pod = self.pods.get((namespace, name))
+            if pod is None:
+                raise ApiError(
+                    404, "NotFound", f'pods "{name}" not found', {"name": name, "kind": "pods"}
+                )
+            return copy.deepcopy(pod)
+
+    def delete_pod(self, namespace: str, name: str, grace: int | None) -> dict[str, Any]:
+        with self.cond:
+            pod = self.pods.get((namespace, name))
+            if pod is None:
+                raise ApiError(
+                    404, "NotFound", f'pods "{name}" not found', {"name": name, "kind": "pods"}
+                )
+            rt = self.runtimes.get(pod["metadata"]["uid"])
+            if grace is None:
+                grace = int(pod["spec"].get("terminationGracePeriodSeconds", 30))
+            if rt is not None and rt.running and grace > 0:
+                if pod["metadata"].get("deletionTimestamp"):
+                    return copy.deepcopy(pod)
+                pod = copy.deepcopy(pod)
+                pod["metadata"]["deletionTimestamp"] = now_rfc3339()
+                pod["metadata"]["deletionGracePeriodSeconds"] = grace
+                self._commit("MODIFIED", pod)
+                rt.delete_deadline = time.monotonic() + grace
+                rt.wake.set()
+                return copy.deepcopy(pod)
+            pod = copy.deepcopy(pod)
+            pod["metadata"]["deletionTimestamp"] = now_rfc3339()
+            pod["metadata"]["deletionGracePeriodSeconds"] = 0
+            self._commit("DELETED", pod)
+            if rt is not None:
+                rt.stop = True
+                rt.wake.set()
+            procs = list(rt.procs.values()) if rt else []
+        for proc in procs:
+            kill_group(proc, signal.SIGKILL)
+        return copy.deepcopy(pod)
+
+    def remove_after_grace(self, rt: PodRuntime) -> None:
+        with self.cond:
+            pod = self.pods.get((rt.namespace, rt.name))
+            if pod is not None and pod["metadata"]["uid"] == rt.uid:
+                self._commit("DELETED", copy.deepcopy(pod))
+            rt.stop = True
+
+    def shutdown(self) -> None:
+        with self.cond:
+            self.closed = True
+            runtimes = list(self.runtimes.values())
+            self.cond.notify_all()
+        for rt in runtimes:
+            rt.stop = True
+            rt.wake.set()
+            for proc in list(rt.procs.values()):
+                kill_group(proc, signal.SIGKILL)
+        for rt in runtimes:
+            if rt.thread is not None:
+                rt.thread.join(timeout=2)
+        if self._tmp is not None:
+            with contextlib.suppress(OSError):
+                self._tmp.cleanup()
+
+
+def kill_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+
+
+def _set_condition(
+    pod: dict[str, Any],
+    type_: str,
+    status: str,
+    reason: str | None = None,
+    message: str | None = None,
+) -> None:
+    conds = pod["status"].setdefault("conditions", [])
+    cond: dict[str, Any] = {
+        "type": type_,
+        "status": status,
+        "lastProbeTime": None,
+        "lastTransitionTime": now_rfc3339(),
+    }
+    if reason:
+        cond["reason"] = reason
+    if message:
+        cond["message"] = message
+    for i, existing in enumerate(conds):
+        if existing["type"] == type_:
+            if existing["status"] == status and existing.get("reason") == reason:
+                return
+            conds[i] = cond
+            return
+    conds.append(cond)
+
+
+def _container_status(
+    c: dict[str, Any], state: dict[str, Any], ready: bool = False, started: bool = False
+) -> dict[str, Any]:
+    return {
+        "name": c["name"],
+        "image": c.get("image", ""),
+        "imageID": f"sim://{c.get('image', '')}",
+        "containerID": f"sim://{c['name']}",
+        "ready": ready,
+        "started": started,
+        "restartCount": 0,
+        "state": state,
+        "lastState": {},
+    }
+
+
+class Kubelet:
+    """Drives one pod: schedule, pull images, run init containers, run containers, report."""
+
+    POLL = 0.05
+
+    def __init__(self, cluster: Cluster, rt: PodRuntime) -> None:
+        self.cluster = cluster
+        self.rt = rt
+        with cluster.cond:
+            self.pod = copy.deepcopy(cluster.pods[(rt.namespace, rt.name)])
+        self.spec = self.pod["spec"]
+        self.init_statuses: dict[str, dict[str, Any]] = {}
+        self.statuses: dict[str, dict[str, Any]] = {}
+
+    # helpers
+
+    def _wait(self, seconds: float) -> None:
+        self.rt.wake.wait(seconds)
+        self.rt.wake.clear()
+
+    def _selected(self, selector: str | None) -> bool:
+        return selector is not None and labels_match(selector, self.pod)
+
+    def _update(self, fn: Callable[[dict[str, Any]], None]) -> bool:
+        def apply(pod: dict[str, Any]) -> None:
+            fn(pod)
+            if self.init_statuses:
+                pod["status"]["initContainerStatuses"] = list(self.init_statuses.values())
+            if self.statuses:
+                pod["status"]["containerStatuses"] = list(self.statuses.values())
+
+        return self.cluster.update_pod(self.rt, apply)
+
+    def _event(self, type_: str, reason: str, message: str, component: str = "kubelet") -> None:
+        self.cluster.record_event(self.pod, type_, reason, message, component)
+
+    # stages
+
+    def run(self) -> None:
+        try:
+            if not self._schedule():
+                return
+            if not self._run_init_containers():
+                return
+            self._run_containers()
+        finally:
+            self.rt.finished = True
+            for buf in self.rt.logs.values():
+                buf.close()
+
+    def _schedule(self) -> bool:
+        reported = False
+        while not self.rt.stop:
+            faults = self.cluster.faults
+            if self._selected(faults.unschedulable_selector):
+                if not reported:
+                    msg = "0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod."
+                    self._update(
+                        functools.partial(
+                            _set_condition,
+                            type_="PodScheduled",
+                            status="False",
+                            reason="Unschedulable",
+                            message=msg,
+                        )
+                    )
+                    self._event("Warning", "FailedScheduling", msg, "default-scheduler")
+                    reported = True
+                self._wait(0.1)
+                continue
+
+            def scheduled(p: dict[str, Any]) -> None:
+                p["spec"]["nodeName"] = NODE_NAME
+                _set_condition(p, "PodScheduled", "True")
+
+            self._update(scheduled)
+            self._event(
+                "Normal",
+                "Scheduled",
+                f"Successfully assigned {self.rt.namespace}/{self.rt.name} to {NODE_NAME}",
+                "default-scheduler",
+            )
+            return True
+        return False
+
+    def _pull(self, c: dict[str, Any], statuses: dict[str, dict[str, Any]]) -> bool:
+        image = c["image"]
+        attempts = 0
+        while not self.rt.stop:
+            if image not in self.cluster.faults.image_pull_failures:
+                if attempts:
+                    self._event("Normal", "Pulling", f'Pulling image "{image}"')
+                self._event(
+                    "Normal", "Pulled", f'Container image "{image}" already present on machine'
+                )
+                return True
+            attempts += 1
+            if attempts == 1:
+                msg = f'Failed to pull image "{image}": rpc error: code = NotFound desc = failed to pull and unpack image "{image}": not found'
+                statuses[c["name"]] = _container_status(
+                    c, {"waiting": {"reason": "ErrImagePull", "message": msg}}
+                )
+                self._update(lambda p: None)
+                self._event("Normal", "Pulling", f'Pulling image "{image}"')
+                self._event("Warning", "Failed", msg)
+                self._event("Warning", "Failed", "Error: ErrImagePull")
+            elif attempts == 3:
+                msg = f'Back-off pulling image "{image}"'
+                statuses[c["name"]] = _container_status(
+                    c, {"waiting": {"reason": "ImagePullBackOff", "message": msg}}
+                )
+                self._update(lambda p: None)
+                self._event("Normal", "BackOff", msg)
+                self._event("Warning", "Failed", "Error: ImagePullBackOff")
+            self._wait(0.1)
+        return False
+
+    def _env(self, c: dict[str, Any]) -> dict[str, str]:
+        ns = self.rt.namespace
+        env = (
+            dict(os.environ)
+            if self.cluster.inherit_env
+            else {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        )
+        env["HOSTNAME"] = self.rt.name
+        for src in c.get("envFrom") or []:
+            prefix = src.get("prefix", "")
+            for kind, store in (
+                ("configMapRef", self.cluster.config_maps),
+                ("secretRef", self.cluster.secrets),
+            ):
+                ref = src.get(kind)
+                if ref is None:
+                    continue
+                data = store.get((ns, ref.get("name", "")))
+                if data is None:
+                    if ref.get("optional"):
+                        continue
+                    label = "configmap" if kind == "configMapRef" else "secret"
+                    raise ConfigError(f'{label} "{ref.get("name")}" not found')
+                env.update({prefix + k: v for k, v in data.items()})
+        for item in c.get("env") or []:
+            name = item["name"]
+            if "value" in item:
+                env[name] = str(item.get("value") or "")
+                continue
+            vf = item.get("valueFrom") or {}
+            for kind, store, label in (
+                ("secretKeyRef", self.cluster.secrets, "secret"),
+                ("configMapKeyRef", self.cluster.config_maps, "configmap"),
+            ):
+                ref = vf.get(kind)
+                if ref is None:
+                    continue
+                data = store.get((ns, ref.get("name", "")))
+                if data is None or ref.get("key") not in data:
+                    if ref.get("optional"):
+                        break
+                    if data is None:
+                        raise ConfigError(f'{label} "{ref.get("name")}" not found')
+                    raise ConfigError(
+                        f"couldn't find key {ref.get('key')} in {label.capitalize()} {ns}/{ref.get('name')}"
+                    )
+                env[name] = data[ref["key"]]
+            field_ref = vf.get("fieldRef")
+            if field_ref:
+                path = field_ref.get("fieldPath", "")
+                values = {
+                    "metadata.name": self.rt.name,
+                    "metadata.namespace": ns,
+                    "metadata.uid": self.rt.uid,
+                    "spec.nodeName": NODE_NAME,
+                    "spec.serviceAccountName": self.spec.get("serviceAccountName", ""),
+                    "status.podIP": "127.0.0.1",
+                    "status.hostIP": "127.0.0.1",
+                }
+                m = re.match(r"metadata\.(labels|annotations)\['(.+)'\]$", path)
+                if m:
+                    env[name] = (self.pod["metadata"].get(m.group(1)) or {}).get(m.group(2), "")
+                elif path in values:
+                    env[name] = values[path]
+        return env
+
+    def _command(self, c: dict[str, Any]) -> list[str]:
+        command = list(c.get("command") or self.cluster.image_entrypoints.get(c["image"], []))
+        return [str(x) for x in command + list(c.get("args") or [])] if command else []
+
+    def _workdir(self, c: dict[str, Any]) -> str:
+        wd = c.get("workingDir")
+        if wd and os.path.isdir(wd):
+            return str(wd)
+        path = self.cluster.work_dir / self.rt.namespace / self.rt.name
+        path.mkdir(parents=True, exist_ok=True)
+        return str(path)
+
+    def _start(
+        self, c: dict[str, Any], statuses: dict[str, dict[str, Any]]
+    ) -> subprocess.Popen[bytes] | str | None:
+        """Start a container: a process, ``None`` (nothing to run: exits 0), or an error text."""
+        buf = LogBuffer()
+        while not self.rt.stop:
+            try:
+                env = self._env(c)
+                break
+            except ConfigError as exc:
+                if (
+                    statuses.get(c["name"], {}).get("state", {}).get("waiting", {}).get("reason")
+                    != "CreateContainerConfigError"
+                ):
+                    statuses[c["name"]] = _container_status(
+                        c,
+                        {"waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}},
+                    )
+                    self._update(lambda p: None)
+                    self._event("Warning", "Failed", f"Error: {exc}")
+                self._wait(0.2)
+        else:
+            return "stopped"
+        self.rt.logs[c["name"]] = buf
+        command = self._command(c)
+        self._event("Normal", "Created", f"Created container {c['name']}")
+        if not command:
+            return None
+        try:
+            proc = subprocess.Popen(
+                command,
+                cwd=self._workdir(c),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            buf.close()
+            return f"failed to create containerd task: exec: {command[0]!r}: {exc.strerror or exc}"
+        self.rt.procs[c["name"]] = proc
+        threading.Thread(
+            target=self._pump, args=(proc, buf), name=f"kube-sim-log-{self.rt.name}", daemon=True
+        ).start()
+        self._event("Normal", "Started", f"Started container {c['name']}")
+        return proc
+
+    @staticmethod
+    def _pump(proc: subprocess.Popen[bytes], buf: LogBuffer) -> None:
+        assert proc.stdout is not None
+        stream = proc.stdout
+        assert isinstance(stream, io.BufferedReader)
+        while True:
+            chunk = stream.read1(65536)
+            if not chunk:
+                break
+            buf.append(chunk)
+        buf.close()
+
+    @staticmethod
+    def _terminated(
+        exit_code: int, reason: str, started: str, message: str | None = None
+    ) -> dict[str, Any]:
+        term: dict[str, Any] = {
+            "exitCode": exit_code,
+            "reason": reason,
+            "startedAt": started,
+            "finishedAt": now_rfc3339(),
+            "containerID": "sim://",
+        }
+        if message:
+            term["message"] = message
+        return {"terminated": term}
+
+    def _run_init_containers(self) -> bool:
+        inits = self.spec.get("initContainers") or []
+        if not inits:
+            self._update(lambda p: _set_condition(p, "Initialized", "True"))
+            return True
+        for c in inits:
+            self.init_statuses[c["name"]] = _container_status(
+                c, {"waiting": {"reason": "PodInitializing"}}
+            )
+        self._update(
+            lambda p: _set_condition(
+                p,
+                "Initialized",
+                "False",
+                "ContainersNotInitialized",
+                "containers with incomplete status: [" + " ".join(c["name"] for c in inits) + "]",
+            )
+        )
+        for c in inits:
+            if not self._pull(c, self.init_statuses):
+                return False
+            started = now_rfc3339()
+            result = self._start(c, self.init_statuses)
+            if result == "stopped":
+                return False
+            if isinstance(result, str):
+                code, reason, msg = 128, "StartError", result
+            elif result is None:
+                code, reason, msg = 0, "Completed", None
+            else:
+                self.init_statuses[c["name"]] = _container_status(
+                    c, {"running": {"startedAt": started}}, started=True
+                )
+                self._update(lambda p: None)
+                code = self._wait_exit({c["name"]: result})[c["name"]]
+                reason, msg = ("Completed" if code == 0 else "Error"), None
+                self.rt.procs.pop(c["name"], None)
+            if self.rt.stop:
+                return False
+            self.init_statuses[c["name"]] = _container_status(
+                c, self._terminated(code, reason, started, msg)
+            )
+            if code != 0:
+
+                def failed(p: dict[str, Any], name: str = c["name"]) -> None:
+                    p["status"]["phase"] = "Failed"
+                    _set_condition(
+                        p,
+                        "Initialized",
+                        "False",
+                        "ContainersNotInitialized",
+                        f"containers with incomplete status: [{name}]",
+                    )
+                    _set_condition(p, "Ready", "False", "PodFailed")
+
+                self._update(failed)
+                return False
+            self._update(lambda p: None)
+        self._update(lambda p: _set_condition(p, "Initialized", "True"))
+        return True
+
+    def _wait_exit(self, procs: dict[str, subprocess.Popen[bytes]]) -> dict[str, int]:
+        """Wait for processes, applying deletion/OOM/eviction; returns exit codes."""
+        codes: dict[str, int] = {}
+        started = time.monotonic()
+        term_sent = False
+        while True:
+            for name, proc in procs.items():
+                if name not in codes and proc.poll() is not None:
+                    rc = proc.returncode
+                    codes[name] = rc if rc >= 0 else 128 - rc
+            if len(codes) == len(procs):
+                return codes
+            rt = self.rt
+            faults = self.cluster.faults
+            elapsed = time.monotonic() - started
+            if rt.stop:
+                for proc in procs.values():
+                    kill_group(proc, signal.SIGKILL)
+            elif rt.delete_deadline is not None:
+                if not term_sent:
+                    self._event("Normal", "Killing", "Stopping container")
+                    for proc in procs.values():
+                        kill_group(proc, signal.SIGTERM)
+                    term_sent = True
+                elif time.monotonic() >= rt.delete_deadline:
+                    for proc in procs.values():
+                        kill_group(proc, signal.SIGKILL)
+            elif rt.oom_requested or (
+                self._selected(faults.oom_kill_selector) and elapsed >= faults.oom_after_seconds
+            ):
+                rt.oom_requested = True
+                for proc in procs.values():
+                    kill_group(proc, signal.SIGKILL)
+            elif rt.evict_requested or (
+                self._selected(faults.evict_selector) and elapsed >= faults.evict_after_seconds
+            ):
+                rt.evict_requested = True
+                for proc in procs.values():
+                    kill_group(proc, signal.SIGKILL)
+            self._wait(self.POLL)
+
+    def _run_containers(self) -> None:
+        containers = self.spec["containers"]
+        for c in containers:
+            self.statuses[c["name"]] = _container_status(
+                c, {"waiting": {"reason": "ContainerCreating"}}
+            )
+        self._update(lambda p: _set_condition(p, "Ready", "False", "ContainersNotReady"))
+        for c in containers:
+            if not self._pull(c, self.statuses):
+                return
+        procs: dict[str, subprocess.Popen[bytes]] = {}
+        codes: dict[str, int] = {}
+        messages: dict[str, str] = {}
+        started = now_rfc3339()
+        for c in containers:
+            result = self._start(c, self.statuses)
+            if result == "stopped":
+                for proc in procs.values():
+                    kill_group(proc, signal.SIGKILL)
+                return
+            if isinstance(result, str):
+                codes[c["name"]] = 128
+                messages[c["name"]] = result
+            elif result is None:
+                codes[c["name"]] = 0
+            else:
+                procs[c["name"]] = result
+        with self.cluster.cond:
+            self.rt.running = True
+        for c in containers:
+            if c["name"] in procs:
+                self.statuses[c["name"]] = _container_status(
+                    c, {"running": {"startedAt": started}}, ready=True, started=True
+                )
+            elif c["name"] in messages:
+                self.statuses[c["name"]] = _container_status(
+                    c, self._terminated(128, "StartError", started, messages[c["name"]])
+                )
+            else:
+                self.statuses[c["name"]] = _container_status(
+                    c, self._terminated(0, "Completed", started)
+                )
+
+        def running(p: dict[str, Any]) -> None:
+            p["status"]["phase"] = "Running"
+            p["status"]["startTime"] = started
+            p["status"]["hostIP"] = "127.0.0.1"
+            p["status"]["podIP"] = "127.0.0.1"
+            p["status"]["podIPs"] = [{"ip": "127.0.0.1"}]
+            _set_condition(p, "ContainersReady", "True")
+            _set_condition(p, "Ready", "True")
+
+        self._update(running)
+        codes.update(self._wait_exit(procs))
+        for name in procs:
+            buf = self.rt.logs.get(name)
+            if buf is not None:
+                with buf.cond:
+                    buf.cond.wait_for(functools.partial(getattr, buf, "done"), timeout=1.0)
+                buf.close()
+        rt = self.rt
+        if rt.stop:
+            return
+        oom = rt.oom_requested
+        evicted = rt.evict_requested and not oom
+        for c in containers:
+            name = c["name"]
+            if name in messages:
+                continue
+            code = codes[name]
+            if oom and name in procs:
+                code, reason = 137, "OOMKilled"
+            else:
+                reason = "Completed" if code == 0 else "Error"
+            self.statuses[name] = _container_status(c, self._terminated(code, reason, started))
+        if oom:
+            self._event(
+                "Warning",
+                "OOMKilling",
+                "Memory cgroup out of memory: Killed process (container exceeded its memory limit)",
+            )
+        if evicted:
+            self._event(
+                "Warning",
+                "Evicted",
+                "The node was low on resource: memory. Threshold quantity: 100Mi, available: 50Mi.",
+            )
+        failed = evicted or any(code != 0 for code in codes.values()) or oom
+
+        def finished(p: dict[str, Any]) -> None:
+            st = p["status"]
+            st["phase"] = "Failed" if failed else "Succeeded"
+            if evicted:
+                st["reason"] = "Evicted"
+                st["message"] = (
+                    "The node was low on resource: memory. Threshold quantity: 100Mi, available: 50Mi."
+                )
+            _set_condition(
+                p, "ContainersReady", "False", "PodCompleted" if not failed else "PodFailed"
+            )
+            _set_condition(p, "Ready", "False", "PodCompleted" if not failed else "PodFailed")
+
+        self._update(finished)
+        with self.cluster.cond:
+            rt.running = False
+        if rt.delete_deadline is not None:
+            self.cluster.remove_after_grace(rt)
