@@ -1,0 +1,397 @@
+"""deploy/kubernetes/base: renders with kustomize, validates against the Kubernetes schemas, and
+keeps the invariants the deployment guide promises (docs/kubernetes.md).
+
+Rendering uses the real `kubectl kustomize` (Debian's kubectl, offline). Every built-in object is
+validated by kubernetes-validate against the official OpenAPI schemas bundled with it; the two
+custom resources of external-secrets.io (no schema there) are checked structurally here.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from ketch.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = ROOT / "deploy" / "kubernetes" / "base"
+POD_TEMPLATE = BASE / "pod_template.yaml"
+KUBERNETES_VERSION = "1.32.0"
+KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
+
+CUSTOM_KINDS = {
+    ("external-secrets.io/v1beta1", "ExternalSecret"),
+    ("external-secrets.io/v1beta1", "SecretStore"),
+}
+SECRET_ENV_KEYS = {
+    "KETCH__DATABASE__SQL_ALCHEMY_CONN",
+    "KETCH__CORE__FERNET_KEY",
+    "KETCH__API_AUTH__JWT_SECRET",
+    "KETCH__AUTH__OIDC_CLIENT_SECRET",
+}
+SECRETISH_WORDS = ("SECRET", "PASSWORD", "TOKEN", "FERNET", "SQL_ALCHEMY_CONN", "PRIVATE")
+
+
+@cache
+def rendered() -> tuple[dict[str, Any], ...]:
+    if not Path(KUBECTL).is_file():
+        pytest.fail("kubectl (1.32, with kustomize 5) is needed to render deploy/kubernetes/base")
+    out = subprocess.run(
+        [KUBECTL, "kustomize", str(BASE)], check=True, capture_output=True, text=True, timeout=60
+    ).stdout
+    return tuple(doc for doc in yaml.safe_load_all(out) if doc)
+
+
+def objects(kind: str) -> list[dict[str, Any]]:
+    return [o for o in rendered() if o["kind"] == kind]
+
+
+def one(kind: str, name_prefix: str) -> dict[str, Any]:
+    found = [o for o in objects(kind) if o["metadata"]["name"].startswith(name_prefix)]
+    assert len(found) == 1, f"{kind} {name_prefix}: {[o['metadata']['name'] for o in found]}"
+    return found[0]
+
+
+def deployment(name: str) -> dict[str, Any]:
+    return one("Deployment", name)
+
+
+def pod_specs() -> list[tuple[str, dict[str, Any]]]:
+    """Every pod spec that ketch ships: the Deployments' templates and the worker pod template."""
+    specs = [(d["metadata"]["name"], d["spec"]["template"]["spec"]) for d in objects("Deployment")]
+    return [*specs, ("worker pod template", worker_template()["spec"])]
+
+
+def worker_template() -> dict[str, Any]:
+    cm = one("ConfigMap", "ketch-pod-template")
+    doc = yaml.safe_load(cm["data"]["pod_template.yaml"])
+    assert isinstance(doc, dict)
+    return doc
+
+
+def all_containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def settings_env() -> dict[str, str]:
+    data = one("ConfigMap", "ketch-config")["data"]
+    assert isinstance(data, dict)
+    return data
+
+
+# --- rendering and schemas ---------------------------------------------------------------------
+
+
+def test_base_renders_every_object_the_guide_lists() -> None:
+    # Generated ConfigMaps carry a content hash suffix (so a change rolls the Deployments).
+    kinds = {(o["kind"], re.sub(r"-[a-z0-9]{10}$", "", o["metadata"]["name"])) for o in rendered()}
+    expected = {
+        ("Namespace", "ketch"),
+        ("ServiceAccount", "ketch-scheduler"),
+        ("ServiceAccount", "ketch-web"),
+        ("ServiceAccount", "ketch-worker"),
+        ("ServiceAccount", "ketch-external-secrets"),
+        ("Role", "ketch-scheduler"),
+        ("RoleBinding", "ketch-scheduler"),
+        ("ConfigMap", "ketch-config"),
+        ("ConfigMap", "ketch-git-sync"),
+        ("ConfigMap", "ketch-pod-template"),
+        ("SecretStore", "ketch-aws-secrets-manager"),
+        ("ExternalSecret", "ketch-secrets"),
+        ("Deployment", "ketch-scheduler"),
+        ("Deployment", "ketch-web"),
+        ("Service", "ketch-web"),
+        ("Ingress", "ketch-web"),
+        ("PodDisruptionBudget", "ketch-web"),
+        ("NetworkPolicy", "ketch-default-deny-ingress"),
+        ("NetworkPolicy", "ketch-web"),
+    }
+    assert kinds == expected
+    for obj in rendered():
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"]["namespace"] == "ketch", obj["metadata"]["name"]
+        assert obj["metadata"]["labels"]["app.kubernetes.io/part-of"] == "ketch"
+
+
+def test_every_builtin_object_validates_against_the_kubernetes_schema() -> None:
+    validated = 0
+    for obj in rendered():
+        if (obj["apiVersion"], obj["kind"]) in CUSTOM_KINDS:
+            continue
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        validated += 1
+    assert validated == len(rendered()) - 2
+
+
+def test_the_worker_pod_template_is_a_valid_pod_with_a_base_container() -> None:
+    template = worker_template()
+    on_disk = yaml.safe_load(POD_TEMPLATE.read_text())
+    assert template == on_disk  # the ConfigMap carries the file unchanged
+    kubernetes_validate.validate(template, KUBERNETES_VERSION, strict=True)
+    assert template["kind"] == "Pod"
+    spec = template["spec"]
+    assert [c["name"] for c in spec["containers"]] == ["base"]
+    assert spec["restartPolicy"] == "Never"
+    assert spec["serviceAccountName"] == "ketch-worker"
+    assert spec["automountServiceAccountToken"] is False
+    # DAGs: git-sync runs once, into the emptyDir the task container reads.
+    (sync,) = spec["initContainers"]
+    assert "git-sync" in sync["image"]
+    env = {e["name"]: e.get("value") for e in sync["env"]}
+    assert env["GITSYNC_ONE_TIME"] == "true"
+    assert {"name": "dags", "emptyDir": {}} in spec["volumes"]
+    base = spec["containers"][0]
+    dags_mount = next(m for m in base["volumeMounts"] if m["name"] == "dags")
+    git_sync = one("ConfigMap", "ketch-git-sync")["data"]
+    assert settings_env()["KETCH__KUBERNETES__DAGS_FOLDER_IN_POD"] == (
+        f"{dags_mount['mountPath']}/{git_sync['GITSYNC_LINK']}"
+    )
+    assert git_sync["GITSYNC_ROOT"] == dags_mount["mountPath"]
+    # The ConfigMap the init container reads is named as rendered (no hash suffix to miss).
+    assert sync["envFrom"] == [{"configMapRef": {"name": "ketch-git-sync"}}]
+
+
+def test_the_scheduler_mounts_the_pod_template_where_the_setting_points() -> None:
+    spec = deployment("ketch-scheduler")["spec"]["template"]["spec"]
+    (scheduler,) = (c for c in spec["containers"] if c["name"] == "scheduler")
+    path = Path(settings_env()["KETCH__KUBERNETES__POD_TEMPLATE_FILE"])
+    mount = next(m for m in scheduler["volumeMounts"] if m["mountPath"] == str(path.parent))
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    assert volume["configMap"]["name"] == one("ConfigMap", "ketch-pod-template")["metadata"]["name"]
+    assert path.name in one("ConfigMap", "ketch-pod-template")["data"]
+
+
+def test_external_secrets_are_structurally_sound() -> None:
+    store = one("SecretStore", "ketch-aws-secrets-manager")
+    aws = store["spec"]["provider"]["aws"]
+    assert aws["service"] == "SecretsManager" and aws["region"]
+    sa_name = aws["auth"]["jwt"]["serviceAccountRef"]["name"]
+    assert one("ServiceAccount", sa_name)["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+    external = one("ExternalSecret", "ketch-secrets")
+    spec = external["spec"]
+    assert spec["secretStoreRef"] == {"kind": "SecretStore", "name": store["metadata"]["name"]}
+    assert spec["target"]["name"] == "ketch-secrets"
+    filled = {item["secretKey"] for item in spec["data"]}
+    for item in spec["data"]:
+        assert set(item) == {"secretKey", "remoteRef"}
+        assert item["remoteRef"]["key"] and item["remoteRef"]["property"]
+    # Every key a Deployment reads from ketch-secrets is one the ExternalSecret fills.
+    referenced = {
+        e["valueFrom"]["secretKeyRef"]["key"]
+        for _, spec_ in pod_specs()
+        for c in all_containers(spec_)
+        for e in c.get("env", [])
+        if e.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == "ketch-secrets"
+    }
+    assert (
+        referenced
+        == filled
+        == {
+            "sql-alchemy-conn",
+            "fernet-key",
+            "jwt-secret",
+            "oidc-client-secret",
+        }
+    )
+
+
+# --- secrets -----------------------------------------------------------------------------------
+
+
+def test_no_secret_values_anywhere() -> None:
+    assert objects("Secret") == []  # the ExternalSecret creates it in the cluster
+    for cm in objects("ConfigMap"):
+        for key in cm.get("data", {}):
+            if cm["metadata"]["name"].startswith("ketch-pod-template"):
+                continue
+            assert not any(word in key.upper() for word in SECRETISH_WORDS), (
+                cm["metadata"]["name"],
+                key,
+            )
+    for name, spec in pod_specs():
+        for container in all_containers(spec):
+            for env in container.get("env", []):
+                upper = env["name"].upper()
+                if upper in SECRET_ENV_KEYS or any(w in upper for w in ("PASSWORD", "USERNAME")):
+                    assert "value" not in env, (name, env["name"])
+                    assert "secretKeyRef" in env["valueFrom"], (name, env["name"])
+    # The secrets are references in the web Deployment, by ketch's own setting names.
+    web = deployment("ketch-web")["spec"]["template"]["spec"]["containers"][0]
+    assert {e["name"] for e in web["env"] if "valueFrom" in e} >= SECRET_ENV_KEYS
+
+
+def test_configmap_settings_are_ketch_settings() -> None:
+    """Every KETCH__SECTION__KEY of the ConfigMap names a real setting and parses."""
+    env = settings_env()
+    known_sections = Settings.model_fields
+    for name in env:
+        prefix, section, key = name.split("__")
+        assert prefix == "KETCH"
+        section, key = section.lower(), key.lower()
+        if section in known_sections:
+            model = known_sections[section].annotation
+            assert key in model.model_fields, name  # type: ignore[union-attr]
+        else:
+            assert section == "kubernetes", name  # the executor's section (issue 3)
+    settings = Settings(**_nested(env))
+    assert settings.core.executor == "kubernetes"
+    assert settings.api.host == "0.0.0.0"
+
+
+def _nested(env: dict[str, str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for name, value in env.items():
+        _, section, key = name.split("__")
+        if section.lower() in Settings.model_fields:
+            out.setdefault(section.lower(), {})[key.lower()] = value
+    return out
+
+
+# --- RBAC ---------------------------------------------------------------------------------------
+
+
+def test_rbac_is_namespaced_and_exactly_the_executor_verbs() -> None:
+    assert objects("ClusterRole") == [] and objects("ClusterRoleBinding") == []
+    (role,) = objects("Role")
+    rules = {
+        (tuple(r["apiGroups"]), tuple(r["resources"])): sorted(r["verbs"]) for r in role["rules"]
+    }
+    assert rules == {
+        (("",), ("pods",)): sorted(["create", "get", "list", "watch", "delete"]),
+        (("",), ("pods/log",)): ["get"],
+        (("",), ("events",)): ["list"],
+    }
+    (binding,) = objects("RoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "ketch-scheduler", "namespace": "ketch"}
+    ]
+    # Only the scheduler gets a token; the web server and task pods never talk to the API.
+    tokens = {name: spec.get("automountServiceAccountToken") for name, spec in pod_specs()}
+    assert tokens == {"ketch-scheduler": True, "ketch-web": False, "worker pod template": False}
+
+
+# --- pods ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["ketch-scheduler", "ketch-web", "worker pod template"])
+def test_restricted_security_context_on_every_container(which: str) -> None:
+    spec = dict(pod_specs())[which]
+    pod_sc = spec["securityContext"]
+    assert pod_sc["runAsNonRoot"] is True
+    assert pod_sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod_sc["runAsUser"] != 0
+    assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC")
+    for container in all_containers(spec):
+        sc = container["securityContext"]
+        assert sc["runAsNonRoot"] is True, container["name"]
+        assert sc["allowPrivilegeEscalation"] is False, container["name"]
+        assert sc["capabilities"] == {"drop": ["ALL"]}, container["name"]
+        assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, container["name"]
+        assert sc["readOnlyRootFilesystem"] is True, container["name"]
+        assert sc.get("runAsUser", pod_sc["runAsUser"]) != 0, container["name"]
+        assert not sc.get("privileged"), container["name"]
+        assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+    # A read-only root needs somewhere to write: /tmp is an emptyDir in every container.
+    for container in all_containers(spec):
+        assert "/tmp" in {m["mountPath"] for m in container["volumeMounts"]}, container["name"]
+
+
+def test_the_namespace_enforces_the_restricted_pod_security_standard() -> None:
+    (ns,) = objects("Namespace")
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_scheduler_one_replica_with_git_sync_and_a_probe_it_can_back() -> None:
+    dep = deployment("ketch-scheduler")
+    assert dep["spec"]["replicas"] == 1
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}  # never two schedulers at once
+    spec = dep["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in spec["containers"]}
+    assert set(containers) == {"scheduler", "git-sync"}
+    scheduler = containers["scheduler"]
+    assert scheduler["args"] == ["scheduler"]
+    probe = scheduler["readinessProbe"]["exec"]["command"]
+    assert probe[:3] == ["ketch", "dags", "list"]  # a real CLI command (see below)
+    assert "httpGet" not in scheduler.get("livenessProbe", {})  # it serves no HTTP
+    sync = containers["git-sync"]
+    assert "git-sync" in sync["image"]
+    env = {e["name"]: e.get("value") for e in sync["env"]}
+    assert "GITSYNC_ONE_TIME" not in env and env["GITSYNC_PERIOD"]
+    assert sync["livenessProbe"]["httpGet"]["port"] == "git-sync"
+    assert env["GITSYNC_HTTP_BIND"] == ":2020"
+    dags = {m["name"]: m for m in scheduler["volumeMounts"]}["dags"]
+    assert dags["readOnly"] is True
+    assert settings_env()["KETCH__CORE__DAGS_FOLDER"].startswith(dags["mountPath"])
+
+
+def test_the_scheduler_probe_command_exists() -> None:
+    from click.testing import CliRunner
+
+    from ketch.cli import cli
+
+    probe = deployment("ketch-scheduler")["spec"]["template"]["spec"]["containers"][0]
+    args = probe["readinessProbe"]["exec"]["command"][1:]
+    result = CliRunner().invoke(cli, [*args, "--help"])
+    assert result.exit_code == 0, result.output
+
+
+def test_web_two_replicas_probes_service_ingress_pdb() -> None:
+    dep = deployment("ketch-web")
+    assert dep["spec"]["replicas"] == 2
+    (web,) = dep["spec"]["template"]["spec"]["containers"]
+    assert web["readinessProbe"]["httpGet"] == {"path": "/api/v1/health", "port": "http"}
+    assert "tcpSocket" in web["livenessProbe"]  # a database outage must not restart it
+    assert {"name": "http", "containerPort": 8080} in web["ports"]
+    service = one("Service", "ketch-web")
+    assert service["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    ingress = one("Ingress", "ketch-web")
+    backends = [
+        p["backend"]["service"]["name"]
+        for rule in ingress["spec"]["rules"]
+        for p in rule["http"]["paths"]
+    ]
+    assert backends == ["ketch-web"] and ingress["spec"]["tls"]
+    pdb = one("PodDisruptionBudget", "ketch-web")
+    assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    assert pdb["spec"]["minAvailable"] == 1
+    # The execution API URL the pods get is this Service.
+    url = settings_env()["KETCH__KUBERNETES__EXECUTION_API_SERVER_URL_FOR_PODS"]
+    assert (
+        url
+        == f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}/execution"
+    )
+
+
+def test_network_policy_default_deny_and_web_reachable_by_task_pods() -> None:
+    deny = one("NetworkPolicy", "ketch-default-deny-ingress")
+    assert deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+    web = one("NetworkPolicy", "ketch-web")
+    assert web["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "web"
+    peers = web["spec"]["ingress"][0]["from"]
+    worker_labels = worker_template()["metadata"]["labels"]
+    assert any(
+        p.get("podSelector", {}).get("matchLabels", {}).items() <= worker_labels.items()
+        and "podSelector" in p
+        for p in peers
+    )
+    assert web["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 8080}]
+
+
+def test_images_are_pinned() -> None:
+    for name, spec in pod_specs():
+        for container in all_containers(spec):
+            image = container["image"]
+            assert ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest"), (name, image)
