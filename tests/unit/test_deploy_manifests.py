@@ -337,15 +337,28 @@ def test_scheduler_one_replica_with_git_sync_and_a_probe_it_can_back() -> None:
     assert settings_env()["KETCH__CORE__DAGS_FOLDER"].startswith(dags["mountPath"])
 
 
-def test_the_scheduler_probe_command_exists() -> None:
+def test_the_scheduler_probe_passes_only_with_a_current_database(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The readiness probe's command, run for real: fails until the schema is there, then passes,
+    and fails again when the database is unreachable."""
     from click.testing import CliRunner
 
     from ketch.cli import cli
+    from ketch.config import get_settings
 
-    probe = deployment("ketch-scheduler")["spec"]["template"]["spec"]["containers"][0]
-    args = probe["readinessProbe"]["exec"]["command"][1:]
-    result = CliRunner().invoke(cli, [*args, "--help"])
-    assert result.exit_code == 0, result.output
+    scheduler = deployment("ketch-scheduler")["spec"]["template"]["spec"]["containers"][0]
+    command = scheduler["readinessProbe"]["exec"]["command"]
+    assert command[0] == "ketch"
+    runner = CliRunner()
+    assert runner.invoke(cli, command[1:]).exit_code != 0  # no schema yet
+    assert runner.invoke(cli, ["db", "migrate"]).exit_code == 0
+    ok = runner.invoke(cli, command[1:])
+    assert ok.exit_code == 0, ok.output
+    monkeypatch.setenv("KETCH__DATABASE__SQL_ALCHEMY_CONN", "postgresql://probe@127.0.0.1:1/none")
+    monkeypatch.setenv("KETCH__DATABASE__CONNECT_TIMEOUT", "2")
+    get_settings.cache_clear()
+    assert runner.invoke(cli, command[1:]).exit_code != 0
 
 
 def test_web_two_replicas_probes_service_ingress_pdb() -> None:
