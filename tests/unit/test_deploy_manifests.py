@@ -408,3 +408,55 @@ def test_images_are_pinned() -> None:
         for container in all_containers(spec):
             image = container["image"]
             assert ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest"), (name, image)
+
+
+# --- the image ----------------------------------------------------------------------------------
+
+
+def _dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined, comments dropped."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines()]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1])
+        for line in lines
+        if line and not line.startswith("#")
+    ]
+
+
+def test_dockerfile_is_slim_non_root_with_ketch_as_entrypoint() -> None:
+    steps = _dockerfile()
+    froms = [i for i, (op, _) in enumerate(steps) if op == "FROM"]
+    runtime = steps[froms[-1] :]
+    assert runtime[0][1] == "python:3.11-slim"
+    assert all(args.split()[0].startswith("python:3.11-slim") for op, args in steps if op == "FROM")
+    users = [i for i, (op, _) in enumerate(runtime) if op == "USER"]
+    assert users, "the runtime stage must switch to a non-root user"
+    assert runtime[users[-1]][1] == "10001:10001"
+    # Nothing runs as root after the switch, and the switch is the last word on the user.
+    assert all(op != "RUN" for op, _ in runtime[users[-1] :])
+    assert ("ENTRYPOINT", '["ketch"]') in runtime
+    # The manifests run the image as the same UID (the pods set it explicitly).
+    for name, spec in pod_specs():
+        assert spec["securityContext"]["runAsUser"] == 10001, name
+    # The image's KETCH_HOME is where the manifests mount a writable emptyDir.
+    env = " ".join(args for op, args in runtime if op == "ENV")
+    assert "KETCH_HOME=/var/lib/ketch" in env
+
+
+def test_dockerignore_lets_through_exactly_what_the_build_copies() -> None:
+    ignore = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert ignore[0] == "*"  # everything is excluded unless re-included
+    included = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    copied = set()
+    for op, args in _dockerfile():
+        if op == "COPY" and not args.startswith("--from"):
+            *sources, _dest = args.split()
+            copied.update(s.rstrip("/") for s in sources)
+    assert copied == included
+    for path in copied:
+        assert (ROOT / path).exists(), path
