@@ -331,6 +331,11 @@ def test_scheduler_one_replica_with_git_sync_and_a_probe_it_can_back() -> None:
     env = {e["name"]: e.get("value") for e in sync["env"]}
     assert "GITSYNC_ONE_TIME" not in env and env["GITSYNC_PERIOD"]
     assert sync["livenessProbe"]["httpGet"]["port"] == "git-sync"
+    assert sync["startupProbe"]["httpGet"] == {"path": "/", "port": "git-sync"}
+    # The scheduler parses the same code the task pods sync: one image, one ConfigMap.
+    (init,) = worker_template()["spec"]["initContainers"]
+    assert sync["image"] == init["image"]
+    assert sync["envFrom"] == init["envFrom"]
     assert env["GITSYNC_HTTP_BIND"] == ":2020"
     dags = {m["name"]: m for m in scheduler["volumeMounts"]}["dags"]
     assert dags["readOnly"] is True
