@@ -186,7 +186,7 @@ class Cluster:
         self.cond = threading.Condition()
         self._faults = faults
         self.rng = random.Random(faults.seed)
-        self.rv = 0
+        self.rv = 1  # "0" means "any version" to a watch; a real cluster never lists it
         self.compacted_rv = 0
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
         self.events: dict[tuple[str, str], dict[str, Any]] = {}
@@ -760,6 +760,10 @@ class Kubelet:
             return True
         for c in inits:
             self.init_statuses[c["name"]] = _container_status(
+                c, {"waiting": {"reason": "PodInitializing"}}
+            )
+        for c in self.spec["containers"]:
+            self.statuses[c["name"]] = _container_status(
                 c, {"waiting": {"reason": "PodInitializing"}}
             )
         self._update(
