@@ -409,8 +409,19 @@ def test_network_policy_default_deny_and_web_reachable_by_task_pods() -> None:
 
 
 def test_images_are_pinned() -> None:
+    # The task container takes its image from the settings (an image in the template would win).
+    assert "image" not in worker_template()["spec"]["containers"][0]
+    env = settings_env()
+    tag = env["KETCH__KUBERNETES__WORKER_CONTAINER_TAG"]
+    assert tag and tag != "latest"
+    scheduler_image = deployment("ketch-scheduler")["spec"]["template"]["spec"]["containers"][0]
+    assert (
+        scheduler_image["image"] == f"{env['KETCH__KUBERNETES__WORKER_CONTAINER_REPOSITORY']}:{tag}"
+    )
     for name, spec in pod_specs():
         for container in all_containers(spec):
+            if name == "worker pod template" and container["name"] == "base":
+                continue
             image = container["image"]
             assert ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest"), (name, image)
 
