@@ -605,3 +605,36 @@ def test_faults_object_roundtrip() -> None:
     assert faults.to_json()["api_error_codes"] == [429]
     with pytest.raises(ValueError, match="unknown fault"):
         Faults().updated({"nope": 1})
+
+
+def test_malformed_requests_are_bad_requests(sim: KubeSimulator) -> None:
+    def call(method: str, path: str, data: bytes | None = None) -> tuple[int, dict[str, Any]]:
+        req = urllib.request.Request(sim.url + path, method=method, data=data)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.load(resp)
+        except urllib.error.HTTPError as err:
+            return err.code, json.load(err)
+
+    base = f"/api/v1/namespaces/{NS}/pods"
+    assert call("GET", base + "?watch=true&resourceVersion=abc")[0] == 400
+    assert call("GET", base + "?labelSelector=a%20in%20")[0] == 400
+    assert call("POST", base, b"not json")[0] == 400
+    assert call("POST", base, b"[1, 2]")[0] == 400
+    assert call("DELETE", base + "/x?gracePeriodSeconds=soon")[0] == 400
+    status, body = call("GET", "/api/v1/namespaces/x/configmaps")
+    assert status == 404 and body["kind"] == "Status"
+    assert call("GET", "/version")[0] == 200  # the server is still fine
+
+
+def test_delete_right_after_create_and_while_pending(
+    sim: KubeSimulator, api: client.CoreV1Api
+) -> None:
+    for i in range(10):
+        api.create_namespaced_pod(NS, pod_body(f"quick{i}", py("import time; time.sleep(30)")))
+        api.delete_namespaced_pod(f"quick{i}", NS, grace_period_seconds=0)
+    sim.update_faults(image_pull_failures={"never:1"})
+    api.create_namespaced_pod(NS, pod_body("pending", py("pass"), image="never:1"))
+    sim.wait_for(lambda: sim.pod(NS, "pending")["status"].get("containerStatuses"))  # type: ignore[index]
+    api.delete_namespaced_pod("pending", NS)
+    assert sim.pods(NS) == []

@@ -359,7 +359,7 @@ class Cluster:
             self.runtimes[rt.uid] = rt
             created = copy.deepcopy(pod)
         rt.thread = threading.Thread(
-            target=Kubelet(self, rt).run, name=f"kube-sim-pod-{rt.name}", daemon=True
+            target=Kubelet(self, rt, created).run, name=f"kube-sim-pod-{rt.name}", daemon=True
         )
         rt.thread.start()
         return created
@@ -488,11 +488,10 @@ class Kubelet:
 
     POLL = 0.05
 
-    def __init__(self, cluster: Cluster, rt: PodRuntime) -> None:
+    def __init__(self, cluster: Cluster, rt: PodRuntime, pod: dict[str, Any]) -> None:
         self.cluster = cluster
         self.rt = rt
-        with cluster.cond:
-            self.pod = copy.deepcopy(cluster.pods[(rt.namespace, rt.name)])
+        self.pod = copy.deepcopy(pod)
         self.spec = self.pod["spec"]
         self.init_statuses: dict[str, dict[str, Any]] = {}
         self.statuses: dict[str, dict[str, Any]] = {}

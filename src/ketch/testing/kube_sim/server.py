@@ -355,6 +355,10 @@ class Handler(BaseHTTPRequestHandler):
                 self._json(400, ApiError(400, "BadRequest", str(exc)).status())
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            # a malformed request (bad number, body of the wrong shape): a BadRequest, not a crash
+            with contextlib.suppress(OSError):
+                self._json(400, ApiError(400, "BadRequest", f"bad request: {exc!r}").status())
 
     def _discovery(self, parts: list[str]) -> bool:
         path = "/" + "/".join(parts)
