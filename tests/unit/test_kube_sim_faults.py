@@ -79,6 +79,15 @@ def test_api_error_rate_is_a_fraction_and_retries_never_duplicate(tmp_path: Path
         assert len(sim.pods(NS)) == 20
 
 
+def test_api_faults_restricted_to_verbs(sim: KubeSimulator, api: client.CoreV1Api) -> None:
+    sim.update_faults(api_error_rate=1.0, api_error_codes=(503,), api_fault_verbs={"create"})
+    api.list_namespaced_pod(NS)
+    with pytest.raises(ApiException) as exc:
+        api.create_namespaced_pod(NS, pod_body("v", py("pass")))
+    assert exc.value.status == 503
+    assert sim.faults.to_json()["api_fault_verbs"] == ["create"]
+
+
 def test_request_timeout_drops_the_answer(sim: KubeSimulator, api: client.CoreV1Api) -> None:
     sim.update_faults(api_timeout_rate=1.0, api_timeout_seconds=0.5)
     with pytest.raises(urllib3.exceptions.HTTPError):
@@ -257,6 +266,12 @@ def test_admin_endpoint_changes_faults_at_runtime(
     admin("PUT", "/_sim/faults", {"api_error_rate": 0.0})
     api.list_namespaced_pod(NS)
     assert admin("GET", "/_sim/requests")[1]["list"] == 2
+    # pod faults on demand
+    api.create_namespaced_pod(NS, pod_body("adm", SLEEPER))
+    sim.wait_for(lambda: sim.pod_log(NS, "adm"))
+    assert admin("POST", f"/_sim/pods/{NS}/adm/oom-kill")[0] == 200
+    assert terminated(sim.wait_for_phase(NS, "adm", "Failed"))["reason"] == "OOMKilled"
+    assert admin("POST", f"/_sim/pods/{NS}/absent/evict")[0] == 404
 
 
 def test_faults_given_at_start(tmp_path: Path) -> None:

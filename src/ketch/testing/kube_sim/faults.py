@@ -20,6 +20,8 @@ class Faults:
       connection closed without an answer. With ``api_timeout_after_commit`` a mutating request
       (create/delete) takes effect first and only the answer is lost (the client then sees 409
       AlreadyExists / 404 NotFound when it retries).
+    - ``api_fault_verbs``: restrict error and timeout faults to these verbs (``create``, ``get``,
+      ``list``, ``watch``, ``delete``); empty means every verb.
     - ``latency_seconds``: added to every request before it is handled (e.g. ``0.02``).
     - ``watch_drop_after_seconds``: every watch connection is closed abruptly after that long.
     - ``forbidden``: RBAC denials, as ``"verb resource"`` strings, e.g. ``{"create pods",
@@ -44,6 +46,7 @@ class Faults:
     api_timeout_rate: float = 0.0
     api_timeout_seconds: float = 2.0
     api_timeout_after_commit: bool = False
+    api_fault_verbs: frozenset[str] = field(default_factory=frozenset)
     latency_seconds: float = 0.0
     watch_drop_after_seconds: float | None = None
     forbidden: frozenset[str] = field(default_factory=frozenset)
@@ -59,6 +62,7 @@ class Faults:
         out = dataclasses.asdict(self)
         out["api_error_codes"] = list(self.api_error_codes)
         out["forbidden"] = sorted(self.forbidden)
+        out["api_fault_verbs"] = sorted(self.api_fault_verbs)
         out["image_pull_failures"] = sorted(self.image_pull_failures)
         return out
 
@@ -71,7 +75,7 @@ class Faults:
         values = dict(changes)
         if "api_error_codes" in values:
             values["api_error_codes"] = tuple(int(c) for c in values["api_error_codes"])
-        for key in ("forbidden", "image_pull_failures"):
+        for key in ("forbidden", "image_pull_failures", "api_fault_verbs"):
             if key in values:
                 values[key] = frozenset(values[key] or ())
         return dataclasses.replace(self, **values)

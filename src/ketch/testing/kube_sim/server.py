@@ -326,14 +326,15 @@ class Handler(BaseHTTPRequestHandler):
                     {"kind": resource},
                 )
             timeout_after = False
-            if self.cluster.chance(faults.api_timeout_rate):
+            faulty = not faults.api_fault_verbs or verb in faults.api_fault_verbs
+            if faulty and self.cluster.chance(faults.api_timeout_rate):
                 if faults.api_timeout_after_commit and verb in ("create", "delete"):
                     timeout_after = True
                 else:
                     time.sleep(faults.api_timeout_seconds)
                     self._abort()
                     return
-            if self.cluster.chance(faults.api_error_rate):
+            if faulty and self.cluster.chance(faults.api_error_rate):
                 code = self.cluster.pick(faults.api_error_codes)
                 reason = {
                     429: "TooManyRequests",
@@ -710,6 +711,20 @@ class Handler(BaseHTTPRequestHandler):
             with cluster.cond:
                 cluster.watch_generation += 1
                 cluster.cond.notify_all()
+            self._json(200, {})
+        elif len(parts) == 4 and parts[0] == "pods" and parts[3] in ("oom-kill", "evict"):
+            ns, name, action = parts[1], parts[2], parts[3]
+            with cluster.cond:
+                pod = cluster.pods.get((ns, name))
+                rt = cluster.runtimes.get(pod["metadata"]["uid"]) if pod else None
+            if rt is None or self.command != "POST":
+                self._json(404, {"error": f"no pod {ns}/{name}"})
+                return
+            if action == "oom-kill":
+                rt.oom_requested = True
+            else:
+                rt.evict_requested = True
+            rt.wake.set()
             self._json(200, {})
         else:
             self._json(404, {"error": "unknown admin endpoint"})
