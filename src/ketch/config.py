@@ -268,6 +268,79 @@ class VariablesSettings(BaseModel):
     )
 
 
+class KubernetesSettings(BaseModel):
+    """The Kubernetes executor (``[core] executor = "kubernetes"``): one pod per task try."""
+
+    namespace: str = Field(default="default", description="Namespace of the worker pods.")
+    pod_template_file: Path | None = Field(
+        default=None,
+        description="Pod YAML every try starts from; its container named `base` runs the task. "
+        "Unset: a minimal pod with one `base` container.",
+    )
+    worker_container_repository: str = Field(
+        default="ketch",
+        description="Image repository of the task container (when the template sets none).",
+    )
+    worker_container_tag: str = Field(
+        default="latest",
+        description="Image tag of the task container (when the template sets none).",
+    )
+    worker_service_account_name: str | None = Field(
+        default=None, description="Service account of worker pods (when the template sets none)."
+    )
+    delete_worker_pods: bool = Field(
+        default=True, description="Delete a worker pod once its try succeeded."
+    )
+    delete_worker_pods_on_failure: bool = Field(
+        default=False,
+        description="Also delete failed worker pods at once (off: keep them for inspection).",
+    )
+    failed_worker_pod_retention: float = Field(
+        default=86400.0,
+        ge=0,
+        description="Seconds a kept failed pod stays before it is deleted anyway.",
+    )
+    worker_pods_pending_timeout: float = Field(
+        default=300.0,
+        gt=0,
+        description="A pod Pending this long fails its try with the pod's reason and events.",
+    )
+    worker_pods_creation_batch_size: int = Field(
+        default=16, ge=1, description="Maximum pod creates in flight at once."
+    )
+    api_qps: float = Field(
+        default=100.0,
+        gt=0,
+        description="Client-side rate limit of Kubernetes API requests per second.",
+    )
+    api_burst: int = Field(default=200, ge=1, description="Burst allowed above api_qps.")
+    in_cluster: bool = Field(
+        default=False, description="Use the pod's service account instead of a kubeconfig."
+    )
+    config_file: Path | None = Field(
+        default=None, description="Kubeconfig file. Unset: $KUBECONFIG or ~/.kube/config."
+    )
+    cluster_context: str | None = Field(default=None, description="Kubeconfig context to use.")
+    dags_folder_in_pod: str | None = Field(
+        default=None,
+        description="The DAGs folder inside worker pods (KETCH_DAGS_FOLDER). Unset: [core] dags_folder.",
+    )
+    execution_api_server_url_for_pods: str | None = Field(
+        default=None,
+        description="URL pods use to reach the execution API. Unset: [core] execution_api_server_url.",
+    )
+    max_failed_before_start_retries: int = Field(
+        default=3,
+        ge=0,
+        description="Tries that fail before the task starts (image pull, admission) that do not use up a retry.",
+    )
+    reconcile_interval: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds between reconciliations with one list call (also done at start-up).",
+    )
+
+
 class Settings(BaseSettings):
     """Every setting of ketch, grouped in Airflow's sections."""
 
@@ -286,6 +359,7 @@ class Settings(BaseSettings):
     api_auth: ApiAuthSettings = ApiAuthSettings()
     logging: LoggingSettings = LoggingSettings()
     variables: VariablesSettings = VariablesSettings()
+    kubernetes: KubernetesSettings = KubernetesSettings()
 
     @classmethod
     def settings_customise_sources(

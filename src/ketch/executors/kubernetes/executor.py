@@ -1,0 +1,436 @@
+"""``KubernetesExecutor``: every task try is one pod.
+
+Launch: the pod is built (template -> defaults -> executor_config; an invalid config fails
+the launch at once with the field named) and created on a small thread pool, so a batch of
+tries has up to ``worker_pods_creation_batch_size`` creates in flight under the shared
+QPS/burst limit. The pod name is deterministic per try: a 409 means "already launched".
+
+State: a single watch on ``app.kubernetes.io/managed-by=ketch`` (see ``watch``) feeds the
+latest version of every pod into a cache and turns phases into ``TryEnded`` events at once
+(reasons from ``reasons``). A housekeeping thread fails tries whose pod stays Pending past
+``worker_pods_pending_timeout`` (with the pod's events), removes kept failed pods after
+``failed_worker_pod_retention`` and reconciles with one list call every
+``reconcile_interval``. There is no per-try polling.
+
+Finished pods are deleted per ``delete_worker_pods`` / ``delete_worker_pods_on_failure``,
+always after ``before_delete(pod)`` returned (the hook where a pod's log is captured).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ketch.config import Settings
+from ketch.executors.base import (
+    EventSink,
+    LaunchError,
+    LaunchRequest,
+    RunningTry,
+    TryEnded,
+    TryKey,
+)
+from ketch.executors.kubernetes import reasons
+from ketch.executors.kubernetes.client import KubeApi, KubeApiError
+from ketch.executors.kubernetes.pod import SELECTOR, PodBuilder, PodConfigError, key_of, pod_name
+from ketch.executors.kubernetes.watch import PodWatcher
+
+log = logging.getLogger(__name__)
+
+VANISHED = "pod vanished (deleted outside ketch or lost while the scheduler was down)"
+_HOUSEKEEPING_INTERVAL = 1.0
+
+
+@dataclass(eq=False)
+class _Tracked:
+    key: TryKey
+    ti_id: int
+    name: str
+    pending_since: float  # monotonic
+    started: bool = False
+    cancelled: bool = False
+
+
+def _rv(pod: dict[str, Any]) -> int:
+    try:
+        return int((pod.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+def _finished_at(pod: dict[str, Any]) -> float | None:
+    """Epoch seconds when the pod's containers finished (or it was created), if known."""
+    stamps = []
+    for s in (pod.get("status") or {}).get("containerStatuses") or []:
+        fin = ((s.get("state") or {}).get("terminated") or {}).get("finishedAt")
+        if fin:
+            stamps.append(fin)
+    stamp = max(stamps) if stamps else (pod.get("metadata") or {}).get("creationTimestamp")
+    if not stamp:
+        return None
+    try:
+        return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+class KubernetesExecutor:
+    """:class:`ketch.executors.base.Executor` running each try as a pod."""
+
+    name = "kubernetes"
+
+    def __init__(self, settings: Settings, api: KubeApi | None = None) -> None:
+        self.settings = settings
+        self.kube = settings.kubernetes
+        self.builder = PodBuilder(settings)
+        self._api = api
+        self._sink: EventSink | None = None
+        self._lock = threading.RLock()
+        self._tries: dict[TryKey, _Tracked] = {}
+        self._by_name: dict[str, _Tracked] = {}
+        self._pods: dict[str, dict[str, Any]] = {}  # latest version of every pod we saw
+        self._deleting: set[str] = set()
+        self._before_start_failures: dict[tuple[str, str, str], int] = {}
+        self._create_pool: ThreadPoolExecutor | None = None
+        self._delete_pool: ThreadPoolExecutor | None = None
+        self._watcher: PodWatcher | None = None
+        self._stop = threading.Event()
+        self._housekeeper: threading.Thread | None = None
+        self._last_reconcile = time.monotonic()
+        self.before_delete: Callable[[dict[str, Any]], None] | None = None
+        """Called with the pod (as last seen) right before ketch deletes it: capture its log
+        here. Deletion waits for it; an exception is logged and the pod deleted anyway."""
+
+    @property
+    def api(self) -> KubeApi:
+        if self._api is None:
+            self._api = KubeApi(self.kube)
+        return self._api
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self, on_try_ended: EventSink) -> None:
+        self._sink = on_try_ended
+        self._stop.clear()
+        api = self.api
+        self._create_pool = ThreadPoolExecutor(
+            self.kube.worker_pods_creation_batch_size, thread_name_prefix="ketch-k8s-create"
+        )
+        self._delete_pool = ThreadPoolExecutor(4, thread_name_prefix="ketch-k8s-delete")
+        self._watcher = PodWatcher(api, SELECTOR, self._on_event, self._on_sync)
+        self._watcher.start()
+        self._housekeeper = threading.Thread(
+            target=self._housekeeping_loop, name="ketch-k8s-housekeeping", daemon=True
+        )
+        self._housekeeper.start()
+
+    def stop(self) -> None:
+        """Stop watching; pods keep running and are adopted by the next scheduler."""
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.stop()
+        if self._housekeeper is not None:
+            self._housekeeper.join(timeout=5)
+        for pool in (self._create_pool, self._delete_pool):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            self._tries.clear()
+            self._by_name.clear()
+        self._watcher = self._housekeeper = None
+        self._create_pool = self._delete_pool = None
+
+    def running(self) -> set[TryKey]:
+        with self._lock:
+            return set(self._tries)
+
+    # -- launch ----------------------------------------------------------------------
+
+    def launch(self, request: LaunchRequest) -> str:
+        result = self.launch_many([request])[0]
+        if isinstance(result, LaunchError):
+            raise result
+        return result
+
+    def launch_many(self, requests: Sequence[LaunchRequest]) -> list[str | LaunchError]:
+        """Create the pods concurrently (bounded in flight, rate-limited); results in order."""
+        if self._create_pool is None:
+            return [LaunchError("the kubernetes executor is not started") for _ in requests]
+        futures: list[Future[str] | LaunchError] = []
+        for request in requests:
+            try:
+                pod = self.builder.build(request)
+            except PodConfigError as exc:
+                futures.append(LaunchError(f"invalid pod for this task: {exc}"))
+                continue
+            tracked = self._track(request.key, request.ti_id, pod["metadata"]["name"])
+            futures.append(self._create_pool.submit(self._create, tracked, pod))
+        results: list[str | LaunchError] = []
+        for item in futures:
+            if isinstance(item, LaunchError):
+                results.append(item)
+                continue
+            try:
+                results.append(item.result())
+            except LaunchError as exc:
+                results.append(exc)
+        return results
+
+    def _track(self, key: TryKey, ti_id: int, name: str) -> _Tracked:
+        tracked = _Tracked(key, ti_id, name, pending_since=time.monotonic())
+        with self._lock:
+            old = self._tries.get(key)
+            if old is not None:
+                self._by_name.pop(old.name, None)
+            self._tries[key] = tracked
+            self._by_name[name] = tracked
+        return tracked
+
+    def _create(self, tracked: _Tracked, pod: dict[str, Any]) -> str:
+        try:
+            created = self.api.create_pod(pod)
+        except KubeApiError as exc:
+            self._forget(tracked)
+            raise LaunchError(f"could not create pod {tracked.name}: {exc}") from exc
+        if not created:
+            log.info("pod %s already exists: the try was launched before", tracked.name)
+        # a watch event may have arrived before we registered; look at the cache again
+        with self._lock:
+            cached = self._pods.get(tracked.name)
+        if cached is not None:
+            self._observe(tracked, cached)
+        return f"{self.kube.namespace}/{tracked.name}"
+
+    # -- events ----------------------------------------------------------------------
+
+    def _forget(self, tracked: _Tracked) -> bool:
+        with self._lock:
+            if self._tries.get(tracked.key) is not tracked:
+                return False
+            del self._tries[tracked.key]
+            self._by_name.pop(tracked.name, None)
+            return True
+
+    def _emit(self, tracked: _Tracked, outcome: reasons.Outcome) -> None:
+        if not self._forget(tracked):
+            return
+        before_start = outcome.failed_before_start
+        if before_start:
+            k = (tracked.key.dag_id, tracked.key.run_id, tracked.key.task_id)
+            with self._lock:
+                count = self._before_start_failures.get(k, 0) + 1
+                self._before_start_failures[k] = count
+            if count > self.kube.max_failed_before_start_retries:
+                before_start = False  # the limit is reached: this one counts as a retry
+        reason = outcome.reason
+        if tracked.cancelled and not outcome.succeeded:
+            reason = "cancelled; pod deleted" + (f" ({reason})" if reason else "")
+        event = TryEnded(tracked.key, tracked.ti_id, outcome.exit_code, reason, before_start)
+        log.info("try %s ended: exit %s %s", tracked.key, outcome.exit_code, reason or "")
+        if self._sink is not None:
+            try:
+                self._sink(event)
+            except Exception:
+                log.exception("event sink failed for %s", event)
+
+    def _observe(self, tracked: _Tracked, pod: dict[str, Any]) -> None:
+        """Act on the latest version of a tracked try's pod."""
+        if reasons.is_started(pod):
+            tracked.started = True
+        outcome = reasons.ended(pod)
+        if outcome is None:
+            return
+        self._emit(tracked, outcome)
+        self._dispose(pod, outcome.succeeded, force=not reasons.is_started(pod))
+
+    def _on_event(self, kind: str, pod: dict[str, Any]) -> None:
+        name = (pod.get("metadata") or {}).get("name", "")
+        with self._lock:
+            if kind == "DELETED":
+                self._pods.pop(name, None)
+                self._deleting.discard(name)
+            else:
+                old = self._pods.get(name)
+                if old is not None and _rv(old) > _rv(pod):
+                    return
+                self._pods[name] = pod
+            tracked = self._by_name.get(name)
+        if tracked is None:
+            return
+        if kind == "DELETED":
+            outcome = reasons.ended(pod) or reasons.Outcome(
+                None, "pod deleted before it finished" if not tracked.cancelled else None
+            )
+            self._emit(tracked, outcome)
+            return
+        self._observe(tracked, pod)
+
+    def _on_sync(self, pods: list[dict[str, Any]]) -> None:
+        """A (re)list: replace the cache; tracked tries whose pod is gone ended unseen."""
+        names = {p["metadata"]["name"] for p in pods}
+        with self._lock:
+            self._pods = {p["metadata"]["name"]: p for p in pods}
+            tracked_list = list(self._tries.values())
+        for pod in pods:
+            self._on_event("MODIFIED", pod)
+        self._check_vanished(tracked_list, names)
+
+    def _check_vanished(self, tracked_list: list[_Tracked], names: set[str]) -> None:
+        for tracked in tracked_list:
+            # only tries older than a few seconds: a create may be in flight right now
+            if tracked.name not in names and time.monotonic() - tracked.pending_since > 5:
+                self._emit(tracked, reasons.Outcome(None, VANISHED))
+
+    # -- deletion --------------------------------------------------------------------
+
+    def _dispose(self, pod: dict[str, Any], succeeded: bool, *, force: bool = False) -> None:
+        """Apply the deletion settings to a finished pod (``force``: it never started)."""
+        if succeeded:
+            wanted = self.kube.delete_worker_pods
+        else:
+            wanted = force or self.kube.delete_worker_pods_on_failure
+        if wanted:
+            self._delete_async(pod)
+
+    def _delete_async(self, pod: dict[str, Any]) -> None:
+        name = pod["metadata"]["name"]
+        with self._lock:
+            if name in self._deleting or self._delete_pool is None:
+                return
+            self._deleting.add(name)
+            pool = self._delete_pool
+        try:
+            pool.submit(self._delete, pod)
+        except RuntimeError:  # shutting down
+            with self._lock:
+                self._deleting.discard(name)
+
+    def _delete(self, pod: dict[str, Any]) -> None:
+        name = pod["metadata"]["name"]
+        if self.before_delete is not None:
+            try:
+                self.before_delete(pod)
+            except Exception:
+                log.exception("before_delete hook failed for pod %s", name)
+        try:
+            self.api.delete_pod(name)
+        except KubeApiError as exc:
+            log.warning("could not delete pod %s: %s", name, exc)
+            with self._lock:
+                self._deleting.discard(name)
+
+    # -- housekeeping ----------------------------------------------------------------
+
+    def _housekeeping_loop(self) -> None:
+        while not self._stop.wait(_HOUSEKEEPING_INTERVAL):
+            try:
+                self._check_pending()
+                if time.monotonic() - self._last_reconcile >= self.kube.reconcile_interval:
+                    self.reconcile()
+            except Exception:
+                log.exception("kubernetes executor housekeeping failed")
+
+    def _check_pending(self) -> None:
+        now = time.monotonic()
+        timeout = self.kube.worker_pods_pending_timeout
+        with self._lock:
+            overdue = [
+                (t, self._pods.get(t.name))
+                for t in self._tries.values()
+                if not t.started and now - t.pending_since > timeout
+            ]
+        for tracked, pod in overdue:
+            events: list[dict[str, Any]] = []
+            try:
+                events = self.api.pod_events(tracked.name)
+            except KubeApiError as exc:
+                log.warning("could not read the events of pod %s: %s", tracked.name, exc)
+            reason = reasons.pending_reason(pod or {}, events, now - tracked.pending_since)
+            self._emit(tracked, reasons.Outcome(None, reason, failed_before_start=True))
+            self._delete_async(pod or {"metadata": {"name": tracked.name}})
+
+    def reconcile(self) -> None:
+        """One list call: missed ends, vanished pods, expired kept pods, orphans."""
+        self._last_reconcile = time.monotonic()
+        pods, _ = self.api.list_pods(SELECTOR)
+        names = {p["metadata"]["name"] for p in pods}
+        with self._lock:
+            tracked_list = list(self._tries.values())
+        for pod in pods:
+            self._on_event("MODIFIED", pod)
+        self._check_vanished(tracked_list, names)
+        retention = self.kube.failed_worker_pod_retention
+        for pod in pods:
+            with self._lock:
+                if pod["metadata"]["name"] in self._by_name:
+                    continue
+            outcome = reasons.ended(pod)
+            if outcome is None:
+                continue
+            finished = _finished_at(pod)
+            if outcome.succeeded or (finished is not None and time.time() - finished > retention):
+                self._dispose(pod, outcome.succeeded, force=True)
+
+    # -- adoption --------------------------------------------------------------------
+
+    def adopt(self, tries: Iterable[RunningTry]) -> list[TryKey]:
+        """One list call by label selector; match pods to the offered tries. Pods of tries
+        not offered (terminal or unknown) are cleaned up; offered tries launched before
+        whose pod is gone are reported ended."""
+        offered = list(tries)
+        pods, _ = self.api.list_pods(SELECTOR)
+        by_name = {p["metadata"]["name"]: p for p in pods}
+        adopted: list[TryKey] = []
+        wanted = set()
+        for running in offered:
+            name = pod_name(running.key)
+            wanted.add(name)
+            pod = by_name.get(name)
+            if pod is None:
+                if running.external_executor_id:
+                    log.info("try %s: its pod %s is gone", running.key, name)
+                    if self._sink is not None:
+                        self._sink(TryEnded(running.key, running.ti_id, None, VANISHED))
+                continue
+            tracked = self._track(running.key, running.ti_id, name)
+            with self._lock:
+                cached = self._pods.get(name)
+                latest = cached if cached is not None and _rv(cached) > _rv(pod) else pod
+                self._pods[name] = latest
+            adopted.append(running.key)
+            self._observe(tracked, latest)
+        for pod in pods:
+            name = pod["metadata"]["name"]
+            if name in wanted:
+                continue
+            outcome = reasons.ended(pod)
+            if outcome is None:
+                log.info("pod %s belongs to no queued or running try: deleting it", name)
+                self._delete_async(pod)
+            elif outcome.succeeded or key_of(pod) is None:
+                self._dispose(pod, True)
+            else:
+                finished = _finished_at(pod)
+                expired = finished is not None and (
+                    time.time() - finished > self.kube.failed_worker_pod_retention
+                )
+                self._dispose(pod, False, force=expired)
+        return adopted
+
+    # -- cancel ----------------------------------------------------------------------
+
+    def cancel(self, key: TryKey) -> None:
+        with self._lock:
+            tracked = self._tries.get(key)
+        if tracked is None or tracked.cancelled:
+            return
+        tracked.cancelled = True
+        with self._lock:
+            pod = self._pods.get(tracked.name) or {"metadata": {"name": tracked.name}}
+        self._delete_async(pod)
