@@ -125,10 +125,18 @@ def test_dropped_watch_connections(sim: KubeSimulator, api: client.CoreV1Api) ->
     with pytest.raises(urllib3.exceptions.ProtocolError):
         for _ in resp.stream(1024):
             pass
-    # drop on demand
+    # a watch opened before the fault is dropped too
     sim.update_faults(watch_drop_after_seconds=None)
     resp = api.list_namespaced_pod(NS, watch=True, resource_version=rv, _preload_content=False)
     sim.wait_for(lambda: sim.request_count.get("watch") == 2)
+    sim.update_faults(watch_drop_after_seconds=0.0)
+    with pytest.raises(urllib3.exceptions.ProtocolError):
+        for _ in resp.stream(1024):
+            pass
+    # drop on demand
+    sim.update_faults(watch_drop_after_seconds=None)
+    resp = api.list_namespaced_pod(NS, watch=True, resource_version=rv, _preload_content=False)
+    sim.wait_for(lambda: sim.request_count.get("watch") == 3)
     time.sleep(0.1)  # let the server reach its wait
     sim.drop_watches()
     with pytest.raises(urllib3.exceptions.ProtocolError):
@@ -205,6 +213,15 @@ def test_oom_kill(sim: KubeSimulator, api: client.CoreV1Api) -> None:
     assert terminated(pod)["reason"] == "OOMKilled"
     assert terminated(pod)["exitCode"] == 137
     assert api.read_namespaced_pod_log("big", NS) == "started\n"
+    # init containers are not OOM-killed by the fault; the main container is
+    with_init = pod_body("big-init", SLEEPER, labels={"task": "big"})
+    with_init["spec"]["initContainers"] = [
+        {"name": "init", "image": "x", "command": py("import time; time.sleep(0.4)")}
+    ]
+    api.create_namespaced_pod(NS, with_init)
+    pod = sim.wait_for_phase(NS, "big-init", "Failed")
+    assert terminated(pod, key="initContainerStatuses")["exitCode"] == 0
+    assert terminated(pod)["reason"] == "OOMKilled"
     # on demand
     sim.update_faults(oom_kill_selector=None)
     api.create_namespaced_pod(NS, pod_body("big2", SLEEPER))

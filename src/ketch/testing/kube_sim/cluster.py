@@ -217,6 +217,7 @@ class Cluster:
             if value.seed is not None and value.seed != self._faults.seed:
                 self.rng = random.Random(value.seed)
             self._faults = value
+            self.cond.notify_all()  # watches re-read watch_drop_after_seconds
             runtimes = list(self.runtimes.values())
         for rt in runtimes:
             rt.wake.set()
@@ -790,7 +791,7 @@ class Kubelet:
                     c, {"running": {"startedAt": started}}, started=True
                 )
                 self._update(lambda p: None)
-                code = self._wait_exit({c["name"]: result})[c["name"]]
+                code = self._wait_exit({c["name"]: result}, main=False)[c["name"]]
                 reason, msg = ("Completed" if code == 0 else "Error"), None
                 self.rt.procs.pop(c["name"], None)
             if self.rt.stop:
@@ -817,7 +818,9 @@ class Kubelet:
         self._update(lambda p: _set_condition(p, "Initialized", "True"))
         return True
 
-    def _wait_exit(self, procs: dict[str, subprocess.Popen[bytes]]) -> dict[str, int]:
+    def _wait_exit(
+        self, procs: dict[str, subprocess.Popen[bytes]], *, main: bool = True
+    ) -> dict[str, int]:
         """Wait for processes, applying deletion/OOM/eviction; returns exit codes."""
         codes: dict[str, int] = {}
         started = time.monotonic()
@@ -844,6 +847,8 @@ class Kubelet:
                 elif time.monotonic() >= rt.delete_deadline:
                     for proc in procs.values():
                         kill_group(proc, signal.SIGKILL)
+            elif not main:
+                pass  # OOM and eviction faults target the main containers
             elif rt.oom_requested or (
                 self._selected(faults.oom_kill_selector) and elapsed >= faults.oom_after_seconds
             ):

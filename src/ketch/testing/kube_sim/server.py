@@ -501,7 +501,6 @@ class Handler(BaseHTTPRequestHandler):
         bookmarks = query.get("allowWatchBookmarks", "").lower() in ("true", "1")
         timeout = float(query.get("timeoutSeconds") or 1800)
         rv_text = query.get("resourceVersion", "")
-        drop_after = cluster.faults.watch_drop_after_seconds
         start = time.monotonic()
         deadline = start + timeout
         table = "as=Table" in (self.headers.get("Accept") or "")
@@ -549,6 +548,7 @@ class Handler(BaseHTTPRequestHandler):
             next_bookmark = time.monotonic() + self.server.bookmark_interval
             while True:
                 with cluster.cond:
+                    drop_after = cluster.faults.watch_drop_after_seconds
                     now = time.monotonic()
                     wait_until = min(deadline, next_bookmark if bookmarks else deadline)
                     if drop_after is not None:
