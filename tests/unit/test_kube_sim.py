@@ -638,3 +638,14 @@ def test_delete_right_after_create_and_while_pending(
     sim.wait_for(lambda: sim.pod(NS, "pending")["status"].get("containerStatuses"))  # type: ignore[index]
     api.delete_namespaced_pod("pending", NS)
     assert sim.pods(NS) == []
+
+
+def test_simulator_does_not_import_ketch_web_or_db_stack() -> None:
+    code = (
+        "import sys, ketch.testing.kube_sim\n"
+        "heavy = ('sqlalchemy', 'fastapi', 'starlette', 'uvicorn', 'alembic', 'kubernetes')\n"
+        "print([m for m in sys.modules if m.split('.')[0] in heavy"
+        " or m.startswith(('ketch.api', 'ketch.db', 'ketch.scheduler'))])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
