@@ -649,3 +649,23 @@ def test_simulator_does_not_import_ketch_web_or_db_stack() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_pod_status_subresource_and_watch_across_namespaces(
+    sim: KubeSimulator, api: client.CoreV1Api
+) -> None:
+    rv = api.list_pod_for_all_namespaces().metadata.resource_version
+    api.create_namespaced_pod("ns-a", pod_body("a", py("pass")))
+    api.create_namespaced_pod("ns-b", pod_body("b", py("pass")))
+    sim.wait_for_phase("ns-b", "b", "Succeeded")
+    sim.wait_for_phase("ns-a", "a", "Succeeded")
+    assert api.read_namespaced_pod_status("a", "ns-a").status.phase == "Succeeded"
+    added = [
+        (e["object"].metadata.namespace, e["object"].metadata.name)
+        for e in watch.Watch().stream(
+            api.list_pod_for_all_namespaces, resource_version=rv, timeout_seconds=1
+        )
+        if e["type"] == "ADDED"
+    ]
+    assert sorted(added) == [("ns-a", "a"), ("ns-b", "b")]
+    assert api.read_namespace("anything").status.phase == "Active"
