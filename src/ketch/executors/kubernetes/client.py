@@ -211,7 +211,11 @@ class KubeApi:
         return list(body.get("items") or [])
 
     def watch_pods(
-        self, label_selector: str, resource_version: str, timeout_seconds: int
+        self,
+        label_selector: str,
+        resource_version: str,
+        timeout_seconds: int,
+        on_open: Callable[[Any], None] | None = None,
     ) -> Iterator[dict[str, Any]]:
         """One watch connection: yields decoded watch events until the server ends it."""
         from kubernetes.watch.watch import iter_resp_lines
@@ -231,6 +235,8 @@ class KubeApi:
             )
         except ApiException as exc:
             raise _describe(exc, "watch", "pods", self.namespace) from exc
+        if on_open is not None:
+            on_open(resp)  # lets the owner close the connection to stop at once
         try:
             for line in iter_resp_lines(resp):
                 if line:

@@ -40,12 +40,22 @@ class PodWatcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ketch-k8s-watch", daemon=True)
         self.synced = threading.Event()
+        self._resp: Any = None
+
+    def _opened(self, resp: Any) -> None:
+        self._resp = resp
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        resp = self._resp
+        if resp is not None:
+            try:
+                resp.shutdown()  # unblocks the read on the watch thread
+            except Exception:
+                log.debug("closing the watch connection failed", exc_info=True)
         self._thread.join(timeout=2)
 
     def _run(self) -> None:
@@ -79,7 +89,7 @@ class PodWatcher:
     def _watch_once(self) -> None:
         assert self.resource_version is not None
         for event in self.api.watch_pods(
-            self.selector, self.resource_version, self.timeout_seconds
+            self.selector, self.resource_version, self.timeout_seconds, self._opened
         ):
             if self._stop.is_set():
                 return

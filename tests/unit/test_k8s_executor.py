@@ -1,0 +1,330 @@
+"""The Kubernetes executor against the Kubernetes API simulator (real HTTP, real client,
+real pod processes)."""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ketch.config import Settings
+from ketch.executors.base import LaunchError, LaunchRequest, RunningTry, TryEnded, TryKey
+from ketch.executors.kubernetes import KubernetesExecutor, pod_name
+from ketch.testing.kube_sim import Faults, KubeSimulator
+
+NS = "ketch-test"
+_NAMESPACES = itertools.count()
+# The task container: exits with $CODE after $SLEEP seconds, appending a line to $RUNS first.
+SCRIPT = (
+    "import os, sys, time\n"
+    "runs = os.environ.get('RUNS')\n"
+    "if runs:\n"
+    "    open(runs, 'a').write(os.environ['HOSTNAME'] + '\\n')\n"
+    "print('args', sys.argv[1:], flush=True)\n"
+    "time.sleep(float(os.environ.get('SLEEP', '0')))\n"
+    "sys.exit(int(os.environ.get('CODE', '0')))\n"
+)
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[KubeSimulator]:
+    with KubeSimulator() as simulator:
+        yield simulator
+
+
+@pytest.fixture
+def kubeconfig(sim: KubeSimulator, tmp_path: Path) -> Iterator[Path]:
+    global NS
+    NS = f"test-{next(_NAMESPACES)}"  # a namespace per test: kept pods do not leak across
+    sim.faults = Faults()
+    yield sim.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
+    sim.faults = Faults()
+
+
+def make_settings(tmp_path: Path, kubeconfig: Path, **kube: Any) -> Settings:
+    template = tmp_path / "pod_template.yaml"
+    template.write_text(
+        "apiVersion: v1\nkind: Pod\nspec:\n  containers:\n"
+        f"    - name: base\n      image: ketch:test\n"
+        f"      command: [{sys.executable!r}, -c, {SCRIPT!r}]\n"
+    )
+    values: dict[str, Any] = {
+        "namespace": NS,
+        "config_file": str(kubeconfig),
+        "pod_template_file": str(template),
+    }
+    values.update(kube)
+    return Settings(kubernetes=values, logging={"base_log_folder": str(tmp_path / "logs")})
+
+
+class Harness:
+    def __init__(self, settings: Settings) -> None:
+        self.executor = KubernetesExecutor(settings)
+        self.events: queue.Queue[TryEnded] = queue.Queue()
+        self.executor.start(self.events.put)
+
+    def next_event(self, timeout: float = 20.0) -> TryEnded:
+        return self.events.get(timeout=timeout)
+
+    def collect(self, n: int, timeout: float = 30.0) -> dict[TryKey, TryEnded]:
+        out = {}
+        for _ in range(n):
+            event = self.next_event(timeout)
+            assert event.key not in out, f"two end events for {event.key}"
+            out[event.key] = event
+        return out
+
+
+@pytest.fixture
+def harnesses() -> Iterator[list[Harness]]:
+    made: list[Harness] = []
+    yield made
+    for h in made:
+        h.executor.stop()
+
+
+def req(task: str, try_number: int = 1, run: str = "r1", **config: Any) -> LaunchRequest:
+    env = [{"name": k.upper(), "value": str(v)} for k, v in config.pop("env", {}).items()]
+    if env:
+        config["env"] = env
+    return LaunchRequest(
+        TryKey("dag", run, task, try_number),
+        hash(task) % 10_000,
+        "tok",
+        "d.py",
+        "/d.py",
+        executor_config=config,
+    )
+
+
+def start(harnesses: list[Harness], tmp_path: Path, kubeconfig: Path, **kube: Any) -> Harness:
+    h = Harness(make_settings(tmp_path, kubeconfig, **kube))
+    harnesses.append(h)
+    return h
+
+
+def test_tries_run_as_pods_and_finished_pods_follow_the_settings(
+    sim: KubeSimulator, kubeconfig: Path, tmp_path: Path, harnesses: list[Harness]
+) -> None:
+    h = start(harnesses, tmp_path, kubeconfig)
+    seen_at_delete: list[bool] = []
+    h.executor.before_delete = lambda pod: seen_at_delete.append(
+        sim.pod(NS, pod["metadata"]["name"]) is not None
+    )
+    results = h.executor.launch_many(
+        [req("ok"), req("bad", env={"code": 3}), req("bad2", run="r2", env={"code": 1})]
+    )
+    assert results == [
+        f"{NS}/{pod_name(r.key)}" for r in (req("ok"), req("bad"), req("bad2", run="r2"))
+    ]
+    events = h.collect(3)
+    ok, bad = events[req("ok").key], events[req("bad").key]
+    assert (ok.exit_code, ok.reason, ok.failed_before_start) == (0, None, False)
+    assert bad.exit_code == 3 and bad.reason == "exited with code 3 (Error)"
+    assert h.executor.running() == set()
+    # success: deleted (after the hook saw it); failure: kept for inspection
+    sim.wait_for(lambda: sim.pod(NS, pod_name(req("ok").key)) is None)
+    assert seen_at_delete == [True]
+    assert sim.pod(NS, pod_name(req("bad").key))["status"]["phase"] == "Failed"
+    assert "args ['task', 'run', 'dag', 'bad', 'r1', '--try', '1', '--log-file'" in sim.pod_log(
+        NS, pod_name(req("bad").key)
+    )
+    # no polling: the watch told us everything
+    assert "get" not in h.executor.api.requests
+    assert h.executor.api.requests["create"] == 3 and h.executor.api.requests["delete"] == 1
+    # kept failed pods go after the retention period (reconcile, one list call)
+    h.executor.kube.failed_worker_pod_retention = 0
+    h.executor.reconcile()
+    sim.wait_for(lambda: not sim.pods(NS))
+
+
+def test_delete_on_failure_and_duplicate_launch(
+    sim: KubeSimulator, kubeconfig: Path, tmp_path: Path, harnesses: list[Harness]
+) -> None:
+    h = start(harnesses, tmp_path, kubeconfig, delete_worker_pods_on_failure=True)
+    runs = tmp_path / "runs.txt"
+    request = req("dup", env={"code": 1, "sleep": 0.5, "runs": runs})
+    first = h.executor.launch(request)
+    assert h.executor.launch(request) == first  # 409 AlreadyExists: launched already
+    event = h.next_event()
+    assert event.exit_code == 1
+    sim.wait_for(lambda: not sim.pods(NS))
+    assert runs.read_text().splitlines() == [pod_name(request.key)]
+    with pytest.raises(queue.Empty):
+        h.events.get(timeout=0.3)
+
+
+def test_invalid_executor_config_fails_the_launch_at_once(
+    sim: KubeSimulator, kubeconfig: Path, tmp_path: Path, harnesses: list[Harness]
+) -> None:
+    h = start(harnesses, tmp_path, kubeconfig)
+    results = h.executor.launch_many([req("x", resources={"limitz": {}}), req("ok")])
+    assert isinstance(results[0], LaunchError)
+    assert "executor_config.resources.limitz" in str(results[0])
+    assert isinstance(results[1], str)
+    assert h.next_event().key == req("ok").key
+    assert h.executor.running() == set()
+
+
+def test_rbac_denial_names_verb_and_resource(
+    sim: KubeSimulator, kubeconfig: Path, tmp_path: Path, harnesses: list[Harness]
+) -> None:
+    sim.update_faults(forbidden=["create pods"])
+    h = start(harnesses, tmp_path, kubeconfig)
+    with pytest.raises(LaunchError, match=r'RBAC.*"create" "pods"'):
+        h.executor.launch(req("x"))
+    assert h.executor.running() == set()
+
+
+def test_oom_eviction_and_image_pull_reasons(
+    sim: KubeSimulator, kubeconfig: Path, tmp_path: Path, harnesses: list[Harness]
+) -> None:
+    sim.update_faults(
+        oom_kill_selector="ketch.io/task-id=oom",
+        evict_selector="ketch.io/task-id=evicted",
+        image_pull_failures=["missing:1"],
+    )
+    h = start(harnesses, tmp_path, kubeconfig, max_failed_before_start_retries=1)
+    h.executor.launch_many(
+        [
+            req("oom", env={"sleep": 30}, resources={"limits": {"memory": "64Mi"}}),
+            req("evicted", env={"sleep": 30}),
+            req("pull", image="missing:1"),
+            req("pull", 2, image="missing:1"),
+        ]
+    )
+    events = h.collect(4)
+    oom = events[req("oom").key]
+    assert oom.exit_code == 137 and oom.reason == "OOMKilled (memory limit 64Mi)"
+    assert not oom.failed_before_start
+    evicted = events[req("evicted").key]
+    assert evicted.reason is not None and evicted.reason.startswith("pod evicted")
+    pulls = [events[req("pull").key], events[req("pull", 2).key]]
+    assert all(
+        "ErrImagePull" in (e.reason or "") or "ImagePullBackOff" in (e.reason or "") for e in pulls
+    )
+    # the first failure before start is free, the second (over the limit of 1) counts
+    assert sorted(e.failed_before_start for e in pulls) == [False, True]
+    # pods that never started are deleted (there is nothing to inspect)
+    sim.wait_for(lambda: all(sim.pod(NS, pod_name(req("pull", n).key)) is None for n in (1, 2)))
+
+
+def test_pending_timeout_reports_unschedulable_with_events(
+    sim: KubeSimulator, kubeconfig: Path, tmp_path: Path, harnesses: list[Harness]
+) -> None:
+    sim.update_faults(unschedulable_selector="ketch.io/task-id=stuck")
+    h = start(harnesses, tmp_path, kubeconfig, worker_pods_pending_timeout=1.0)
+    h.executor.launch(req("stuck"))
+    event = h.next_event()
+    assert event.failed_before_start and event.exit_code is None
+    assert "worker_pods_pending_timeout" in (event.reason or "")
+    assert "Unschedulable" in (event.reason or "") and "FailedScheduling" in (event.reason or "")
+    sim.wait_for(lambda: sim.pod(NS, pod_name(req("stuck").key)) is None)
+
+
+def test_cancel_deletes_the_pod(
+    sim: KubeSimulator, kubeconfig: Path, tmp_path: Path, harnesses: list[Harness]
+) -> None:
+    h = start(harnesses, tmp_path, kubeconfig)
+    request = req("long", env={"sleep": 60})
+    h.executor.launch(request)
+    sim.wait_for(
+        lambda: (
+            (sim.pod(NS, pod_name(request.key)) or {}).get("status", {}).get("phase") == "Running"
+        )
+    )
+    h.executor.cancel(request.key)
+    event = h.next_event()
+    assert event.key == request.key and "cancelled" in (event.reason or "")
+    sim.wait_for(lambda: sim.pod(NS, pod_name(request.key)) is None)
+
+
+def test_watch_resumes_and_relists_after_410(
+    sim: KubeSimulator, kubeconfig: Path, tmp_path: Path, harnesses: list[Harness]
+) -> None:
+    h = start(harnesses, tmp_path, kubeconfig)
+    watcher = h.executor._watcher
+    assert watcher is not None and watcher.synced.wait(10)
+    h.executor.launch(req("a", env={"sleep": 0.5}))
+    sim.compact()
+    sim.drop_watches()
+    assert h.next_event().key == req("a").key
+    sim.wait_for(lambda: watcher.relists >= 2)
+
+
+def test_adoption_after_restart(
+    sim: KubeSimulator, kubeconfig: Path, tmp_path: Path, harnesses: list[Harness]
+) -> None:
+    first = start(harnesses, tmp_path, kubeconfig)
+    running, finished, orphan = (
+        req("running", env={"sleep": 2}),
+        req("finished"),
+        req("orphan", env={"sleep": 60}),
+    )
+    ids = dict(
+        zip(
+            ("running", "finished", "orphan"),
+            first.executor.launch_many([running, finished, orphan]),
+            strict=True,
+        )
+    )
+    sim.wait_for(
+        lambda: (
+            (sim.pod(NS, pod_name(running.key)) or {}).get("status", {}).get("phase") == "Running"
+        )
+    )
+    first.executor.stop()  # the scheduler dies; "finished" ends while nobody watches
+    sim.wait_for(lambda: sim.pod(NS, pod_name(finished.key))["status"]["phase"] == "Succeeded")
+
+    second = start(harnesses, tmp_path, kubeconfig)
+    assert second.executor._watcher is not None and second.executor._watcher.synced.wait(10)
+    lists_before = second.executor.api.requests.get("list", 0)
+    offers = [
+        RunningTry(running.key, running.ti_id, ids["running"]),
+        RunningTry(finished.key, finished.ti_id, ids["finished"]),
+        RunningTry(req("vanished").key, 1, f"{NS}/gone"),  # launched, pod gone
+        RunningTry(req("never").key, 2, None),  # never launched: the scheduler relaunches it
+    ]
+    adopted = second.executor.adopt(offers)
+    assert second.executor.api.requests["list"] == lists_before + 1  # ONE list call
+    assert set(adopted) == {running.key, finished.key}
+    events = second.collect(3)
+    assert events[finished.key].exit_code == 0
+    assert events[req("vanished").key].exit_code is None and "vanished" in (
+        events[req("vanished").key].reason or ""
+    )
+    assert events[running.key].exit_code == 0
+    # the orphan's try is not queued or running any more: its pod is removed
+    sim.wait_for(lambda: not sim.pods(NS))
+    with pytest.raises(queue.Empty):
+        second.events.get(timeout=0.3)
+
+
+def test_api_faults_lose_nothing_and_run_nothing_twice(
+    sim: KubeSimulator, kubeconfig: Path, tmp_path: Path, harnesses: list[Harness]
+) -> None:
+    sim.update_faults(
+        api_error_rate=0.1,
+        api_timeout_rate=0.03,
+        api_timeout_seconds=0.3,
+        api_timeout_after_commit=True,
+        watch_drop_after_seconds=1.0,
+        seed=7,
+    )
+    h = start(harnesses, tmp_path, kubeconfig)
+    runs = tmp_path / "runs.txt"
+    requests = [req(f"t{i}", env={"runs": runs, "sleep": 0.2}) for i in range(20)]
+    results = h.executor.launch_many(requests)
+    assert all(isinstance(r, str) for r in results), results
+    events = h.collect(20, timeout=60)
+    assert {e.exit_code for e in events.values()} == {0}
+    lines = runs.read_text().splitlines()
+    assert sorted(lines) == sorted(pod_name(r.key) for r in requests)  # each ran exactly once
+    sim.faults = Faults()
+    h.executor.reconcile()  # deletes lost to faults are retried by the reconciliation
+    sim.wait_for(lambda: not sim.pods(NS), timeout=20)
