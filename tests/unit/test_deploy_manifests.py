@@ -476,3 +476,58 @@ def test_dockerignore_lets_through_exactly_what_the_build_copies() -> None:
     assert copied == included
     for path in copied:
         assert (ROOT / path).exists(), path
+
+
+# --- the executor builds valid pods from the shipped template ------------------------------------
+
+
+def test_the_executor_builds_a_valid_restricted_pod_from_the_shipped_template(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The scheduler's settings (the ConfigMap) + pod_template.yaml + a task's executor_config,
+    through the executor's own pod builder: a schema-valid Pod that keeps the template's
+    security context, git-sync init container and labels (the NetworkPolicy selects them)."""
+    from ketch.executors.base import LaunchRequest, TryKey
+    from ketch.executors.kubernetes.pod import build_pod
+
+    monkeypatch.setenv("KETCH_HOME", "/var/lib/ketch")  # the scheduler container's KETCH_HOME
+    values = _nested(settings_env())
+    values["kubernetes"]["pod_template_file"] = str(POD_TEMPLATE)
+    settings = Settings(**values)
+    key = TryKey("etl_daily", "scheduled__2026-11-24T00:00:00+00:00", "load", 2)
+    config = {
+        "resources": {"requests": {"memory": "2Gi"}, "limits": {"memory": "2Gi"}},
+        "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::111122223333:role/etl"},
+        "env": [{"name": "WAREHOUSE", "value": "prod"}],
+    }
+    pod = build_pod(
+        settings,
+        LaunchRequest(key, 7, "try-token", "etl.py", "/dags/repo/etl.py", executor_config=config),
+    )
+    kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+
+    template = worker_template()
+    assert pod["metadata"]["namespace"] == settings_env()["KETCH__KUBERNETES__NAMESPACE"]
+    assert pod["metadata"]["labels"].items() >= template["metadata"]["labels"].items()
+    assert pod["spec"]["securityContext"] == template["spec"]["securityContext"]
+    assert pod["spec"]["initContainers"] == template["spec"]["initContainers"]
+    assert pod["spec"]["serviceAccountName"] == "ketch-worker"
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    (base,) = pod["spec"]["containers"]
+    assert base["name"] == "base"
+    assert base["securityContext"] == template["spec"]["containers"][0]["securityContext"]
+    env = settings_env()
+    assert base["image"] == (
+        f"{env['KETCH__KUBERNETES__WORKER_CONTAINER_REPOSITORY']}:"
+        f"{env['KETCH__KUBERNETES__WORKER_CONTAINER_TAG']}"
+    )
+    assert base["args"][:3] == ["task", "run", "etl_daily"]
+    # The try's log file is under KETCH_HOME, which the pod mounts writable (read-only root).
+    log_file = base["args"][base["args"].index("--log-file") + 1]
+    home = next(m for m in base["volumeMounts"] if m["name"] == "ketch-home")["mountPath"]
+    assert log_file.startswith(home + "/")
+    pod_env = {e["name"]: e.get("value") for e in base["env"]}
+    assert pod_env["KETCH_DAGS_FOLDER"] == "/dags/repo"
+    assert pod_env["KETCH_EXECUTION_API_URL"] == "http://ketch-web:8080/execution"
+    assert pod_env["KETCH_HOME"] == "/var/lib/ketch" and pod_env["WAREHOUSE"] == "prod"
+    assert base["resources"]["limits"]["memory"] == "2Gi"
