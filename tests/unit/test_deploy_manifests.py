@@ -312,6 +312,9 @@ def test_restricted_security_context_on_every_container(which: str) -> None:
 def test_the_namespace_enforces_the_restricted_pod_security_standard() -> None:
     (ns,) = objects("Namespace")
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    # Task pods go where the scheduler's Role allows them.
+    assert settings_env()["KETCH__KUBERNETES__NAMESPACE"] == ns["metadata"]["name"]
+    assert one("Role", "ketch-scheduler")["metadata"]["namespace"] == ns["metadata"]["name"]
 
 
 def test_scheduler_one_replica_with_git_sync_and_a_probe_it_can_back() -> None:
