@@ -8,6 +8,7 @@ custom resources of external-secrets.io (no schema there) are checked structural
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -534,3 +535,44 @@ def test_the_executor_builds_a_valid_restricted_pod_from_the_shipped_template(
     assert pod_env["KETCH_EXECUTION_API_URL"] == "http://ketch-web:8080/execution"
     assert pod_env["KETCH_HOME"] == "/var/lib/ketch" and pod_env["WAREHOUSE"] == "prod"
     assert base["resources"]["limits"]["memory"] == "2Gi"
+
+
+def test_the_overlay_example_of_the_guide_renders_and_changes_what_it_says(tmp_path: Path) -> None:
+    guide = (ROOT / "docs" / "kubernetes.md").read_text()
+    match = re.search(r"```yaml\n(apiVersion: kustomize.*?)```", guide, re.S)
+    assert match, "docs/kubernetes.md lost its overlay example"
+    # kustomize takes only relative paths to another kustomization
+    overlay = match.group(1).replace("- ../base", f"- {os.path.relpath(BASE, tmp_path)}")
+    (tmp_path / "kustomization.yaml").write_text(overlay)
+    out = subprocess.run(
+        [KUBECTL, "kustomize", str(tmp_path)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    images = {
+        c["image"]
+        for d in docs
+        if d["kind"] == "Deployment"
+        for c in d["spec"]["template"]["spec"]["containers"]
+        if c["name"] in ("scheduler", "web")
+    }
+    assert images == {"123456789012.dkr.ecr.eu-west-1.amazonaws.com/ketch:0.1.0"}
+    settings = next(
+        d
+        for d in docs
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("ketch-config")
+    )["data"]
+    assert settings["KETCH__API__BASE_URL"] == "https://ketch.data.example.org"
+    assert settings["KETCH__KUBERNETES__WORKER_CONTAINER_REPOSITORY"].startswith("123456789012.")
+    assert settings["KETCH__CORE__EXECUTOR"] == "kubernetes"  # merged, not replaced
+    ingress = next(d for d in docs if d["kind"] == "Ingress")
+    assert ingress["spec"]["rules"][0]["host"] == "ketch.data.example.org"
+    git_sync = next(d for d in docs if d["metadata"]["name"] == "ketch-git-sync")["data"]
+    assert git_sync["GITSYNC_REPO"] == "https://github.com/my-org/dags.git"
+    for doc in docs:
+        if doc["apiVersion"].startswith("external-secrets.io"):
+            continue
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
