@@ -197,3 +197,28 @@ def test_kill_9_scheduler_mid_run_adopts_pods_and_runs_nothing_twice(
         assert len((marks / f"slow_{i}").read_text().split()) == 1, f"slow_{i} ran twice"
     assert len((marks / "total").read_text().split()) == 1
     wait_for(lambda: not sim.pods(namespace), 20, 0.05, "every pod deleted")
+
+
+def test_api_faults_at_ten_percent_leak_no_pod_and_run_nothing_twice(
+    sim: KubeSimulator, namespace: str, env: KetchEnv
+) -> None:
+    sim.update_faults(
+        api_error_rate=0.1,
+        api_timeout_rate=0.02,
+        api_timeout_seconds=0.3,
+        api_timeout_after_commit=True,
+        watch_drop_after_seconds=2.0,
+        seed=3,
+    )
+    api = Api(env.base_url)
+    marks = Path(env.extra["E2E_MARKS"])
+    with running(env, "standalone"):
+        wait_for(api.healthy, 60, 0.05, "web server")
+        run, tis = trigger_and_wait(api, "e2e_slow_parallel", timeout=90)
+        assert run["state"] == "success", tis
+        for i in range(4):
+            assert len((marks / f"slow_{i}").read_text().split()) == 1, f"slow_{i} ran twice"
+        assert len((marks / "total").read_text().split()) == 1
+        # no pod leaked: every succeeded pod was deleted despite the faults (deletes retry)
+        wait_for(lambda: not sim.pods(namespace), 30, 0.05, "every pod deleted")
+    assert all(ti["try_number"] == 1 for ti in tis.values()), tis
