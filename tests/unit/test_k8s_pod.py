@@ -290,3 +290,19 @@ def test_reasons() -> None:
         301,
     )
     assert "Unschedulable" in text and "FailedScheduling" in text and "301s" in text
+
+
+def test_execution_timeout_sets_a_pod_deadline_backstop(tmp_path: Path) -> None:
+    s = settings(tmp_path, worker_pods_pending_timeout=30)
+    timed = LaunchRequest(KEY, 1, "t", "etl.py", "/etl.py", execution_timeout=100.0)
+    assert build_pod(s, timed)["spec"]["activeDeadlineSeconds"] == 190
+    assert "activeDeadlineSeconds" not in build_pod(s, request())["spec"]
+    config = {"active_deadline_seconds": 5}
+    own = LaunchRequest(
+        KEY, 1, "t", "etl.py", "/etl.py", execution_timeout=100.0, executor_config=config
+    )
+    assert build_pod(s, own)["spec"]["activeDeadlineSeconds"] == 5
+    deadline = reasons.ended(
+        {"status": {"phase": "Failed", "reason": "DeadlineExceeded", "message": "too long"}}
+    )
+    assert deadline is not None and "deadline exceeded" in (deadline.reason or "")

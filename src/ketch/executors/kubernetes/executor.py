@@ -169,6 +169,10 @@ class KubernetesExecutor:
             except PodConfigError as exc:
                 futures.append(LaunchError(f"invalid pod for this task: {exc}"))
                 continue
+            except Exception as exc:  # a template of unexpected shape: fail the try, say why
+                log.exception("building the pod of %s failed", request.key)
+                futures.append(LaunchError(f"could not build the pod for this task: {exc!r}"))
+                continue
             tracked = self._track(request.key, request.ti_id, pod["metadata"]["name"])
             futures.append(self._create_pool.submit(self._create, tracked, pod))
         results: list[str | LaunchError] = []
@@ -221,8 +225,11 @@ class KubernetesExecutor:
         if not self._forget(tracked):
             return
         before_start = outcome.failed_before_start
-        if before_start:
-            k = (tracked.key.dag_id, tracked.key.run_id, tracked.key.task_id)
+        k = (tracked.key.dag_id, tracked.key.run_id, tracked.key.task_id)
+        if not before_start:
+            with self._lock:
+                self._before_start_failures.pop(k, None)
+        else:
             with self._lock:
                 count = self._before_start_failures.get(k, 0) + 1
                 self._before_start_failures[k] = count

@@ -41,6 +41,7 @@ LABEL_RUN_ID = "ketch.io/run-id"
 LABEL_TRY = "ketch.io/try-number"
 LABEL_TI_ID = "ketch.io/ti-id"
 SELECTOR = f"{MANAGED_BY}=ketch"
+DEADLINE_GRACE_SECONDS = 60
 
 # executor_config key -> (where it goes, kind). Kinds: "str", "list", "dict", "named" (list
 # merged by name).
@@ -346,6 +347,12 @@ def build_pod(
         str(log_path(settings.log_folder, key)),
     ]
     _apply_overrides(pod, config)
+    if request.execution_timeout and not spec.get("activeDeadlineSeconds"):
+        # backstop only (the try enforces its own timeout): counted from the pod's start,
+        # so it leaves room for scheduling, image pull and init containers
+        spec["activeDeadlineSeconds"] = int(
+            request.execution_timeout + kube.worker_pods_pending_timeout + DEADLINE_GRACE_SECONDS
+        )
     # ketch's own labels and env always win over overrides: they identify and authorise the try
     meta["labels"].update(try_labels(key, request.ti_id))
     meta["annotations"].update(try_annotations(key))
