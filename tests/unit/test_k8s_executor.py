@@ -328,3 +328,19 @@ def test_api_faults_lose_nothing_and_run_nothing_twice(
     sim.faults = Faults()
     h.executor.reconcile()  # deletes lost to faults are retried by the reconciliation
     sim.wait_for(lambda: not sim.pods(NS), timeout=20)
+
+
+def test_api_down_keeps_the_try_queued_and_creates_it_later(
+    sim: KubeSimulator, kubeconfig: Path, tmp_path: Path, harnesses: list[Harness]
+) -> None:
+    h = start(harnesses, tmp_path, kubeconfig)
+    h.executor.api.retry_deadline = 0.3
+    sim.update_faults(api_error_rate=1.0, api_error_codes=[503])
+    request = req("later")
+    assert h.executor.launch(request) == f"{NS}/{pod_name(request.key)}"
+    assert h.executor.running() == {request.key}
+    with pytest.raises(queue.Empty):
+        h.events.get(timeout=0.5)
+    sim.faults = Faults()
+    event = h.next_event()
+    assert (event.key, event.exit_code) == (request.key, 0)

@@ -37,7 +37,7 @@ from ketch.executors.base import (
     TryKey,
 )
 from ketch.executors.kubernetes import reasons
-from ketch.executors.kubernetes.client import KubeApi, KubeApiError
+from ketch.executors.kubernetes.client import TRANSIENT_CODES, KubeApi, KubeApiError
 from ketch.executors.kubernetes.pod import SELECTOR, PodBuilder, PodConfigError, key_of, pod_name
 from ketch.executors.kubernetes.watch import PodWatcher
 
@@ -55,6 +55,7 @@ class _Tracked:
     pending_since: float  # monotonic
     started: bool = False
     cancelled: bool = False
+    creating: bool = False  # the create is being retried in the background
 
 
 def _rv(pod: dict[str, Any]) -> int:
@@ -200,8 +201,46 @@ class KubernetesExecutor:
         try:
             created = self.api.create_pod(pod)
         except KubeApiError as exc:
+            if exc.status in TRANSIENT_CODES and not self._stop.is_set():
+                # API unreachable or throttled: the try stays queued while we keep trying
+                # in the background (same pod name: no duplicate can appear)
+                log.warning("creating pod %s: %s; retrying in the background", tracked.name, exc)
+                tracked.creating = True
+                threading.Thread(
+                    target=self._create_in_background,
+                    args=(tracked, pod),
+                    name="ketch-k8s-create-retry",
+                    daemon=True,
+                ).start()
+                return f"{self.kube.namespace}/{tracked.name}"
             self._forget(tracked)
             raise LaunchError(f"could not create pod {tracked.name}: {exc}") from exc
+        self._created(tracked, created)
+        return f"{self.kube.namespace}/{tracked.name}"
+
+    def _create_in_background(self, tracked: _Tracked, pod: dict[str, Any]) -> None:
+        delay = 1.0
+        while not self._stop.wait(delay):
+            with self._lock:
+                if self._tries.get(tracked.key) is not tracked:
+                    return  # cancelled or ended meanwhile
+            try:
+                created = self.api.create_pod(pod)
+            except KubeApiError as exc:
+                if exc.status in TRANSIENT_CODES:
+                    delay = min(delay * 2, 30.0)
+                    continue
+                self._emit(
+                    tracked,
+                    reasons.Outcome(None, f"could not create pod {tracked.name}: {exc}", True),
+                )
+                return
+            tracked.pending_since = time.monotonic()
+            tracked.creating = False
+            self._created(tracked, created)
+            return
+
+    def _created(self, tracked: _Tracked, created: bool) -> None:
         if not created:
             log.info("pod %s already exists: the try was launched before", tracked.name)
         # a watch event may have arrived before we registered; look at the cache again
@@ -209,7 +248,6 @@ class KubernetesExecutor:
             cached = self._pods.get(tracked.name)
         if cached is not None:
             self._observe(tracked, cached)
-        return f"{self.kube.namespace}/{tracked.name}"
 
     # -- events ----------------------------------------------------------------------
 
@@ -291,7 +329,11 @@ class KubernetesExecutor:
     def _check_vanished(self, tracked_list: list[_Tracked], names: set[str]) -> None:
         for tracked in tracked_list:
             # only tries older than a few seconds: a create may be in flight right now
-            if tracked.name not in names and time.monotonic() - tracked.pending_since > 5:
+            if (
+                tracked.name not in names
+                and not tracked.creating
+                and time.monotonic() - tracked.pending_since > 5
+            ):
                 self._emit(tracked, reasons.Outcome(None, VANISHED))
 
     # -- deletion --------------------------------------------------------------------
@@ -350,7 +392,7 @@ class KubernetesExecutor:
             overdue = [
                 (t, self._pods.get(t.name))
                 for t in self._tries.values()
-                if not t.started and now - t.pending_since > timeout
+                if not t.started and not t.creating and now - t.pending_since > timeout
             ]
         for tracked, pod in overdue:
             events: list[dict[str, Any]] = []
