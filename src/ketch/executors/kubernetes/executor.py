@@ -55,7 +55,7 @@ class _Tracked:
     pending_since: float  # monotonic
     started: bool = False
     cancelled: bool = False
-    creating: bool = False  # the create is being retried in the background
+    creating: bool = False  # its create is in flight (or retried in the background)
 
 
 def _rv(pod: dict[str, Any]) -> int:
@@ -198,6 +198,7 @@ class KubernetesExecutor:
         return tracked
 
     def _create(self, tracked: _Tracked, pod: dict[str, Any]) -> str:
+        tracked.creating = True  # not "vanished" while its create is in flight
         try:
             created = self.api.create_pod(pod)
         except KubeApiError as exc:
@@ -205,7 +206,6 @@ class KubernetesExecutor:
                 # API unreachable or throttled: the try stays queued while we keep trying
                 # in the background (same pod name: no duplicate can appear)
                 log.warning("creating pod %s: %s; retrying in the background", tracked.name, exc)
-                tracked.creating = True
                 threading.Thread(
                     target=self._create_in_background,
                     args=(tracked, pod),
@@ -235,12 +235,12 @@ class KubernetesExecutor:
                     reasons.Outcome(None, f"could not create pod {tracked.name}: {exc}", True),
                 )
                 return
-            tracked.pending_since = time.monotonic()
-            tracked.creating = False
             self._created(tracked, created)
             return
 
     def _created(self, tracked: _Tracked, created: bool) -> None:
+        tracked.pending_since = time.monotonic()
+        tracked.creating = False
         if not created:
             log.info("pod %s already exists: the try was launched before", tracked.name)
         # a watch event may have arrived before we registered; look at the cache again
