@@ -245,3 +245,29 @@ def test_background_thread_watches_changes(sqlite_engine: Engine, tmp_path: Path
     finally:
         proc.stop()
     assert proc._thread is None
+
+
+BAD_EXECUTOR_CONFIG = """
+from datetime import datetime, timezone
+from ketch import DAG, EmptyTask
+with DAG("k8s_bad", start_date=datetime(2026, 1, 1, tzinfo=timezone.utc), schedule=None):
+    EmptyTask(task_id="t", executor_config={"kubernetes": {"imagee": "python:3.12"}})
+"""
+
+
+def test_invalid_executor_config_is_an_import_error_with_the_kubernetes_executor(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
+    write(tmp_path, "k8s_bad_ketch_dag.py", BAD_EXECUTOR_CONFIG)
+    processor(sqlite_engine, tmp_path, executor="kubernetes").parse_all()
+    error = errors(sqlite_engine)["k8s_bad_ketch_dag.py"]
+    assert "task 't'" in error and "executor_config.imagee" in error
+    assert "k8s_bad" not in dags(sqlite_engine)
+
+
+def test_executor_config_is_not_checked_for_the_local_executor(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
+    write(tmp_path, "k8s_bad_ketch_dag.py", BAD_EXECUTOR_CONFIG)
+    processor(sqlite_engine, tmp_path, executor="local").parse_all()
+    assert "k8s_bad" in dags(sqlite_engine)

@@ -35,6 +35,7 @@ def defaults_from_settings(settings: Settings) -> dict[str, Any]:
         "default_task_retry_delay": core.default_task_retry_delay,
         "max_task_retry_delay": core.max_task_retry_delay,
         "default_task_execution_timeout": core.default_task_execution_timeout,
+        "executor": core.executor,
     }
 
 

@@ -17,6 +17,33 @@ from pathlib import Path
 from typing import Any
 
 
+def check_executor_configs(dags: list[Any]) -> None:
+    """With the Kubernetes executor, a task's executor_config (and its own pod template
+    file) must be valid at parse time: an import error naming the task and the field
+    beats a try that fails, or a pod that never starts, much later."""
+    from ketch.authoring._defaults import default
+
+    if default("executor") != "kubernetes":
+        return
+    from ketch.exceptions import DagDefinitionError
+    from ketch.executors.kubernetes.pod import (
+        PodConfigError,
+        load_template,
+        normalise_executor_config,
+    )
+
+    for dag in dags:
+        for task in dag.tasks.values():
+            try:
+                config = normalise_executor_config(task.executor_config)
+                if config.get("pod_template_file"):
+                    load_template(config["pod_template_file"])
+            except PodConfigError as exc:
+                raise DagDefinitionError(
+                    f"DAG {dag.dag_id!r}, task {task.task_id!r}: {exc}"
+                ) from exc
+
+
 def parse(fileloc: str, dags_folder: str) -> dict[str, Any]:
     """Import ``fileloc`` and serialize its DAGs; any failure becomes ``{"ok": False}``."""
     try:
@@ -24,6 +51,7 @@ def parse(fileloc: str, dags_folder: str) -> dict[str, Any]:
         from ketch.authoring.serialize import serialize_dag
 
         dags = collect_dags(fileloc)
+        check_executor_configs(dags)
         serialized = [
             serialize_dag(d, Path(dags_folder)).model_dump(mode="json", by_alias=True) for d in dags
         ]
