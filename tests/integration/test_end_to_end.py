@@ -1,7 +1,9 @@
 """End-to-end: real `ketch` server processes, real task-try processes, real databases.
 
-Every scenario runs on SQLite and on PostgreSQL (the ``db_url`` fixture), through
-the REST API and the CLI a user would use.
+Every scenario runs on SQLite and on PostgreSQL (the ``db_url`` fixture) and on both
+executors (local subprocesses, and Kubernetes pods against the API simulator, whose
+fake kubelet runs each pod's command as a real process), through the REST API and
+the CLI a user would use.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from ketch.testing.kube_sim import KubeSimulator
 from tests.support.ketch_process import Api, KetchEnv, KetchProcess, running, wait_for
+from tests.support.kube_env import use_kubernetes
 from tests.support.postgres import PostgresServer
 
 EXAMPLES = Path(__file__).parents[2] / "src" / "ketch" / "example_dags"
@@ -133,9 +137,24 @@ def make_env(ketch_home: Path, db_url: str, dags_folder: Path, tmp_path: Path) -
     )
 
 
-@pytest.fixture
-def env(ketch_home: Path, db_url: str, dags_folder: Path, tmp_path: Path) -> KetchEnv:
-    return make_env(ketch_home, db_url, dags_folder, tmp_path)
+@pytest.fixture(scope="session")
+def kube_simulator() -> Iterator[KubeSimulator]:
+    with KubeSimulator() as simulator:
+        yield simulator
+
+
+@pytest.fixture(params=["local", "kubernetes"])
+def env(
+    request: pytest.FixtureRequest,
+    ketch_home: Path,
+    db_url: str,
+    dags_folder: Path,
+    tmp_path: Path,
+) -> KetchEnv:
+    env = make_env(ketch_home, db_url, dags_folder, tmp_path)
+    if request.param == "kubernetes":
+        use_kubernetes(env, request.getfixturevalue("kube_simulator"), tmp_path)
+    return env
 
 
 @pytest.fixture
