@@ -37,3 +37,5 @@ test: system-deps install lint typecheck
 
 bench: install
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.variables_sync --backend both
+	$(PY) -m benchmarks.kubernetes
