@@ -133,7 +133,18 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def _start_payload(session: Session, ti: TaskInstance, settings: Settings) -> dict[str, Any]:
+_PAYLOAD_COLUMNS = (
+    TaskInstance.dag_id,
+    TaskInstance.task_id,
+    TaskInstance.run_id,
+    TaskInstance.try_number,
+    TaskInstance.max_tries,
+    TaskInstance.dag_run_id,
+)
+
+
+def _start_payload(session: Session, ti: Any, settings: Settings) -> dict[str, Any]:
+    """The context a starting try gets; ``ti`` is a TaskInstance or a row of _PAYLOAD_COLUMNS."""
     run = session.get(DagRun, ti.dag_run_id)
     assert run is not None  # the FK guarantees it
     dag = _serialized_dag(session, run)
@@ -170,7 +181,7 @@ def start_try(
     a retried request after a lost answer) gets the payload again.
     """
     now = utcnow()
-    result = session.execute(
+    started = session.execute(
         update(TaskInstance)
         .where(
             TaskInstance.id == claims.ti_id,
@@ -189,15 +200,16 @@ def start_try(
             hostname=body.hostname,
             last_heartbeat_at=now,
         )
+        # RETURNING: the payload's fields without reading the row again (hot path).
+        .returning(*_PAYLOAD_COLUMNS)
         .execution_options(synchronize_session=False)
-    )
-    ti = _load_ti(session, claims)
-    if ti is None:
-        session.rollback()
-        raise _conflict(None, claims, "cannot start")
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    ).first()
+    ti: Any = started
+    if started is None:
+        ti = _load_ti(session, claims)
         same_process = (
-            ti.state == TaskInstanceState.RUNNING.value
+            ti is not None
+            and ti.state == TaskInstanceState.RUNNING.value
             and ti.try_number == claims.try_number
             and (ti.pid, ti.hostname) == (body.pid, body.hostname)
         )
@@ -205,12 +217,20 @@ def start_try(
             session.rollback()
             raise _conflict(ti, claims, "cannot start")
     else:
-        try_row = _try_row(session, ti)
-        if try_row is not None:
-            try_row.state = TaskInstanceState.RUNNING.value
-            try_row.start_date = now
-            try_row.pid = body.pid
-            try_row.hostname = body.hostname
+        session.execute(
+            update(TaskInstanceTry)
+            .where(
+                TaskInstanceTry.task_instance_id == claims.ti_id,
+                TaskInstanceTry.try_number == claims.try_number,
+            )
+            .values(
+                state=TaskInstanceState.RUNNING.value,
+                start_date=now,
+                pid=body.pid,
+                hostname=body.hostname,
+            )
+            .execution_options(synchronize_session=False)
+        )
     payload = _start_payload(session, ti, settings)
     session.commit()
     return payload
