@@ -2,24 +2,23 @@
 ``KETCH__CORE__EXECUTOR=kubernetes`` against the Kubernetes API simulator, whose fake
 kubelet runs every try's pod command (the venv's ``ketch``) as a real process.
 
-SQLite only: the executor is what is under test here; the database paths are covered on
-both backends by test_end_to_end.py.
+The scenarios every executor shares (retries, timeouts, zombies, kill -9 adoption...) run
+on Kubernetes in test_end_to_end.py; this file holds what only pods have: kept and deleted
+pods, OOM / image pull / unschedulable reasons, API faults. SQLite only: the executor is
+what is under test here.
 """
 
 from __future__ import annotations
 
-import itertools
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from ketch.testing.kube_sim import Faults, KubeSimulator
 from tests.integration.test_end_to_end import SCENARIO_DAGS, make_env, trigger_and_wait
-from tests.support.ketch_process import Api, KetchEnv, KetchProcess, running, wait_for
+from tests.support.ketch_process import Api, KetchEnv, running, wait_for
+from tests.support.kube_env import use_kubernetes
 
 FAULT_DAGS = '''
 """Tasks whose pods the simulator breaks."""
@@ -58,8 +57,6 @@ def k8s_faults():
 k8s_faults()
 '''
 
-_NAMESPACES = itertools.count()
-
 
 @pytest.fixture(scope="module")
 def sim() -> Iterator[KubeSimulator]:
@@ -68,49 +65,28 @@ def sim() -> Iterator[KubeSimulator]:
 
 
 @pytest.fixture
-def namespace(sim: KubeSimulator) -> Iterator[str]:
-    sim.faults = Faults()
-    yield f"e2e-{next(_NAMESPACES)}"
-    sim.faults = Faults()
-
-
-@pytest.fixture
-def env(sim: KubeSimulator, namespace: str, ketch_home: Path, tmp_path: Path) -> KetchEnv:
+def env(sim: KubeSimulator, ketch_home: Path, tmp_path: Path) -> Iterator[KetchEnv]:
     dags = tmp_path / "dags"
     dags.mkdir()
     (dags / "e2e_dags.py").write_text(SCENARIO_DAGS)
     (dags / "k8s_faults.py").write_text(FAULT_DAGS)
     env = make_env(ketch_home, f"sqlite:///{ketch_home / 'ketch.db'}", dags, tmp_path)
-    template = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"labels": {"app.kubernetes.io/component": "worker"}},
-        "spec": {
-            "containers": [
-                {
-                    "name": "base",
-                    "image": "ketch:test",
-                    "command": [sys.executable, "-m", "ketch"],
-                    "env": [{"name": "E2E_MARKS", "value": env.extra["E2E_MARKS"]}],
-                }
-            ]
-        },
-    }
-    template_file = tmp_path / "pod_template.yaml"
-    template_file.write_text(yaml.safe_dump(template))
-    kubeconfig = sim.write_kubeconfig(tmp_path / "kubeconfig", namespace=namespace)
+    use_kubernetes(env, sim, tmp_path)
     env.extra.update(
         {
-            "KETCH__CORE__EXECUTOR": "kubernetes",
-            "KETCH__KUBERNETES__NAMESPACE": namespace,
-            "KETCH__KUBERNETES__CONFIG_FILE": str(kubeconfig),
-            "KETCH__KUBERNETES__POD_TEMPLATE_FILE": str(template_file),
             "KETCH__KUBERNETES__WORKER_PODS_PENDING_TIMEOUT": "1.5",
             # a try that failed before it started is retried (not counted) after this delay
             "KETCH__CORE__DEFAULT_TASK_RETRY_DELAY": "0.2",
         }
     )
-    return env
+    sim.faults = Faults()
+    yield env
+    sim.faults = Faults()
+
+
+@pytest.fixture
+def namespace(env: KetchEnv) -> str:
+    return env.extra["KETCH__KUBERNETES__NAMESPACE"]
 
 
 def test_dags_run_as_pods_with_retries(sim: KubeSimulator, namespace: str, env: KetchEnv) -> None:
@@ -157,46 +133,6 @@ def test_oom_image_pull_and_unschedulable_give_their_reasons(
     assert tis["stuck_task"]["state"] == "failed"
     assert "Unschedulable" in tis["stuck_task"]["error"]
     assert "FailedScheduling" in tis["stuck_task"]["error"]
-
-
-def test_kill_9_scheduler_mid_run_adopts_pods_and_runs_nothing_twice(
-    sim: KubeSimulator, namespace: str, env: KetchEnv
-) -> None:
-    api = Api(env.base_url)
-    marks = Path(env.extra["E2E_MARKS"])
-    first = KetchProcess(env, "standalone").start()
-    try:
-        wait_for(api.healthy, 60, 0.05, "web server")
-        wait_for(lambda: api.dag("e2e_slow_parallel"), 30, 0.05, "DAG parsed")
-        run_id = api.trigger("e2e_slow_parallel")["dag_run_id"]
-        wait_for(
-            lambda: (
-                sum(
-                    ti["state"] == "running"
-                    for ti in api.task_instances("e2e_slow_parallel", run_id).values()
-                )
-                == 4
-            ),
-            30,
-            0.05,
-            "four tries running",
-        )
-        first.kill9()
-    except BaseException:
-        sys.stderr.write(first.output()[-10000:])
-        first.stop()
-        raise
-    time.sleep(0.5)
-    with running(env, "standalone"):
-        wait_for(api.healthy, 60, 0.05, "web server after restart")
-        run = api.wait_run_finished("e2e_slow_parallel", run_id, 60)
-        tis = api.task_instances("e2e_slow_parallel", run_id)
-    assert run["state"] == "success", tis
-    for i in range(4):
-        assert tis[f"slow_{i}"]["try_number"] == 1, tis[f"slow_{i}"]
-        assert len((marks / f"slow_{i}").read_text().split()) == 1, f"slow_{i} ran twice"
-    assert len((marks / "total").read_text().split()) == 1
-    wait_for(lambda: not sim.pods(namespace), 20, 0.05, "every pod deleted")
 
 
 def test_api_faults_at_ten_percent_leak_no_pod_and_run_nothing_twice(
