@@ -145,6 +145,35 @@ class ApiServer:
         self._server = self._thread = None
 
 
+def add_dag_and_run(
+    session: Session, dag: SerializedDag, run_id: str, now: datetime, params: dict | None = None
+) -> None:
+    """Rows for ``dag`` (model + version, hash "h") and one running manual run of it."""
+    data = dag.model_dump(mode="json")
+    session.add(
+        DagModel(
+            dag_id=dag.dag_id,
+            fileloc=dag.fileloc,
+            relative_fileloc=dag.relative_fileloc,
+            serialized=data,
+            serialized_hash="h",
+        )
+    )
+    session.add(DagVersion(dag_hash="h", dag_id=dag.dag_id, serialized=data, created_at=now))
+    session.add(
+        DagRun(
+            dag_id=dag.dag_id,
+            run_id=run_id,
+            run_type="manual",
+            state="running",
+            logical_date=now,
+            run_after=now,
+            dag_hash="h",
+            params=params or {},
+        )
+    )
+
+
 @pytest.fixture
 def api_server(sqlite_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[ApiServer]:
     """A real execution API over loopback on a free port (heartbeats every 0.2 s)."""
@@ -236,28 +265,6 @@ def dag_setup(sqlite_engine: Engine, tmp_path: Path) -> DagSetup:
     )
     now = datetime.now(UTC)
     with Session(sqlite_engine) as session:
-        data = dag.model_dump(mode="json")
-        session.add(
-            DagModel(
-                dag_id=DAG_ID,
-                fileloc=str(fileloc),
-                relative_fileloc=fileloc.name,
-                serialized=data,
-                serialized_hash="h",
-            )
-        )
-        session.add(DagVersion(dag_hash="h", dag_id=DAG_ID, serialized=data, created_at=now))
-        session.add(
-            DagRun(
-                dag_id=DAG_ID,
-                run_id=RUN_ID,
-                run_type="manual",
-                state="running",
-                logical_date=now,
-                run_after=now,
-                dag_hash="h",
-                params={"p": 1},
-            )
-        )
+        add_dag_and_run(session, dag, RUN_ID, now, params={"p": 1})
         session.commit()
     return DagSetup(sqlite_engine, fileloc, pidfile)

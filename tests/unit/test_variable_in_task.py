@@ -20,10 +20,9 @@ from sqlalchemy.orm import Session
 from ketch.api.app import create_app
 from ketch.authoring.connection import Connection
 from ketch.config import get_settings
-from ketch.db.models import DagModel, DagRun, DagVersion
 from ketch.serialization import SerializedDag, SerializedSchedule, SerializedTask
 from ketch.variables import store
-from tests.unit._worker_support import DAG_ID, RUN_ID, DagSetup, free_port
+from tests.unit._worker_support import DAG_ID, RUN_ID, DagSetup, add_dag_and_run, free_port
 
 DAG_FILE = """
 from datetime import datetime
@@ -116,28 +115,7 @@ def setup(engine: Engine, tmp_path: Path) -> Iterator[tuple[DagSetup, str]]:
     now = datetime.now(UTC)
     settings = get_settings()
     with Session(engine) as session:
-        data = dag.model_dump(mode="json")
-        session.add(
-            DagModel(
-                dag_id=DAG_ID,
-                fileloc=str(fileloc),
-                relative_fileloc=fileloc.name,
-                serialized=data,
-                serialized_hash="h",
-            )
-        )
-        session.add(DagVersion(dag_hash="h", dag_id=DAG_ID, serialized=data, created_at=now))
-        session.add(
-            DagRun(
-                dag_id=DAG_ID,
-                run_id=RUN_ID,
-                run_type="manual",
-                state="running",
-                logical_date=now,
-                run_after=now,
-                dag_hash="h",
-            )
-        )
+        add_dag_and_run(session, dag, RUN_ID, now)
         store.set_variable(session, settings, "bucket", "s3://data")
         store.set_variable(session, settings, "cfg", {"tables": ["a", "b"]})
         store.set_variable(session, settings, "api_token", "tok-123456")
