@@ -144,6 +144,25 @@ class SchedulerSettings(BaseModel):
         gt=0,
         description="Longest back-off between attempts while the database is unreachable.",
     )
+    lease_ttl: float = Field(
+        default=6.0,
+        gt=0,
+        description="Seconds the active scheduler's lease lasts without a renewal (PostgreSQL). "
+        "A standby scheduler takes over once it has expired, so failover takes at most this "
+        "plus standby_poll_interval; a scheduler that cannot renew for this long stops "
+        "scheduling.",
+    )
+    lease_renew_interval: float = Field(
+        default=1.5,
+        gt=0,
+        description="Seconds between renewals of the active scheduler's lease (keep it well "
+        "under lease_ttl).",
+    )
+    standby_poll_interval: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds between a standby scheduler's attempts to take the lease.",
+    )
 
 
 class DagProcessorSettings(BaseModel):

@@ -25,6 +25,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -181,6 +182,13 @@ class TaskInstance(Base):
     external_executor_id: Mapped[str | None] = mapped_column(String(250), default=None)
     # Why the last try failed, in one line (exit code, timeout, OOMKilled, exception...).
     error: Mapped[str | None] = mapped_column(Text, default=None)
+    # Set in the same statement that records a try's end (execution API, or the scheduler
+    # for an unreported end) and cleared by the scheduler in the transaction that decides
+    # the downstream tasks. A True row is a decision still owed: the scheduler finds it
+    # from the database alone after a crash or a missed event (the safety pass).
+    needs_reaction: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false(), index=True
+    )
 
 
 class TaskInstanceTry(Base):
@@ -313,3 +321,22 @@ class VariableAuditLog(Base):
     source: Mapped[str] = mapped_column(String(250))
     version: Mapped[str | None] = mapped_column(Text, default=None)
     timestamp: Mapped[datetime] = mapped_column(index=True)
+
+
+class SchedulerLease(Base):
+    """Who may schedule: one row per lease name, held by one scheduler at a time.
+
+    The holder renews ``expires_at`` (database clock) while it lives; a standby takes
+    the lease once it expired and increments ``fencing_token``. Every transaction of the
+    active scheduler checks that the token is still its own before it commits, so a
+    scheduler that was paused or cut off can never write after another took over.
+    """
+
+    __tablename__ = "scheduler_lease"
+
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(250))
+    fencing_token: Mapped[int] = mapped_column(Integer, default=0)
+    acquired_at: Mapped[datetime]
+    renewed_at: Mapped[datetime]
+    expires_at: Mapped[datetime]

@@ -55,6 +55,12 @@ class TryEnded:
     # True when the try never got to run user code (image pull, admission, unschedulable):
     # the scheduler then does not count it against the task's retries (up to a limit).
     failed_before_start: bool = False
+    # Which process or pod ended, as the try records itself at start (``hostname``, and
+    # ``pid`` where the executor knows it: the local executor). The scheduler ignores an
+    # end whose process is not the one that started the try: a duplicate launched after
+    # a crash exits at once (its start is refused) and must not fail the real try.
+    hostname: str | None = None
+    pid: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
