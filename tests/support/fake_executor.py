@@ -98,6 +98,7 @@ class FakeExecutor:
         self.launched: list[TryKey] = []
         self.cancelled: list[TryKey] = []
         self.adopt_offers: list[RunningTry] = []
+        self.adopt_calls = 0
         self.max_concurrent = 0
         self.concurrent_by_run: dict[str, int] = {}
         self.max_concurrent_by_run: dict[str, int] = {}
@@ -136,6 +137,7 @@ class FakeExecutor:
 
     def adopt(self, tries: Iterable[RunningTry]) -> list[TryKey]:
         tries = list(tries)
+        self.adopt_calls += 1
         self.adopt_offers.extend(tries)
         adopted = []
         for offered in tries:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,7 +71,10 @@ def test_python_tries_in_parallel_with_xcom(
     external_id = executor.launch(produce)
     pid, created = external_id.split(":")
     assert int(pid) > 0 and float(created) > 0
-    assert events.get(timeout=30) == TryEnded(produce.key, produce.ti_id, 0, None)
+    ended = events.get(timeout=30)
+    assert ended == TryEnded(
+        produce.key, produce.ti_id, 0, None, hostname=socket.gethostname(), pid=int(pid)
+    )
     assert dag_setup.ti(produce.ti_id).state == "success"
     assert dag_setup.xcom("produce") == {"n": 41}
     # consume reads produce's XCom through the API; several tries run at once.

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from ketch.config import get_settings
 from ketch.db.engine import make_engine
 from ketch.db.models import DagRun, TaskInstance
-from ketch.executors.base import TryKey
+from ketch.executors.base import TryEnded, TryKey
 from ketch.scheduler.loop import Scheduler
 from ketch.states import TaskInstanceState
 from tests.support.fake_executor import (
@@ -196,3 +196,105 @@ def test_database_outage_keeps_events(
         event.remove(sqlite_engine, "before_cursor_execute", fail_when_broken)
     assert ti_states(sqlite_engine, run_id) == {"a": "success", "b": "success"}
     assert any("database unavailable: disk I/O error" in r.message for r in caplog.records)
+
+
+def _a_then_b(engine: Engine) -> int:
+    """A running run of a >> b, as a crashed scheduler left it (b undecided)."""
+    insert_dag(engine, serialized_dag("d", {"a": {}, "b": {"upstream": ["a"]}}))
+    run_id = trigger(engine, "d", "r")
+    now = datetime.now(UTC)
+    with Session(engine) as session:
+        run = session.get(DagRun, run_id)
+        assert run is not None
+        run.state, run.start_date, run.needs_evaluation = "running", now, False
+        session.commit()
+    return run_id
+
+
+def _set_ti(engine: Engine, task_id: str, **values: Any) -> None:
+    with Session(engine) as session:
+        ti = session.scalars(select(TaskInstance).where(TaskInstance.task_id == task_id)).one()
+        for name, value in values.items():
+            setattr(ti, name, value)
+        session.commit()
+
+
+def test_an_end_recorded_without_any_event_is_decided_by_the_safety_pass(engine: Engine) -> None:
+    """A try finished through the API while no event reached this scheduler (it was down,
+    or the web runs apart): the flag in the database alone gets its downstream decided."""
+    run_id = _a_then_b(engine)
+    now = datetime.now(UTC)
+    _set_ti(engine, "a", state="success", try_number=1, end_date=now, needs_reaction=True)
+    executor = FakeExecutor(engine)
+    scheduler = scheduler_for(engine, executor)  # no adoption: only the loop's own passes
+    drive(scheduler, lambda: run_state(engine, run_id) == "success")
+    assert ti_states(engine, run_id) == {"a": "success", "b": "success"}
+    assert [k.task_id for k in executor.launched] == ["b"]
+    assert not ti_of(engine, "a").needs_reaction
+
+
+def test_restart_evaluates_every_running_run_from_the_database(engine: Engine) -> None:
+    """The reaction to a's end was never committed and no flag is left (an older crash
+    window): the full evaluation of running runs at start decides b anyway."""
+    run_id = _a_then_b(engine)
+    _set_ti(engine, "a", state="success", try_number=1, end_date=datetime.now(UTC))
+    executor = FakeExecutor(engine)
+    scheduler = scheduler_for(engine, executor)
+    scheduler.adopt()
+    drive(scheduler, lambda: run_state(engine, run_id) == "success")
+    assert ti_states(engine, run_id) == {"a": "success", "b": "success"}
+
+
+def test_the_exit_of_a_duplicate_process_does_not_fail_the_running_try(engine: Engine) -> None:
+    """Relaunched after a crash, a second process of the same try was refused at start and
+    exited 0; its exit must not fail the try the first process runs, which is adopted."""
+    run_id = _a_then_b(engine)
+    now = datetime.now(UTC)
+    _set_ti(
+        engine,
+        "a",
+        state="running",
+        try_number=1,
+        start_date=now,
+        last_heartbeat_at=now,
+        pid=1111,
+        hostname="host-1",
+    )
+    executor = FakeExecutor(engine)
+    scheduler = scheduler_for(engine, executor)
+    ti = ti_of(engine, "a")
+    key = TryKey("d", "r", "a", 1)
+    scheduler.on_try_ended(TryEnded(key, ti.id, 0, None, hostname="host-1", pid=2222))
+    scheduler.run_once()
+    assert ti_of(engine, "a").state == "running"
+    assert [(o.key, o.pid, o.hostname) for o in executor.adopt_offers] == [(key, 1111, "host-1")]
+    # The real process's end (same pid) is taken: a failed without a report.
+    scheduler.on_try_ended(TryEnded(key, ti.id, 1, None, hostname="host-1", pid=1111))
+    scheduler.run_once()
+    assert ti_of(engine, "a").state == "failed"
+    assert ti_states(engine, run_id)["b"] == "upstream_failed"
+
+
+def test_adoption_offers_what_a_started_try_recorded_and_always_asks_the_executor(
+    engine: Engine,
+) -> None:
+    executor = FakeExecutor(engine)
+    scheduler = scheduler_for(engine, executor)
+    scheduler.adopt()  # nothing queued or running: the executor still gets its one call
+    assert executor.adopt_offers == []
+    assert executor.adopt_calls == 1
+    _a_then_b(engine)
+    now = datetime.now(UTC)
+    _set_ti(engine, "a", state="running", try_number=1, start_date=now, pid=42, hostname="h")
+    key = TryKey("d", "r", "a", 1)
+    executor = FakeExecutor(engine, alive_on_adopt={key})
+    scheduler = scheduler_for(engine, executor)
+    scheduler.adopt()
+    (offer,) = executor.adopt_offers
+    assert (offer.key, offer.external_executor_id, offer.pid, offer.hostname) == (
+        key,
+        None,
+        42,
+        "h",
+    )
+    assert ti_of(engine, "a").state == "running"  # adopted, not lost

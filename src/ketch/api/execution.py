@@ -24,6 +24,7 @@ from ketch.api.deps import get_session, settings_dep
 from ketch.auth.try_tokens import InvalidTryToken, TryClaims, verify_try_token
 from ketch.config import Settings
 from ketch.db.models import DagRun, TaskInstance, TaskInstanceTry, XCom
+from ketch.faults import fault_point
 from ketch.scheduler.dag_cache import DagCache
 from ketch.scheduler.task_state import record_try_outcome, utcnow
 from ketch.serialization import SerializedDag, SerializedTask
@@ -232,7 +233,9 @@ def start_try(
             .execution_options(synchronize_session=False)
         )
     payload = _start_payload(session, ti, settings)
+    fault_point("api.start.before_commit")
     session.commit()
+    fault_point("api.start.after_commit")
     return payload
 
 
@@ -350,5 +353,7 @@ def finish_try(
         error=body.error,
         allow_retry=body.retry,
     )
+    fault_point("api.finish.before_commit")
     session.commit()
+    fault_point("api.finish.after_commit")
     return Response(status_code=204)

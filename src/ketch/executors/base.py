@@ -72,6 +72,10 @@ class RunningTry:
     external_executor_id: str | None  # what launch() returned for it, if recorded
     execution_timeout: float | None = None
     started_at_epoch: float | None = None  # for timeouts of adopted tries
+    # What the try recorded at start (``try/start``), if it started: lets an executor find
+    # a try whose launch was never recorded (the scheduler died between launch and commit).
+    hostname: str | None = None
+    pid: int | None = None
 
 
 EventSink = Callable[[TryEnded], None]

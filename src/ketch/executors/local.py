@@ -18,6 +18,7 @@ import logging
 import os
 import selectors
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -45,6 +46,8 @@ TIMEOUT_GRACE_SECONDS = 10.0  # the try enforces its own timeout; this is the ba
 KILL_GRACE_SECONDS = 5.0  # SIGTERM, then SIGKILL this much later
 _MONITOR_INTERVAL = 0.25
 VANISHED = "process vanished while the scheduler was down"
+# What a try records as its hostname at start (the runner calls socket.gethostname()).
+_HOSTNAME = socket.gethostname()
 
 
 @dataclass(eq=False)
@@ -78,6 +81,23 @@ def same_process(pid: int, create_time: float) -> bool:
         return abs(psutil.Process(pid).create_time() - create_time) < 0.05
     except psutil.Error:
         return False
+
+
+def _started_process(running: RunningTry) -> tuple[int, float] | None:
+    """(pid, create_time) of the process that started ``running`` on this machine, from
+    what it recorded at ``try/start``; None when it is elsewhere, gone or not that process.
+
+    A process created after the try started cannot be it (the pid was reused).
+    """
+    if running.pid is None or running.hostname != _HOSTNAME:
+        return None
+    try:
+        created = psutil.Process(running.pid).create_time()
+    except psutil.Error:
+        return None
+    if running.started_at_epoch is not None and created > running.started_at_epoch + 0.05:
+        return None
+    return running.pid, created
 
 
 def describe_exit(exit_code: int | None, sig: int | None) -> str | None:
@@ -280,7 +300,14 @@ class LocalExecutor:
     def _ended(self, tracked: _Tracked, exit_code: int | None, reason: str | None) -> None:
         if not self._forget(tracked):
             return
-        event = TryEnded(tracked.key, tracked.ti_id, exit_code, tracked.kill_reason or reason)
+        event = TryEnded(
+            tracked.key,
+            tracked.ti_id,
+            exit_code,
+            tracked.kill_reason or reason,
+            hostname=_HOSTNAME,
+            pid=tracked.pid,
+        )
         if self._sink is None:
             return
         try:
@@ -313,11 +340,13 @@ class LocalExecutor:
     # -- adoption --------------------------------------------------------------------
 
     def adopt(self, tries: Iterable[RunningTry]) -> list[TryKey]:
-        """Watch tries a previous scheduler started. Tries without an external id were
-        never launched: they are neither adopted nor reported (the scheduler relaunches them)."""
+        """Watch tries a previous scheduler started, found by their external id or, when
+        the launch was never recorded, by the pid the try recorded at start on this host.
+        A queued try with no external id was never launched (or not yet started): it is
+        neither adopted nor reported, and the scheduler relaunches it."""
         adopted: list[TryKey] = []
         for running in tries:
-            parsed = parse_external_id(running.external_executor_id)
+            parsed = _started_process(running) or parse_external_id(running.external_executor_id)
             if parsed is None:
                 continue
             tracked = _Tracked(running.key, running.ti_id, timeout=running.execution_timeout)

@@ -1,10 +1,17 @@
 """Start-up: take over the tries a previous scheduler left queued or running.
 
-Every queued/running TI is offered to ``Executor.adopt()``. Adopted tries need nothing:
-their end arrives as an event. Queued TIs not adopted are launched again with the SAME
-try_number (the execution API answers 409 to a second ``try/start``, so a duplicate can
-never run). Running TIs not adopted ended while nobody watched: they go through the
-event path, which records the failure (and the retry, if any).
+Every queued/running TI is offered to ``Executor.adopt()`` (always called, even with no
+offer, so the executor's one list call can also clean up orphans). A running TI is
+offered with what the try recorded at start (pid, hostname) besides its external id, so
+a try whose launch was never recorded is still found. Adopted tries need nothing: their
+end arrives as an event. Queued TIs not adopted are launched again with the SAME
+try_number (the execution API lets only one process start a try, and the exit of the
+one refused is not taken for the try's end). Running TIs not adopted ended while nobody
+watched: they go through the event path, which records the failure (and the retry).
+
+Then every running run is flagged for one full evaluation: a decision the previous
+scheduler owed (a try that ended while it was down, a commit it never made) is taken
+from the database alone.
 """
 
 from __future__ import annotations
@@ -13,14 +20,15 @@ import logging
 import queue
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from ketch.db.models import DagRun, TaskInstance
 from ketch.executors.base import RunningTry, TryEnded, TryKey
+from ketch.faults import fault_point
 from ketch.scheduler.context import SchedulerContext
 from ketch.scheduler.queueing import launch_try, try_key
 from ketch.scheduler.reactions import react_to_changes
-from ketch.states import TaskInstanceState
+from ketch.states import DagRunState, TaskInstanceState
 
 log = logging.getLogger("ketch.scheduler.adoption")
 
@@ -47,6 +55,8 @@ def _offers(ctx: SchedulerContext, rows: list[tuple[TaskInstance, str]]) -> list
                     external_executor_id=ti.external_executor_id,
                     execution_timeout=task.execution_timeout if task else None,
                     started_at_epoch=ti.start_date.timestamp() if ti.start_date else None,
+                    hostname=ti.hostname if ti.state == _TI.RUNNING.value else None,
+                    pid=ti.pid if ti.state == _TI.RUNNING.value else None,
                 )
             )
     return offers
@@ -64,8 +74,6 @@ def adopt_tries(ctx: SchedulerContext, events: queue.SimpleQueue[TryEnded]) -> A
                 .where(TaskInstance.state.in_([_TI.QUEUED.value, _TI.RUNNING.value]))
             )
         ]
-    if not rows:
-        return result
     adopted = set(ctx.executor.adopt(_offers(ctx, rows)))
     result.adopted = sorted(adopted, key=str)
     to_relaunch = [(ti, h) for ti, h in rows if try_key(ti) not in adopted and ti.state == "queued"]
@@ -77,13 +85,29 @@ def adopt_tries(ctx: SchedulerContext, events: queue.SimpleQueue[TryEnded]) -> A
         if key not in adopted and ti.state == _TI.RUNNING.value:
             reason = "the try was not found after a scheduler restart (not adoptable)"
             result.lost.append(TryEnded(key=key, ti_id=ti.id, exit_code=None, reason=reason))
+    flagged = _flag_running_runs(ctx)
     log.info(
-        "adoption: %d adopted, %d relaunched, %d lost",
+        "adoption: %d adopted, %d relaunched, %d lost; %d running runs to re-evaluate",
         len(result.adopted),
         len(result.relaunched),
         len(result.lost),
+        flagged,
     )
     return result
+
+
+def _flag_running_runs(ctx: SchedulerContext) -> int:
+    """Every running run gets one full evaluation (``needs_evaluation``) after a restart."""
+    with ctx.sessions() as session:
+        result = session.execute(
+            update(DagRun)
+            .where(DagRun.state == DagRunState.RUNNING.value)
+            .values(needs_evaluation=True)
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+    ctx.poke()
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def _drop_vanished_reports(
@@ -114,6 +138,8 @@ def _relaunch(
                 result.relaunched.append(try_key(ti))
             else:
                 failed.append(ti)
+        if rows:
+            fault_point("adoption.after_relaunch")
         session.flush()
         for ti in failed:
             react_to_changes(ctx, session, ti.dag_run_id, [ti])

@@ -31,6 +31,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ketch.config import Settings
 from ketch.executors.base import Executor, TryEnded
+from ketch.faults import fault_point
 from ketch.scheduler import housekeeping as hk
 from ketch.scheduler.adoption import adopt_tries
 from ketch.scheduler.context import (
@@ -204,7 +205,9 @@ class Scheduler:
             return 0
         with self.ctx.sessions() as session:
             changed = process_events(self.ctx, session, self._pending)
+            fault_point("events.before_commit")
             session.commit()
+        fault_point("events.after_commit")
         self._pending, self._pending_failures = [], 0
         return changed + 1
 
@@ -217,6 +220,10 @@ class Scheduler:
     def _housekeeping(self) -> int:
         work = 0
         with self.ctx.sessions() as session:
+            # The safety pass: ends recorded in the database that no event brought us
+            # (a try that finished while this scheduler was down or its event was lost).
+            work += process_events(self.ctx, session, [])
+            session.commit()
             work += hk.start_queued_runs(self.ctx, session)
             session.commit()
             work += evaluate_flagged_runs(self.ctx, session)

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from ketch.db.models import DagModel, DagRun, Pool, TaskInstance, TaskInstanceTry
 from ketch.executors.base import LaunchError, LaunchRequest, TryKey
+from ketch.faults import fault_point
 from ketch.scheduler.context import SchedulerContext
 from ketch.scheduler.reactions import fail_unreported_try, react_to_changes
 from ketch.states import DagRunState, TaskInstanceState
@@ -281,8 +282,12 @@ def queue_and_launch(ctx: SchedulerContext, session: Session) -> int:
         log.error("task %s of run %s/%s: %s", ti.task_id, ti.dag_id, ti.run_id, ti.error)
     try_rows = [_mark_queued(ctx, session, ti, now) for ti, _ in chosen]
     session.commit()  # queued before launch: the try's start call must find it queued
+    if chosen:
+        fault_point("queueing.after_queued_commit")
     batch = [(ti, dag_hash, row) for (ti, dag_hash), row in zip(chosen, try_rows, strict=True)]
     failed = list(bad_pool) + launch_batch(ctx, session, batch)
+    if chosen:
+        fault_point("queueing.after_launch")
     session.flush()
     by_run: dict[int, list[TaskInstance]] = {}
     for ti in failed:
@@ -290,4 +295,6 @@ def queue_and_launch(ctx: SchedulerContext, session: Session) -> int:
     for run_id, tis in by_run.items():
         react_to_changes(ctx, session, run_id, tis)
     session.commit()
+    if chosen:
+        fault_point("queueing.after_launch_commit")
     return len(chosen)

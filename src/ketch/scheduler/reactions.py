@@ -15,7 +15,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from ketch.db.models import DagModel, DagRun, TaskInstance
-from ketch.executors.base import TryEnded
+from ketch.executors.base import RunningTry, TryEnded, TryKey
 from ketch.scheduler.context import SchedulerContext
 from ketch.scheduler.evaluation import (
     RunTally,
@@ -54,6 +54,7 @@ def event_error(event: TryEnded) -> str:
 
 
 _MAX_FORGIVEN = 3
+_FLAGGED_BATCH = 1000
 
 
 def fail_unreported_try(
@@ -78,36 +79,101 @@ def fail_unreported_try(
         ti.max_tries += 1
     if task is None:
         ti.state, ti.error, ti.end_date = _TI.FAILED.value, error, now
+        ti.needs_reaction = True
     else:
         record_try_outcome(session, ti, task, state=_TI.FAILED, error=error, now=now)
     log.info("task %s of run %s/%s: %s (%s)", ti.task_id, ti.dag_id, ti.run_id, ti.state, error)
 
 
-def process_events(ctx: SchedulerContext, session: Session, events: list[TryEnded]) -> int:
-    """Record tries that ended without reporting, then evaluate what follows. Returns TIs changed."""
-    now = ctx.clock()
-    tis = {
-        ti.id: ti
-        for ti in session.scalars(
-            select(TaskInstance).where(TaskInstance.id.in_({e.ti_id for e in events}))
+def ended_process_is_not_the_owner(ti: TaskInstance, event: TryEnded) -> bool:
+    """True when the process that ended is not the one that started this running try.
+
+    After a crash a try can be launched twice (the first launch was not recorded); the
+    execution API lets exactly one of them start, the other exits at once. Its exit must
+    not fail the try the first one is running. Compared on what the try recorded at
+    start: the hostname (the pod's name on Kubernetes) and, where the executor knows
+    it, the pid.
+    """
+    if ti.state != _TI.RUNNING.value:
+        return False
+    if event.hostname and ti.hostname and event.hostname != ti.hostname:
+        return True
+    return bool(event.pid and ti.pid and event.pid != ti.pid)
+
+
+def _adopt_owner(ctx: SchedulerContext, ti: TaskInstance) -> None:
+    """Watch the process that really runs ``ti`` (it started after a crash, unlaunched by us)."""
+    offer = RunningTry(
+        key=TryKey(ti.dag_id, ti.run_id, ti.task_id, ti.try_number),
+        ti_id=ti.id,
+        external_executor_id=None,
+        started_at_epoch=ti.start_date.timestamp() if ti.start_date else None,
+        hostname=ti.hostname,
+        pid=ti.pid,
+    )
+    try:
+        ctx.executor.adopt([offer])
+    except Exception:
+        log.exception("cannot adopt the process that runs try %s", offer.key)
+
+
+def load_flagged(session: Session, limit: int = _FLAGGED_BATCH) -> list[TaskInstance]:
+    """TIs whose end was recorded but not yet reacted to (indexed on needs_reaction)."""
+    return list(
+        session.scalars(
+            select(TaskInstance)
+            .where(TaskInstance.needs_reaction.is_(True))
+            .order_by(TaskInstance.id)
+            .limit(limit)
         )
-    }
-    changed: dict[int, list[TaskInstance]] = {}
+    )
+
+
+def process_events(ctx: SchedulerContext, session: Session, events: list[TryEnded]) -> int:
+    """Record tries that ended without reporting, then decide what follows every recorded
+    end still owed a decision (the events' and any flagged in the database). Returns the
+    number of TIs reacted to."""
+    now = ctx.clock()
+    tis: dict[int, TaskInstance] = {}
+    if events:
+        ids = {e.ti_id for e in events}
+        tis = {
+            ti.id: ti
+            for ti in session.scalars(select(TaskInstance).where(TaskInstance.id.in_(ids)))
+        }
+    changed: dict[int, TaskInstance] = {}
     for event in events:
         ti = tis.get(event.ti_id)
         if ti is None or ti.try_number != event.key.try_number:
             log.debug("ignoring the end of a stale try %s", event.key)
+            continue
+        if ended_process_is_not_the_owner(ti, event):
+            log.info(
+                "try %s: ignoring the end of a duplicate process (pid %s on %s); "
+                "the try runs as pid %s on %s",
+                event.key,
+                event.pid,
+                event.hostname,
+                ti.pid,
+                ti.hostname,
+            )
+            _adopt_owner(ctx, ti)
             continue
         if ti.state in _ACTIVE_TRY:
             before_start = event.failed_before_start and ti.state == _TI.QUEUED.value
             fail_unreported_try(
                 ctx, session, ti, event_error(event), now, before_start=before_start
             )
-        changed.setdefault(ti.dag_run_id, []).append(ti)
+        changed[ti.id] = ti
+    for ti in load_flagged(session):
+        changed.setdefault(ti.id, ti)
     session.flush()
-    for dag_run_id, run_tis in changed.items():
+    by_run: dict[int, list[TaskInstance]] = {}
+    for ti in changed.values():
+        by_run.setdefault(ti.dag_run_id, []).append(ti)
+    for dag_run_id, run_tis in by_run.items():
         react_to_changes(ctx, session, dag_run_id, run_tis)
-    return sum(len(v) for v in changed.values())
+    return len(changed)
 
 
 def _log_terminal(ti: TaskInstance) -> None:
@@ -126,10 +192,13 @@ def react_to_changes(
     ctx: SchedulerContext, session: Session, dag_run_id: int, tis: Iterable[TaskInstance]
 ) -> None:
     """Fold changed TIs into the run's tally, decide their downstream, check completion."""
+    tis = list(tis)
+    for ti in tis:
+        if ti.needs_reaction:
+            ti.needs_reaction = False  # decided in this transaction, whatever follows
     run = session.get(DagRun, dag_run_id)
     if run is None:
         return
-    tis = list(tis)
     for ti in tis:
         _log_terminal(ti)
     if run.state != DagRunState.RUNNING.value:
@@ -250,4 +319,6 @@ def evaluate_flagged_runs(ctx: SchedulerContext, session: Session, limit: int = 
             ctx.tallies.drop(run.id)
             if cancel_run_tries(ctx, run):
                 log.info("run %s/%s is %s: cancelled its tries", run.dag_id, run.run_id, run.state)
+    if len(runs) == limit:
+        ctx.poke()  # more are waiting (after a restart every running run is flagged)
     return len(runs)

@@ -53,6 +53,7 @@ def record_try_outcome(
         )
         ti.next_retry_at = now + timedelta(seconds=delay)
     ti.state = final.value
+    ti.needs_reaction = True  # the scheduler owes this end a decision (see reactions.py)
     ti.end_date = now
     ti.duration = (now - ti.start_date).total_seconds() if ti.start_date else None
     if error is not None or state != TaskInstanceState.FAILED:
