@@ -357,3 +357,43 @@ def test_token_of_another_ti_cannot_touch_this_one(engine: Engine, client: TestC
     )
     assert response.status_code == 409
     assert ti_row(engine, t.ti_id).state == "queued"
+
+
+def test_finish_records_duration_external_id_and_the_reaction_owed(
+    engine: Engine, client: TestClient
+) -> None:
+    t = make_try(engine)
+    with Session(engine) as session:
+        ti = session.get(TaskInstance, t.ti_id)
+        assert ti is not None
+        ti.external_executor_id = "123:456.0"
+        session.commit()
+    start(client, t)
+    with Session(engine) as session:  # started 2.5 s ago
+        ti = session.get(TaskInstance, t.ti_id)
+        assert ti is not None and ti.start_date is not None
+        ti.start_date -= timedelta(seconds=2.5)
+        session.commit()
+    assert finish(client, t, state="success").status_code == 204
+    ti = ti_row(engine, t.ti_id)
+    assert ti.duration is not None and 2.5 <= ti.duration < 10
+    assert ti.needs_reaction is True  # the scheduler owes this end a decision
+    assert try_row(engine, t.ti_id, 1).external_executor_id == "123:456.0"
+
+
+def test_a_retried_finish_is_accepted_after_the_next_try_started(
+    engine: Engine, client: TestClient
+) -> None:
+    """The first answer was lost (the web died after the commit); by the time the try
+    retries, the scheduler has queued try 2. The retry is still this try's own outcome."""
+    t = make_try(engine, try_number=1, max_tries=1)
+    start(client, t)
+    assert finish(client, t, state="failed", error="boom").status_code == 204
+    with Session(engine) as session:
+        ti = session.get(TaskInstance, t.ti_id)
+        assert ti is not None
+        ti.state, ti.try_number = "queued", 2
+        session.commit()
+    assert finish(client, t, state="failed", error="boom").status_code == 204
+    assert finish(client, t, state="success").status_code == 409
+    assert ti_row(engine, t.ti_id).state == "queued"

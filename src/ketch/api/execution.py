@@ -11,13 +11,13 @@ run the task twice or overwrite a newer try's outcome.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import select, update
+from sqlalchemy import Float, cast, extract, func, literal, select, update
 from sqlalchemy.orm import Session
 
 from ketch.api.deps import get_session, settings_dep
@@ -293,56 +293,131 @@ def _check_xcom_size(body: FinishBody, task_id: str, limit: int) -> None:
         )
 
 
-def _put_xcom(session: Session, ti: TaskInstance, key: str, value: Any) -> None:
-    """Insert or replace one XCom row (a retried try overwrites its predecessor's)."""
-    existing = session.scalars(
-        select(XCom).where(
-            XCom.dag_run_id == ti.dag_run_id, XCom.task_id == ti.task_id, XCom.key == key
+def _put_xcom(session: Session, dag_run_id: int, task_id: str, key: str, value: Any) -> None:
+    """Insert or replace one XCom row in one statement (a retried try overwrites its
+    predecessor's): an upsert on the (dag_run_id, task_id, key) unique constraint."""
+    insert: Any
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    stmt = insert(XCom).values(
+        dag_run_id=dag_run_id, task_id=task_id, key=key, value=value, timestamp=utcnow()
+    )
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[XCom.dag_run_id, XCom.task_id, XCom.key],
+            set_={"value": stmt.excluded.value, "timestamp": stmt.excluded.timestamp},
+        )
+    )
+
+
+def _put_xcoms(session: Session, dag_run_id: int, task_id: str, body: FinishBody) -> None:
+    # A failed try keeps no return value of its own; a new try replaces the old one's.
+    if body.state != "success":
+        return
+    if body.has_return_value:
+        _put_xcom(session, dag_run_id, task_id, RETURN_VALUE_KEY, body.return_value)
+    if body.follow_task_ids is not None:
+        _put_xcom(session, dag_run_id, task_id, BRANCH_KEY, list(body.follow_task_ids))
+
+
+def _already_finished(session: Session, claims: TryClaims, state: str) -> bool:
+    """True when this try already recorded this outcome (a retried finish request whose
+    first answer was lost), even if a later try has started since."""
+    try_row = session.scalars(
+        select(TaskInstanceTry).where(
+            TaskInstanceTry.task_instance_id == claims.ti_id,
+            TaskInstanceTry.try_number == claims.try_number,
         )
     ).first()
-    if existing is None:
-        session.add(
-            XCom(
-                dag_run_id=ti.dag_run_id,
-                task_id=ti.task_id,
-                key=key,
-                value=value,
-                timestamp=utcnow(),
-            )
-        )
-    else:
-        existing.value = value
-        existing.timestamp = utcnow()
-
-
-def _already_finished(session: Session, ti: TaskInstance, claims: TryClaims, state: str) -> bool:
-    """True when this try already recorded this outcome (a retried finish request)."""
-    if ti.try_number != claims.try_number:
-        return False
-    try_row = _try_row(session, ti)
     return try_row is not None and try_row.state == state and try_row.end_date is not None
+
+
+def _seconds_since_start(session: Session, now: datetime) -> Any:
+    """SQL for ``now - task_instance.start_date`` in seconds, on either backend."""
+    if session.get_bind().dialect.name == "postgresql":
+        stamp = literal(now, type_=TaskInstance.__table__.c.start_date.type)
+        return cast(extract("epoch", stamp - TaskInstance.start_date), Float)
+    naive = now.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ")
+    return (func.julianday(naive) - func.julianday(TaskInstance.start_date)) * 86400.0
+
+
+def _finish_without_retry_decision(session: Session, claims: TryClaims, body: FinishBody) -> bool:
+    """The hot path (success, skipped): the TI's end in one conditional UPDATE, the
+    history row in another, the XComs as upserts. False when the TI is not running with
+    this try (the caller then explains why)."""
+    now = utcnow()
+    row = session.execute(
+        update(TaskInstance)
+        .where(
+            TaskInstance.id == claims.ti_id,
+            TaskInstance.dag_id == claims.dag_id,
+            TaskInstance.run_id == claims.run_id,
+            TaskInstance.task_id == claims.task_id,
+            TaskInstance.state == TaskInstanceState.RUNNING.value,
+            TaskInstance.try_number == claims.try_number,
+        )
+        .values(
+            state=body.state,
+            end_date=now,
+            duration=_seconds_since_start(session, now),
+            error=body.error,
+            next_retry_at=None,
+            needs_reaction=True,  # see scheduler/reactions.py
+        )
+        .returning(TaskInstance.dag_run_id)
+        .execution_options(synchronize_session=False)
+    ).first()
+    if row is None:
+        return False
+    session.execute(
+        update(TaskInstanceTry)
+        .where(
+            TaskInstanceTry.task_instance_id == claims.ti_id,
+            TaskInstanceTry.try_number == claims.try_number,
+        )
+        .values(
+            state=body.state,
+            end_date=now,
+            error=body.error,
+            external_executor_id=_external_id_of_ti(claims.ti_id),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    _put_xcoms(session, row.dag_run_id, claims.task_id, body)
+    return True
+
+
+def _external_id_of_ti(ti_id: int) -> Any:
+    return (
+        select(TaskInstance.external_executor_id).where(TaskInstance.id == ti_id).scalar_subquery()
+    )
 
 
 @router.post("/try/finish", status_code=204)
 def finish_try(
     body: FinishBody, claims: ClaimsDep, session: SessionDep, settings: SettingsDep
 ) -> Response:
-    """Record the try's outcome and return value; the scheduler takes it from there."""
+    """Record the try's outcome and return value; the scheduler takes it from there.
+
+    Success and skip need no retry decision and take the one-statement path; a failure
+    reads the task's retry settings under a row lock.
+    """
+    _check_xcom_size(body, claims.task_id, settings.core.max_xcom_size)
+    if body.state != "failed" and _finish_without_retry_decision(session, claims, body):
+        _commit_finish(session)
+        return Response(status_code=204)
     ti = _load_ti(session, claims, lock=True)
     if ti is None:
+        session.rollback()
         raise _conflict(None, claims, "cannot finish")
     if ti.state != TaskInstanceState.RUNNING.value or ti.try_number != claims.try_number:
-        if _already_finished(session, ti, claims, body.state):
-            session.rollback()
-            return Response(status_code=204)
         session.rollback()
+        if _already_finished(session, claims, body.state):
+            return Response(status_code=204)
         raise _conflict(ti, claims, "cannot finish")
-    _check_xcom_size(body, ti.task_id, settings.core.max_xcom_size)
-    # A failed try keeps no return value of its own; a new try replaces the old one's.
-    if body.has_return_value and body.state == "success":
-        _put_xcom(session, ti, RETURN_VALUE_KEY, body.return_value)
-    if body.follow_task_ids is not None and body.state == "success":
-        _put_xcom(session, ti, BRANCH_KEY, list(body.follow_task_ids))
+    _put_xcoms(session, ti.dag_run_id, ti.task_id, body)
     run = session.get(DagRun, ti.dag_run_id)
     assert run is not None
     record_try_outcome(
@@ -353,7 +428,11 @@ def finish_try(
         error=body.error,
         allow_retry=body.retry,
     )
+    _commit_finish(session)
+    return Response(status_code=204)
+
+
+def _commit_finish(session: Session) -> None:
     fault_point("api.finish.before_commit")
     session.commit()
     fault_point("api.finish.after_commit")
-    return Response(status_code=204)

@@ -183,6 +183,7 @@ class Scheduler:
     def run_once(self) -> bool:
         """One iteration of the loop. Returns True when more work is already waiting."""
         self._signal.clear()
+        self.ctx.paused.clear()
         changed = self._handle_events()
         housekeeping = self._housekeeping_due()
         if housekeeping:

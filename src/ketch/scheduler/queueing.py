@@ -213,16 +213,9 @@ def _record_launch(
         log.warning("cannot launch try %s: %s", try_key(ti), result)
         fail_unreported_try(ctx, session, ti, f"launch failed: {result}", ctx.clock())
         return False
+    # Only the TI: the try's history row gets it when the try ends (record_try_outcome,
+    # try/finish), which saves one UPDATE per launched try.
     ti.external_executor_id = result
-    if try_row is None:
-        try_row = session.scalar(
-            select(TaskInstanceTry).where(
-                TaskInstanceTry.task_instance_id == ti.id,
-                TaskInstanceTry.try_number == ti.try_number,
-            )
-        )
-    if try_row is not None:
-        try_row.external_executor_id = result
     return True
 
 

@@ -203,7 +203,7 @@ def react_to_changes(
         _log_terminal(ti)
     if run.state != DagRunState.RUNNING.value:
         return
-    if _dag_paused(session, run.dag_id):
+    if _dag_paused(ctx, session, run.dag_id):
         run.needs_evaluation = True  # Airflow does not examine runs of paused DAGs
         return
     info = ctx.dags.get(session, run.dag_hash)
@@ -233,8 +233,14 @@ def _learn_branch_choices(session: Session, tally: RunTally, task_ids: list[str]
             tally.record_branch(task_id, value)
 
 
-def _dag_paused(session: Session, dag_id: str) -> bool:
-    return bool(session.scalar(select(DagModel.is_paused).where(DagModel.dag_id == dag_id)))
+def _dag_paused(ctx: SchedulerContext, session: Session, dag_id: str) -> bool:
+    """Read once per loop iteration (``ctx.paused`` is cleared by the loop): an event
+    batch of one DAG's tries costs one query, not one per run."""
+    paused = ctx.paused.get(dag_id)
+    if paused is None:
+        paused = bool(session.scalar(select(DagModel.is_paused).where(DagModel.dag_id == dag_id)))
+        ctx.paused[dag_id] = paused
+    return paused
 
 
 def evaluate_run_fully(ctx: SchedulerContext, session: Session, run: DagRun) -> None:

@@ -65,6 +65,12 @@ def record_try_outcome(
             TaskInstanceTry.task_instance_id == ti.id,
             TaskInstanceTry.try_number == ti.try_number,
         )
-        .values(state=state.value, end_date=now, error=error)
+        .values(
+            state=state.value,
+            end_date=now,
+            error=error,
+            # Copied here, not at launch: one write fewer per try on the hot path.
+            external_executor_id=ti.external_executor_id,
+        )
     )
     return final
