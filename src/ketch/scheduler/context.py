@@ -35,6 +35,8 @@ class SchedulerContext:
     clock: Clock = utcnow
     dags: DagCache = field(default_factory=DagCache)
     tallies: TallyStore = field(default_factory=TallyStore)
+    # DAG id -> is_paused, read at most once per loop iteration (cleared by the loop).
+    paused: dict[str, bool] = field(default_factory=dict)
     # Set by a step when another step should run soon (a run ended, runs were created...).
     poke: Callable[[], None] = lambda: None
     # When the scheduler last (re)gained the database. Tries cannot heartbeat while the
