@@ -31,6 +31,43 @@ _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+CLUSTER_DOMAIN = "cluster.local"
+POD_HOSTNAME_ENV = "KUBE_SIM_POD_HOSTNAME"
+# Put first on the PYTHONPATH of every container process: a Python process then gets its
+# pod's hostname from socket.gethostname(), as in a real pod (its own UTS namespace), and the
+# sitecustomize it shadows (if any) still runs.
+_SITECUSTOMIZE = f"""\
+\"\"\"Written by the Kubernetes API simulator's fake kubelet: socket.gethostname() returns
+the pod's hostname (${POD_HOSTNAME_ENV}), as in a real pod.\"\"\"
+import os as _os
+import sys as _sys
+
+_hostname = _os.environ.get({POD_HOSTNAME_ENV!r})
+if _hostname:
+    import _socket  # cheap; socket's "from _socket import *" then takes the patched function
+
+    def _gethostname(_name=_hostname):
+        return _name
+
+    _socket.gethostname = _gethostname
+    if "socket" in _sys.modules:
+        _sys.modules["socket"].gethostname = _gethostname
+
+
+def _chain():
+    import importlib.machinery
+
+    here = _os.path.dirname(_os.path.abspath(__file__))
+    path = [p for p in _sys.path if _os.path.abspath(p or ".") != here]
+    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", path)
+    if spec is not None and spec.loader is not None:
+        import importlib.util
+
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
+_chain()
+"""
 
 
 def now_rfc3339() -> str:
@@ -202,6 +239,10 @@ class Cluster:
         self.image_entrypoints = dict(image_entrypoints or {})
         self._tmp = tempfile.TemporaryDirectory(prefix="kube-sim-") if work_dir is None else None
         self.work_dir = Path(self._tmp.name) if self._tmp else Path(work_dir or ".")
+        # not a namespace name (those are DNS labels): no pod's scratch directory lands here
+        self.site_dir = self.work_dir / "_pod_site"
+        self.site_dir.mkdir(parents=True, exist_ok=True)
+        (self.site_dir / "sitecustomize.py").write_text(_SITECUSTOMIZE)
         self.closed = False
         self.watch_generation = 0
 
@@ -600,6 +641,20 @@ class Kubelet:
             self._wait(0.1)
         return False
 
+    def hostname(self) -> str:
+        """The pod's hostname as a kubelet sets it: ``spec.hostname`` or the pod name (at
+        most 63 characters), the FQDN with ``setHostnameAsFQDN`` and a ``subdomain``, the
+        node's name with ``hostNetwork``."""
+        spec = self.spec
+        if spec.get("hostNetwork"):
+            return NODE_NAME
+        name = str(spec.get("hostname") or self.rt.name)
+        if len(name) > 63:
+            name = name[:63].rstrip("-.")
+        if spec.get("setHostnameAsFQDN") and spec.get("subdomain"):
+            return f"{name}.{spec['subdomain']}.{self.rt.namespace}.svc.{CLUSTER_DOMAIN}"
+        return name
+
     def _env(self, c: dict[str, Any]) -> dict[str, str]:
         ns = self.rt.namespace
         env = (
@@ -607,7 +662,8 @@ class Kubelet:
             if self.cluster.inherit_env
             else {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         )
-        env["HOSTNAME"] = self.rt.name
+        hostname = self.hostname()
+        env["HOSTNAME"] = hostname
         for src in c.get("envFrom") or []:
             prefix = src.get("prefix", "")
             for kind, store in (
@@ -664,6 +720,10 @@ class Kubelet:
                     env[name] = (self.pod["metadata"].get(m.group(1)) or {}).get(m.group(2), "")
                 elif path in values:
                     env[name] = values[path]
+        # socket.gethostname() in a Python process: the pod's hostname (see _SITECUSTOMIZE)
+        env[POD_HOSTNAME_ENV] = hostname
+        site = str(self.cluster.site_dir)
+        env["PYTHONPATH"] = site + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         return env
 
     def _command(self, c: dict[str, Any]) -> list[str]:
