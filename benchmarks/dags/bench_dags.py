@@ -16,6 +16,13 @@ def noop() -> None:
     return None
 
 
+@task
+def nap() -> None:
+    import time
+
+    time.sleep(float(os.environ.get("KETCH_BENCH_NAP_SECONDS", "0.3")))
+
+
 @dag(schedule=None, start_date=START, is_paused_upon_creation=False)
 def chain_20() -> None:
     previous = None
@@ -39,6 +46,19 @@ def scale_10k() -> None:
         noop.override(task_id=f"t{i:05d}")()
 
 
+@dag(schedule=None, start_date=START, is_paused_upon_creation=False, max_active_tasks=64)
+def chains_10x20() -> None:
+    """10 chains of 20 short naps: what the recovery benchmark kills the scheduler under."""
+    for c in range(10):
+        previous = None
+        for i in range(20):
+            current = nap.override(task_id=f"c{c}_t{i:02d}")()
+            if previous is not None:
+                previous >> current
+            previous = current
+
+
 chain_20()
+chains_10x20()
 fanout_200()
 scale_10k()

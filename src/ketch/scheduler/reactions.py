@@ -164,6 +164,8 @@ def process_events(ctx: SchedulerContext, session: Session, events: list[TryEnde
             fail_unreported_try(
                 ctx, session, ti, event_error(event), now, before_start=before_start
             )
+        elif not ti.needs_reaction:
+            continue  # its recorded end was already decided (the safety pass saw it first)
         changed[ti.id] = ti
     for ti in load_flagged(session):
         changed.setdefault(ti.id, ti)
