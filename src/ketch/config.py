@@ -142,7 +142,9 @@ class SchedulerSettings(BaseModel):
     db_retry_max_interval: float = Field(
         default=30.0,
         gt=0,
-        description="Longest back-off between attempts while the database is unreachable.",
+        description="Longest back-off between retries of a scheduler step that a database "
+        "which answers keeps failing (read-only, disk full). A database that cannot be reached "
+        "at all is probed every 0.5 s instead, and the scheduler resumes as soon as it answers.",
     )
     lease_ttl: float = Field(
         default=6.0,

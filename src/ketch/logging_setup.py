@@ -22,13 +22,18 @@ _QUIET = ("httpx", "httpcore", "watchfiles", "alembic.runtime.migration")
 
 class _HideExecutionApiAccess(logging.Filter):
     """Drop access-log lines of the execution API: tries call it several times each, and
-    a line per call would drown the REST API's access log (errors still show as 4xx/5xx)."""
+    a line per call would drown the REST API's access log (errors still show as 4xx/5xx,
+    except 503: the database is unavailable, and ``ketch.api`` logs that once per outage)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         if isinstance(args, tuple) and len(args) >= 5:
             path, status = str(args[2]), args[4]
-            if path.startswith("/execution/") and isinstance(status, int) and status < 400:
+            if (
+                path.startswith("/execution/")
+                and isinstance(status, int)
+                and (status < 400 or status == 503)
+            ):
                 return False
         return True
 

@@ -5,13 +5,29 @@ dependencies ``get_session`` and ``settings_dep`` read them from ``app.state``, 
 an app built for a test database or a second configuration never falls back to
 the process-wide defaults. It does not migrate the database: the commands that start
 servers (``ketch web``, ``ketch scheduler``, ``ketch standalone``) do that first.
+
+While the database is unavailable (unreachable, or refusing writes: read-only, disk
+full) every route answers 503 ``{"detail": "database unavailable: <reason>"}`` with a
+``Retry-After`` header instead of a 500 and a traceback per request; the outage is
+logged once when it begins and once when a commit succeeds again (``app.state.db_outage``).
 """
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from ketch.config import Settings
+from ketch.db.outage import OutageTracker, is_db_unavailable, reason
+
+log = logging.getLogger("ketch.api")
+
+RETRY_AFTER_SECONDS = 1
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -30,6 +46,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.session_factory = session_factory(get_engine(settings.database_url))
+    install_database_outage_handling(app)
     install_error_handlers(app)
     # The execution API first: task tries call it several times each, so their requests
     # should not be matched against every REST route before reaching it.
@@ -38,6 +55,39 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(build_router())
     app.include_router(variable_sync_metrics_router)  # /metrics (Prometheus)
     return app
+
+
+def install_database_outage_handling(app: FastAPI) -> None:
+    """503 for every route while the database is unavailable, logged once per outage.
+
+    The outage ends with the first commit that succeeds (a heartbeat, the health
+    check's write probe): a read alone does not prove that a database which refused
+    writes takes them again.
+    """
+    outage = OutageTracker(log, "database")
+    app.state.db_outage = outage
+    factory = getattr(app.state, "session_factory", None)
+    if factory is not None:
+
+        def _committed(_session: Session) -> None:
+            outage.succeeded()
+
+        event.listen(factory, "after_commit", _committed)
+    app.add_exception_handler(DBAPIError, _database_error)
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    if not is_db_unavailable(exc):
+        raise exc  # a mistake, not an outage: a 500 with its traceback, as before
+    why = reason(exc)
+    outage: OutageTracker | None = getattr(request.app.state, "db_outage", None)
+    if outage is not None:
+        outage.failed(why)
+    return JSONResponse(
+        status_code=503,
+        content={"detail": f"database unavailable: {why}"},
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 def _version() -> str:

@@ -340,3 +340,13 @@ class SchedulerLease(Base):
     acquired_at: Mapped[datetime]
     renewed_at: Mapped[datetime]
     expires_at: Mapped[datetime]
+
+
+class HealthProbe(Base):
+    """One row the web server's health check updates: proof that the database takes writes
+    (a database that answers reads but refuses writes, full or read-only, is unhealthy)."""
+
+    __tablename__ = "health_probe"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    checked_at: Mapped[datetime]

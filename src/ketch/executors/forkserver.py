@@ -81,15 +81,30 @@ def _resolve_target(target: str) -> Callable[[list[str]], int]:
 
 
 def _redirect_output(log_file: str | None) -> None:
+    """stdin from /dev/null; stdout and stderr appended to the try's log file.
+
+    A log that cannot be written must neither kill the child before the try can say why
+    nor raise into the task's own prints: a log that cannot be opened sends the output
+    to /dev/null, a write that fails later (a full disk) is dropped, and either way the
+    first error is kept for the runner, which fails the try with it (``task_log``).
+    """
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    if log_file:
+    if not log_file:
+        return
+    from ketch.worker import task_log
+
+    try:
         os.makedirs(os.path.dirname(log_file) or ".", exist_ok=True)
         fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
+    except OSError as exc:
+        task_log.note_write_error(exc, log_file)
+        fd = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    task_log.guard_output(log_file)
 
 
 def _child_main(request: dict[str, Any], server_fds: list[int]) -> None:

@@ -46,6 +46,7 @@ from ketch.scheduler.reactions import evaluate_flagged_runs, process_events
 
 if TYPE_CHECKING:
     from ketch.dag_processing.processor import DagProcessor
+    from ketch.db.outage import OutageTracker
 
 log = logging.getLogger("ketch.scheduler.loop")
 
@@ -54,16 +55,19 @@ _MAX_EVENT_FAILURES = 5
 
 
 def is_db_unavailable(exc: BaseException) -> bool:
-    """An error that means "the database cannot be reached now", worth waiting out."""
+    """An error worth waiting out: the database cannot be reached now, dropped the
+    connection, or refuses writes (read-only, disk full; see ``ketch.db.outage``)."""
+    from ketch.db.outage import is_db_unavailable as unavailable
+
     if isinstance(exc, OperationalError):
         return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+    return isinstance(exc, DBAPIError) and unavailable(exc)
 
 
 def _reason(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None)
-    text = str(orig if orig is not None else exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    from ketch.db.outage import reason
+
+    return reason(exc)
 
 
 class Scheduler:
@@ -144,30 +148,75 @@ class Scheduler:
                 self.dag_processor.stop()
             self.executor.stop()
 
+    # While the database is unavailable it is probed this often (a connection and SELECT 1).
+    db_probe_interval = 0.5
+
     def _retrying(self, stop: threading.Event, step: object) -> bool:
-        """Run one step; wait out database outages with exponential back-off; never die."""
-        delay = 0.5
-        outage = False
+        """Run one step; wait out database outages; never die.
+
+        While the database cannot be reached it is probed every ``db_probe_interval`` and
+        the step runs again as soon as a probe answers. A database that answers but keeps
+        failing the step (read-only, disk full) gets the step again with exponential
+        back-off up to ``db_retry_max_interval``. The outage is logged once when it begins
+        and once when a step succeeds again.
+        """
+        outage = self._db_outage()
+        backoff = self.db_probe_interval
         while not stop.is_set():
             try:
                 result = bool(step())  # type: ignore[operator]
-                if outage:
-                    log.info("database available again; resuming")
-                return result
             except Exception as exc:
                 if not is_db_unavailable(exc):
                     log.exception("scheduler loop iteration failed; continuing")
                     self._note_event_failure()
                     stop.wait(0.1)
                     return False
-                log.warning("database unavailable: %s; retrying in %.1fs", _reason(exc), delay)
-                outage = True
+                outage.failed(_reason(exc))
                 self.ctx.healthy_since = None  # see detect_zombies
                 self.ctx.engine.dispose()
                 self.ctx.tallies.clear()
-                stop.wait(delay)
-                delay = min(delay * 2, self.settings.scheduler.db_retry_max_interval)
+                if self._await_database(stop, backoff):
+                    backoff = self.db_probe_interval  # it was unreachable and is back: go
+                else:
+                    limit = max(self.settings.scheduler.db_retry_max_interval, backoff)
+                    backoff = min(backoff * 2, limit)
+                continue
+            outage.succeeded()
+            return result
         return False
+
+    def _db_outage(self) -> OutageTracker:
+        """This scheduler's outage log (created on first use)."""
+        from ketch.db.outage import OutageTracker
+
+        tracker: OutageTracker | None = getattr(self, "_db_outage_tracker", None)
+        if tracker is None:
+            tracker = self._db_outage_tracker = OutageTracker(log, "database")
+        return tracker
+
+    def _await_database(self, stop: threading.Event, backoff: float) -> bool:
+        """Probe every ``db_probe_interval`` until the database answers and ``backoff`` has
+        passed, or at once once it answers after having been unreachable (returns True)."""
+        outage = self._db_outage()
+        deadline = time.monotonic() + backoff
+        unreachable = False
+        while not stop.wait(self.db_probe_interval):
+            try:
+                self._probe_database()
+            except Exception as exc:
+                outage.failed(_reason(exc))  # DEBUG: the outage was logged when it began
+                unreachable = True
+                continue
+            if unreachable or time.monotonic() >= deadline:
+                return unreachable
+        return unreachable
+
+    def _probe_database(self) -> None:
+        """A connection and ``SELECT 1`` (the pool keeps the connection for the step)."""
+        from sqlalchemy import text
+
+        with self.ctx.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
 
     def _note_event_failure(self) -> None:
         """Keep pending events across failures, but not forever (a poison event would block)."""

@@ -5,7 +5,8 @@ as a pod's command. It only talks HTTP to the execution API (never the
 database): start (a 409 means another process owns this try, so exit without
 running anything), load the DAG file, run the task under its execution_timeout
 while a thread heartbeats, check the return value, finish. Output is plain text
-on stdout (``kubectl logs`` works); ``--log-file`` tees it to a file as well.
+on stdout (``kubectl logs`` works); ``--log-file`` tees it to a file as well. A try
+whose log cannot be written (a full disk) fails with a reason that says so.
 
 Imports stay light on purpose: no SQLAlchemy, FastAPI, Uvicorn, Alembic,
 ``ketch.db`` or ``ketch.api`` here (a test checks ``sys.modules``).
@@ -25,7 +26,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -305,6 +306,24 @@ def report(client: ExecutionApiClient, outcome: Outcome) -> bool:
     return True
 
 
+def log_problem() -> str | None:
+    """Why this try's log could not be written (see ``ketch.worker.task_log``), or None."""
+    from ketch.worker.task_log import write_problem
+
+    return write_problem()
+
+
+def with_log_problem(outcome: Outcome) -> Outcome:
+    """A try whose log could not be written while it ran fails, saying so."""
+    problem = log_problem()
+    if problem is None:
+        return outcome
+    say(problem)
+    if outcome.state == "failed":
+        return replace(outcome, error=f"{outcome.error}; also {problem}")
+    return Outcome("failed", error=problem)
+
+
 def run_try(args: argparse.Namespace) -> int:
     """Start, run, finish one try; the exit code says whether the task succeeded."""
     hostname = socket.gethostname()
@@ -318,15 +337,22 @@ def run_try(args: argparse.Namespace) -> int:
     except TryStateConflict as exc:
         say(f"not running the task: {exc.detail}")
         return 0
-    heartbeat = Heartbeat(client, float(payload.get("heartbeat_interval") or 5.0))
-    heartbeat.start()
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        outcome = run_task(payload, client)
-    finally:
-        heartbeat.stop()
-    if outcome.kill_children:
-        kill_children()
+    problem = log_problem()
+    if problem is not None:
+        # Its output would be lost: fail the try (it retries as usual) rather than run blind.
+        say(problem)
+        outcome = Outcome("failed", error=problem)
+    else:
+        heartbeat = Heartbeat(client, float(payload.get("heartbeat_interval") or 5.0))
+        heartbeat.start()
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        try:
+            outcome = run_task(payload, client)
+        finally:
+            heartbeat.stop()
+        if outcome.kill_children:
+            kill_children()
+        outcome = with_log_problem(outcome)
     recorded = report(client, outcome)
     say(f"task {outcome.state}" + (f": {outcome.error}" if outcome.error else ""))
     say(f"try ended; process lived {process_age_ms():.1f} ms")
