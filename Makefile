@@ -39,3 +39,4 @@ bench: install
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.variables_sync --backend both
 	$(PY) -m benchmarks.kubernetes
+	$(PY) -m benchmarks.failover

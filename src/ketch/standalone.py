@@ -15,10 +15,24 @@ process that silently stopped scheduling would look healthy and do nothing.
 
 ``scheduler`` is the same without uvicorn: the scheduling loop runs on the main
 thread until a signal sets the stop event. ``web`` is uvicorn alone.
+
+One active scheduler (``ketch.scheduler.lease``)
+-----------------------------------------------
+``scheduler`` and ``standalone`` schedule only while they hold the scheduler lease
+(:class:`SchedulerTerms`). On PostgreSQL a second process waits as a standby ("standby:
+scheduler X is active; waiting") and takes over when the active one dies, is stopped,
+paused or cut off. Only then does it build and run the scheduler stack (DAG processor,
+executor, variable sync, loop); every commit of the loop is fenced by the lease. A leader
+that loses the lease stops its stack — executors leave running tries running, the new
+leader adopts them — and goes back to standby in the same process (its web server, in
+``standalone``, keeps serving). On SIGTERM a leader stops its stack, then releases the
+lease so a standby takes over at once. On SQLite a second scheduler exits at start with
+a one-line error: SQLite supports one scheduler.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -106,6 +120,9 @@ class SchedulerStack:
             self.scheduler.run(self.stop_event)
         finally:
             self.variable_sync.stop()
+            # Idempotent; covers a LeaseLost raised before the loop's own try/finally.
+            self.processor.stop()
+            self.executor.stop()
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -118,6 +135,75 @@ class SchedulerStack:
 
         if self._operations_hook in operations.on_change:
             operations.on_change.remove(self._operations_hook)
+
+
+class SchedulerTerms:
+    """Standby until this process holds the scheduler lease, then a :class:`SchedulerStack`
+    until the lease is lost (back to standby, a new stack next term) or :meth:`stop` is
+    called (stop the stack, then release the lease)."""
+
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        from ketch.scheduler.lease import SchedulerLease, tag_connections
+
+        self.settings = settings
+        self.engine = engine
+        self.lease = SchedulerLease(engine, settings.scheduler)
+        self.lease.prepare()  # SQLite: a second scheduler fails here, before serving anything
+        tag_connections(engine, self.lease.holder, settings.scheduler)
+        self.stop_event = threading.Event()
+        self._lock = threading.Lock()
+        self._stack: SchedulerStack | None = None
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        with self._lock:
+            stack = self._stack
+        if stack is not None:
+            stack.stop()
+
+    def run(self) -> None:
+        """Block until :meth:`stop`; raises only if a scheduler stack fails for good."""
+        from ketch.scheduler.lease import LeaseLost
+
+        _import_stack_modules(self.settings)  # now, not in the failover's critical path
+        try:
+            while not self.stop_event.is_set():
+                if not self.lease.acquire(self.stop_event):
+                    return
+                stack = SchedulerStack(self.settings, self.engine)
+                stack.scheduler.ctx.fence_with(self.lease.fence())
+                self.lease.on_lost = lambda _reason, stack=stack: stack.stop()
+                with self._lock:
+                    self._stack = stack
+                if self.stop_event.is_set():
+                    stack.stop()
+                try:
+                    stack.run()
+                except LeaseLost:
+                    pass  # the lease logged why; the stack stopped on its way out
+                finally:
+                    with self._lock:
+                        self._stack = None
+                    stack.close()
+                if self.lease.held:
+                    return  # stopped on request: release below
+                log.warning("scheduler stopped after losing the lease; back to standby")
+        finally:
+            self.lease.release()
+
+
+def _import_stack_modules(settings: Settings) -> None:
+    """Import what a scheduler stack needs while standing by (a few hundred ms, more with
+    the Kubernetes client), so a takeover does not pay for it. Nothing is started."""
+    import ketch.dag_processing.processor
+    import ketch.scheduler.loop
+    import ketch.variables.sync
+
+    if settings.core.executor == "kubernetes":
+        with contextlib.suppress(ImportError):  # make_executor reports it, with the reason
+            import ketch.executors.kubernetes
+    else:
+        import ketch.executors.local  # noqa: F401
 
 
 def _install_stop_handlers(on_signal: Callable[[], None]) -> None:
@@ -148,22 +234,32 @@ def _uvicorn_server(settings: Settings, host: str | None, port: int | None) -> A
     return uvicorn.Server(config)
 
 
+def _scheduler_terms(settings: Settings, engine: Engine) -> SchedulerTerms:
+    """The process's lease and stacks; a second scheduler on SQLite exits here, one line."""
+    from ketch.scheduler.lease import AnotherScheduler
+
+    try:
+        return SchedulerTerms(settings, engine)
+    except AnotherScheduler as exc:
+        raise SystemExit(f"ketch: {exc}") from None
+
+
 def run_standalone(settings: Settings, engine: Engine) -> None:
     """Scheduler (thread) + web server (main thread) until SIGINT/SIGTERM."""
     from ketch.logging_setup import configure_logging
 
     settings = _with_dags_folder(settings)
     configure_logging(settings)
-    stack = SchedulerStack(settings, engine)
+    terms = _scheduler_terms(settings, engine)
     server = _uvicorn_server(settings, None, None)
 
     def stop_all() -> None:
-        stack.stop()
+        terms.stop()
         server.should_exit = True
 
     def scheduler_main() -> None:
         try:
-            stack.run()
+            terms.run()
         except BaseException:
             log.exception("the scheduler stopped with an error; shutting down")
         finally:
@@ -182,9 +278,8 @@ def run_standalone(settings: Settings, engine: Engine) -> None:
     try:
         server.run()
     finally:
-        stack.stop()
+        terms.stop()
         thread.join(SHUTDOWN_JOIN_SECONDS)
-        stack.close()
         log.info("ketch standalone stopped")
 
 
@@ -194,17 +289,17 @@ def run_scheduler(settings: Settings, engine: Engine) -> None:
 
     settings = _with_dags_folder(settings)
     configure_logging(settings)
-    stack = SchedulerStack(settings, engine)
-    _install_stop_handlers(stack.stop)
+    terms = _scheduler_terms(settings, engine)
+    _install_stop_handlers(terms.stop)
     log.info(
-        "ketch scheduler: DAGs from %s, database %s",
+        "ketch scheduler %s: DAGs from %s, database %s",
+        terms.lease.holder,
         effective_dags_folder(settings),
         safe_database_url(engine),
     )
     try:
-        stack.run()
+        terms.run()
     finally:
-        stack.close()
         log.info("ketch scheduler stopped")
 
 

@@ -112,6 +112,7 @@ def test_base_renders_every_object_the_guide_lists() -> None:
         ("Service", "ketch-web"),
         ("Ingress", "ketch-web"),
         ("PodDisruptionBudget", "ketch-web"),
+        ("PodDisruptionBudget", "ketch-scheduler"),
         ("NetworkPolicy", "ketch-default-deny-ingress"),
         ("NetworkPolicy", "ketch-web"),
     }
@@ -318,11 +319,26 @@ def test_the_namespace_enforces_the_restricted_pod_security_standard() -> None:
     assert one("Role", "ketch-scheduler")["metadata"]["namespace"] == ns["metadata"]["name"]
 
 
-def test_scheduler_one_replica_with_git_sync_and_a_probe_it_can_back() -> None:
+def test_scheduler_active_and_standby_with_git_sync_and_a_probe_it_can_back() -> None:
     dep = deployment("ketch-scheduler")
-    assert dep["spec"]["replicas"] == 1
-    assert dep["spec"]["strategy"] == {"type": "Recreate"}  # never two schedulers at once
+    # Two replicas: the scheduler lease makes one active, the other a standby.
+    assert dep["spec"]["replicas"] == 2
+    # A rollout adds a new pod before it removes an old one: a standby is always there.
+    assert dep["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     spec = dep["spec"]["template"]["spec"]
+    labels = dep["spec"]["selector"]["matchLabels"]
+    (spread,) = spec["topologySpreadConstraints"]  # not both on one node
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["labelSelector"]["matchLabels"] == labels
+    # Drains evict one scheduler at a time (maxUnavailable: a one-replica overlay still drains).
+    pdb = one("PodDisruptionBudget", "ketch-scheduler")
+    assert pdb["spec"]["selector"]["matchLabels"] == labels
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": labels}}
+    # SIGTERM: stop the loop (the executor's stop is quick), then release the lease.
+    assert spec["terminationGracePeriodSeconds"] >= 15
     containers = {c["name"]: c for c in spec["containers"]}
     assert set(containers) == {"scheduler", "git-sync"}
     scheduler = containers["scheduler"]

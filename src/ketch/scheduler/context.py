@@ -1,7 +1,9 @@
 """What every scheduling step needs: settings, database, executor, caches and the clock.
 
 One object instead of long parameter lists, so each step stays a short function that a
-test can call with an injected clock and token signer.
+test can call with an injected clock and token signer. Every step opens its transactions
+with :attr:`SchedulerContext.sessions`, so fencing those sessions with the scheduler lease
+(:meth:`SchedulerContext.fence_with`) fences every write of the scheduling loop.
 """
 
 from __future__ import annotations
@@ -49,6 +51,17 @@ class SchedulerContext:
         self.sessions: sessionmaker[Session] = sessionmaker(
             bind=self.engine, expire_on_commit=False
         )
+        self.fenced = False
+
+    def fence_with(self, check: Callable[[Session], None]) -> None:
+        """Check the scheduler lease before every commit of :attr:`sessions` that wrote
+        something (``ketch.scheduler.lease``): a scheduler that lost its lease cannot
+        commit a single decision; ``check`` raises ``LeaseLost`` and the transaction
+        rolls back. Off unless called (tests build a Scheduler without a lease)."""
+        from ketch.scheduler.lease import install_fence
+
+        install_fence(self.sessions, check)
+        self.fenced = True
 
 
 def default_token_signer(settings: Settings) -> TokenSigner:
