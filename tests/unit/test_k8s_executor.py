@@ -4,8 +4,11 @@ real pod processes)."""
 from __future__ import annotations
 
 import itertools
+import logging
 import queue
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,10 @@ import pytest
 from ketch.config import Settings
 from ketch.executors.base import LaunchError, LaunchRequest, RunningTry, TryEnded, TryKey
 from ketch.executors.kubernetes import KubernetesExecutor, pod_name
+from ketch.executors.kubernetes import watch as watch_module
+from ketch.executors.kubernetes.client import KubeApi
+from ketch.executors.kubernetes.pod import SELECTOR
+from ketch.executors.kubernetes.watch import PodWatcher
 from ketch.testing.kube_sim import Faults, KubeSimulator
 
 NS = "ketch-test"
@@ -344,3 +351,83 @@ def test_api_down_keeps_the_try_queued_and_creates_it_later(
     sim.faults = Faults()
     event = h.next_event()
     assert (event.key, event.exit_code) == (request.key, 0)
+
+
+# -- watch backoff ---------------------------------------------------------------------------
+
+
+def test_a_watch_that_ends_at_once_is_reopened_with_growing_delays(
+    sim: KubeSimulator, kubeconfig: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    api = KubeApi(make_settings(tmp_path, kubeconfig).kubernetes)
+    opened: list[float] = []
+    watch_pods = api.watch_pods
+
+    def counting_watch(*args: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        opened.append(time.monotonic())
+        return watch_pods(*args, **kwargs)
+
+    api.watch_pods = counting_watch  # type: ignore[method-assign]
+    # timeoutSeconds=0: the simulator ends every watch at once, cleanly, with no event
+    watcher = PodWatcher(
+        api, SELECTOR, lambda kind, pod: None, lambda pods: None, timeout_seconds=0
+    )
+    caplog.set_level(logging.WARNING, logger=watch_module.__name__)
+    watcher.start()
+    try:
+        time.sleep(2.0)
+    finally:
+        watcher.stop()
+    # reopened, but not in a hot loop: 0.1 s, 0.2 s, 0.4 s, 0.8 s ... between watches
+    assert 2 <= len(opened) <= 6, len(opened)
+    gaps = [b - a for a, b in itertools.pairwise(opened)]
+    assert all(gap >= 0.1 * 2**i * 0.99 for i, gap in enumerate(gaps)), gaps
+    assert watcher.relists == 1  # each watch resumed from the list's resourceVersion
+    warnings = [r for r in caplog.records if r.name == watch_module.__name__]
+    assert len(warnings) == 1 and "ended at once" in warnings[0].getMessage()
+
+
+class _ScriptedApi:
+    """Watches that deliver the scripted events, one script per watch, then stop the watcher."""
+
+    def __init__(self, scripts: list[list[dict[str, Any]]]) -> None:
+        self.scripts = scripts
+        self.watcher: PodWatcher | None = None
+
+    def list_pods(self, selector: str) -> tuple[list[dict[str, Any]], str]:
+        return [], "1"
+
+    def watch_pods(self, *args: Any) -> Iterator[dict[str, Any]]:
+        assert self.watcher is not None
+        if not self.scripts:
+            self.watcher._stop.set()
+            return iter(())
+        return iter(self.scripts.pop(0))
+
+
+class _RecordingStop(threading.Event):
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        assert timeout is not None
+        self.waits.append(timeout)
+        return self.is_set()
+
+
+def test_watch_backoff_resets_once_a_watch_delivers_events(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bookmark = {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "5"}}}
+    api = _ScriptedApi([[], [], [], [bookmark], [], []])
+    watcher = PodWatcher(api, SELECTOR, lambda kind, pod: None, lambda pods: None)  # type: ignore[arg-type]
+    api.watcher = watcher
+    stop = _RecordingStop()
+    watcher._stop = stop
+    caplog.set_level(logging.WARNING, logger=watch_module.__name__)
+    watcher._run()
+    # three empty ends back off 0.1, 0.2, 0.4; the bookmark resets it; then 0.1, 0.2 again
+    assert stop.waits == [0.1, 0.2, 0.4, 0.1, 0.2]
+    assert watcher.resource_version == "5"
+    assert len([r for r in caplog.records if r.name == watch_module.__name__]) == 2  # per streak
