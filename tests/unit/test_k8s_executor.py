@@ -14,24 +14,29 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from ketch.config import Settings
 from ketch.executors.base import LaunchError, LaunchRequest, RunningTry, TryEnded, TryKey
 from ketch.executors.kubernetes import KubernetesExecutor, pod_name
 from ketch.executors.kubernetes import watch as watch_module
 from ketch.executors.kubernetes.client import KubeApi
-from ketch.executors.kubernetes.pod import SELECTOR
+from ketch.executors.kubernetes.pod import SELECTOR, pod_hostname
 from ketch.executors.kubernetes.watch import PodWatcher
 from ketch.testing.kube_sim import Faults, KubeSimulator
 
 NS = "ketch-test"
 _NAMESPACES = itertools.count()
-# The task container: exits with $CODE after $SLEEP seconds, appending a line to $RUNS first.
+# The task container: exits with $CODE after $SLEEP seconds, appending a line to $RUNS first
+# (and its hostname, as a try records it at start, to $HOSTS).
 SCRIPT = (
-    "import os, sys, time\n"
+    "import os, socket, sys, time\n"
     "runs = os.environ.get('RUNS')\n"
     "if runs:\n"
     "    open(runs, 'a').write(os.environ['HOSTNAME'] + '\\n')\n"
+    "hosts = os.environ.get('HOSTS')\n"
+    "if hosts:\n"
+    "    open(hosts, 'a').write(socket.gethostname() + '\\n')\n"
     "print('args', sys.argv[1:], flush=True)\n"
     "time.sleep(float(os.environ.get('SLEEP', '0')))\n"
     "sys.exit(int(os.environ.get('CODE', '0')))\n"
@@ -305,6 +310,8 @@ def test_adoption_after_restart(
     assert events[req("vanished").key].exit_code is None and "vanished" in (
         events[req("vanished").key].reason or ""
     )
+    # every end names the pod (its hostname), also when the pod is gone
+    assert {k: e.hostname for k, e in events.items()} == {k: pod_name(k) for k in events}
     assert events[running.key].exit_code == 0
     # the orphan's try is not queued or running any more: its pod is removed
     sim.wait_for(lambda: not sim.pods(NS))
@@ -353,7 +360,180 @@ def test_api_down_keeps_the_try_queued_and_creates_it_later(
     assert (event.key, event.exit_code) == (request.key, 0)
 
 
-# -- watch backoff ---------------------------------------------------------------------------
+# -- orphans, hostnames, watch backoff (issue 7: a scheduler restart never strands a run) ------
+
+
+def running(sim: KubeSimulator, name: str, namespace: str | None = None) -> bool:
+    pod = sim.pod(namespace or NS, name) or {}
+    return pod.get("status", {}).get("phase") == "Running" and not pod["metadata"].get(
+        "deletionTimestamp"
+    )
+
+
+def create_untracked(h: Harness, request: LaunchRequest) -> str:
+    """A try's pod created behind the executor's back (as a previous scheduler did)."""
+    pod = h.executor.builder.build(request)
+    assert h.executor.api.create_pod(pod)
+    return str(pod["metadata"]["name"])
+
+
+def test_adopt_with_no_tries_deletes_orphans_with_one_list_call(
+    sim: KubeSimulator, kubeconfig: Path, tmp_path: Path, harnesses: list[Harness]
+) -> None:
+    first = start(harnesses, tmp_path, kubeconfig)
+    orphan = req("orphan", env={"sleep": 60})
+    first.executor.launch(orphan)
+    sim.wait_for(lambda: running(sim, pod_name(orphan.key)))
+    first.executor.stop()  # the scheduler dies; its tries are then cleared or marked
+    done, failed = req("done"), req("failed", env={"code": 2})
+    for request in (done, failed):  # ended while no scheduler watched
+        create_untracked(first, request)
+    sim.wait_for(
+        lambda: (
+            [
+                (sim.pod(NS, pod_name(r.key)) or {}).get("status", {}).get("phase")
+                for r in (done, failed)
+            ]
+            == ["Succeeded", "Failed"]
+        )
+    )
+    # not ours to touch: a ketch pod of another namespace, a pod without ketch's labels
+    other_ns = f"{NS}-other"
+    (tmp_path / "other").mkdir()
+    other = start(harnesses, tmp_path / "other", kubeconfig, namespace=other_ns)
+    elsewhere = req("elsewhere", env={"sleep": 60})
+    other.executor.launch(elsewhere)
+    stranger = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "stranger", "labels": {"app": "other"}},
+        "spec": {
+            "containers": [
+                {
+                    "name": "c",
+                    "image": "x",
+                    "command": [sys.executable, "-c", "import time; time.sleep(60)"],
+                }
+            ]
+        },
+    }
+    assert first.executor.api.create_pod(stranger)
+    sim.wait_for(
+        lambda: running(sim, "stranger") and running(sim, pod_name(elsewhere.key), other_ns)
+    )
+
+    second = start(harnesses, tmp_path, kubeconfig)
+    lists_before = second.executor.api.requests.get("list", 0)
+    assert second.executor.adopt([]) == []  # the scheduler always adopts at start
+    assert second.executor.api.requests["list"] == lists_before + 1  # one list call
+    assert "get" not in second.executor.api.requests  # and no per-pod GET
+    # the running orphan is deleted at once (not at the next reconcile), the succeeded one
+    # too; the failed one is kept for inspection (delete_worker_pods_on_failure is off)
+    sim.wait_for(
+        lambda: (
+            sim.pod(NS, pod_name(orphan.key)) is None and sim.pod(NS, pod_name(done.key)) is None
+        )
+    )
+    assert sim.pod(NS, pod_name(failed.key))["status"]["phase"] == "Failed"
+    assert running(sim, "stranger") and running(sim, pod_name(elsewhere.key), other_ns)
+    # orphans are not tries: no end is reported for them
+    with pytest.raises(queue.Empty):
+        second.events.get(timeout=0.3)
+    other.executor.cancel(elsewhere.key)
+    assert other.next_event().key == elsewhere.key
+    first.executor.api.delete_pod("stranger", grace_period_seconds=0)
+
+
+def test_reconcile_deletes_running_orphans_once_adoption_happened(
+    sim: KubeSimulator, kubeconfig: Path, tmp_path: Path, harnesses: list[Harness]
+) -> None:
+    h = start(harnesses, tmp_path, kubeconfig)
+    early = req("early", env={"sleep": 60})
+    create_untracked(h, early)
+    sim.wait_for(lambda: running(sim, pod_name(early.key)))
+    # before the scheduler offered its tries, an untracked pod may be one it still runs
+    h.executor.reconcile()
+    assert "delete" not in h.executor.api.requests
+    assert h.executor.adopt([RunningTry(early.key, early.ti_id, f"{NS}/x")]) == [early.key]
+
+    mine = req("mine", env={"sleep": 60})
+    h.executor.launch(mine)
+    late = req("late", env={"sleep": 60})  # e.g. left by a scheduler that was not quite dead
+    create_untracked(h, late)
+    sim.wait_for(lambda: running(sim, pod_name(late.key)) and running(sim, pod_name(mine.key)))
+    h.executor.reconcile()
+    sim.wait_for(lambda: sim.pod(NS, pod_name(late.key)) is None)
+    assert running(sim, pod_name(early.key)) and running(sim, pod_name(mine.key))
+    assert h.executor.running() == {early.key, mine.key}
+    assert h.executor.api.requests["delete"] == 1
+    with pytest.raises(queue.Empty):
+        h.events.get(timeout=0.3)
+    for key in (early.key, mine.key):
+        h.executor.cancel(key)
+    assert set(h.collect(2)) == {early.key, mine.key}
+
+
+def test_reconcile_spares_a_pod_whose_create_is_in_flight(
+    sim: KubeSimulator, kubeconfig: Path, tmp_path: Path, harnesses: list[Harness]
+) -> None:
+    h = start(harnesses, tmp_path, kubeconfig)
+    h.executor.adopt([])
+    runs = tmp_path / "runs.txt"
+    request = req("slow-create", env={"runs": runs, "sleep": 1})
+    # the create takes effect but its answer is lost after 3 s: the launch is still waiting
+    # while the pod already runs
+    sim.update_faults(
+        api_fault_verbs=["create"],
+        api_timeout_rate=1.0,
+        api_timeout_after_commit=True,
+        api_timeout_seconds=3.0,
+    )
+    launcher = threading.Thread(target=h.executor.launch, args=(request,))
+    launcher.start()
+    sim.wait_for(lambda: sim.pod(NS, pod_name(request.key)) is not None)
+    h.executor.reconcile()
+    sim.faults = Faults()
+    launcher.join(30)
+    # not taken for an orphan: it ran to its end (a deletion would have killed it: exit 143)
+    event = h.next_event()
+    assert (event.key, event.exit_code, event.reason) == (request.key, 0, None)
+    assert runs.read_text().splitlines() == [pod_name(request.key)]
+
+
+def test_try_ended_events_name_the_pods_hostname(
+    sim: KubeSimulator, kubeconfig: Path, tmp_path: Path, harnesses: list[Harness]
+) -> None:
+    h = start(harnesses, tmp_path, kubeconfig)
+    hosts = tmp_path / "hosts.txt"
+    template = yaml.safe_load((tmp_path / "pod_template.yaml").read_text())
+    template["spec"]["hostname"] = "worker-7"
+    custom = tmp_path / "custom_template.yaml"
+    custom.write_text(yaml.safe_dump(template))
+    plain = req("plain", env={"hosts": hosts})
+    named = req("named", env={"hosts": hosts}, pod_template_file=str(custom))
+    long = req("long", env={"sleep": 60})
+    h.executor.launch_many([plain, named, long])
+    events = h.collect(2)
+    assert events[plain.key].hostname == pod_name(plain.key)
+    assert events[named.key].hostname == "worker-7"
+    assert {e.pid for e in events.values()} == {None}
+    # the hostname each try saw in its pod (what it records at start) is the one reported
+    assert sorted(hosts.read_text().split()) == sorted(e.hostname for e in events.values())
+    sim.wait_for(lambda: running(sim, pod_name(long.key)))
+    h.executor.cancel(long.key)
+    assert h.next_event().hostname == pod_name(long.key)
+
+
+def test_pod_hostname_is_what_the_kubelet_gives_the_pod() -> None:
+    meta = {"metadata": {"name": "dag-t-1-abc"}}
+    assert pod_hostname(meta) == "dag-t-1-abc"
+    assert pod_hostname({**meta, "spec": {"hostname": "worker-7"}}) == "worker-7"
+    assert pod_hostname({"metadata": {"name": "a" * 62 + "-b"}}) == "a" * 62
+    # hostNetwork: the node's hostname, known once scheduled; an FQDN we cannot know: None
+    assert pod_hostname({**meta, "spec": {"hostNetwork": True}}) is None
+    assert pod_hostname({**meta, "spec": {"hostNetwork": True, "nodeName": "n1"}}) == "n1"
+    fqdn = {"setHostnameAsFQDN": True, "subdomain": "s"}
+    assert pod_hostname({**meta, "spec": fqdn}) is None
 
 
 def test_a_watch_that_ends_at_once_is_reopened_with_growing_delays(

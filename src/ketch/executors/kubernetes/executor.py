@@ -12,6 +12,14 @@ latest version of every pod into a cache and turns phases into ``TryEnded`` even
 ``failed_worker_pod_retention`` and reconciles with one list call every
 ``reconcile_interval``. There is no per-try polling.
 
+Orphans: a pod with ketch's labels that no tracked try owns belongs to a try that is no longer
+queued or running (cleared, marked or superseded, perhaps while no scheduler ran). ``adopt``
+(called at every scheduler start, also with no tries) and, once adoption has happened,
+``reconcile`` delete it if it still runs; a finished one follows the deletion settings.
+
+Every ``TryEnded`` names the pod's hostname (``pod.pod_hostname``): what the try recorded
+as its hostname at start, so the scheduler can tell this pod's end from another's.
+
 Finished pods are deleted per ``delete_worker_pods`` / ``delete_worker_pods_on_failure``,
 always after ``before_delete(pod)`` returned (the hook where a pod's log is captured).
 """
@@ -38,7 +46,14 @@ from ketch.executors.base import (
 )
 from ketch.executors.kubernetes import reasons
 from ketch.executors.kubernetes.client import TRANSIENT_CODES, KubeApi, KubeApiError
-from ketch.executors.kubernetes.pod import SELECTOR, PodBuilder, PodConfigError, key_of, pod_name
+from ketch.executors.kubernetes.pod import (
+    SELECTOR,
+    PodBuilder,
+    PodConfigError,
+    key_of,
+    pod_hostname,
+    pod_name,
+)
 from ketch.executors.kubernetes.watch import PodWatcher
 
 log = logging.getLogger(__name__)
@@ -56,6 +71,7 @@ class _Tracked:
     started: bool = False
     cancelled: bool = False
     creating: bool = False  # its create is in flight (or retried in the background)
+    hostname: str | None = None  # what the try sees as its hostname (see pod_hostname)
 
 
 def _rv(pod: dict[str, Any]) -> int:
@@ -104,6 +120,10 @@ class KubernetesExecutor:
         self._stop = threading.Event()
         self._housekeeper: threading.Thread | None = None
         self._last_reconcile = time.monotonic()
+        # adopt() and reconcile() one at a time; running orphans are only deleted by
+        # reconcile() once adopt() has told us which tries the database still runs
+        self._reconcile_lock = threading.Lock()
+        self._adopted = False
         self.before_delete: Callable[[dict[str, Any]], None] | None = None
         """Called with the pod (as last seen) right before ketch deletes it: capture its log
         here. Deletion waits for it; an exception is logged and the pod deleted anyway."""
@@ -144,6 +164,7 @@ class KubernetesExecutor:
         with self._lock:
             self._tries.clear()
             self._by_name.clear()
+        self._adopted = False  # nothing is tracked now: no orphans until the next adopt()
         self._watcher = self._housekeeper = None
         self._create_pool = self._delete_pool = None
 
@@ -174,7 +195,9 @@ class KubernetesExecutor:
                 log.exception("building the pod of %s failed", request.key)
                 futures.append(LaunchError(f"could not build the pod for this task: {exc!r}"))
                 continue
-            tracked = self._track(request.key, request.ti_id, pod["metadata"]["name"])
+            tracked = self._track(
+                request.key, request.ti_id, pod["metadata"]["name"], pod_hostname(pod)
+            )
             futures.append(self._create_pool.submit(self._create, tracked, pod))
         results: list[str | LaunchError] = []
         for item in futures:
@@ -187,8 +210,8 @@ class KubernetesExecutor:
                 results.append(exc)
         return results
 
-    def _track(self, key: TryKey, ti_id: int, name: str) -> _Tracked:
-        tracked = _Tracked(key, ti_id, name, pending_since=time.monotonic())
+    def _track(self, key: TryKey, ti_id: int, name: str, hostname: str | None) -> _Tracked:
+        tracked = _Tracked(key, ti_id, name, pending_since=time.monotonic(), hostname=hostname)
         with self._lock:
             old = self._tries.get(key)
             if old is not None:
@@ -276,7 +299,14 @@ class KubernetesExecutor:
         reason = outcome.reason
         if tracked.cancelled and not outcome.succeeded:
             reason = "cancelled; pod deleted" + (f" ({reason})" if reason else "")
-        event = TryEnded(tracked.key, tracked.ti_id, outcome.exit_code, reason, before_start)
+        event = TryEnded(
+            tracked.key,
+            tracked.ti_id,
+            outcome.exit_code,
+            reason,
+            before_start,
+            hostname=tracked.hostname,
+        )
         log.info("try %s ended: exit %s %s", tracked.key, outcome.exit_code, reason or "")
         if self._sink is not None:
             try:
@@ -284,8 +314,15 @@ class KubernetesExecutor:
             except Exception:
                 log.exception("event sink failed for %s", event)
 
+    @staticmethod
+    def _note_hostname(tracked: _Tracked, pod: dict[str, Any]) -> None:
+        hostname = pod_hostname(pod)
+        if hostname is not None:  # e.g. with hostNetwork, known once the pod is scheduled
+            tracked.hostname = hostname
+
     def _observe(self, tracked: _Tracked, pod: dict[str, Any]) -> None:
         """Act on the latest version of a tracked try's pod."""
+        self._note_hostname(tracked, pod)
         if reasons.is_started(pod):
             tracked.started = True
         outcome = reasons.ended(pod)
@@ -309,6 +346,7 @@ class KubernetesExecutor:
         if tracked is None:
             return
         if kind == "DELETED":
+            self._note_hostname(tracked, pod)
             outcome = reasons.ended(pod) or reasons.Outcome(
                 None, "pod deleted before it finished" if not tracked.cancelled else None
             )
@@ -406,70 +444,113 @@ class KubernetesExecutor:
 
     def reconcile(self) -> None:
         """One list call: missed ends, vanished pods, expired kept pods, orphans."""
-        self._last_reconcile = time.monotonic()
-        pods, _ = self.api.list_pods(SELECTOR)
-        names = {p["metadata"]["name"] for p in pods}
-        with self._lock:
-            tracked_list = list(self._tries.values())
-        for pod in pods:
-            self._on_event("MODIFIED", pod)
-        self._check_vanished(tracked_list, names)
-        retention = self.kube.failed_worker_pod_retention
-        for pod in pods:
+        with self._reconcile_lock:
+            self._last_reconcile = time.monotonic()
+            pods, _ = self.api.list_pods(SELECTOR)
+            names = {p["metadata"]["name"] for p in pods}
             with self._lock:
-                if pod["metadata"]["name"] in self._by_name:
+                tracked_list = list(self._tries.values())
+            for pod in pods:
+                self._on_event("MODIFIED", pod)
+            self._check_vanished(tracked_list, names)
+            # before the first adopt() an untracked running pod may be a try the database
+            # still runs (the scheduler has not offered it yet): leave it alone until then
+            self._clean_untracked(pods, delete_running=self._adopted)
+
+    def _clean_untracked(
+        self,
+        pods: list[dict[str, Any]],
+        *,
+        delete_running: bool,
+        skip: frozenset[str] = frozenset(),
+    ) -> None:
+        """Pods of ketch's labels that no tracked try owns (nor ``skip`` names). Finished:
+        the deletion settings (a failed pod goes once it is past its retention, or at once if
+        it never started). Still running (``delete_running``): its try is no longer queued or
+        running in the database, so the pod is deleted. A pod is judged on the latest version
+        seen and on what is tracked now (a launch tracks its try before creating the pod, so a
+        pod whose create is in flight is never taken for an orphan)."""
+        retention = self.kube.failed_worker_pod_retention
+        for listed in pods:
+            name = listed["metadata"]["name"]
+            if name in skip:
+                continue
+            with self._lock:
+                if name in self._by_name or name in self._deleting:
                     continue
+                cached = self._pods.get(name)
+            pod = cached if cached is not None and _rv(cached) > _rv(listed) else listed
             outcome = reasons.ended(pod)
             if outcome is None:
+                key = key_of(pod)
+                if (
+                    delete_running
+                    and key is not None  # a pod with ketch's try labels, not just the selector's
+                    and not (pod.get("metadata") or {}).get("deletionTimestamp")
+                ):
+                    log.info(
+                        "pod %s runs try %s, which is no longer queued or running: deleting it",
+                        name,
+                        key,
+                    )
+                    self._delete_async(pod)
+                continue
+            if outcome.succeeded:
+                self._dispose(pod, True)
                 continue
             finished = _finished_at(pod)
-            if outcome.succeeded or (finished is not None and time.time() - finished > retention):
-                self._dispose(pod, outcome.succeeded, force=True)
+            expired = finished is not None and time.time() - finished > retention
+            self._dispose(pod, False, force=expired or not reasons.is_started(pod))
 
     # -- adoption --------------------------------------------------------------------
 
     def adopt(self, tries: Iterable[RunningTry]) -> list[TryKey]:
-        """One list call by label selector; match pods to the offered tries. Pods of tries
-        not offered (terminal or unknown) are cleaned up; offered tries launched before
-        whose pod is gone are reported ended."""
+        """One list call by label selector (also with no tries: the scheduler calls it at
+        every start); match pods to the offered tries by try key. Offered tries are tracked
+        from their pod; offered tries launched before whose pod is gone are reported ended.
+        Pods of tries not offered (nor tracked) are orphans: deleted if still running (the
+        database no longer runs their try), else handled by the deletion settings."""
         offered = list(tries)
-        pods, _ = self.api.list_pods(SELECTOR)
-        by_name = {p["metadata"]["name"]: p for p in pods}
-        adopted: list[TryKey] = []
-        wanted = set()
-        for running in offered:
-            name = pod_name(running.key)
-            wanted.add(name)
-            pod = by_name.get(name)
-            if pod is None:
-                if running.external_executor_id:
-                    log.info("try %s: its pod %s is gone", running.key, name)
-                    if self._sink is not None:
-                        self._sink(TryEnded(running.key, running.ti_id, None, VANISHED))
-                continue
-            tracked = self._track(running.key, running.ti_id, name)
-            with self._lock:
-                cached = self._pods.get(name)
-                latest = cached if cached is not None and _rv(cached) > _rv(pod) else pod
-                self._pods[name] = latest
-            adopted.append(running.key)
-            self._observe(tracked, latest)
-        for pod in pods:
-            name = pod["metadata"]["name"]
-            if name in wanted:
-                continue
-            outcome = reasons.ended(pod)
-            if outcome is None:
-                log.info("pod %s belongs to no queued or running try: deleting it", name)
-                self._delete_async(pod)
-            elif outcome.succeeded or key_of(pod) is None:
-                self._dispose(pod, True)
-            else:
-                finished = _finished_at(pod)
-                expired = finished is not None and (
-                    time.time() - finished > self.kube.failed_worker_pod_retention
-                )
-                self._dispose(pod, False, force=expired)
+        with self._reconcile_lock:
+            pods, _ = self.api.list_pods(SELECTOR)
+            by_name = {p["metadata"]["name"]: p for p in pods}
+            by_key: dict[TryKey, dict[str, Any]] = {}
+            for p in pods:
+                k = key_of(p)
+                if k is not None:
+                    by_key.setdefault(k, p)
+            adopted: list[TryKey] = []
+            wanted: set[str] = set()
+            for running in offered:
+                pod = by_name.get(pod_name(running.key))
+                if pod is None or key_of(pod) not in (None, running.key):
+                    pod = by_key.get(running.key)
+                if pod is None:
+                    name = pod_name(running.key)
+                    if running.external_executor_id:
+                        log.info("try %s: its pod %s is gone", running.key, name)
+                        if self._sink is not None:
+                            self._sink(
+                                TryEnded(
+                                    running.key,
+                                    running.ti_id,
+                                    None,
+                                    VANISHED,
+                                    hostname=pod_hostname({"metadata": {"name": name}}),
+                                )
+                            )
+                    continue
+                name = pod["metadata"]["name"]
+                wanted.add(name)
+                tracked = self._track(running.key, running.ti_id, name, pod_hostname(pod))
+                with self._lock:
+                    cached = self._pods.get(name)
+                    latest = cached if cached is not None and _rv(cached) > _rv(pod) else pod
+                    self._pods[name] = latest
+                adopted.append(running.key)
+                self._observe(tracked, latest)
+            self._clean_untracked(pods, delete_running=True, skip=frozenset(wanted))
+            self._adopted = True
         return adopted
 
     # -- cancel ----------------------------------------------------------------------

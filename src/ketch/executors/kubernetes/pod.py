@@ -141,6 +141,24 @@ def key_of(pod: dict[str, Any]) -> TryKey | None:
         return None
 
 
+def pod_hostname(pod: dict[str, Any]) -> str | None:
+    """The hostname a process in this pod gets from ``socket.gethostname()`` (what a try
+    records at start), as the kubelet sets it: ``spec.hostname`` or else the pod name, cut to
+    63 characters. With ``hostNetwork`` the process sees its node's hostname, taken to be the
+    node's name (known once the pod is scheduled). None when it cannot be told from the pod:
+    ``setHostnameAsFQDN`` with a ``subdomain`` (the cluster's domain is not in the pod)."""
+    spec = pod.get("spec") or {}
+    if spec.get("hostNetwork"):
+        return str(spec["nodeName"]) if spec.get("nodeName") else None
+    if spec.get("setHostnameAsFQDN") and spec.get("subdomain"):
+        return None
+    name = spec.get("hostname") or (pod.get("metadata") or {}).get("name")
+    if not name:
+        return None
+    name = str(name)
+    return name[:63].rstrip("-.") if len(name) > 63 else name
+
+
 # -- merging ------------------------------------------------------------------------------
 
 
