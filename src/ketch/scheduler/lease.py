@@ -74,8 +74,11 @@ from sqlalchemy.sql.elements import ColumnElement
 from ketch.config import SchedulerSettings
 from ketch.db.models import SchedulerLease as LeaseRow
 from ketch.db.models import UtcDateTime
+from ketch.db.outage import OutageTracker
 
 log = logging.getLogger("ketch.scheduler.lease")
+# While the database is unavailable a standby (or a leader that lost it) probes this often.
+_OUTAGE_PROBE_SECONDS = 0.5
 
 LEASE_NAME = "scheduler"
 # Namespace (first int4 key) of ketch's advisory locks; the second is hashtext(holder).
@@ -451,6 +454,7 @@ class SchedulerLease:
         self._sqlite_lock: SqliteSchedulerLock | None = None
         self._last_seen_holder: str | None = None
         self._terminate_warned = False
+        self._outage = OutageTracker(log, "database (scheduler lease)")
 
     # -- state ------------------------------------------------------------------------------
 
@@ -520,18 +524,17 @@ class SchedulerLease:
         self._end_term()
         if not self.pg:
             return self._acquire_sqlite()
-        delay = self.settings.standby_poll_interval
         while not stop.is_set():
             link = self._link = self._link or _Link(self.engine, self.holder)
             try:
                 token, sent = self._try_acquire(link)
             except DBAPIError as exc:
-                log.warning("standby: database unavailable (%s); retrying", _short(exc))
+                # Probe often (a returning database is used within a second), log once.
+                self._outage.failed(exc)
                 link.drop()
-                stop.wait(delay)
-                delay = min(delay * 2, self.settings.lease_ttl)
+                stop.wait(_OUTAGE_PROBE_SECONDS)
                 continue
-            delay = self.settings.standby_poll_interval
+            self._outage.succeeded()
             if token is not None:
                 self._start_term(token, sent, link)
                 return True
@@ -727,11 +730,12 @@ class SchedulerLease:
                     )
                     conn.commit()
                 except Exception as exc:
-                    log.warning("cannot renew the scheduler lease: %s", _short(exc))
+                    self._outage.failed(f"cannot renew the scheduler lease: {_short(exc)}")
                     term.link.drop()
                     interval = min(self.settings.lease_renew_interval, 0.5)
                     continue
                 interval = self.settings.lease_renew_interval
+                self._outage.succeeded()
                 if not renewed:
                     self._lose(term, "another scheduler took over the lease")
                     return

@@ -134,11 +134,11 @@ class Scheduler:
 
     def run(self, stop: threading.Event) -> None:
         """Start the executor, adopt leftover tries, then loop until ``stop`` is set."""
-        self.start_executor()
-        self._retrying(stop, self.adopt)
-        if self.dag_processor is not None:
-            self.dag_processor.start()
         try:
+            self.start_executor()
+            self._retrying(stop, self.adopt)
+            if self.dag_processor is not None:
+                self.dag_processor.start()
             while not stop.is_set():
                 busy = self._retrying(stop, self.run_once)
                 if not busy and not stop.is_set():
