@@ -40,3 +40,4 @@ bench: install
 	$(PY) -m benchmarks.variables_sync --backend both
 	$(PY) -m benchmarks.kubernetes
 	$(PY) -m benchmarks.failover
+	$(PY) -m benchmarks.recovery --backend both
