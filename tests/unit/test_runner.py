@@ -157,6 +157,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         status, body = self.answers.pop(0) if self.answers else (200, {"ok": True})
         data = json.dumps(body).encode()
         self.send_response(status)
+        if status == 503:
+            self.send_header("Retry-After", "0.05")
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -204,6 +206,32 @@ def test_client_retries_until_the_server_answers(fake_server: tuple[int, type[_H
         client.heartbeat()
     assert info.value.status == 401 and not isinstance(info.value, TryStateConflict)
     client.close()
+
+
+def test_client_follows_retry_after_of_a_503(
+    fake_server: tuple[int, type[_Handler]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server was unreachable (the back-off grew), then answers 503 while its
+    database is down: the client asks again after Retry-After, not the grown back-off."""
+    import ketch.worker.client as client_module
+
+    port, handler = fake_server
+    handler.answers.extend([(503, {"detail": "database unavailable"})] * 3 + [(200, {"a": 1})])
+    sleeps: list[float] = []
+    real_sleep = time.sleep
+
+    def recording_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(client_module.time, "sleep", recording_sleep)
+    client = ExecutionApiClient(f"http://127.0.0.1:{port}/execution", "tok", retry_timeout=30)
+    assert client.start(1, "h") == {"a": 1}
+    client.close()
+    assert len(handler.seen) == 4
+    # The last three sleeps followed a 503: each at most its Retry-After, although the
+    # back-off of the connection refusals before the server started had grown past it.
+    assert max(sleeps[:-3]) > 0.05 and all(s <= 0.05 for s in sleeps[-3:]), sleeps
 
 
 def test_client_gives_up_after_the_retry_timeout() -> None:

@@ -42,6 +42,13 @@ class TryStateConflict(ExecutionApiError):
 class _Transient(Exception):
     """A failure worth retrying (connection trouble, 5xx)."""
 
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        # The server's Retry-After: the web answers 503 while its database is down and
+        # says when to ask again, so a try catches up within a second of its return
+        # instead of sleeping out a back-off grown while the server was unreachable.
+        self.retry_after = retry_after
+
 
 def _detail(raw: bytes) -> str:
     try:
@@ -49,6 +56,14 @@ def _detail(raw: bytes) -> str:
     except (ValueError, AttributeError):
         return raw.decode(errors="replace")[:500]
     return detail if isinstance(detail, str) else json.dumps(detail)
+
+
+def _retry_after(response: http.client.HTTPResponse) -> float | None:
+    """Retry-After in seconds (the delta form; ketch's web never sends a date)."""
+    try:
+        return max(0.0, float(response.getheader("Retry-After") or ""))
+    except ValueError:
+        return None
 
 
 class ExecutionApiClient:
@@ -176,7 +191,7 @@ class ExecutionApiClient:
                     raise ExecutionApiError(
                         None, f"execution API unreachable for {self.retry_timeout:.0f}s: {exc}"
                     ) from exc
-                time.sleep(delay)
+                time.sleep(delay if exc.retry_after is None else min(delay, exc.retry_after))
                 delay = min(delay * 2, _MAX_BACKOFF)
 
     def _once(self, method: str, path: str, payload: bytes | None) -> Any:
@@ -189,7 +204,7 @@ class ExecutionApiClient:
             raise _Transient(f"{type(exc).__name__}: {exc}") from exc
         status = response.status
         if status >= 500:
-            raise _Transient(f"HTTP {status}: {_detail(raw)}")
+            raise _Transient(f"HTTP {status}: {_detail(raw)}", _retry_after(response))
         if status == 409:
             raise TryStateConflict(status, _detail(raw))
         if status >= 400:
