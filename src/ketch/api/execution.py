@@ -26,7 +26,7 @@ from ketch.config import Settings
 from ketch.db.models import DagRun, TaskInstance, TaskInstanceTry, XCom
 from ketch.faults import fault_point
 from ketch.scheduler.dag_cache import DagCache
-from ketch.scheduler.task_state import record_try_outcome, utcnow
+from ketch.scheduler.task_state import end_try_row, record_try_outcome, utcnow
 from ketch.serialization import SerializedDag, SerializedTask
 from ketch.states import TaskInstanceState
 
@@ -80,6 +80,19 @@ def _conflict(ti: TaskInstance | None, claims: TryClaims, what: str) -> HTTPExce
         409,
         f"{what}: task instance is {ti.state or 'none'} with try_number {ti.try_number}, "
         f"this is try {claims.try_number}",
+    )
+
+
+def _is_this_try(claims: TryClaims, state: TaskInstanceState) -> tuple[Any, ...]:
+    """WHERE conditions: the TI the token names, in ``state`` with this try number (the
+    guard of every conditional UPDATE here: a duplicate or stale try changes no row)."""
+    return (
+        TaskInstance.id == claims.ti_id,
+        TaskInstance.dag_id == claims.dag_id,
+        TaskInstance.run_id == claims.run_id,
+        TaskInstance.task_id == claims.task_id,
+        TaskInstance.state == state.value,
+        TaskInstance.try_number == claims.try_number,
     )
 
 
@@ -184,14 +197,7 @@ def start_try(
     now = utcnow()
     started = session.execute(
         update(TaskInstance)
-        .where(
-            TaskInstance.id == claims.ti_id,
-            TaskInstance.dag_id == claims.dag_id,
-            TaskInstance.run_id == claims.run_id,
-            TaskInstance.task_id == claims.task_id,
-            TaskInstance.state == TaskInstanceState.QUEUED.value,
-            TaskInstance.try_number == claims.try_number,
-        )
+        .where(*_is_this_try(claims, TaskInstanceState.QUEUED))
         .values(
             state=TaskInstanceState.RUNNING.value,
             start_date=now,
@@ -350,14 +356,7 @@ def _finish_without_retry_decision(session: Session, claims: TryClaims, body: Fi
     now = utcnow()
     row = session.execute(
         update(TaskInstance)
-        .where(
-            TaskInstance.id == claims.ti_id,
-            TaskInstance.dag_id == claims.dag_id,
-            TaskInstance.run_id == claims.run_id,
-            TaskInstance.task_id == claims.task_id,
-            TaskInstance.state == TaskInstanceState.RUNNING.value,
-            TaskInstance.try_number == claims.try_number,
-        )
+        .where(*_is_this_try(claims, TaskInstanceState.RUNNING))
         .values(
             state=body.state,
             end_date=now,
@@ -371,19 +370,14 @@ def _finish_without_retry_decision(session: Session, claims: TryClaims, body: Fi
     ).first()
     if row is None:
         return False
-    session.execute(
-        update(TaskInstanceTry)
-        .where(
-            TaskInstanceTry.task_instance_id == claims.ti_id,
-            TaskInstanceTry.try_number == claims.try_number,
-        )
-        .values(
-            state=body.state,
-            end_date=now,
-            error=body.error,
-            external_executor_id=_external_id_of_ti(claims.ti_id),
-        )
-        .execution_options(synchronize_session=False)
+    end_try_row(
+        session,
+        claims.ti_id,
+        claims.try_number,
+        state=body.state,
+        end_date=now,
+        error=body.error,
+        external_executor_id=_external_id_of_ti(claims.ti_id),
     )
     _put_xcoms(session, row.dag_run_id, claims.task_id, body)
     return True

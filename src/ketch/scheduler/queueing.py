@@ -157,9 +157,7 @@ def _fits(
     return "ok"
 
 
-def _mark_queued(
-    ctx: SchedulerContext, session: Session, ti: TaskInstance, now: datetime
-) -> TaskInstanceTry:
+def _mark_queued(ctx: SchedulerContext, session: Session, ti: TaskInstance, now: datetime) -> None:
     ti.try_number += 1
     ti.state = _TI.QUEUED.value
     ti.queued_at = now
@@ -175,7 +173,6 @@ def _mark_queued(
         queued_at=now,
     )
     session.add(try_row)
-    return try_row
 
 
 def try_key(ti: TaskInstance) -> TryKey:
@@ -206,7 +203,6 @@ def _record_launch(
     ctx: SchedulerContext,
     session: Session,
     ti: TaskInstance,
-    try_row: TaskInstanceTry | None,
     result: str | Exception,
 ) -> bool:
     if isinstance(result, Exception):
@@ -226,13 +222,13 @@ def launch_try(ctx: SchedulerContext, session: Session, ti: TaskInstance, dag_ha
         result = ctx.executor.launch(_request(ctx, session, ti, dag_hash))
     except Exception as exc:
         result = exc
-    return _record_launch(ctx, session, ti, None, result)
+    return _record_launch(ctx, session, ti, result)
 
 
 def launch_batch(
     ctx: SchedulerContext,
     session: Session,
-    batch: list[tuple[TaskInstance, str, TaskInstanceTry]],
+    batch: list[tuple[TaskInstance, str]],
 ) -> list[TaskInstance]:
     """Launch queued tries together (``Executor.launch_many``); return those that failed.
 
@@ -241,14 +237,14 @@ def launch_batch(
     and every launched try's ``try/start`` would wait for it.
     """
     requests: list[LaunchRequest] = []
-    launchable: list[tuple[TaskInstance, TaskInstanceTry]] = []
+    launchable: list[TaskInstance] = []
     failed: list[TaskInstance] = []
-    for ti, dag_hash, try_row in batch:
+    for ti, dag_hash in batch:
         try:
             requests.append(_request(ctx, session, ti, dag_hash))
-            launchable.append((ti, try_row))
+            launchable.append(ti)
         except LaunchError as exc:
-            _record_launch(ctx, session, ti, try_row, exc)
+            _record_launch(ctx, session, ti, exc)
             failed.append(ti)
     results: list[str | LaunchError] | None = None
     if requests:
@@ -256,8 +252,8 @@ def launch_batch(
             results = list(ctx.executor.launch_many(requests))
         except Exception as exc:
             results = [LaunchError(str(exc))] * len(requests)
-    for (ti, try_row), result in zip(launchable, results or [], strict=True):
-        if not _record_launch(ctx, session, ti, try_row, result):
+    for ti, result in zip(launchable, results or [], strict=True):
+        if not _record_launch(ctx, session, ti, result):
             failed.append(ti)
     return failed
 
@@ -273,12 +269,12 @@ def queue_and_launch(ctx: SchedulerContext, session: Session) -> int:
         ti.state, ti.end_date = _TI.FAILED.value, now
         ti.error = f"pool {ti.pool!r} does not exist"
         log.error("task %s of run %s/%s: %s", ti.task_id, ti.dag_id, ti.run_id, ti.error)
-    try_rows = [_mark_queued(ctx, session, ti, now) for ti, _ in chosen]
+    for ti, _ in chosen:
+        _mark_queued(ctx, session, ti, now)
     session.commit()  # queued before launch: the try's start call must find it queued
     if chosen:
         fault_point("queueing.after_queued_commit")
-    batch = [(ti, dag_hash, row) for (ti, dag_hash), row in zip(chosen, try_rows, strict=True)]
-    failed = list(bad_pool) + launch_batch(ctx, session, batch)
+    failed = list(bad_pool) + launch_batch(ctx, session, chosen)
     if chosen:
         fault_point("queueing.after_launch")
     session.flush()

@@ -9,6 +9,7 @@ row, durations) live in one place.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session
@@ -58,19 +59,44 @@ def record_try_outcome(
     ti.duration = (now - ti.start_date).total_seconds() if ti.start_date else None
     if error is not None or state != TaskInstanceState.FAILED:
         ti.error = error
-    # One UPDATE, no SELECT: this runs once per try on the hot path.
+    end_try_row(
+        session,
+        ti.id,
+        ti.try_number,
+        state=state.value,
+        end_date=now,
+        error=error,
+        external_executor_id=ti.external_executor_id,
+    )
+    return final
+
+
+def end_try_row(
+    session: Session,
+    ti_id: int,
+    try_number: int,
+    *,
+    state: str,
+    end_date: datetime,
+    error: str | None,
+    external_executor_id: Any,
+) -> None:
+    """Close the try's history row: one UPDATE, no SELECT (once per try, hot path).
+
+    ``external_executor_id`` is a value or a SQL expression; it is copied here rather
+    than at launch, which saves one write per try.
+    """
     session.execute(
         update(TaskInstanceTry)
         .where(
-            TaskInstanceTry.task_instance_id == ti.id,
-            TaskInstanceTry.try_number == ti.try_number,
+            TaskInstanceTry.task_instance_id == ti_id,
+            TaskInstanceTry.try_number == try_number,
         )
         .values(
-            state=state.value,
-            end_date=now,
+            state=state,
+            end_date=end_date,
             error=error,
-            # Copied here, not at launch: one write fewer per try on the hot path.
-            external_executor_id=ti.external_executor_id,
+            external_executor_id=external_executor_id,
         )
+        .execution_options(synchronize_session=False)
     )
-    return final
