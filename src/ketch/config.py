@@ -185,6 +185,18 @@ class ApiSettings(BaseModel):
         default=None,
         description="External URL of the web server (for links). Unset: from host and port.",
     )
+    execution_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Serve the execution API (task tries) on this second port only, so a "
+        "NetworkPolicy can let worker pods reach it and nothing else. Unset: one port for all.",
+    )
+    metrics_public: bool = Field(
+        default=False,
+        description="Serve /metrics without authentication (else a token with the `metrics` "
+        "scope, or a signed-in admin, is required).",
+    )
 
 
 class ApiAuthSettings(BaseModel):
@@ -195,6 +207,89 @@ class ApiAuthSettings(BaseModel):
     jwt_expiration_time: int = Field(
         default=86400, gt=0, description="Seconds a per-try token stays valid."
     )
+
+
+Role = Literal["viewer", "user", "op", "admin"]
+
+
+class RoleRule(BaseModel):
+    """One ``[auth] role_rules`` entry: an exact email or a whole domain gets a role."""
+
+    email: str | None = None
+    domain: str | None = None
+    role: Role
+
+    @model_validator(mode="after")
+    def _one_subject(self) -> RoleRule:
+        if (self.email is None) == (self.domain is None):
+            raise ValueError("a role rule names exactly one of email or domain")
+        return self
+
+
+class AuthSettings(BaseModel):
+    """Who may use the web server: OpenID Connect sign-in (Google by default), roles, sessions."""
+
+    mode: Literal["auto", "none"] = Field(
+        default="auto",
+        description="`auto`: sign-in through the identity provider when one is configured, else "
+        "only loopback requests are let in (as admin). `none`: no authentication at all (unsafe; "
+        "warned about at start).",
+    )
+    oidc_issuer: str = Field(
+        default="https://accounts.google.com",
+        description="OpenID Connect issuer URL (discovery at /.well-known/openid-configuration). "
+        "`http://` only on a loopback host.",
+    )
+    oidc_client_id: str | None = Field(
+        default=None, description="OAuth client id; with the secret, turns sign-in on."
+    )
+    oidc_client_secret: SecretStr | None = Field(default=None, description="OAuth client secret.")
+    oidc_callback_path: str = Field(
+        default="/oauth2callback",
+        description="Path of the redirect URI registered at the provider.",
+    )
+    allowed_domains: list[str] = Field(
+        default=[],
+        description="Google Workspace domains allowed to sign in: both the `hd` claim and the "
+        "email's domain must be in it (a JSON list in the environment variable).",
+    )
+    role_rules: list[RoleRule] = Field(
+        default=[],
+        description='Rules giving roles, first match wins, e.g. `[{"email": "lead@corp.com", '
+        '"role": "admin"}, {"domain": "corp.com", "role": "viewer"}]`. An email rule admits that '
+        "one verified account from any domain.",
+    )
+    default_role: Role | None = Field(
+        default=None,
+        description="Role of a signed-in user of an allowed domain that no rule matches "
+        "(unset: no access).",
+    )
+    session_secret: SecretStr | None = Field(
+        default=None,
+        description="Key that signs session cookies. Unset: generated once into "
+        "$KETCH_HOME/session_secret (set it when web replicas do not share a disk).",
+    )
+    session_idle_timeout: int = Field(
+        default=8 * 3600, gt=0, description="Seconds of inactivity after which a session ends."
+    )
+    session_max_age: int = Field(
+        default=7 * 86400, gt=0, description="Seconds after sign-in after which a session ends."
+    )
+    session_recheck_interval: int = Field(
+        default=60,
+        gt=0,
+        description="Seconds between re-checks of a session's user (disabled, role rules).",
+    )
+    trusted_proxies: list[str] = Field(
+        default=[],
+        description="Addresses or CIDR ranges of reverse proxies whose X-Forwarded-Proto/Host "
+        "are believed when building the redirect URI.",
+    )
+
+    @property
+    def oidc_configured(self) -> bool:
+        """An identity provider is configured: sign-in is then required on every address."""
+        return bool(self.oidc_client_id) and self.oidc_client_secret is not None
 
 
 class LoggingSettings(BaseModel):
@@ -378,6 +473,7 @@ class Settings(BaseSettings):
     dag_processor: DagProcessorSettings = DagProcessorSettings()
     api: ApiSettings = ApiSettings()
     api_auth: ApiAuthSettings = ApiAuthSettings()
+    auth: AuthSettings = AuthSettings()
     logging: LoggingSettings = LoggingSettings()
     variables: VariablesSettings = VariablesSettings()
     kubernetes: KubernetesSettings = KubernetesSettings()

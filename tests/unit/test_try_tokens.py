@@ -34,9 +34,9 @@ def test_generated_secret_is_private_and_shared(ketch_home: Path) -> None:
     path = ketch_home / "jwt_secret"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     # Another process reads the same file: simulate with a fresh cache.
-    from ketch.auth import try_tokens
+    from ketch.auth import secret_file
 
-    try_tokens._file_secrets.clear()
+    secret_file._cache.clear()
     assert verify_try_token(Settings(), token).ti_id == 1
     assert jwt_secret(Settings()) == path.read_text().strip()
 

@@ -12,25 +12,18 @@ the web process on one machine agree without any configuration.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import secrets
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import jwt
 
+from ketch.auth.secret_file import read_or_create_secret
 from ketch.config import Settings
 from ketch.executors.base import TryKey
 
 ALGORITHM = "HS256"
 SUBJECT = "try"
 _REQUIRED_CLAIMS = ("sub", "exp", "iat", "dag_id", "run_id", "task_id", "try_number", "ti_id")
-
-# Secrets read from $KETCH_HOME/jwt_secret, by path: verification runs on every
-# execution API call and must not read a file each time.
-_file_secrets: dict[Path, str] = {}
 
 
 class InvalidTryToken(Exception):
@@ -54,39 +47,11 @@ class TryClaims:
         return TryKey(self.dag_id, self.run_id, self.task_id, self.try_number)
 
 
-def _read_or_create_secret_file(path: Path) -> str:
-    """Read the machine's shared secret, creating it atomically on first use.
-
-    The secret is written to a private temp file and hard-linked into place:
-    ``link`` fails if another process won the race, and then we read theirs, so
-    every process on the machine ends up with the same secret, never a torn one.
-    """
-    if path.is_file():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(48))
-            fh.flush()
-            os.fsync(fh.fileno())
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path.read_text().strip()
-
-
 def jwt_secret(settings: Settings) -> str:
     """The signing secret: configured, or the machine's generated one."""
     if settings.api_auth.jwt_secret is not None:
         return settings.api_auth.jwt_secret.get_secret_value()
-    path = settings.home / "jwt_secret"
-    cached = _file_secrets.get(path)
-    if cached is None:
-        cached = _file_secrets[path] = _read_or_create_secret_file(path)
-    return cached
+    return read_or_create_secret(settings.home / "jwt_secret")
 
 
 def sign_try_token(settings: Settings, key: TryKey, ti_id: int) -> str:
