@@ -30,7 +30,8 @@ log = logging.getLogger("ketch.api")
 RETRY_AFTER_SECONDS = 1
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, *, include_execution: bool = True) -> FastAPI:
+    """The web app; without the execution API when it is served on its own port."""
     from ketch.api.execution import router as execution_router
     from ketch.api.execution_variables import router as execution_variables_router
     from ketch.api.rest import build_router
@@ -50,8 +51,9 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     # The execution API first: task tries call it several times each, so their requests
     # should not be matched against every REST route before reaching it.
-    app.include_router(execution_router)
-    app.include_router(execution_variables_router)
+    if include_execution:
+        app.include_router(execution_router)
+        app.include_router(execution_variables_router)
     app.include_router(build_router())
     app.include_router(variable_sync_metrics_router)  # /metrics (Prometheus)
     return app
