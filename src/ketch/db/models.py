@@ -350,3 +350,62 @@ class HealthProbe(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     checked_at: Mapped[datetime]
+
+
+class ApiToken(Base):
+    """A bearer token for automation and the CLI: created by an admin, shown once.
+
+    Only the SHA-256 of the secret is stored: a token is 256 random bits, so a fast hash
+    is as good as a slow one against guessing and lets a request be checked with one
+    indexed lookup.
+    """
+
+    __tablename__ = "api_token"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(250))
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(20))
+    scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(320))
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    revoked_by: Mapped[str | None] = mapped_column(String(320), default=None)
+
+
+class WebUser(Base):
+    """Someone who signed in: the role the rules gave at the last sign-in, and whether an
+    admin disabled the account (sessions of a disabled user end at their next re-check)."""
+
+    __tablename__ = "web_user"
+
+    email: Mapped[str] = mapped_column(String(320), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(250), default=None)
+    role: Mapped[str | None] = mapped_column(String(20), default=None)
+    first_sign_in_at: Mapped[datetime]
+    last_sign_in_at: Mapped[datetime]
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    disabled_at: Mapped[datetime | None] = mapped_column(default=None)
+    disabled_by: Mapped[str | None] = mapped_column(String(320), default=None)
+
+
+class AuditLog(Base):
+    """Every state-changing request and sign-in: who, what, when, from where.
+
+    ``target`` holds the path parameters (ids), never a request body, so no secret value
+    can end up here.
+    """
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(index=True)
+    actor: Mapped[str] = mapped_column(String(320), index=True)
+    role: Mapped[str | None] = mapped_column(String(20), default=None)
+    action: Mapped[str] = mapped_column(String(250))
+    target: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    ip: Mapped[str | None] = mapped_column(String(64), default=None)
+    detail: Mapped[str | None] = mapped_column(Text, default=None)
