@@ -15,7 +15,6 @@ from contextlib import suppress
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, InternalError, OperationalError
 
@@ -27,6 +26,7 @@ from ketch.db.outage import OutageTracker, is_db_unavailable, reason
 from ketch.scheduler.loop import Scheduler
 from tests.support.fake_executor import FakeExecutor
 from tests.support.postgres import PostgresServer, start_postgres
+from tests.support.web import local_client
 from tests.unit.test_execution_api import make_try
 
 # -- the tracker -----------------------------------------------------------------------
@@ -180,7 +180,7 @@ def test_web_answers_503_once_logged_while_postgresql_is_stopped(
     caplog.set_level(logging.DEBUG)
     a_try = make_try(get_engine(pg_url))
     headers = a_try.headers()
-    with TestClient(create_app(get_settings())) as client:
+    with local_client(create_app(get_settings())) as client:
         assert (
             client.post(
                 "/execution/try/start", json={"pid": 1, "hostname": "h"}, headers=headers
@@ -217,7 +217,7 @@ def test_a_mistake_is_still_a_500_not_a_503(sqlite_engine: Engine) -> None:
         with sqlite_engine.connect() as conn:
             conn.execute(text("SELECT * FROM no_such_table"))
 
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with local_client(app, raise_server_exceptions=False) as client:
         assert client.get("/broken").status_code == 500
 
 

@@ -13,7 +13,6 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, select
 from sqlalchemy.orm import Session
 
@@ -23,6 +22,7 @@ from ketch.db.engine import dispose_engines, get_engine, session_factory
 from ketch.db.migrate import migrate
 from ketch.db.models import HealthProbe
 from tests.support.postgres import PostgresServer, free_port
+from tests.support.web import local_client
 
 HEALTH = "/api/v1/health"
 
@@ -34,7 +34,7 @@ def probe_time(engine: Engine) -> datetime:
 
 def test_health_commits_its_probe_row(engine: Engine) -> None:
     before = probe_time(engine)
-    with TestClient(create_app(get_settings())) as client:
+    with local_client(create_app(get_settings())) as client:
         answer = client.get(HEALTH)
         assert (answer.status_code, answer.json()) == (200, {"status": "ok", "database": "ok"})
         after = probe_time(engine)
@@ -65,7 +65,7 @@ def test_health_reports_postgresql_in_read_only_mode(
             )
         engine.dispose()  # the setting applies to new sessions
 
-    with TestClient(create_app(get_settings())) as client:
+    with local_client(create_app(get_settings())) as client:
         assert client.get(HEALTH).status_code == 200
         read_only(True)
         answer = client.get(HEALTH)
@@ -82,7 +82,7 @@ def test_health_reports_an_unreachable_database(monkeypatch: pytest.MonkeyPatch)
     url = f"postgresql://nobody@127.0.0.1:{free_port()}/nothing"
     monkeypatch.setenv("KETCH__DATABASE__SQL_ALCHEMY_CONN", url)
     get_settings.cache_clear()
-    with TestClient(create_app(get_settings())) as client:
+    with local_client(create_app(get_settings())) as client:
         answer = client.get(HEALTH)
     assert answer.status_code == 503
     body = answer.json()
@@ -97,7 +97,7 @@ def test_health_reports_a_sqlite_file_opened_read_only(sqlite_engine: Engine) ->
     read_only = create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
     app = create_app(get_settings())
     app.state.session_factory = session_factory(read_only)
-    with TestClient(app) as client:
+    with local_client(app) as client:
         answer = client.get(HEALTH)
     read_only.dispose()
     assert answer.status_code == 503
@@ -150,7 +150,7 @@ def test_health_reports_sqlite_on_a_full_disk(
     monkeypatch.setenv("KETCH__DATABASE__SQL_ALCHEMY_CONN", url)
     get_settings.cache_clear()
     migrate(get_engine(url))
-    with TestClient(create_app(get_settings())) as client:
+    with local_client(create_app(get_settings())) as client:
         assert client.get(HEALTH).status_code == 200  # the web's pool has its connection
         filler = fill(small_disk)
         answer = client.get(HEALTH)

@@ -15,6 +15,7 @@ from ketch import cli, operations
 from ketch.api.app import create_app
 from ketch.config import get_settings
 from ketch.db.models import DEFAULT_POOL_NAME, DEFAULT_POOL_SLOTS, Pool, TaskInstance
+from tests.support.web import local_client
 from tests.unit.test_operations import add_dag, add_run, serialized_chain
 
 API = "/api/v1"
@@ -139,7 +140,7 @@ def client(sqlite_engine: Engine) -> Iterator[TestClient]:
     with Session(sqlite_engine) as session:
         seed_usage(session)
         session.commit()
-    with TestClient(create_app(get_settings())) as c:
+    with local_client(create_app(get_settings())) as c:
         yield c
 
 

@@ -17,6 +17,7 @@ from ketch.config import get_settings
 from ketch.db.models import ImportError_, TaskInstance
 from ketch.executors.base import TryKey
 from ketch.worker.task_log import log_path
+from tests.support.web import local_client
 from tests.unit.test_operations import add_dag, add_run, serialized_chain
 
 API = "/api/v1"
@@ -37,7 +38,7 @@ def client(sqlite_engine: Engine) -> Iterator[TestClient]:
             )
         )
         session.commit()
-    with TestClient(create_app(get_settings())) as c:
+    with local_client(create_app(get_settings())) as c:
         yield c
 
 

@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from ketch.api.app import create_app
 from ketch.config import get_settings
 from ketch.variables.sources.file import FileVariableSource
 from ketch.variables.sync import SyncService
+from tests.support.web import local_client
 
 API = "/api/v1"
 
@@ -36,7 +36,7 @@ def test_sync_status_and_metrics(
         engine,
         [(FileVariableSource(good), True), (FileVariableSource(broken), True)],
     ).run_once()
-    with TestClient(create_app(settings)) as client:
+    with local_client(create_app(settings)) as client:
         answer = client.get(f"{API}/variables/syncStatus")
         assert answer.status_code == 200, answer.text
         body = answer.json()

@@ -12,13 +12,14 @@ from ketch.api.app import create_app
 from ketch.auth.try_tokens import sign_try_token
 from ketch.config import get_settings
 from ketch.executors.base import TryKey
+from tests.support.web import local_client
 
 API = "/api/v1"
 
 
 @pytest.fixture
 def client(engine: Engine) -> Iterator[TestClient]:
-    with TestClient(create_app(get_settings())) as c:
+    with local_client(create_app(get_settings())) as c:
         yield c
 
 

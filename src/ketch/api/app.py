@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from ketch.auth.install import install_auth
+from ketch.auth.principal import authorize
 from ketch.config import Settings
 from ketch.db.outage import OutageTracker, is_db_unavailable, reason
 
@@ -43,7 +45,10 @@ def create_app(settings: Settings, *, include_execution: bool = True) -> FastAPI
         title="ketch",
         summary="REST API of ketch, a workflow orchestrator (Airflow-style DAGs).",
         version=_version(),
-        openapi_url="/openapi.json",
+        # Served by ketch.auth.install behind authorization, not by FastAPI openly.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.session_factory = session_factory(get_engine(settings.database_url))
@@ -55,7 +60,10 @@ def create_app(settings: Settings, *, include_execution: bool = True) -> FastAPI
         app.include_router(execution_router)
         app.include_router(execution_variables_router)
     app.include_router(build_router())
-    app.include_router(variable_sync_metrics_router)  # /metrics (Prometheus)
+    app.include_router(  # /metrics (Prometheus)
+        variable_sync_metrics_router, dependencies=[Depends(authorize)]
+    )
+    install_auth(app, settings)
     return app
 
 

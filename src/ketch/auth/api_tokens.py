@@ -52,7 +52,9 @@ def create_token(
         raise InvalidRequest("role", f"must be one of {', '.join(ROLES)}, not {role!r}")
     unknown = set(scopes) - KNOWN_SCOPES
     if unknown:
-        raise InvalidRequest("scopes", f"unknown scope(s) {sorted(unknown)}; known: {sorted(KNOWN_SCOPES)}")
+        raise InvalidRequest(
+            "scopes", f"unknown scope(s) {sorted(unknown)}; known: {sorted(KNOWN_SCOPES)}"
+        )
     if not name.strip():
         raise InvalidRequest("name", "a token needs a name")
     if expires_in is not None and expires_in <= timedelta(0):

@@ -7,9 +7,10 @@ Errors from operations become HTTP errors in :mod:`ketch.api.rest.errors`.
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
 from ketch.api.rest import (
+    audit_log,
     connections,
     dag_runs,
     dags,
@@ -18,17 +19,22 @@ from ketch.api.rest import (
     logs,
     pools,
     task_instances,
+    tokens,
+    users,
     variable_sync,
     variables,
 )
+from ketch.auth.principal import authorize
 
 
 def build_router() -> APIRouter:
-    """All REST routers under ``/api/v1``."""
-    router = APIRouter(prefix="/api/v1")
+    """All REST routers under ``/api/v1``, each request authorized by the role policy."""
+    router = APIRouter(prefix="/api/v1", dependencies=[Depends(authorize)])
     for module in (health, dags, dag_runs, task_instances, logs, import_errors, pools):
         router.include_router(module.router)
     router.include_router(variable_sync.router)  # before variables: syncStatus is no key
     router.include_router(variables.router)
     router.include_router(connections.router)
+    for module in (tokens, users, audit_log):
+        router.include_router(module.router)
     return router
