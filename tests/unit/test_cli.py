@@ -115,7 +115,7 @@ def test_trigger_wait_shows_progress_and_exits_with_the_outcome(
     with Session(sqlite_engine) as session:
         add_dag(session, serialized_chain())
         session.commit()
-    monkeypatch.setattr(cli, "WAIT_POLL_SECONDS", 0.02)
+    monkeypatch.setattr(cli.dags, "WAIT_POLL_SECONDS", 0.02)
     player = _finish_run_later(sqlite_engine, "etl", fail=fail)
     result = ketch("dags", "trigger", "etl", "--wait")
     player.join()

@@ -1,0 +1,164 @@
+"""``ketch connections``: list, get, add, delete, import, export.
+
+Airflow's fields, URI format and connections JSON; passwords are hidden by ``list``
+and printed by ``get`` (it is what the user asked for).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ketch.cli._common import (
+    CliError,
+    db_session,
+    emit,
+    load_settings,
+    output_option,
+    read_json_file,
+    write_json_file,
+)
+
+
+@click.group()
+def connections() -> None:
+    """Connections: how tasks reach other systems (Airflow's fields and URI format)."""
+
+
+@connections.command("list")
+@output_option
+def connections_list(output: str) -> None:
+    """Every connection (passwords hidden)."""
+    from ketch.variables import store
+
+    with db_session() as session:
+        rows = []
+        for conn in store.list_connections(session, load_settings()):
+            row = {"conn_id": conn.conn_id, **conn.to_dict()}
+            row["password"] = "***" if conn.password else None
+            rows.append(row)
+    emit(output, rows, ("conn_id", "conn_type", "host", "port", "schema", "login"))
+
+
+@connections.command("get")
+@click.argument("conn_id")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Choice(["uri", "json"]),
+    default="json",
+    show_default=True,
+    help="Airflow's URI, or the fields as JSON (password included).",
+)
+def connections_get(conn_id: str, output: str) -> None:
+    """Print a connection (with its password: it is what the user asked for)."""
+    from ketch.variables import store
+
+    with db_session() as session:
+        conn = store.get_connection(session, load_settings(), conn_id)
+    if output == "uri":
+        click.echo(conn.get_uri())
+    else:
+        click.echo(json.dumps({"conn_id": conn.conn_id, **conn.to_dict()}, indent=2))
+
+
+@connections.command("add")
+@click.argument("conn_id")
+@click.option(
+    "--conn-uri", default=None, help="Airflow's URI: type://login:password@host:port/schema?extra"
+)
+@click.option("--conn-json", default=None, help="The fields as a JSON object.")
+@click.option("--conn-type", default=None)
+@click.option("--conn-host", default=None)
+@click.option("--conn-login", default=None)
+@click.option("--conn-password", default=None)
+@click.option("--conn-schema", default=None)
+@click.option("--conn-port", type=int, default=None)
+@click.option("--conn-extra", default=None, help="Extra fields as a JSON object.")
+@click.option("--conn-description", default=None)
+def connections_add(
+    conn_id: str,
+    conn_uri: str | None,
+    conn_json: str | None,
+    conn_type: str | None,
+    conn_host: str | None,
+    conn_login: str | None,
+    conn_password: str | None,
+    conn_schema: str | None,
+    conn_port: int | None,
+    conn_extra: str | None,
+    conn_description: str | None,
+) -> None:
+    """Add a connection from a URI, JSON, or fields (fails if CONN_ID exists)."""
+    from ketch.authoring.connection import Connection
+    from ketch.variables import store
+
+    fields = {
+        "conn_type": conn_type,
+        "host": conn_host,
+        "login": conn_login,
+        "password": conn_password,
+        "schema": conn_schema,
+        "port": conn_port,
+        "extra": conn_extra,
+    }
+    given = [name for name, value in fields.items() if value is not None]
+    if sum(x is not None for x in (conn_uri, conn_json)) + bool(given) != 1:
+        raise CliError("give exactly one of --conn-uri, --conn-json, or --conn-type and fields")
+    try:
+        if conn_uri is not None:
+            conn = Connection.from_uri(conn_id, conn_uri, description=conn_description)
+            if conn_extra is not None:
+                conn.extra = conn_extra
+        elif conn_json is not None:
+            data = json.loads(conn_json)
+            if not isinstance(data, dict):
+                raise ValueError("--conn-json must be a JSON object")
+            conn = Connection.from_dict(conn_id, data)
+        else:
+            if conn_type is None:
+                raise ValueError("--conn-type is required without --conn-uri / --conn-json")
+            conn = Connection.from_dict(conn_id, {**fields, "description": conn_description})
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    with db_session() as session:
+        store.set_connection(session, load_settings(), conn, overwrite=False)
+    click.echo(f"connection {conn_id} added")
+
+
+@connections.command("delete")
+@click.argument("conn_id")
+def connections_delete(conn_id: str) -> None:
+    """Delete a connection."""
+    from ketch.variables import store
+
+    with db_session() as session:
+        store.delete_connection(session, conn_id)
+    click.echo(f"connection {conn_id} deleted")
+
+
+@connections.command("import")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--overwrite/--no-overwrite", default=True, show_default=True)
+def connections_import(file: Path, overwrite: bool) -> None:
+    """Import Airflow's connections JSON (conn_id -> fields or URI); all or nothing."""
+    from ketch.variables import store
+
+    data = read_json_file(file)
+    with db_session() as session:
+        count = store.import_connections(session, load_settings(), data, overwrite=overwrite)
+    click.echo(f"{count} connections imported from {file}")
+
+
+@connections.command("export")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+def connections_export(file: Path) -> None:
+    """Write every connection to FILE in Airflow's JSON format (passwords in clear)."""
+    from ketch.variables import store
+
+    with db_session() as session:
+        data = store.export_connections(session, load_settings())
+    write_json_file(file, data)
+    click.echo(f"{len(data)} connections exported to {file}")

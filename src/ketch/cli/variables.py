@@ -1,0 +1,207 @@
+"""``ketch variables`` (list, get, set, delete, import, export, sync) and
+``ketch rotate-fernet-key``.
+
+The commands work on the database through :mod:`ketch.variables.store`. Files are
+Airflow's formats, so an existing ``variables.json`` imports unchanged. Values of
+sensitive variables are shown as ``***`` by ``list``; ``get`` prints the value (it is
+what the user asked for). ``sync --once`` and ``sync-status`` run the sync of
+:mod:`ketch.variables.sync`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ketch.cli._common import (
+    CliError,
+    db_session,
+    emit,
+    load_settings,
+    output_option,
+    reachable_engine,
+    read_json_file,
+    require_current_schema,
+    write_json_file,
+)
+
+
+@click.group()
+def variables() -> None:
+    """Variables: key -> value, encrypted at rest, read by tasks with Variable.get."""
+
+
+@variables.command("list")
+@output_option
+def variables_list(output: str) -> None:
+    """Every variable (values of sensitive ones hidden) and who owns it."""
+    from ketch.variables import store
+
+    with db_session() as session:
+        rows = [r.to_dict(reveal=False) for r in store.list_variables(session, load_settings())]
+    for row in rows:
+        row["source"] = row["source"] or "(manual)"
+    emit(output, rows, ("key", "value", "is_sensitive", "source", "description"))
+
+
+@variables.command("get")
+@click.argument("key")
+@click.option("--json", "as_json", is_flag=True, help="Parse the value as JSON and pretty-print.")
+@click.option("--default", default=None, help="Print this when the variable does not exist.")
+def variables_get(key: str, as_json: bool, default: str | None) -> None:
+    """Print a variable's value."""
+    from ketch.variables import store
+
+    with db_session() as session:
+        try:
+            value = store.get_variable(session, load_settings(), key).value
+        except store.VariableNotFound:
+            if default is None:
+                raise
+            value = default
+    if as_json:
+        try:
+            value = json.dumps(json.loads(value), indent=2)
+        except ValueError as exc:
+            raise CliError(f"variable {key!r} is not JSON: {exc}") from exc
+    click.echo(value)
+
+
+@variables.command("set")
+@click.argument("key")
+@click.argument("value")
+@click.option("--description", default=None, help="What the variable is for.")
+@click.option(
+    "--sensitive/--not-sensitive",
+    default=None,
+    help="Hide the value in listings and task logs (default: by key name, e.g. *password*).",
+)
+@click.option("--json", "as_json", is_flag=True, help="VALUE is JSON (checked, stored as text).")
+def variables_set(
+    key: str, value: str, description: str | None, sensitive: bool | None, as_json: bool
+) -> None:
+    """Create or update a variable (it becomes manual: no sync source owns it)."""
+    from ketch.variables import store
+
+    if as_json:
+        try:
+            json.loads(value)
+        except ValueError as exc:
+            raise CliError(f"VALUE is not valid JSON: {exc}") from exc
+    with db_session() as session:
+        store.set_variable(
+            session,
+            load_settings(),
+            key,
+            value,
+            description=description,
+            is_sensitive=sensitive,
+            actor="cli",
+        )
+    click.echo(f"variable {key} set")
+
+
+@variables.command("delete")
+@click.argument("key")
+def variables_delete(key: str) -> None:
+    """Delete a variable."""
+    from ketch.variables import store
+
+    with db_session() as session:
+        store.delete_variable(session, key, actor="cli")
+    click.echo(f"variable {key} deleted")
+
+
+@variables.command("import")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+def variables_import(file: Path) -> None:
+    """Import Airflow's variables.json (a flat JSON object); all or nothing."""
+    from ketch.variables import store
+
+    data = read_json_file(file)
+    with db_session() as session:
+        count = store.import_variables(session, load_settings(), data, actor="cli")
+    click.echo(f"{count} variables imported from {file}")
+
+
+@variables.command("export")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+def variables_export(file: Path) -> None:
+    """Write every variable to FILE in Airflow's format (values in clear: keep it safe)."""
+    from ketch.variables import store
+
+    with db_session() as session:
+        data = store.export_variables(session, load_settings())
+    write_json_file(file, data)
+    click.echo(f"{len(data)} variables exported to {file}")
+
+
+def _status_rows(statuses: list[Any]) -> list[dict[str, Any]]:
+    rows = []
+    for status in statuses:
+        if dataclasses.is_dataclass(status) and not isinstance(status, type):
+            row = dataclasses.asdict(status)
+        elif hasattr(status, "model_dump"):
+            row = status.model_dump(mode="json")
+        else:
+            row = dict(vars(status))
+        rows.append({k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()})
+    return rows
+
+
+_STATUS_COLUMNS = (
+    "source_id",
+    "version",
+    "last_success_at",
+    "last_error",
+    "managed_keys",
+)
+
+
+@variables.command("sync")
+@click.option("--once", is_flag=True, required=True, help="Run one sync of every source and exit.")
+@output_option
+def variables_sync(once: bool, output: str) -> None:
+    """Sync every configured source once (for CI/CD); exit 1 if a source failed."""
+    from ketch.variables.sync import run_sync_once
+
+    settings = load_settings()
+    engine = reachable_engine(settings)
+    require_current_schema(engine)
+    statuses = run_sync_once(settings, engine)
+    rows = _status_rows(statuses)
+    emit(output, rows, _STATUS_COLUMNS)
+    if any(row.get("ok") is False or ("ok" not in row and row.get("error")) for row in rows):
+        raise SystemExit(1)
+
+
+@variables.command("sync-status")
+@output_option
+def variables_sync_status(output: str) -> None:
+    """Each source's last success, last error, current version and managed keys."""
+    from ketch.variables.sync import sync_status
+
+    with db_session() as session:
+        rows = _status_rows(sync_status(session))
+    emit(output, rows, _STATUS_COLUMNS)
+
+
+# --- key rotation --------------------------------------------------------------------------
+
+
+@click.command("rotate-fernet-key")
+def rotate_fernet_key() -> None:
+    """Re-encrypt every variable and connection secret with the first [core] fernet_key.
+
+    Put the new key first (``KETCH__CORE__FERNET_KEY=new,old``), run this, then drop
+    the old key.
+    """
+    from ketch.variables import store
+
+    with db_session() as session:
+        count = store.rotate_fernet_key(session, load_settings())
+    click.echo(f"{count} values re-encrypted with the first fernet key")
