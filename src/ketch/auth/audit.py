@@ -86,8 +86,7 @@ class AuditMiddleware:
         if factory is None:
             return
         principal = scope.get("state", {}).get("principal")
-        route = scope.get("route")
-        action = f"{scope['method']} {getattr(route, 'path', scope['path'])}"
+        action = f"{scope['method']} {scope['path']}"
         client = scope.get("client")
         try:
             with factory() as session:

@@ -9,6 +9,8 @@ is never open by accident.
 
 from __future__ import annotations
 
+import re
+
 from ketch.config import Role
 
 OPEN_PATHS = frozenset({"/api/v1/health"})
@@ -18,27 +20,32 @@ METRICS_PATH = "/metrics"
 
 _ADMIN_PREFIXES = ("/api/v1/tokens", "/api/v1/users", "/api/v1/auditLog")
 _OP_PREFIXES = ("/api/v1/variables", "/api/v1/connections", "/api/v1/pools")
-_USER_ACTIONS = frozenset(
-    {
-        ("PATCH", "/api/v1/dags/{dag_id}"),
-        ("POST", "/api/v1/dags/{dag_id}/dagRuns"),
-        ("PATCH", "/api/v1/dags/{dag_id}/dagRuns/{dag_run_id}"),
-        ("PATCH", "/api/v1/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}"),
-        ("POST", "/api/v1/dags/{dag_id}/clearTaskInstances"),
-    }
+_SEGMENT = r"[^/]+"
+# The changes a "user" may make, matched on the request path: FastAPI does not hand
+# dependencies the full route template of a route inside included routers.
+_USER_ACTIONS = tuple(
+    (method, re.compile(pattern.replace("{}", _SEGMENT) + "$"))
+    for method, pattern in (
+        ("PATCH", "/api/v1/dags/{}"),  # pause, unpause
+        ("POST", "/api/v1/dags/{}/dagRuns"),  # trigger
+        ("PATCH", "/api/v1/dags/{}/dagRuns/{}"),  # mark a run
+        ("PATCH", "/api/v1/dags/{}/dagRuns/{}/taskInstances/{}"),  # mark a task
+        ("POST", "/api/v1/dags/{}/clearTaskInstances"),
+    )
 )
 
 
-def required_role(method: str, route_path: str) -> Role | None:
-    """The weakest role allowed to call ``method route_path``; None: open to anyone."""
-    if route_path in OPEN_PATHS:
+def required_role(method: str, path: str) -> Role | None:
+    """The weakest role allowed to call ``method path``; None: open to anyone."""
+    path = path.rstrip("/") or "/"
+    if path in OPEN_PATHS:
         return None
-    if route_path.startswith(_ADMIN_PREFIXES):
+    if path.startswith(_ADMIN_PREFIXES):
         return "admin"
-    if route_path.startswith(_OP_PREFIXES):
+    if path.startswith(_OP_PREFIXES):
         return "op"
     if method in ("GET", "HEAD"):
         return "viewer"
-    if (method, route_path) in _USER_ACTIONS:
+    if any(method == m and pattern.match(path) for m, pattern in _USER_ACTIONS):
         return "user"
     return "admin"

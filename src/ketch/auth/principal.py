@@ -154,8 +154,7 @@ def _check_role(request: Request, principal: Principal, needed: Role) -> None:
 
 
 def _route_path(request: Request) -> str:
-    route = request.scope.get("route")
-    return getattr(route, "path", request.url.path)
+    return str(request.scope["path"])
 
 
 def _authorize_sync(request: Request) -> Principal | None:
