@@ -185,22 +185,26 @@ def test_start_runs_a_queued_try_once_and_returns_its_context(
 
 
 @pytest.mark.parametrize("state", [None, "scheduled", "success", "up_for_retry", "failed"])
-def test_start_refuses_a_ti_that_is_not_queued(
+def test_start_of_a_try_that_ended_is_401(
     engine: Engine, client: TestClient, state: str | None
 ) -> None:
+    """The TI has this try number but is no longer queued or running: the try is over
+    (cleared, finished, failed) and its token no longer works."""
     t = make_try(engine, state=state)
     response = start(client, t)
-    assert response.status_code == 409
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert response.json()["detail"].startswith("try has ended: task instance is ")
     assert ti_row(engine, t.ti_id).state == state
 
 
-def test_start_refuses_another_try_number(engine: Engine, client: TestClient) -> None:
+def test_start_of_a_superseded_try_is_401(engine: Engine, client: TestClient) -> None:
     t = make_try(engine, try_number=2)
     response = client.post(
         "/execution/try/start", json={"pid": 1, "hostname": "h"}, headers=t.headers(try_number=1)
     )
-    assert response.status_code == 409
-    assert "try 1" in response.json()["detail"]
+    assert response.status_code == 401
+    assert "try_number 2, this is try 1" in response.json()["detail"]
     assert ti_row(engine, t.ti_id).state == "queued"
 
 
@@ -214,8 +218,10 @@ def test_heartbeat_until_the_state_changes_externally(engine: Engine, client: Te
         ti.state = None  # cleared by a user
         session.commit()
     response = client.post("/execution/try/heartbeat", json={}, headers=t.headers())
-    assert response.status_code == 409
-    assert "none" in response.json()["detail"]
+    assert response.status_code == 401  # the try ended with the clear: so did its token
+    assert response.json()["detail"] == (
+        "try has ended: task instance is none with try_number 1, this is try 1"
+    )
 
 
 def test_finish_success_stores_return_value_and_branch(engine: Engine, client: TestClient) -> None:
@@ -291,7 +297,9 @@ def test_finish_is_idempotent_but_refuses_a_different_outcome(
     start(client, t)
     assert finish(client, t, state="success").status_code == 204
     assert finish(client, t, state="success").status_code == 204
-    assert finish(client, t, state="failed").status_code == 409
+    # Any other call about the ended try: its token no longer works.
+    assert finish(client, t, state="failed").status_code == 401
+    assert client.post("/execution/try/heartbeat", json={}, headers=t.headers()).status_code == 401
     assert ti_row(engine, t.ti_id).state == "success"
 
 
@@ -355,7 +363,8 @@ def test_token_of_another_ti_cannot_touch_this_one(engine: Engine, client: TestC
     response = client.post(
         "/execution/try/start", json={"pid": 1, "hostname": "h"}, headers=headers
     )
-    assert response.status_code == 409
+    assert response.status_code == 401
+    assert "no longer exists" in response.json()["detail"]
     assert ti_row(engine, t.ti_id).state == "queued"
 
 
@@ -395,5 +404,6 @@ def test_a_retried_finish_is_accepted_after_the_next_try_started(
         ti.state, ti.try_number = "queued", 2
         session.commit()
     assert finish(client, t, state="failed", error="boom").status_code == 204
-    assert finish(client, t, state="success").status_code == 409
+    assert finish(client, t, state="success").status_code == 401
+    assert finish(client, t, state="failed", error="other").status_code == 401
     assert ti_row(engine, t.ti_id).state == "queued"

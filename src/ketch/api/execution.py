@@ -6,6 +6,17 @@ it is alive, it ended with this outcome and return value. Scheduling decisions
 stay with the scheduler. State changes are conditional UPDATEs or row-locked
 reads, so a duplicate process (a relaunched try, a retried request) can never
 run the task twice or overwrite a newer try's outcome.
+
+A token works only while its try lives: the task instance it names is ``queued`` or
+``running`` with the token's try number. Once the try ended (finished, failed, skipped,
+marked, cancelled, cleared, superseded by a newer try, its run deleted) every call
+answers 401 ``try has ended: ...``, so a kept pod or a leaked token reads nothing.
+Two answers stay possible after the end, for requests whose first answer was lost: a
+repeated start by the same process while the try runs, and a repeated finish that
+names the outcome this try recorded. The check costs nothing on the hot paths: it is
+the guard of the conditional UPDATEs (start, heartbeat, finish), looked into only when
+the UPDATE changed no row; reads (XCom, variables, connections) do one primary-key
+lookup of the task instance.
 """
 
 from __future__ import annotations
@@ -17,7 +28,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Float, cast, extract, func, literal, select, update
+from sqlalchemy import Float, and_, cast, extract, func, literal, select, update
 from sqlalchemy.orm import Session
 
 from ketch.api.deps import get_session, settings_dep
@@ -29,6 +40,7 @@ from ketch.scheduler.dag_cache import DagCache
 from ketch.scheduler.task_state import end_try_row, record_try_outcome, utcnow
 from ketch.serialization import SerializedDag, SerializedTask
 from ketch.states import TaskInstanceState
+from ketch.worker.client import TRY_ENDED
 
 router = APIRouter(prefix="/execution", tags=["execution"])
 
@@ -72,15 +84,80 @@ class FinishBody(BaseModel):
     retry: bool = True
 
 
-def _conflict(ti: TaskInstance | None, claims: TryClaims, what: str) -> HTTPException:
+def _conflict(ti: TaskInstance, claims: TryClaims, what: str) -> HTTPException:
     """409 saying what the TI is now, so the try can log why it stops."""
-    if ti is None:
-        return HTTPException(409, f"{what}: task instance {claims.ti_id} no longer exists")
     return HTTPException(
         409,
         f"{what}: task instance is {ti.state or 'none'} with try_number {ti.try_number}, "
         f"this is try {claims.try_number}",
     )
+
+
+# -- is the token's try still alive? -----------------------------------------------
+
+_LIVE_STATES = frozenset({TaskInstanceState.QUEUED.value, TaskInstanceState.RUNNING.value})
+
+
+def _names_this_ti(ti: Any, claims: TryClaims) -> bool:
+    return ti is not None and (ti.dag_id, ti.run_id, ti.task_id) == (
+        claims.dag_id,
+        claims.run_id,
+        claims.task_id,
+    )
+
+
+def _is_live(ti: Any, claims: TryClaims) -> bool:
+    """The try the token names has not ended: its TI (a TaskInstance or a row with the
+    same fields) is queued or running with this try number."""
+    return (
+        _names_this_ti(ti, claims)
+        and ti.try_number == claims.try_number
+        and ti.state in _LIVE_STATES
+    )
+
+
+def _ended(ti: Any, claims: TryClaims) -> HTTPException:
+    """401: the token's try is over, so the token no longer works (the try must stop)."""
+    if _names_this_ti(ti, claims):
+        why = (
+            f"task instance is {ti.state or 'none'} with try_number {ti.try_number}, "
+            f"this is try {claims.try_number}"
+        )
+    else:
+        why = f"task instance {claims.ti_id} no longer exists"
+    return HTTPException(401, f"{TRY_ENDED}: {why}", headers={"WWW-Authenticate": "Bearer"})
+
+
+def _refusal(ti: TaskInstance | None, claims: TryClaims, what: str) -> HTTPException:
+    """Why a call about this try cannot proceed: 401 when the try has ended, else 409
+    (the try lives but is not in the state the call needs)."""
+    if ti is None or not _is_live(ti, claims):
+        return _ended(ti, claims)
+    return _conflict(ti, claims, what)
+
+
+def _liveness_row(session: Session, claims: TryClaims) -> Any:
+    """One primary-key lookup: the fields :func:`_is_live` compares."""
+    return session.execute(
+        select(
+            TaskInstance.dag_id,
+            TaskInstance.run_id,
+            TaskInstance.task_id,
+            TaskInstance.state,
+            TaskInstance.try_number,
+        ).where(TaskInstance.id == claims.ti_id)
+    ).first()
+
+
+def live_try_claims(claims: ClaimsDep, session: SessionDep) -> TryClaims:
+    """The verified claims of a try that has not ended; 401 once it has."""
+    ti = _liveness_row(session, claims)
+    if not _is_live(ti, claims):
+        raise _ended(ti, claims)
+    return claims
+
+
+LiveClaimsDep = Annotated[TryClaims, Depends(live_try_claims)]
 
 
 def _is_this_try(claims: TryClaims, state: TaskInstanceState) -> tuple[Any, ...]:
@@ -221,8 +298,10 @@ def start_try(
             and (ti.pid, ti.hostname) == (body.pid, body.hostname)
         )
         if not same_process:
+            # Built before the rollback, which expires the loaded row.
+            refusal = _refusal(ti, claims, "cannot start")
             session.rollback()
-            raise _conflict(ti, claims, "cannot start")
+            raise refusal
     else:
         session.execute(
             update(TaskInstanceTry)
@@ -247,7 +326,8 @@ def start_try(
 
 @router.post("/try/heartbeat", status_code=204)
 def heartbeat(claims: ClaimsDep, session: SessionDep) -> Response:
-    """One conditional UPDATE: cheap, and 409 tells a try that was cleared/marked to stop."""
+    """One conditional UPDATE: cheap. A try that was cleared, marked, cancelled or
+    superseded gets 401 (its token died with it) and stops itself."""
     result = session.execute(
         update(TaskInstance)
         .where(
@@ -261,7 +341,7 @@ def heartbeat(claims: ClaimsDep, session: SessionDep) -> Response:
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         session.rollback()
-        raise _conflict(_load_ti(session, claims), claims, "heartbeat refused")
+        raise _refusal(_load_ti(session, claims), claims, "heartbeat refused")
     session.commit()
     return Response(status_code=204)
 
@@ -273,18 +353,36 @@ def get_xcom(
     session: SessionDep,
     key: Annotated[str, Query()] = RETURN_VALUE_KEY,
 ) -> dict[str, Any]:
-    """A value another task of the same run stored (its return value by default)."""
-    run_id_of_ti = select(TaskInstance.dag_run_id).where(TaskInstance.id == claims.ti_id)
+    """A value another task of the same run stored (its return value by default).
+
+    One query: the try's TI by primary key (is the try still live?) joined to the XCom.
+    """
     row = session.execute(
-        select(XCom.value).where(
-            XCom.dag_run_id == run_id_of_ti.scalar_subquery(),
-            XCom.task_id == task_id,
-            XCom.key == key,
+        select(
+            TaskInstance.dag_id,
+            TaskInstance.run_id,
+            TaskInstance.task_id,
+            TaskInstance.state,
+            TaskInstance.try_number,
+            XCom.id.label("xcom_id"),
+            XCom.value,
         )
+        .select_from(TaskInstance)
+        .outerjoin(
+            XCom,
+            and_(
+                XCom.dag_run_id == TaskInstance.dag_run_id,
+                XCom.task_id == task_id,
+                XCom.key == key,
+            ),
+        )
+        .where(TaskInstance.id == claims.ti_id)
     ).first()
-    if row is None:
+    if row is None or not _is_live(row, claims):
+        raise _ended(row, claims)
+    if row.xcom_id is None:
         raise HTTPException(404, f"no XCom {key!r} of task {task_id!r} in run {claims.run_id!r}")
-    return {"value": row[0]}
+    return {"value": row.value}
 
 
 def _check_xcom_size(body: FinishBody, task_id: str, limit: int) -> None:
@@ -328,16 +426,25 @@ def _put_xcoms(session: Session, dag_run_id: int, task_id: str, body: FinishBody
         _put_xcom(session, dag_run_id, task_id, BRANCH_KEY, list(body.follow_task_ids))
 
 
-def _already_finished(session: Session, claims: TryClaims, state: str) -> bool:
+def _already_finished(session: Session, claims: TryClaims, body: FinishBody) -> bool:
     """True when this try already recorded this outcome (a retried finish request whose
-    first answer was lost), even if a later try has started since."""
+    first answer was lost), even if a later try has started since.
+
+    The error must match too: a try row a user closed (cleared: failed, "cleared by a
+    user"; marked) or the scheduler closed (the process died) is not this try's report.
+    """
     try_row = session.scalars(
         select(TaskInstanceTry).where(
             TaskInstanceTry.task_instance_id == claims.ti_id,
             TaskInstanceTry.try_number == claims.try_number,
         )
     ).first()
-    return try_row is not None and try_row.state == state and try_row.end_date is not None
+    return (
+        try_row is not None
+        and try_row.end_date is not None
+        and try_row.state == body.state
+        and try_row.error == body.error
+    )
 
 
 def _seconds_since_start(session: Session, now: datetime) -> Any:
@@ -405,12 +512,13 @@ def finish_try(
     ti = _load_ti(session, claims, lock=True)
     if ti is None:
         session.rollback()
-        raise _conflict(None, claims, "cannot finish")
+        raise _ended(None, claims)
     if ti.state != TaskInstanceState.RUNNING.value or ti.try_number != claims.try_number:
+        refusal = _refusal(ti, claims, "cannot finish")
         session.rollback()
-        if _already_finished(session, claims, body.state):
+        if _already_finished(session, claims, body):
             return Response(status_code=204)
-        raise _conflict(ti, claims, "cannot finish")
+        raise refusal
     _put_xcoms(session, ti.dag_run_id, ti.task_id, body)
     run = session.get(DagRun, ti.dag_run_id)
     assert run is not None

@@ -1,8 +1,10 @@
 """Execution API for task code: variables and connections, read with the try's token.
 
-Any valid try token may read any variable or connection (as in Airflow, where every
+Any live try's token may read any variable or connection (as in Airflow, where every
 task sees every variable); the value is decrypted here, so a try never needs the
-database or the Fernet key. 404 when the key does not exist.
+database or the Fernet key. 404 when the key does not exist. The token of a try that
+has ended (a kept failed pod, a leaked token) gets 401: one primary-key lookup of the
+task instance per read.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException
 
-from ketch.api.execution import ClaimsDep, SessionDep, SettingsDep
+from ketch.api.execution import LiveClaimsDep, SessionDep, SettingsDep
 from ketch.variables import store
 from ketch.worker.secrets_mask import looks_sensitive
 
@@ -20,7 +22,7 @@ router = APIRouter(prefix="/execution", tags=["execution"])
 
 @router.get("/variables/{key:path}")
 def get_variable(
-    key: str, claims: ClaimsDep, session: SessionDep, settings: SettingsDep
+    key: str, claims: LiveClaimsDep, session: SessionDep, settings: SettingsDep
 ) -> dict[str, Any]:
     try:
         record = store.get_variable(session, settings, key)
@@ -35,7 +37,7 @@ def get_variable(
 
 @router.get("/connections/{conn_id:path}")
 def get_connection(
-    conn_id: str, claims: ClaimsDep, session: SessionDep, settings: SettingsDep
+    conn_id: str, claims: LiveClaimsDep, session: SessionDep, settings: SettingsDep
 ) -> dict[str, Any]:
     try:
         conn = store.get_connection(session, settings, conn_id)

@@ -5,8 +5,10 @@ and ``json``, nothing else: a try must start in milliseconds and must never pull
 in httpx, pydantic or the database stack. Connection errors and 5xx answers are
 retried with exponential backoff for up to ``KETCH_API_RETRY_TIMEOUT`` seconds
 (default 300), so a try survives a restart of the web server under it. A 409
-raises :class:`TryStateConflict`: the try was cleared, marked or duplicated and
-must stop.
+raises :class:`TryStateConflict`: the try was duplicated or is not in the state
+the call needs, and must stop. A 401 saying the try has ended raises
+:class:`TryEnded` (a ``TryStateConflict``): the try was cleared, marked,
+cancelled or superseded, its token died with it, and it must stop too.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ ENV_TOKEN = "KETCH_TRY_TOKEN"
 ENV_RETRY_TIMEOUT = "KETCH_API_RETRY_TIMEOUT"
 DEFAULT_RETRY_TIMEOUT = 300.0
 _MAX_BACKOFF = 5.0
+# How the execution API's 401 for a token whose try has ended begins (the server
+# imports it from here: this module is the light one both sides can import).
+TRY_ENDED = "try has ended"
 
 
 class ExecutionApiError(Exception):
@@ -37,6 +42,11 @@ class ExecutionApiError(Exception):
 
 class TryStateConflict(ExecutionApiError):
     """409: the task instance is not in the state this try expects; the try must stop."""
+
+
+class TryEnded(TryStateConflict):
+    """401 ``try has ended``: the try's token no longer works because the try is over
+    (cleared, marked, cancelled, failed, superseded); the try must stop."""
 
 
 class _Transient(Exception):
@@ -207,6 +217,11 @@ class ExecutionApiClient:
             raise _Transient(f"HTTP {status}: {_detail(raw)}", _retry_after(response))
         if status == 409:
             raise TryStateConflict(status, _detail(raw))
+        if status == 401:
+            detail = _detail(raw)
+            if detail.startswith(TRY_ENDED):
+                raise TryEnded(status, detail)
+            raise ExecutionApiError(status, detail)
         if status >= 400:
             raise ExecutionApiError(status, _detail(raw))
         return json.loads(raw) if raw else None
