@@ -14,7 +14,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-install: $(VENV)/.installed
+# The OpenID Connect provider that stands in for Google in tests (npm oidc-provider).
+OIDC_PROVIDER := tests/support/oidc
+$(OIDC_PROVIDER)/node_modules/.package-lock.json: $(OIDC_PROVIDER)/package-lock.json
+	cd $(OIDC_PROVIDER) && npm ci --silent --no-audit --no-fund
+
+install: $(VENV)/.installed $(OIDC_PROVIDER)/node_modules/.package-lock.json
 
 standalone: install
 	$(VENV)/bin/ketch standalone
