@@ -21,6 +21,13 @@ from ketch.db.models import DagRun, TaskInstance
 from tests.unit.test_operations import add_dag, add_run, serialized_chain
 
 
+@pytest.fixture(autouse=True)
+def _database_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are of the database backend: a KETCH_API_URL in the shell must not count."""
+    monkeypatch.delenv("KETCH_API_URL", raising=False)
+    monkeypatch.delenv("KETCH_API_TOKEN", raising=False)
+
+
 def ketch(*args: str, input: str | None = None) -> Result:
     return CliRunner().invoke(cli.cli, list(args), input=input, catch_exceptions=False)
 

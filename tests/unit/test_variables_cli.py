@@ -14,6 +14,13 @@ from ketch.cli import cli
 from ketch.config import get_settings
 
 
+@pytest.fixture(autouse=True)
+def _database_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are of the database backend: a KETCH_API_URL in the shell must not count."""
+    monkeypatch.delenv("KETCH_API_URL", raising=False)
+    monkeypatch.delenv("KETCH_API_TOKEN", raising=False)
+
+
 def run(*args: str) -> Result:
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 

@@ -1,7 +1,8 @@
 """``ketch connections``: list, get, add, delete, import, export.
 
 Airflow's fields, URI format and connections JSON; passwords are hidden by ``list``
-and printed by ``get`` (it is what the user asked for).
+and printed by ``get`` (it is what the user asked for), on the database. The REST API
+(:mod:`ketch.cli.backends`) never returns passwords.
 """
 
 from __future__ import annotations
@@ -13,13 +14,12 @@ import click
 
 from ketch.cli._common import (
     CliError,
-    db_session,
     emit,
-    load_settings,
     output_option,
     read_json_file,
     write_json_file,
 )
+from ketch.cli.backends import get_backend
 
 
 @click.group()
@@ -31,14 +31,7 @@ def connections() -> None:
 @output_option
 def connections_list(output: str) -> None:
     """Every connection (passwords hidden)."""
-    from ketch.variables import store
-
-    with db_session() as session:
-        rows = []
-        for conn in store.list_connections(session, load_settings()):
-            row = {"conn_id": conn.conn_id, **conn.to_dict()}
-            row["password"] = "***" if conn.password else None
-            rows.append(row)
+    rows = get_backend().list_connections()
     emit(output, rows, ("conn_id", "conn_type", "host", "port", "schema", "login"))
 
 
@@ -53,15 +46,28 @@ def connections_list(output: str) -> None:
     help="Airflow's URI, or the fields as JSON (password included).",
 )
 def connections_get(conn_id: str, output: str) -> None:
-    """Print a connection (with its password: it is what the user asked for)."""
-    from ketch.variables import store
+    """Print a connection (with its password: it is what the user asked for).
 
-    with db_session() as session:
-        conn = store.get_connection(session, load_settings(), conn_id)
+    Through the REST API the password is never returned: JSON shows it as ***, and a URI
+    (which would carry a wrong password) is refused for a connection that has one.
+    """
+    from ketch.authoring.connection import Connection
+
+    backend = get_backend()
+    row = backend.get_connection(conn_id)
+    hidden = backend.remote and row["password"] is not None
     if output == "uri":
-        click.echo(conn.get_uri())
-    else:
-        click.echo(json.dumps({"conn_id": conn.conn_id, **conn.to_dict()}, indent=2))
+        if hidden:
+            raise CliError(
+                f"connection {conn_id!r} has a password and the REST API never returns it: "
+                "no URI (use -o json, or database access)"
+            )
+        fields = {k: v for k, v in row.items() if k != "conn_id"}
+        click.echo(Connection.from_dict(conn_id, fields).get_uri())
+        return
+    click.echo(json.dumps(row, indent=2))
+    if hidden:
+        click.echo("note: the REST API never returns passwords (shown as ***)", err=True)
 
 
 @connections.command("add")
@@ -93,7 +99,6 @@ def connections_add(
 ) -> None:
     """Add a connection from a URI, JSON, or fields (fails if CONN_ID exists)."""
     from ketch.authoring.connection import Connection
-    from ketch.variables import store
 
     fields = {
         "conn_type": conn_type,
@@ -123,8 +128,7 @@ def connections_add(
             conn = Connection.from_dict(conn_id, {**fields, "description": conn_description})
     except ValueError as exc:
         raise CliError(str(exc)) from exc
-    with db_session() as session:
-        store.set_connection(session, load_settings(), conn, overwrite=False)
+    get_backend().add_connection(conn)
     click.echo(f"connection {conn_id} added")
 
 
@@ -132,10 +136,7 @@ def connections_add(
 @click.argument("conn_id")
 def connections_delete(conn_id: str) -> None:
     """Delete a connection."""
-    from ketch.variables import store
-
-    with db_session() as session:
-        store.delete_connection(session, conn_id)
+    get_backend().delete_connection(conn_id)
     click.echo(f"connection {conn_id} deleted")
 
 
@@ -144,11 +145,7 @@ def connections_delete(conn_id: str) -> None:
 @click.option("--overwrite/--no-overwrite", default=True, show_default=True)
 def connections_import(file: Path, overwrite: bool) -> None:
     """Import Airflow's connections JSON (conn_id -> fields or URI); all or nothing."""
-    from ketch.variables import store
-
-    data = read_json_file(file)
-    with db_session() as session:
-        count = store.import_connections(session, load_settings(), data, overwrite=overwrite)
+    count = get_backend().import_connections(read_json_file(file), overwrite=overwrite)
     click.echo(f"{count} connections imported from {file}")
 
 
@@ -156,9 +153,6 @@ def connections_import(file: Path, overwrite: bool) -> None:
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 def connections_export(file: Path) -> None:
     """Write every connection to FILE in Airflow's JSON format (passwords in clear)."""
-    from ketch.variables import store
-
-    with db_session() as session:
-        data = store.export_connections(session, load_settings())
+    data = get_backend().export_connections()
     write_json_file(file, data)
     click.echo(f"{len(data)} connections exported to {file}")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import Any
 
 import click
 
 from ketch.cli._common import (
-    db_session,
     emit,
     error_line,
     output_option,
@@ -17,6 +17,7 @@ from ketch.cli._common import (
     parse_datetime,
     short_time,
 )
+from ketch.cli.backends import Backend, Row, get_backend
 
 WAIT_POLL_SECONDS = 0.5
 
@@ -32,14 +33,7 @@ def dags() -> None:
 @click.option("--tag", "tags", multiple=True, help="Only DAGs with any of these tags.")
 def dags_list(output: str, paused: bool | None, tags: tuple[str, ...]) -> None:
     """The DAGs, with their schedule, last run and next run."""
-    from ketch import operations
-    from ketch.api.schemas import DagResponse
-
-    with db_session() as session:
-        page = operations.list_dags(session, paused=paused, tags=list(tags) or None)
-        rows = [
-            DagResponse.from_model(s.dag, s.last_run).model_dump(mode="json") for s in page.items
-        ]
+    rows = get_backend().list_dags(paused=paused, tags=tags)
     for row in rows:
         row["paused"] = "yes" if row["is_paused"] else "no"
         row["next_run"] = short_time(row["next_dagrun_run_after"])
@@ -54,17 +48,11 @@ def dags_list(output: str, paused: bool | None, tags: tuple[str, ...]) -> None:
 @click.option("--limit", type=int, default=25, show_default=True)
 def dags_runs(dag_id: str, output: str, state: str | None, limit: int) -> None:
     """The runs of a DAG, newest first."""
-    from ketch import operations
-    from ketch.api.schemas import DagRunResponse
-
-    with db_session() as session:
-        page = operations.list_dag_runs(session, dag_id, state=state, limit=limit)
-        rows = [DagRunResponse.from_model(r).model_dump(mode="json") for r in page.items]
-    for row in rows:
-        row["run_after"] = short_time(row["run_after"]) if output == "table" else row["run_after"]
-        row["logical_date"] = (
-            short_time(row["logical_date"]) if output == "table" else row["logical_date"]
-        )
+    rows = get_backend().list_runs(dag_id, state=state, limit=limit)
+    if output == "table":
+        for row in rows:
+            row["run_after"] = short_time(row["run_after"])
+            row["logical_date"] = short_time(row["logical_date"])
     emit(output, rows, ("dag_run_id", "run_type", "state", "logical_date", "run_after"))
 
 
@@ -72,12 +60,7 @@ def dags_runs(dag_id: str, output: str, state: str | None, limit: int) -> None:
 @output_option
 def dags_errors(output: str) -> None:
     """DAG files that failed to import, with the error."""
-    from ketch import operations
-    from ketch.api.schemas import ImportErrorResponse
-
-    with db_session() as session:
-        page = operations.list_import_errors(session)
-        rows = [ImportErrorResponse.from_model(e).model_dump(mode="json") for e in page.items]
+    rows = get_backend().list_import_errors()
     if output == "table":
         for row in rows:
             row["error"] = error_line(row["stack_trace"])
@@ -85,10 +68,7 @@ def dags_errors(output: str) -> None:
 
 
 def _set_paused(dag_id: str, paused: bool) -> None:
-    from ketch import operations
-
-    with db_session() as session:
-        operations.set_paused(session, dag_id, paused)
+    get_backend().set_paused(dag_id, paused)
     click.echo(f"DAG {dag_id} {'paused' if paused else 'unpaused'}")
 
 
@@ -122,17 +102,11 @@ def dags_trigger(
     output: str,
 ) -> None:
     """Create a manual run of a DAG."""
-    from ketch import operations
-    from ketch.api.schemas import DagRunResponse
-
     conf_dict = parse_conf(conf)
     when = parse_datetime("--logical-date", logical_date)
-    with db_session() as session:
-        run = operations.trigger_dag(
-            session, dag_id, conf=conf_dict, logical_date=when, run_id=run_id
-        )
-        paused = operations.get_dag(session, dag_id).is_paused
-        row = DagRunResponse.from_model(run).model_dump(mode="json")
+    backend = get_backend()
+    row = backend.trigger(dag_id, conf=conf_dict, logical_date=when, run_id=run_id)
+    paused = backend.get_dag(dag_id)["is_paused"]
     if output == "json":
         click.echo(json.dumps(row, indent=2))
     else:
@@ -140,32 +114,47 @@ def dags_trigger(
     if paused:
         click.echo(f"note: DAG {dag_id} is paused; the run starts once it is unpaused", err=True)
     if wait:
-        sys.exit(_wait_for_run(dag_id, row["dag_run_id"]))
+        sys.exit(_wait_for_run(backend, dag_id, row["dag_run_id"]))
 
 
-def _wait_for_run(dag_id: str, run_id: str) -> int:
+def _progress(backend: Backend, dag_id: str, run_id: str) -> tuple[str, list[Row]]:
+    """The run's state, then its task instances (read after it, so a finished run's are final)."""
+    state = backend.get_run(dag_id, run_id)["state"]
+    return state, backend.list_task_instances(dag_id, run_id)
+
+
+def _wait_for_run(backend: Backend, dag_id: str, run_id: str) -> int:
     """Print progress and each failure as it happens until the run ends; its exit code."""
-    from ketch import operations
-    from ketch.states import DagRunState
+    from ketch.states import FAILED_TI_STATES, FINISHED_TI_STATES, DagRunState
 
+    failed_states = {s.value for s in FAILED_TI_STATES}
+    finished_states = {s.value for s in FINISHED_TI_STATES}
     reported: set[str] = set()
     last_line = ""
     while True:
-        with db_session() as session:
-            progress = operations.run_progress(session, dag_id, run_id)
-        for task_id, error in sorted(progress.errors.items()):
-            if task_id not in reported:
-                reported.add(task_id)
-                state = progress.states[task_id]
-                click.echo(f"  {state}: {task_id}" + (f": {error_line(error)}" if error else ""))
-        line = f"{progress.done}/{progress.total} tasks done, {progress.failed} failed"
+        state, tis = _progress(backend, dag_id, run_id)
+        failed = sorted((ti for ti in tis if ti["state"] in failed_states), key=_task_id)
+        for ti in failed:
+            if ti["task_id"] not in reported:
+                reported.add(ti["task_id"])
+                error = ti["error"]
+                click.echo(
+                    f"  {ti['state']}: {ti['task_id']}"
+                    + (f": {error_line(error)}" if error else "")
+                )
+        done = sum(1 for ti in tis if ti["state"] in finished_states)
+        line = f"{done}/{len(tis)} tasks done, {len(failed)} failed"
         if line != last_line:
             click.echo(line)
             last_line = line
-        if progress.state in (DagRunState.SUCCESS, DagRunState.FAILED):
-            click.echo(f"run {run_id} {progress.state}")
-            return 0 if progress.state == DagRunState.SUCCESS else 1
+        if state in (DagRunState.SUCCESS, DagRunState.FAILED):
+            click.echo(f"run {run_id} {state}")
+            return 0 if state == DagRunState.SUCCESS else 1
         time.sleep(WAIT_POLL_SECONDS)
+
+
+def _task_id(row: Row) -> Any:
+    return row["task_id"]
 
 
 @dags.command("mark-run")
@@ -180,10 +169,7 @@ def _wait_for_run(dag_id: str, run_id: str) -> int:
 )
 def dags_mark_run(dag_id: str, run_id: str, state: str) -> None:
     """Set the state of a DAG run (as Airflow's "mark run as")."""
-    from ketch import operations
-
-    with db_session() as session:
-        operations.set_dag_run_state(session, dag_id, run_id, state)
+    get_backend().set_run_state(dag_id, run_id, state)
     click.echo(f"run {run_id} of DAG {dag_id} marked {state}")
 
 
@@ -192,15 +178,13 @@ def dags_mark_run(dag_id: str, run_id: str, state: str) -> None:
 @click.argument("run_id")
 def dags_cancel(dag_id: str, run_id: str) -> None:
     """Stop a run: it is marked failed, running tries are stopped, pending tasks skipped."""
-    from ketch import operations
     from ketch.states import DagRunState, TaskInstanceState
 
-    with db_session() as session:
-        run = operations.get_dag_run(session, dag_id, run_id)
-        if run.state in (DagRunState.SUCCESS, DagRunState.FAILED):
-            click.echo(f"run {run_id} of DAG {dag_id} already finished ({run.state}): not changed")
-            return
-        states = operations.run_progress(session, dag_id, run_id).states.values()
-        running = sum(1 for s in states if s == TaskInstanceState.RUNNING)
-        operations.cancel_dag_run(session, dag_id, run_id)
+    backend = get_backend()
+    state, tis = _progress(backend, dag_id, run_id)
+    if state in (DagRunState.SUCCESS, DagRunState.FAILED):
+        click.echo(f"run {run_id} of DAG {dag_id} already finished ({state}): not changed")
+        return
+    running = sum(1 for ti in tis if ti["state"] == TaskInstanceState.RUNNING)
+    backend.set_run_state(dag_id, run_id, DagRunState.FAILED.value)
     click.echo(f"run {run_id} of DAG {dag_id} cancelled (failed); {running} running tries stopped")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ketch.cli._common import db_session, emit, output_option
+from ketch.cli._common import emit, output_option
+from ketch.cli.backends import get_backend
 
 
 @click.group()
@@ -16,14 +17,7 @@ def pools() -> None:
 @output_option
 def pools_list(output: str) -> None:
     """Every pool with its slots, occupied (queued + running) and open slots."""
-    from ketch import operations
-    from ketch.api.schemas import PoolResponse
-
-    with db_session() as session:
-        rows = [
-            PoolResponse.from_stats(p).model_dump(mode="json")
-            for p in operations.list_pools(session)
-        ]
+    rows = get_backend().list_pools()
     emit(output, rows, ("name", "slots", "occupied_slots", "open_slots", "description"))
 
 
@@ -33,12 +27,9 @@ def pools_list(output: str) -> None:
 @click.option("--description", default=None, help="What the pool is for (default: unchanged).")
 def pools_set(name: str, slots: int, description: str | None) -> None:
     """Create a pool or change its slots."""
-    from ketch import operations
-    from ketch.db.models import Pool
-
-    with db_session() as session:
-        existed = session.get(Pool, name) is not None
-        operations.set_pool(session, name, slots, description)
+    backend = get_backend()
+    existed = backend.pool_exists(name)
+    backend.set_pool(name, slots, description)
     click.echo(f"pool {name} {'updated' if existed else 'created'}: {slots} slots")
 
 
@@ -46,8 +37,5 @@ def pools_set(name: str, slots: int, description: str | None) -> None:
 @click.argument("name")
 def pools_delete(name: str) -> None:
     """Delete a pool (not the default pool)."""
-    from ketch import operations
-
-    with db_session() as session:
-        operations.delete_pool(session, name)
+    get_backend().delete_pool(name)
     click.echo(f"pool {name} deleted")

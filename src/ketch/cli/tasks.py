@@ -6,17 +6,12 @@
 from __future__ import annotations
 
 import sys
-import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 import click
 
-from ketch.cli._common import CliError, db_session, emit, error_line, load_settings, output_option
+from ketch.cli._common import CliError, emit, error_line, output_option
+from ketch.cli.backends import Row, get_backend
 from ketch.cli.task_test import tasks_test
-
-LOG_POLL_SECONDS = 0.25
 
 
 @click.group()
@@ -24,19 +19,15 @@ def tasks() -> None:
     """A DAG's tasks and task instances: list, test, logs, clear, mark."""
 
 
+tasks.add_command(tasks_test)
+
+
 @tasks.command("list")
 @click.argument("dag_id")
 @output_option
 def tasks_list(dag_id: str, output: str) -> None:
     """The tasks of a DAG in definition order."""
-    from ketch import operations
-    from ketch.api.schemas import TaskResponse
-
-    with db_session() as session:
-        serialized = operations.serialized_dag(operations.get_dag(session, dag_id))
-    rows = [
-        TaskResponse.from_serialized(t).model_dump(mode="json") for t in serialized.tasks.values()
-    ]
+    rows = get_backend().list_tasks(dag_id)
     emit(output, rows, ("task_id", "kind", "upstream_task_ids", "trigger_rule", "retries"))
 
 
@@ -46,12 +37,7 @@ def tasks_list(dag_id: str, output: str) -> None:
 @output_option
 def tasks_states(dag_id: str, run_id: str, output: str) -> None:
     """The task instances of one run with their state and tries."""
-    from ketch import operations
-    from ketch.api.schemas import TaskInstanceResponse
-
-    with db_session() as session:
-        tis = operations.list_task_instances(session, dag_id, run_id)
-        rows = [TaskInstanceResponse.from_model(ti).model_dump(mode="json") for ti in tis]
+    rows = get_backend().list_task_instances(dag_id, run_id)
     for row in rows:
         row["tries"] = row["try_number"]
         row["error"] = error_line(row["error"] or "")
@@ -76,28 +62,27 @@ def tasks_clear(
     yes: bool,
 ) -> None:
     """Clear task instances of a run so they run again (retries available again)."""
-    from ketch import operations
+    backend = get_backend()
 
-    kwargs: dict[str, Any] = {
-        "include_downstream": downstream,
-        "include_upstream": upstream,
-        "only_failed": only_failed,
-    }
-    with db_session() as session:
-        preview = operations.clear_task_instances(
-            session, dag_id, run_id, list(task_ids) or None, dry_run=True, **kwargs
+    def clear(dry_run: bool) -> list[Row]:
+        return backend.clear_task_instances(
+            dag_id,
+            run_id,
+            task_ids,
+            downstream=downstream,
+            upstream=upstream,
+            only_failed=only_failed,
+            dry_run=dry_run,
         )
-        names = [f"{ti.task_id} ({ti.state or 'none'})" for ti in preview]
+
+    names = [f"{ti['task_id']} ({ti['state'] or 'none'})" for ti in clear(dry_run=True)]
     if not names:
         click.echo("nothing to clear")
         return
     click.echo("task instances to clear:\n  " + "\n  ".join(names))
     if not yes and not click.confirm("clear them?", default=False):
         raise CliError("nothing cleared")
-    with db_session() as session:
-        cleared = operations.clear_task_instances(
-            session, dag_id, run_id, list(task_ids) or None, **kwargs
-        )
+    cleared = clear(dry_run=False)
     click.echo(f"cleared {len(cleared)} task instance(s) of run {run_id}")
 
 
@@ -112,17 +97,13 @@ def tasks_mark(dag_id: str, run_id: str, task_id: str, state: str, downstream: b
 
     Failed or upstream_failed tasks downstream of it are cleared so the run can go on.
     """
-    from ketch import operations
-
-    with db_session() as session:
-        operations.get_task_instance(session, dag_id, run_id, task_id)  # names what is missing
-        altered = operations.set_task_instance_state(
-            session, dag_id, run_id, task_id, state, include_downstream=downstream
-        )
-        # As in Airflow, failed downstream tasks are cleared after the mark (so the run can
-        # resume): with --downstream --state failed that includes the ones just marked.
-        names = [ti.task_id for ti in altered if ti.state == state]
-        cleared = [ti.task_id for ti in altered if ti.state != state]
+    altered = get_backend().mark_task_instance(
+        dag_id, run_id, task_id, state, downstream=downstream
+    )
+    # As in Airflow, failed downstream tasks are cleared after the mark (so the run can
+    # resume): with --downstream --state failed that includes the ones just marked.
+    names = [ti["task_id"] for ti in altered if ti["state"] == state]
+    cleared = [ti["task_id"] for ti in altered if ti["state"] != state]
     if not altered:
         click.echo(f"nothing to mark: already {state}")
         return
@@ -140,59 +121,16 @@ def tasks_mark(dag_id: str, run_id: str, task_id: str, state: str, downstream: b
 def tasks_logs(
     dag_id: str, run_id: str, task_id: str, try_number: int | None, follow: bool
 ) -> None:
-    """Print the log of a task try."""
-    from ketch import operations
-    from ketch.executors.base import TryKey
-    from ketch.worker.task_log import log_path
-
-    with db_session() as session:
-        ti = operations.get_task_instance(session, dag_id, run_id, task_id)
-        ti_id, latest = ti.id, ti.try_number
+    """Print the log of a task try (with --follow, as it is written, until the try ends)."""
+    backend = get_backend()
+    latest = int(backend.get_task_instance(dag_id, run_id, task_id)["try_number"])
     number = try_number or latest
     if number < 1 or number > latest:
         raise CliError(f"task {task_id!r} of run {run_id!r} has no try {number} (tries: {latest})")
-    path = log_path(load_settings().log_folder, TryKey(dag_id, run_id, task_id, number))
+    out = sys.stdout.buffer
     if not follow:
-        if not path.is_file():
-            raise CliError(f"no log for try {number} of task {task_id!r} (looked in {path})")
-        sys.stdout.buffer.write(path.read_bytes())
+        out.write(backend.read_log(dag_id, run_id, task_id, number))
         return
-    _follow_file(path, lambda: _try_is_live(ti_id, number))
-
-
-def _try_is_live(ti_id: int, try_number: int) -> bool:
-    from ketch.db.models import TaskInstance
-    from ketch.states import TaskInstanceState
-
-    with db_session() as session:
-        ti = session.get(TaskInstance, ti_id)
-        live = (TaskInstanceState.QUEUED, TaskInstanceState.RUNNING)
-        return ti is not None and ti.try_number == try_number and ti.state in live
-
-
-def _follow_file(path: Path, is_live: Callable[[], bool]) -> None:
-    """Copy ``path`` to stdout as it grows, until the try is over and all of it is printed."""
-    offset = 0
-    while True:
-        live = is_live()  # asked before reading, so the last read sees everything written
-        chunk = _read_from(path, offset)
-        while chunk:
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.buffer.flush()
-            offset += len(chunk)
-            chunk = _read_from(path, offset)
-        if not live:
-            return
-        time.sleep(LOG_POLL_SECONDS)
-
-
-def _read_from(path: Path, offset: int) -> bytes:
-    try:
-        with path.open("rb") as fh:
-            fh.seek(offset)
-            return fh.read(65536)
-    except FileNotFoundError:
-        return b""
-
-
-tasks.add_command(tasks_test)
+    for chunk in backend.follow_log(dag_id, run_id, task_id, number):
+        out.write(chunk)
+        out.flush()

@@ -1,11 +1,13 @@
 """``ketch variables`` (list, get, set, delete, import, export, sync) and
 ``ketch rotate-fernet-key``.
 
-The commands work on the database through :mod:`ketch.variables.store`. Files are
-Airflow's formats, so an existing ``variables.json`` imports unchanged. Values of
-sensitive variables are shown as ``***`` by ``list``; ``get`` prints the value (it is
-what the user asked for). ``sync --once`` and ``sync-status`` run the sync of
-:mod:`ketch.variables.sync`.
+The commands work on the database through :mod:`ketch.variables.store`, or through
+the REST API (:mod:`ketch.cli.backends`). Files are Airflow's formats, so an existing
+``variables.json`` imports unchanged. Values of sensitive variables are shown as
+``***`` by ``list``; ``get`` prints the value (it is what the user asked for), which the
+REST API never returns for a sensitive variable, so ``get`` and ``export`` of those
+need database access. ``sync --once`` (database only) and ``sync-status`` run and show
+the sync of :mod:`ketch.variables.sync`; ``rotate-fernet-key`` is database only.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ketch.cli._common import (
     require_current_schema,
     write_json_file,
 )
+from ketch.cli.backends import get_backend, require_database
 
 
 @click.group()
@@ -39,10 +42,7 @@ def variables() -> None:
 @output_option
 def variables_list(output: str) -> None:
     """Every variable (values of sensitive ones hidden) and who owns it."""
-    from ketch.variables import store
-
-    with db_session() as session:
-        rows = [r.to_dict(reveal=False) for r in store.list_variables(session, load_settings())]
+    rows = get_backend().list_variables()
     for row in rows:
         row["source"] = row["source"] or "(manual)"
     emit(output, rows, ("key", "value", "is_sensitive", "source", "description"))
@@ -54,15 +54,19 @@ def variables_list(output: str) -> None:
 @click.option("--default", default=None, help="Print this when the variable does not exist.")
 def variables_get(key: str, as_json: bool, default: str | None) -> None:
     """Print a variable's value."""
-    from ketch.variables import store
-
-    with db_session() as session:
-        try:
-            value = store.get_variable(session, load_settings(), key).value
-        except store.VariableNotFound:
-            if default is None:
-                raise
-            value = default
+    backend = get_backend()
+    row = backend.get_variable(key)
+    if row is None:
+        if default is None:
+            raise CliError(f"variable {key!r} not found")
+        value = default
+    elif backend.remote and row["is_sensitive"]:
+        raise CliError(
+            f"variable {key!r} is sensitive: the REST API never returns its value "
+            "(read it with database access, or from a task with Variable.get)"
+        )
+    else:
+        value = row["value"]
     if as_json:
         try:
             value = json.dumps(json.loads(value), indent=2)
@@ -85,23 +89,12 @@ def variables_set(
     key: str, value: str, description: str | None, sensitive: bool | None, as_json: bool
 ) -> None:
     """Create or update a variable (it becomes manual: no sync source owns it)."""
-    from ketch.variables import store
-
     if as_json:
         try:
             json.loads(value)
         except ValueError as exc:
             raise CliError(f"VALUE is not valid JSON: {exc}") from exc
-    with db_session() as session:
-        store.set_variable(
-            session,
-            load_settings(),
-            key,
-            value,
-            description=description,
-            is_sensitive=sensitive,
-            actor="cli",
-        )
+    get_backend().set_variable(key, value, description=description, sensitive=sensitive)
     click.echo(f"variable {key} set")
 
 
@@ -109,10 +102,7 @@ def variables_set(
 @click.argument("key")
 def variables_delete(key: str) -> None:
     """Delete a variable."""
-    from ketch.variables import store
-
-    with db_session() as session:
-        store.delete_variable(session, key, actor="cli")
+    get_backend().delete_variable(key)
     click.echo(f"variable {key} deleted")
 
 
@@ -120,11 +110,7 @@ def variables_delete(key: str) -> None:
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 def variables_import(file: Path) -> None:
     """Import Airflow's variables.json (a flat JSON object); all or nothing."""
-    from ketch.variables import store
-
-    data = read_json_file(file)
-    with db_session() as session:
-        count = store.import_variables(session, load_settings(), data, actor="cli")
+    count = get_backend().import_variables(read_json_file(file))
     click.echo(f"{count} variables imported from {file}")
 
 
@@ -132,10 +118,7 @@ def variables_import(file: Path) -> None:
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 def variables_export(file: Path) -> None:
     """Write every variable to FILE in Airflow's format (values in clear: keep it safe)."""
-    from ketch.variables import store
-
-    with db_session() as session:
-        data = store.export_variables(session, load_settings())
+    data = get_backend().export_variables()
     write_json_file(file, data)
     click.echo(f"{len(data)} variables exported to {file}")
 
@@ -169,6 +152,7 @@ def variables_sync(once: bool, output: str) -> None:
     """Sync every configured source once (for CI/CD); exit 1 if a source failed."""
     from ketch.variables.sync import run_sync_once
 
+    require_database("ketch variables sync --once")
     settings = load_settings()
     engine = reachable_engine(settings)
     require_current_schema(engine)
@@ -183,10 +167,7 @@ def variables_sync(once: bool, output: str) -> None:
 @output_option
 def variables_sync_status(output: str) -> None:
     """Each source's last success, last error, current version and managed keys."""
-    from ketch.variables.sync import sync_status
-
-    with db_session() as session:
-        rows = _status_rows(sync_status(session))
+    rows = get_backend().variable_sync_status()
     emit(output, rows, _STATUS_COLUMNS)
 
 
@@ -202,6 +183,7 @@ def rotate_fernet_key() -> None:
     """
     from ketch.variables import store
 
+    require_database("ketch rotate-fernet-key")
     with db_session() as session:
         count = store.rotate_fernet_key(session, load_settings())
     click.echo(f"{count} values re-encrypted with the first fernet key")
