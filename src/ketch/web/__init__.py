@@ -1,0 +1,1 @@
+"""The web UI: server-rendered pages (Jinja2), no front-end build step."""

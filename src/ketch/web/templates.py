@@ -1,0 +1,50 @@
+"""The UI's Jinja2 templates (package data under ``ketch/web/templates``), autoescaped.
+
+Every page renders through :func:`render`, which hands the base layout the signed-in
+user's CSRF token for its ``<meta name="csrf-token">`` (scripts send it back as the
+``X-CSRF-Token`` header; forms carry it as the ``csrf_token`` field).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jinja2
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+from starlette.templating import Jinja2Templates
+
+from ketch.auth.sessions import CSRF_FORM_FIELD, CSRF_HEADER
+
+templates = Jinja2Templates(
+    env=jinja2.Environment(
+        loader=jinja2.PackageLoader("ketch.web", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+)
+
+
+def render(
+    request: Request,
+    name: str,
+    context: Mapping[str, Any] | None = None,
+    *,
+    status_code: int = 200,
+    csrf_token: str | None = None,
+) -> HTMLResponse:
+    """A page; ``csrf_token`` only on pages of a signed-in session."""
+    values: dict[str, Any] = {
+        "csrf_token": csrf_token,
+        "csrf_field": CSRF_FORM_FIELD,
+        "csrf_header": CSRF_HEADER,
+        **(context or {}),
+    }
+    return templates.TemplateResponse(
+        request,
+        name,
+        values,
+        status_code=status_code,
+        headers={"Cache-Control": "no-store"},
+    )
