@@ -14,7 +14,7 @@ cannot be reached is one line on stderr and exit code 1, never a traceback.
 
 Modules: :mod:`._common` (errors, settings, database session, output) is imported by
 the resource modules (``servers``, ``dags``, ``tasks``, ``pools``, ``variables``,
-``connections``, ``config``, ``task``; ``backends`` for the database or
+``connections``, ``tokens``, ``config``, ``task``; ``backends`` for the database or
 REST API behind them), which this package imports to register
 their groups; none of them imports this package, so there is no import cycle.
 """
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import click
 
-from ketch.cli import config, connections, dags, pools, servers, task, tasks, variables
+from ketch.cli import config, connections, dags, pools, servers, task, tasks, tokens, variables
 from ketch.cli.backends import RemoteTarget
 
 
@@ -49,7 +49,7 @@ from ketch.cli.backends import RemoteTarget
 def cli(ctx: click.Context, api_url: str | None, token: str | None) -> None:
     """ketch: Airflow-style DAGs, one process or pod per task try.
 
-    The commands on DAGs, runs, tasks, pools, variables and connections work on
+    The commands on DAGs, runs, tasks, pools, variables, connections and tokens work on
     the metadata database, or, with KETCH_API_URL (and KETCH_API_TOKEN) set, through a
     ketch web server's REST API, with no database credentials.
     """
@@ -74,6 +74,7 @@ for _command in (
     config.config,
     variables.variables,
     connections.connections,
+    tokens.tokens,
     variables.rotate_fernet_key,
 ):
     cli.add_command(_command)
