@@ -417,3 +417,24 @@ def test_api_url_option_and_what_remote_mode_does_not_change(
     assert with_prefix.exit_code == 0 and "default_pool" in with_prefix.output
     # Commands without state to share do not need the server (nor the database).
     assert remote_with(server.url, "--help").exit_code == 0
+
+
+def test_the_ketch_command_needs_no_database_in_remote_mode(server: WebServer) -> None:
+    """The real entry point in its own process, its database setting pointing nowhere."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KETCH")}
+    env["KETCH_API_URL"] = server.url
+    env["KETCH__DATABASE__SQL_ALCHEMY_CONN"] = "postgresql://nobody:pw@127.0.0.1:1/none"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ketch", "dags", "list", "-o", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert [d["dag_id"] for d in json.loads(proc.stdout)] == ["etl", "other"]
