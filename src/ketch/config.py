@@ -511,10 +511,15 @@ class Settings(BaseSettings):
 
     @property
     def execution_api_url(self) -> str:
+        """Where task tries reach the execution API: ``[core] execution_api_server_url``, else
+        this machine's web server, on ``[api] execution_port`` when it has its own port."""
         if self.core.execution_api_server_url:
             return self.core.execution_api_server_url.rstrip("/")
         host = "127.0.0.1" if self.api.host in ("0.0.0.0", "::", "") else self.api.host
-        return f"http://{host}:{self.api.port}/execution"
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"  # an IPv6 address in a URL
+        port = self.api.port if self.api.execution_port is None else self.api.execution_port
+        return f"http://{host}:{port}/execution"
 
     def masked(self) -> dict[str, Any]:
         """The settings as plain data with every secret replaced by ``***`` (for `config show`)."""

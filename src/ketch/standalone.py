@@ -3,18 +3,31 @@
 Threads and shutdown
 --------------------
 ``standalone`` runs uvicorn on the main thread and the scheduler on a thread.
-Uvicorn owns SIGINT/SIGTERM while it serves: it stops accepting requests, lets
-open ones finish, and returns; we then set the scheduler's stop event, join its
-thread, and stop the DAG processor and the executor. Executors leave running
-tries running (a try outlives its scheduler and is adopted on the next start),
-so shutdown takes a few seconds whatever the tasks are doing. Our own handlers
-are installed before uvicorn's so a signal uvicorn re-raises after its shutdown
-lands in them (set the stop event) instead of killing the process mid-cleanup.
-If the scheduler thread dies, the web server is told to exit too: a standalone
-process that silently stopped scheduling would look healthy and do nothing.
+Our SIGINT/SIGTERM handlers own the signals (uvicorn's own capture is turned off):
+they set the scheduler's stop event and tell uvicorn to exit, which stops accepting
+requests, lets open ones finish, and returns; we then join the scheduler's thread,
+which stops the DAG processor and the executor. Executors leave running tries
+running (a try outlives its scheduler and is adopted on the next start), so
+shutdown takes a few seconds whatever the tasks are doing. A second signal stops
+waiting for open requests. If the scheduler thread dies, the web server is told to
+exit too: a standalone process that silently stopped scheduling would look healthy
+and do nothing.
 
 ``scheduler`` is the same without uvicorn: the scheduling loop runs on the main
 thread until a signal sets the stop event. ``web`` is uvicorn alone.
+
+Web servers and ports
+---------------------
+The web server serves the UI, the REST API and the execution API on ``[api] port``. With
+``[api] execution_port`` set (and different), one process serves two uvicorn servers on
+one event loop: the main port without the execution API, and the execution port with
+only it (same bind address), so a NetworkPolicy can confine worker pods to the latter.
+Our SIGINT/SIGTERM handlers stop both (with uvicorn's own capture, each server would
+take the signal from the other).
+Before binding, :func:`ketch.auth.exposure.check_exposure` refuses, in one line, to serve
+a non-loopback address without sign-in. The settings the apps get carry the address and
+port really bound (``ketch web --host/--port``): the auth layer decides the session
+cookie's ``Secure`` flag from them.
 
 One active scheduler (``ketch.scheduler.lease``)
 -----------------------------------------------
@@ -219,19 +232,121 @@ def safe_database_url(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=True)
 
 
-def _uvicorn_server(settings: Settings, host: str | None, port: int | None) -> Any:
+def bound_settings(settings: Settings, host: str | None, port: int | None) -> Settings:
+    """``settings`` with ``[api] host`` and ``port`` as the server really binds them
+    (``ketch web --host/--port`` override the configured ones)."""
+    changes: dict[str, Any] = {}
+    if host is not None and host != settings.api.host:
+        changes["host"] = host
+    if port is not None and port != settings.api.port:
+        changes["port"] = port
+    if not changes:
+        return settings
+    return settings.model_copy(update={"api": settings.api.model_copy(update=changes)})
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse, in one line, to serve a non-loopback address without sign-in (before any
+    port is bound); log how requests are authenticated otherwise."""
+    from ketch.auth.exposure import UnsafeExposure
+    from ketch.auth.exposure import check_exposure as check
+
+    try:
+        check(settings, settings.api.host)
+    except UnsafeExposure as exc:
+        raise SystemExit(f"ketch: {exc}") from None
+
+
+def separate_execution_port(settings: Settings) -> int | None:
+    """The execution API's own port, or None when the main port serves it too."""
+    port = settings.api.execution_port
+    return port if port is not None and port != settings.api.port else None
+
+
+class WebServers:
+    """The uvicorn server(s) of the web process: the main port, and the execution port
+    when it is separate. Signals are ours (uvicorn's capture is off): our handlers call
+    :meth:`on_signal`, which stops every server."""
+
+    def __init__(self, settings: Settings) -> None:
+        from ketch.api.app import create_app
+
+        execution_port = separate_execution_port(settings)
+        self.main = _uvicorn_server(
+            create_app(settings, include_execution=execution_port is None),
+            settings.api.host,
+            settings.api.port,
+        )
+        self.servers = [self.main]
+        self.execution: Any = None
+        if execution_port is not None:
+            from ketch.api.execution_app import create_execution_app
+
+            self.execution = _uvicorn_server(
+                create_execution_app(settings), settings.api.host, execution_port
+            )
+            self.servers.append(self.execution)
+
+    def describe(self) -> str:
+        """Where it serves, for the start-up log line."""
+        main = f"http://{self.main.config.host}:{self.main.config.port}"
+        if self.execution is None:
+            return main
+        return f"{main}, execution API on port {self.execution.config.port}"
+
+    def stop(self) -> None:
+        """Stop serving: no new requests, open ones may finish (5 s at most)."""
+        for server in self.servers:
+            server.should_exit = True
+
+    def on_signal(self) -> None:
+        """SIGINT/SIGTERM: stop; a second signal stops waiting for open requests."""
+        for server in self.servers:
+            if server.should_exit:
+                server.force_exit = True
+        self.stop()
+
+    def run(self) -> None:
+        """Serve until every server stopped; one stopping (a signal, a failed bind) stops
+        the others. A server that could not start (uvicorn logged why and exits) makes
+        the process exit with uvicorn's code once the others have shut down."""
+        import asyncio
+
+        failures: list[SystemExit] = []
+
+        async def serve(server: Any) -> None:
+            try:
+                await server.serve()
+            except SystemExit as exc:  # uvicorn's startup failure (a port in use)
+                failures.append(exc)
+            finally:
+                self.stop()
+
+        async def serve_all() -> None:
+            await asyncio.gather(*(serve(server) for server in self.servers))
+
+        with asyncio.Runner(loop_factory=self.main.config.get_loop_factory()) as runner:
+            runner.run(serve_all())
+        if failures:
+            raise failures[0]
+
+
+def _uvicorn_server(app: Any, host: str, port: int) -> Any:
     import uvicorn
 
-    from ketch.api.app import create_app
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Any:
+            yield  # our handlers stop every server of the process (WebServers.stop)
 
     config = uvicorn.Config(
-        create_app(settings),
-        host=host or settings.api.host,
-        port=settings.api.port if port is None else port,
+        app,
+        host=host,
+        port=port,
         log_config=None,  # our logging_setup format, not uvicorn's
         timeout_graceful_shutdown=5,
     )
-    return uvicorn.Server(config)
+    return Server(config)
 
 
 def _scheduler_terms(settings: Settings, engine: Engine) -> SchedulerTerms:
@@ -250,12 +365,13 @@ def run_standalone(settings: Settings, engine: Engine) -> None:
 
     settings = _with_dags_folder(settings)
     configure_logging(settings)
+    check_exposure(settings)
     terms = _scheduler_terms(settings, engine)
-    server = _uvicorn_server(settings, None, None)
+    web = WebServers(settings)
 
     def stop_all() -> None:
         terms.stop()
-        server.should_exit = True
+        web.on_signal()
 
     def scheduler_main() -> None:
         try:
@@ -263,20 +379,19 @@ def run_standalone(settings: Settings, engine: Engine) -> None:
         except BaseException:
             log.exception("the scheduler stopped with an error; shutting down")
         finally:
-            server.should_exit = True
+            web.stop()
 
     _install_stop_handlers(stop_all)
     thread = threading.Thread(target=scheduler_main, name="ketch-scheduler", daemon=True)
     thread.start()
     log.info(
-        "ketch standalone: web on http://%s:%s, DAGs from %s, database %s",
-        server.config.host,
-        server.config.port,
+        "ketch standalone: web on %s, DAGs from %s, database %s",
+        web.describe(),
         effective_dags_folder(settings),
         safe_database_url(engine),
     )
     try:
-        server.run()
+        web.run()
     finally:
         terms.stop()
         thread.join(SHUTDOWN_JOIN_SECONDS)
@@ -304,11 +419,14 @@ def run_scheduler(settings: Settings, engine: Engine) -> None:
 
 
 def run_web(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
-    """The web server alone (REST API + execution API) until SIGINT/SIGTERM."""
+    """The web server alone (REST API + execution API, on one port or two) until
+    SIGINT/SIGTERM. ``host``/``port`` override ``[api] host``/``port``."""
     from ketch.logging_setup import configure_logging
 
+    settings = bound_settings(settings, host, port)
     configure_logging(settings)
-    server = _uvicorn_server(settings, host, port)
-    _install_stop_handlers(lambda: setattr(server, "should_exit", True))
-    log.info("ketch web: http://%s:%s", server.config.host, server.config.port)
-    server.run()
+    check_exposure(settings)
+    web = WebServers(settings)
+    _install_stop_handlers(web.on_signal)
+    log.info("ketch web: %s", web.describe())
+    web.run()
