@@ -37,6 +37,7 @@ SECRET_ENV_KEYS = {
     "KETCH__CORE__FERNET_KEY",
     "KETCH__API_AUTH__JWT_SECRET",
     "KETCH__AUTH__OIDC_CLIENT_SECRET",
+    "KETCH__AUTH__SESSION_SECRET",
 }
 SECRETISH_WORDS = ("SECRET", "PASSWORD", "TOKEN", "FERNET", "SQL_ALCHEMY_CONN", "PRIVATE")
 
@@ -86,6 +87,25 @@ def settings_env() -> dict[str, str]:
     data = one("ConfigMap", "ketch-config")["data"]
     assert isinstance(data, dict)
     return data
+
+
+def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The Settings a process with these environment variables reads (JSON lists parsed)."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return Settings()
+
+
+def web_container() -> dict[str, Any]:
+    (web,) = deployment("ketch-web")["spec"]["template"]["spec"]["containers"]
+    assert isinstance(web, dict)
+    return web
+
+
+def container_port(container: dict[str, Any], name: str) -> int:
+    (port,) = (p["containerPort"] for p in container["ports"] if p["name"] == name)
+    assert isinstance(port, int)
+    return port
 
 
 # --- rendering and schemas ---------------------------------------------------------------------
@@ -201,6 +221,7 @@ def test_external_secrets_are_structurally_sound() -> None:
             "fernet-key",
             "jwt-secret",
             "oidc-client-secret",
+            "session-secret",
         }
     )
 
@@ -230,7 +251,7 @@ def test_no_secret_values_anywhere() -> None:
     assert {e["name"] for e in web["env"] if "valueFrom" in e} >= SECRET_ENV_KEYS
 
 
-def test_configmap_settings_are_ketch_settings() -> None:
+def test_configmap_settings_are_ketch_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every KETCH__SECTION__KEY of the ConfigMap names a real setting and parses."""
     env = settings_env()
     known_sections = Settings.model_fields
@@ -238,23 +259,14 @@ def test_configmap_settings_are_ketch_settings() -> None:
         prefix, section, key = name.split("__")
         assert prefix == "KETCH"
         section, key = section.lower(), key.lower()
-        if section in known_sections:
-            model = known_sections[section].annotation
-            assert key in model.model_fields, name  # type: ignore[union-attr]
-        else:
-            assert section == "kubernetes", name  # the executor's section (issue 3)
-    settings = Settings(**_nested(env))
+        assert section in known_sections, name
+        model = known_sections[section].annotation
+        assert key in model.model_fields, name  # type: ignore[union-attr]
+    settings = settings_from(env, monkeypatch)
     assert settings.core.executor == "kubernetes"
     assert settings.api.host == "0.0.0.0"
-
-
-def _nested(env: dict[str, str]) -> dict[str, dict[str, str]]:
-    out: dict[str, dict[str, str]] = {}
-    for name, value in env.items():
-        _, section, key = name.split("__")
-        if section.lower() in Settings.model_fields:
-            out.setdefault(section.lower(), {})[key.lower()] = value
-    return out
+    assert settings.auth.allowed_domains == ["example.com"]
+    assert [rule.role for rule in settings.auth.role_rules] == ["admin", "viewer"]
 
 
 # --- RBAC ---------------------------------------------------------------------------------------
@@ -389,43 +401,136 @@ def test_the_scheduler_probe_passes_only_with_a_current_database(
 def test_web_two_replicas_probes_service_ingress_pdb() -> None:
     dep = deployment("ketch-web")
     assert dep["spec"]["replicas"] == 2
-    (web,) = dep["spec"]["template"]["spec"]["containers"]
+    web = web_container()
     assert web["readinessProbe"]["httpGet"] == {"path": "/api/v1/health", "port": "http"}
     assert "tcpSocket" in web["livenessProbe"]  # a database outage must not restart it
-    assert {"name": "http", "containerPort": 8080} in web["ports"]
+    # Two ports: the main one (UI, REST API) and the execution API's own ([api] execution_port).
+    env = settings_env()
+    assert web["ports"] == [
+        {"name": "http", "containerPort": int(env["KETCH__API__PORT"])},
+        {"name": "execution", "containerPort": int(env["KETCH__API__EXECUTION_PORT"])},
+    ]
+    assert env["KETCH__API__PORT"] != env["KETCH__API__EXECUTION_PORT"]
+    assert web["args"][web["args"].index("--port") + 1] == env["KETCH__API__PORT"]
     service = one("Service", "ketch-web")
     assert service["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    service_ports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert {name: p["targetPort"] for name, p in service_ports.items()} == {
+        "http": "http",
+        "execution": "execution",
+    }
+    # The Ingress exposes the main port only: the execution API is not reachable from outside.
     ingress = one("Ingress", "ketch-web")
     backends = [
-        p["backend"]["service"]["name"]
+        (p["backend"]["service"]["name"], p["backend"]["service"]["port"])
         for rule in ingress["spec"]["rules"]
         for p in rule["http"]["paths"]
     ]
-    assert backends == ["ketch-web"] and ingress["spec"]["tls"]
+    assert backends == [("ketch-web", {"name": "http"})] and ingress["spec"]["tls"]
     pdb = one("PodDisruptionBudget", "ketch-web")
     assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
     assert pdb["spec"]["minAvailable"] == 1
-    # The execution API URL the pods get is this Service.
-    url = settings_env()["KETCH__KUBERNETES__EXECUTION_API_SERVER_URL_FOR_PODS"]
-    assert (
-        url
-        == f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}/execution"
-    )
+    # Tries (the pods, and the scheduler's default) reach the execution port of this Service.
+    url = f"http://{service['metadata']['name']}:{service_ports['execution']['port']}/execution"
+    assert env["KETCH__KUBERNETES__EXECUTION_API_SERVER_URL_FOR_PODS"] == url
+    assert env["KETCH__CORE__EXECUTION_API_SERVER_URL"] == url
 
 
-def test_network_policy_default_deny_and_web_reachable_by_task_pods() -> None:
+def test_the_web_serves_every_address_only_with_sign_in_configured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`ketch web --host 0.0.0.0` starts only with an identity provider: the OAuth client id
+    from the ConfigMap, its secret and the session key (shared by the replicas) from the
+    Secret the ExternalSecret fills. Without the client secret it would refuse to start."""
+    from ketch.auth.exposure import UnsafeExposure, check_exposure
+
+    web = web_container()
+    assert web["args"][0] == "web"
+    assert web["args"][web["args"].index("--host") + 1] == "0.0.0.0"
+    from_secret = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in web["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    assert from_secret["KETCH__AUTH__OIDC_CLIENT_SECRET"] == {
+        "name": "ketch-secrets",
+        "key": "oidc-client-secret",
+    }
+    assert from_secret["KETCH__AUTH__SESSION_SECRET"] == {
+        "name": "ketch-secrets",
+        "key": "session-secret",
+    }
+    env = {
+        **settings_env(),
+        **{e["name"]: e["value"] for e in web["env"] if "value" in e},
+        **{name: f"from-the-secret:{ref['key']}" for name, ref in from_secret.items()},
+    }
+    assert "KETCH__AUTH__MODE" not in env  # never "none" in the base
+    settings = settings_from(env, monkeypatch)
+    assert settings.auth.mode == "auto" and settings.auth.oidc_configured
+    assert settings.auth.session_secret is not None
+    assert settings.auth.allowed_domains == ["example.com"]
+    check_exposure(settings, "0.0.0.0")
+    monkeypatch.delenv("KETCH__AUTH__OIDC_CLIENT_SECRET")
+    with pytest.raises(UnsafeExposure):
+        check_exposure(Settings(), "0.0.0.0")
+    # The sign-in secrets are the web server's alone.
+    scheduler = deployment("ketch-scheduler")["spec"]["template"]["spec"]
+    scheduler_keys = {
+        e["valueFrom"]["secretKeyRef"]["key"]
+        for c in all_containers(scheduler)
+        for e in c.get("env", [])
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    assert not scheduler_keys & {"oidc-client-secret", "session-secret"}
+
+
+def _admits_task_pods(peer: dict[str, Any]) -> bool:
+    """Whether a NetworkPolicy peer lets the worker pods in (selectors by matchLabels; an
+    ipBlock may hold pod addresses, so it counts as letting them in)."""
+    if "ipBlock" in peer:
+        return True
+    (ns,) = objects("Namespace")
+    ns_labels = {**ns["metadata"]["labels"], "kubernetes.io/metadata.name": ns["metadata"]["name"]}
+    ns_selector = peer.get("namespaceSelector")
+    if (
+        ns_selector is not None
+        and not ns_selector.get("matchLabels", {}).items() <= ns_labels.items()
+    ):
+        return False
+    pod_labels = worker_template()["metadata"]["labels"]
+    return bool(peer.get("podSelector", {}).get("matchLabels", {}).items() <= pod_labels.items())
+
+
+def test_network_policy_task_pods_reach_only_the_execution_port() -> None:
     deny = one("NetworkPolicy", "ketch-default-deny-ingress")
     assert deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
     web = one("NetworkPolicy", "ketch-web")
-    assert web["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "web"
-    peers = web["spec"]["ingress"][0]["from"]
-    worker_labels = worker_template()["metadata"]["labels"]
-    assert any(
-        p.get("podSelector", {}).get("matchLabels", {}).items() <= worker_labels.items()
-        and "podSelector" in p
-        for p in peers
+    assert (
+        web["spec"]["podSelector"]["matchLabels"]
+        == (deployment("ketch-web")["spec"]["selector"]["matchLabels"])
     )
-    assert web["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 8080}]
+    http = container_port(web_container(), "http")
+    execution = container_port(web_container(), "execution")
+    from_task_pods = [
+        port
+        for rule in web["spec"]["ingress"]
+        if any(_admits_task_pods(peer) for peer in rule["from"])
+        for port in rule["ports"]
+    ]
+    assert from_task_pods == [{"protocol": "TCP", "port": execution}]
+    # The ingress controller reaches the main port only.
+    (from_ingress,) = (
+        rule
+        for rule in web["spec"]["ingress"]
+        if any("namespaceSelector" in peer for peer in rule["from"])
+    )
+    assert from_ingress["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
+    ]
+    assert from_ingress["ports"] == [{"protocol": "TCP", "port": http}]
+    # Every rule names its ports: none admits a peer to every port of the web pods.
+    assert all(rule.get("ports") for rule in web["spec"]["ingress"])
 
 
 def test_images_are_pinned() -> None:
@@ -511,9 +616,8 @@ def test_the_executor_builds_a_valid_restricted_pod_from_the_shipped_template(
     from ketch.executors.kubernetes.pod import build_pod
 
     monkeypatch.setenv("KETCH_HOME", "/var/lib/ketch")  # the scheduler container's KETCH_HOME
-    values = _nested(settings_env())
-    values["kubernetes"]["pod_template_file"] = str(POD_TEMPLATE)
-    settings = Settings(**values)
+    env = {**settings_env(), "KETCH__KUBERNETES__POD_TEMPLATE_FILE": str(POD_TEMPLATE)}
+    settings = settings_from(env, monkeypatch)
     key = TryKey("etl_daily", "scheduled__2026-11-24T00:00:00+00:00", "load", 2)
     config = {
         "resources": {"requests": {"memory": "2Gi"}, "limits": {"memory": "2Gi"}},
@@ -548,7 +652,7 @@ def test_the_executor_builds_a_valid_restricted_pod_from_the_shipped_template(
     assert log_file.startswith(home + "/")
     pod_env = {e["name"]: e.get("value") for e in base["env"]}
     assert pod_env["KETCH_DAGS_FOLDER"] == "/dags/repo"
-    assert pod_env["KETCH_EXECUTION_API_URL"] == "http://ketch-web:8080/execution"
+    assert pod_env["KETCH_EXECUTION_API_URL"] == "http://ketch-web:8081/execution"
     assert pod_env["KETCH_HOME"] == "/var/lib/ketch" and pod_env["WAREHOUSE"] == "prod"
     assert base["resources"]["limits"]["memory"] == "2Gi"
 
