@@ -46,3 +46,4 @@ bench: install
 	$(PY) -m benchmarks.kubernetes
 	$(PY) -m benchmarks.failover
 	$(PY) -m benchmarks.recovery --backend both
+	$(PY) -m benchmarks.auth_cost --backend postgresql

@@ -79,9 +79,13 @@ EXPECTED_ROLE: dict[tuple[str, str], str | None] = {
     ("GET", "/metrics"): "admin",
     ("GET", "/openapi.json"): "viewer",
     ("GET", "/docs"): "viewer",
+    ("GET", "/"): "viewer",  # a page: anonymous is sent to sign in
+    # Sign-in routes are open by nature; /logout checks the session's CSRF token itself.
+    ("GET", "/login"): None,
+    ("GET", "/oauth2callback"): None,
+    ("GET", "/logout"): None,
+    ("POST", "/logout"): None,
 }
-# Hidden from the OpenAPI document but served: checked as well.
-HIDDEN_ROUTES = [("GET", "/openapi.json"), ("GET", "/docs")]
 RANK = {"viewer": 0, "user": 1, "op": 2, "admin": 3}
 ROLES = list(RANK)
 
@@ -164,14 +168,29 @@ def app_and_callers(
 
 
 def _routes(client: TestClient) -> list[tuple[str, str]]:
-    schema = client.app.openapi()  # type: ignore[attr-defined]
-    found = [
+    """Every (method, path) the app serves, hidden routes included.
+
+    FastAPI keeps included routers unflattened; ``effective_route_contexts`` yields the
+    routes with their full paths. The OpenAPI document is compared as a cross-check.
+    """
+    found: set[tuple[str, str]] = set()
+    for route in client.app.router.routes:  # type: ignore[attr-defined]
+        contexts = getattr(route, "effective_route_contexts", None)
+        pairs = (
+            [(c.path, c.original_route) for c in contexts()] if contexts else [(route.path, route)]
+        )
+        for path, original in pairs:
+            for method in getattr(original, "methods", None) or ():
+                if method != "HEAD" and not path.startswith("/execution"):
+                    found.add((method, re.sub(r"\{([^}:]+):[^}]*\}", r"{\1}", path)))
+    documented = {
         (method.upper(), path)
-        for path, operations in schema["paths"].items()
+        for path, operations in client.app.openapi()["paths"].items()  # type: ignore[attr-defined]
         for method in operations
         if not path.startswith("/execution")
-    ]
-    return found + HIDDEN_ROUTES
+    }
+    assert documented <= found, f"documented but not found: {documented - found}"
+    return sorted(found)
 
 
 _NUMERIC_PARAMS = {"token_id": "999", "try_number": "1"}

@@ -22,10 +22,12 @@ from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from ketch.auth import oidc
 from ketch.auth.install import install_auth
 from ketch.auth.principal import authorize
 from ketch.config import Settings
 from ketch.db.outage import OutageTracker, is_db_unavailable, reason
+from ketch.web import pages
 
 log = logging.getLogger("ketch.api")
 
@@ -63,6 +65,8 @@ def create_app(settings: Settings, *, include_execution: bool = True) -> FastAPI
     app.include_router(  # /metrics (Prometheus)
         variable_sync_metrics_router, dependencies=[Depends(authorize)]
     )
+    oidc.install(app, settings)  # /login, the callback, /logout (raises OidcConfigError)
+    app.include_router(pages.router)  # the signed-in pages
     install_auth(app, settings)
     return app
 

@@ -38,7 +38,13 @@ def check_exposure(settings: Settings, host: str) -> None:
 
     Called by every command that starts the web server, before it binds.
     """
+    from ketch.auth.oidc import OidcConfigError, check_settings
+
     auth = settings.auth
+    try:
+        check_settings(auth)
+    except OidcConfigError as exc:
+        raise UnsafeExposure(str(exc)) from None
     if auth.mode == "none":
         log.warning(
             "AUTHENTICATION IS OFF ([auth] mode = none): anyone who can reach %s may "

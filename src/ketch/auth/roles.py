@@ -49,15 +49,17 @@ def admit(
         if rule.domain is not None and rule.domain.lower() == domain and domain_allowed:
             return Admission(rule.role)
     if not domain_allowed:
-        return Admission(None, _domain_refusal(email, hd, allowed))
+        return Admission(None, _domain_refusal(email, domain, hd, allowed))
     if auth.default_role is not None:
         return Admission(auth.default_role)
     return Admission(None, f"no role rule matches {email} and no default role is set")
 
 
-def _domain_refusal(email: str, hd: str, allowed: set[str]) -> str:
+def _domain_refusal(email: str, domain: str, hd: str, allowed: set[str]) -> str:
     if not allowed:
         return f"{email} has no role rule, and no domain is allowed ([auth] allowed_domains)"
     if not hd:
         return f"{email} is not a Google Workspace account of an allowed domain (no hd claim)"
-    return f"{email} (domain {hd}) is not in an allowed domain"
+    if hd not in allowed:
+        return f"{email} belongs to the Workspace domain {hd}, which is not allowed"
+    return f"the address's domain {domain} is not allowed (although its Workspace domain {hd} is)"
