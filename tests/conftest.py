@@ -25,7 +25,7 @@ def ketch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     import os
 
     for key in list(os.environ):
-        if key.startswith("KETCH__") or key in ("KETCH_CONFIG",):
+        if key.startswith("KETCH__") or key in ("KETCH_CONFIG", "KETCH_API_URL", "KETCH_API_TOKEN"):
             monkeypatch.delenv(key)
     home = tmp_path / "ketch_home"
     home.mkdir()
