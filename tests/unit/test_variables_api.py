@@ -9,10 +9,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from ketch.api.app import create_app
-from ketch.auth.try_tokens import sign_try_token
 from ketch.config import get_settings
-from ketch.executors.base import TryKey
 from tests.support.web import local_client
+from tests.unit.test_execution_api import make_try
 
 API = "/api/v1"
 
@@ -87,14 +86,10 @@ def test_connections_rest_crud_never_returns_the_password(client: TestClient) ->
     assert client.get(f"{API}/connections/wh").status_code == 404
 
 
-def _token(ti_id: int = 1) -> dict[str, str]:
-    key = TryKey("d", "r", "t", 1)
-    return {"Authorization": f"Bearer {sign_try_token(get_settings(), key, ti_id)}"}
-
-
 def test_execution_api_reads_variables_and_connections_with_a_try_token(
-    client: TestClient,
+    client: TestClient, engine: Engine
 ) -> None:
+    token = make_try(engine).headers()  # a queued try's: a try token lives as long as its try
     client.put(f"{API}/variables/bucket", json={"value": "s3://b"})
     client.put(f"{API}/variables/hidden", json={"value": "xyz", "is_sensitive": True})
     client.put(
@@ -104,10 +99,10 @@ def test_execution_api_reads_variables_and_connections_with_a_try_token(
     assert client.get("/execution/variables/bucket").status_code == 401
     bad = {"Authorization": "Bearer forged.token.value"}
     assert client.get("/execution/variables/bucket", headers=bad).status_code == 401
-    got = client.get("/execution/variables/bucket", headers=_token())
+    got = client.get("/execution/variables/bucket", headers=token)
     assert got.json() == {"key": "bucket", "value": "s3://b", "is_sensitive": False}
-    assert client.get("/execution/variables/hidden", headers=_token()).json()["is_sensitive"]
-    assert client.get("/execution/variables/nope", headers=_token()).status_code == 404
-    conn = client.get("/execution/connections/wh", headers=_token()).json()
+    assert client.get("/execution/variables/hidden", headers=token).json()["is_sensitive"]
+    assert client.get("/execution/variables/nope", headers=token).status_code == 404
+    conn = client.get("/execution/connections/wh", headers=token).json()
     assert conn["password"] == "pw" and conn["host"] == "db" and conn["extra"] == '{"a": "b"}'
-    assert client.get("/execution/connections/nope", headers=_token()).status_code == 404
+    assert client.get("/execution/connections/nope", headers=token).status_code == 404
