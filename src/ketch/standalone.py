@@ -345,6 +345,10 @@ def _uvicorn_server(app: Any, host: str, port: int) -> Any:
         port=port,
         log_config=None,  # our logging_setup format, not uvicorn's
         timeout_graceful_shutdown=5,
+        # uvicorn would believe X-Forwarded-For/Proto from 127.0.0.1 and rewrite the client
+        # address the loopback-admin check reads; ketch believes forwarded headers only
+        # from [auth] trusted_proxies, and only to build the sign-in redirect URI.
+        proxy_headers=False,
     )
     return Server(config)
 
