@@ -89,6 +89,15 @@ def test_dns_rebinding_host_is_refused(sqlite_engine: Engine) -> None:
     assert response.status_code == 401
 
 
+@pytest.mark.parametrize(
+    "header", ["X-Forwarded-For", "Forwarded", "X-Real-IP", "X-Forwarded-Host"]
+)
+def test_request_relayed_by_a_local_proxy_is_not_local(sqlite_engine: Engine, header: str) -> None:
+    """nginx on this host connects from 127.0.0.1 with Host 127.0.0.1:8080 by default."""
+    with local_client(create_app(get_settings())) as client:
+        assert client.get("/api/v1/dags", headers={header: "203.0.113.9"}).status_code == 401
+
+
 def test_remote_request_without_identity_provider_is_refused(sqlite_engine: Engine) -> None:
     with remote_client(create_app(get_settings())) as client:
         response = client.get("/api/v1/dags")

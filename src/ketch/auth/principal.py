@@ -105,7 +105,18 @@ def _from_session(request: Request, settings: Settings) -> Principal | None:
     return Principal(name=user.email, role=role, via="session", csrf_token=user.csrf_token)
 
 
+_FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip")
+
+
 def _is_local_request(request: Request) -> bool:
+    """From this machine, for this machine, and not relayed by a proxy on it.
+
+    A reverse proxy on the same host connects from 127.0.0.1 (and nginx sends the
+    upstream's loopback address as Host by default): its forwarding headers show that
+    the request really comes from elsewhere, so it is not the local admin.
+    """
+    if any(name in request.headers for name in _FORWARDING_HEADERS):
+        return False
     client = request.client
     host = request.headers.get("host", "")
     hostname = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
