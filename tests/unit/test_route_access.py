@@ -238,3 +238,34 @@ def test_route_matrix(app_and_callers: tuple[TestClient, list[Caller]]) -> None:
             if not ok:
                 wrong.append(f"{method} {path} as {caller.name}: {got}, want {want}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_execution_api_takes_only_try_tokens(
+    app_and_callers: tuple[TestClient, list[Caller]],
+) -> None:
+    """An admin's API token or session opens nothing on the execution API."""
+    client, callers = app_and_callers
+    schema = client.app.openapi()  # type: ignore[attr-defined]
+    routes = [
+        (method.upper(), path)
+        for path, operations in schema["paths"].items()
+        for method in operations
+        if path.startswith("/execution")
+    ]
+    assert routes, "the execution API is served by this app"
+    wrong = []
+    for method, path in routes:
+        for caller in callers:
+            if caller.name not in ("token:admin", "session:admin", "anonymous"):
+                continue
+            client.cookies.clear()
+            client.cookies.update(caller.cookies)
+            got = client.request(
+                method,
+                _concrete(path),
+                headers=caller.headers,
+                json={} if method == "POST" else None,
+            ).status_code
+            if got != 401:
+                wrong.append(f"{method} {path} as {caller.name}: {got}")
+    assert not wrong, "\n".join(wrong)
