@@ -88,7 +88,9 @@ class CoreSettings(BaseModel):
     )
     execution_api_server_url: str | None = Field(
         default=None,
-        description="URL task tries use to reach the execution API. Unset: http://{api.host}:{api.port}/execution.",
+        description="URL task tries use to reach the execution API. Unset: "
+        "http://{api.host}:{api.port}/execution, with [api] execution_port instead of [api] port "
+        "when it is set.",
     )
 
 
