@@ -485,6 +485,20 @@ def test_forwarded_headers_only_from_trusted_proxies(
     assert query["redirect_uri"] == [redirect_uri]
 
 
+def test_configured_base_url_is_the_redirect_uri(
+    provider: OidcProvider, sqlite_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Behind an Ingress the request says http:// and an internal host; [api] base_url wins."""
+    from starlette.testclient import TestClient
+
+    monkeypatch.setenv("KETCH__API__BASE_URL", "https://ketch.corp.com/")
+    settings = configure_auth(monkeypatch, provider.issuer)
+    with TestClient(build_app(settings), client=("10.1.2.3", 40000)) as test_client:
+        response = test_client.get("/login", follow_redirects=False)
+    query = parse_qs(urlsplit(response.headers["location"]).query)
+    assert query["redirect_uri"] == ["https://ketch.corp.com/oauth2callback"]
+
+
 # ------------------------------------------- ID tokens no honest provider issues
 #
 # A real provider signs only correct ID tokens, so the checks on a wrong audience,

@@ -142,6 +142,7 @@ class OidcRuntime:
     auth: AuthSettings
     client: StarletteOAuth2App | None
     trusted: tuple[Network, ...]
+    base_url: str | None = None  # [api] base_url: the external URL, when configured
     discovery_checked: bool = False
 
 
@@ -157,7 +158,12 @@ def build_runtime(settings: Settings) -> OidcRuntime:
             server_metadata_url=discovery_url(auth.oidc_issuer),
             client_kwargs={"scope": SCOPES, "code_challenge_method": "S256", "timeout": 10.0},
         )
-    return OidcRuntime(auth=auth, client=client, trusted=trusted_networks(auth.trusted_proxies))
+    return OidcRuntime(
+        auth=auth,
+        client=client,
+        trusted=trusted_networks(auth.trusted_proxies),
+        base_url=settings.api.base_url.rstrip("/") if settings.api.base_url else None,
+    )
 
 
 def install(app: FastAPI, settings: Settings) -> None:
@@ -374,7 +380,10 @@ async def login(request: Request, next: str = "/", switch: bool = False) -> Resp
         supported = metadata.get("prompt_values_supported") or []
         extra["prompt"] = "select_account" if google or "select_account" in supported else "login"
     request.session[_NEXT_KEY] = target
-    redirect_uri = external_base_url(request, runtime.trusted) + runtime.auth.oidc_callback_path
+    # The configured external URL wins: behind an Ingress the request says http:// and an
+    # internal host, and the provider accepts only the registered https:// redirect URI.
+    base = runtime.base_url or external_base_url(request, runtime.trusted)
+    redirect_uri = base + runtime.auth.oidc_callback_path
     response: Response = await runtime.client.authorize_redirect(request, redirect_uri, **extra)
     return response
 
