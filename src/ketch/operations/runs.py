@@ -1,0 +1,237 @@
+"""DAG runs: look one up, list, progress, trigger (with its run id), mark state, cancel."""
+
+from __future__ import annotations
+
+import secrets
+import string
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ketch.db.models import DagRun, DagVersion, TaskInstance
+from ketch.operations._common import (
+    Page,
+    _notify_after_commit,
+    _parse_state,
+    _require_aware,
+    _set_ti_state,
+    _utcnow,
+)
+from ketch.operations.dags import get_dag, serialized_dag
+from ketch.operations.errors import DagRunAlreadyExists, DagRunNotFound, InvalidRequest
+from ketch.serialization import SerializedDag
+from ketch.states import (
+    FAILED_TI_STATES,
+    FINISHED_TI_STATES,
+    DagRunState,
+    DagRunType,
+    TaskInstanceState,
+)
+
+MARKABLE_RUN_STATES = frozenset({DagRunState.SUCCESS, DagRunState.FAILED, DagRunState.QUEUED})
+_FINISHED_RUN_STATES = frozenset({DagRunState.SUCCESS, DagRunState.FAILED})
+
+
+# --- lookups ----------------------------------------------------------------------------
+
+
+def get_dag_run(session: Session, dag_id: str, run_id: str) -> DagRun:
+    run = session.scalars(
+        select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)
+    ).first()
+    if run is None:
+        get_dag(session, dag_id)  # name the DAG if that is what is missing
+        raise DagRunNotFound(dag_id, run_id)
+    return run
+
+
+def serialized_dag_for_run(session: Session, run: DagRun) -> SerializedDag:
+    """The serialized DAG the run was created from, so a file edited mid-run does not
+    change which tasks a clear or a mark touches."""
+    version = session.get(DagVersion, run.dag_hash)
+    if version is not None:
+        return SerializedDag.model_validate(version.serialized)
+    return serialized_dag(get_dag(session, run.dag_id))
+
+
+def list_dag_runs(
+    session: Session,
+    dag_id: str,
+    *,
+    state: str | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> Page[DagRun]:
+    """Runs of a DAG, newest first."""
+    get_dag(session, dag_id)
+    query = select(DagRun).where(DagRun.dag_id == dag_id)
+    if state is not None:
+        query = query.where(DagRun.state == state)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    query = query.order_by(DagRun.run_after.desc(), DagRun.id.desc()).offset(offset)
+    if limit is not None:
+        query = query.limit(limit)
+    return Page(list(session.scalars(query)), total)
+
+
+@dataclass(frozen=True, slots=True)
+class RunProgress:
+    """How far a run got, for ``dags trigger --wait`` and progress displays."""
+
+    state: str
+    total: int
+    done: int
+    failed: int
+    states: dict[str, str | None]  # task_id -> state
+    errors: dict[str, str | None]  # task_id -> error line, for failed tasks
+
+
+def run_progress(session: Session, dag_id: str, run_id: str) -> RunProgress:
+    run = get_dag_run(session, dag_id, run_id)
+    tis = list(session.scalars(select(TaskInstance).where(TaskInstance.dag_run_id == run.id)))
+    states = {ti.task_id: ti.state for ti in tis}
+    failed = {ti.task_id: ti.error for ti in tis if ti.state in FAILED_TI_STATES}
+    done = sum(1 for s in states.values() if s in FINISHED_TI_STATES)
+    return RunProgress(run.state, len(tis), done, len(failed), states, failed)
+
+
+# --- trigger ---------------------------------------------------------------------------
+
+
+def generate_manual_run_id(*, logical_date: datetime | None, run_after: datetime) -> str:
+    """Airflow 3's ``DagRun.generate_run_id`` for a manual run: a random suffix when there
+    is no logical date, since run_after alone need not be unique."""
+    suffix = run_after.isoformat()
+    if logical_date is None:
+        alphabet = string.ascii_letters + string.digits
+        suffix += "_" + "".join(secrets.choice(alphabet) for _ in range(8))
+    return f"{DagRunType.MANUAL.value}__{suffix}"
+
+
+def trigger_dag(
+    session: Session,
+    dag_id: str,
+    *,
+    conf: dict[str, Any] | None = None,
+    logical_date: datetime | None = None,
+    run_id: str | None = None,
+    now: datetime | None = None,
+) -> DagRun:
+    """Create a manual run, queued, with all its task instances.
+
+    As in Airflow 3, a manual run has no logical date (and no data interval) unless
+    one is given; with one, the data interval is the timetable's
+    ``infer_manual_data_interval(logical_date)`` and the run is due at its end.
+    """
+    from ketch.authoring.params import resolve_params
+    from ketch.authoring.timetables import timetable_for
+    from ketch.scheduler import runs as scheduler_runs
+
+    now = now or _utcnow()
+    _require_aware("logical_date", logical_date)
+    dag = get_dag(session, dag_id, active_only=True)
+    if conf is None:
+        conf = {}
+    if not isinstance(conf, dict):
+        raise InvalidRequest("conf", "must be a JSON object")
+    serialized = serialized_dag(dag)
+    params = resolve_params(serialized.params, conf)
+    run_after, data_interval = now, None
+    if logical_date is not None:
+        data_interval = timetable_for(serialized.schedule).infer_manual_data_interval(
+            run_after=logical_date
+        )
+        if data_interval is not None:
+            run_after = data_interval.end
+    run_id = run_id or generate_manual_run_id(logical_date=logical_date, run_after=now)
+    _check_run_is_new(session, dag_id, run_id, logical_date)
+    try:
+        run = scheduler_runs.create_dag_run(
+            session,
+            dag,
+            run_type=DagRunType.MANUAL,
+            run_id=run_id,
+            logical_date=logical_date,
+            data_interval=data_interval,
+            run_after=run_after,
+            conf=conf,
+            params=params,
+            now=now,
+        )
+    except scheduler_runs.DagRunAlreadyExists as exc:  # inserted concurrently by another writer
+        raise DagRunAlreadyExists(str(exc)) from exc
+    _notify_after_commit(session)
+    return run
+
+
+def _check_run_is_new(
+    session: Session, dag_id: str, run_id: str, logical_date: datetime | None
+) -> None:
+    """Airflow refuses a second run with the same run_id or the same logical date (409)."""
+    same = select(DagRun.run_id).where(DagRun.dag_id == dag_id)
+    if session.scalars(same.where(DagRun.run_id == run_id)).first() is not None:
+        raise DagRunAlreadyExists(f"DAG run {run_id!r} of DAG {dag_id!r} already exists")
+    if logical_date is not None:
+        other = session.scalars(same.where(DagRun.logical_date == logical_date)).first()
+        if other is not None:
+            raise DagRunAlreadyExists(
+                f"DAG {dag_id!r} already has run {other!r} with logical date {logical_date.isoformat()}"
+            )
+
+
+# --- mark states, cancel ------------------------------------------------------------------
+
+
+def set_dag_run_state(
+    session: Session,
+    dag_id: str,
+    run_id: str,
+    state: DagRunState | str,
+    *,
+    now: datetime | None = None,
+) -> DagRun:
+    """Mark a run success, failed or queued, as Airflow's ``set_dag_run_state_to_*``.
+
+    - success: every task instance not yet successful becomes success;
+    - failed (also what *cancel* means): running tries are failed, every other
+      unfinished task instance is skipped; finished ones keep their state;
+    - queued: the run is queued again; task instances are untouched.
+    """
+    new_state = _parse_state(state, MARKABLE_RUN_STATES, DagRunState, "state")
+    now = now or _utcnow()
+    run = get_dag_run(session, dag_id, run_id)
+    tis = list(session.scalars(select(TaskInstance).where(TaskInstance.dag_run_id == run.id)))
+    if new_state == DagRunState.SUCCESS:
+        for ti in tis:
+            if ti.state != TaskInstanceState.SUCCESS:
+                _set_ti_state(session, ti, TaskInstanceState.SUCCESS, now)
+    elif new_state == DagRunState.FAILED:
+        for ti in tis:
+            if ti.state == TaskInstanceState.RUNNING:
+                _set_ti_state(session, ti, TaskInstanceState.FAILED, now)
+            elif ti.state not in FINISHED_TI_STATES:
+                _set_ti_state(session, ti, TaskInstanceState.SKIPPED, now)
+    _set_run_state(run, new_state, now)
+    session.flush()
+    _notify_after_commit(session)
+    return run
+
+
+def _set_run_state(run: DagRun, state: DagRunState, now: datetime) -> None:
+    if run.state != state.value:
+        if state == DagRunState.QUEUED:
+            run.queued_at = now
+            run.start_date = None
+            run.end_date = None
+        else:
+            run.end_date = now
+    run.state = state.value
+    run.needs_evaluation = True
+
+
+def cancel_dag_run(session: Session, dag_id: str, run_id: str) -> DagRun:
+    """Stop a run: Airflow's "mark run failed" (running tries failed, pending ones skipped)."""
+    return set_dag_run_state(session, dag_id, run_id, DagRunState.FAILED)
