@@ -271,3 +271,96 @@ def test_executor_config_is_not_checked_for_the_local_executor(
     write(tmp_path, "k8s_bad_ketch_dag.py", BAD_EXECUTOR_CONFIG)
     processor(sqlite_engine, tmp_path, executor="local").parse_all()
     assert "k8s_bad" in dags(sqlite_engine)
+
+
+HINT = "(ketch dags errors shows the traceback)"
+
+
+def import_error_logs(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    """(level, message) of the processor's lines about import errors, then clears them."""
+    lines = [
+        (r.levelname, r.getMessage())
+        for r in caplog.records
+        if r.name == "ketch.dag_processing.processor" and r.getMessage().startswith("DAG file ")
+    ]
+    caplog.clear()
+    return lines
+
+
+def test_import_errors_are_logged_once_with_file_and_line(
+    sqlite_engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="ketch.dag_processing")
+    path = write(
+        tmp_path, "team/raises.py", "from ketch import DAG\n\nraise RuntimeError('boom')\n"
+    )
+    write(tmp_path, "syntax.py", "from ketch import DAG\nwith DAG('s') as d\n    pass\n")
+    write(tmp_path, "helper_mod.py", "def make():\n    raise KeyError('no such table')\n")
+    write(
+        tmp_path,
+        "uses_helper.py",
+        "from ketch import DAG\nimport helper_mod\n\n\nhelper_mod.make()\n",
+    )
+    write(tmp_path, "slow.py", "import time\nfrom ketch import DAG\ntime.sleep(60)\n")
+    good(tmp_path, "fine.py", "fine")
+    proc = processor(sqlite_engine, tmp_path, dagbag_import_timeout=2)
+    proc.parse_all()
+    assert sorted(import_error_logs(caplog)) == [
+        (
+            "WARNING",
+            f"DAG file slow.py: import timed out after 2s ([core] dagbag_import_timeout) {HINT}",
+        ),
+        ("WARNING", f"DAG file syntax.py line 2: SyntaxError: expected ':' {HINT}"),
+        ("WARNING", f"DAG file team/raises.py line 3: RuntimeError: boom {HINT}"),
+        # the last frame in the DAG file, not the helper module's line
+        ("WARNING", f"DAG file uses_helper.py line 5: KeyError: 'no such table' {HINT}"),
+    ]
+    (tmp_path / "slow.py").unlink()
+    proc.parse_all()  # a rescan logs nothing new
+    proc.parse_paths([path])
+    assert import_error_logs(caplog) == []
+    path.write_text("from ketch import DAG\nraise ValueError('other\\nlines')\n")
+    proc.parse_paths([path])  # a changed error is logged again
+    assert import_error_logs(caplog) == [
+        ("WARNING", f"DAG file team/raises.py line 2: ValueError: other ... {HINT}")
+    ]
+    good(tmp_path, "team/raises.py", "raises")
+    proc.parse_paths([path])
+    assert import_error_logs(caplog) == [
+        ("INFO", "DAG file team/raises.py imports again: its import error is cleared")
+    ]
+    proc.parse_all()
+    assert import_error_logs(caplog) == []
+
+
+def test_a_restarted_processor_logs_standing_errors_and_fixes(
+    sqlite_engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="ketch.dag_processing")
+    broken = write(tmp_path, "a.py", "import ketch  # dag\nraise RuntimeError('x')\n")
+    processor(sqlite_engine, tmp_path).parse_all()
+    assert [level for level, _ in import_error_logs(caplog)] == ["WARNING"]
+    # A new scheduler says once what is still broken ...
+    processor(sqlite_engine, tmp_path).parse_all()
+    assert [level for level, _ in import_error_logs(caplog)] == ["WARNING"]
+    # ... and that a file fixed while it was down imports again.
+    good(tmp_path, broken.name, "a")
+    processor(sqlite_engine, tmp_path).parse_all()
+    assert import_error_logs(caplog) == [
+        ("INFO", "DAG file a.py imports again: its import error is cleared")
+    ]
+
+
+def test_a_dag_defined_twice_is_logged_without_a_line(
+    sqlite_engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="ketch.dag_processing")
+    good(tmp_path, "a_first.py", "same")
+    proc = processor(sqlite_engine, tmp_path)
+    proc.parse_all()
+    good(tmp_path, "b_second.py", "same")
+    proc.parse_all()
+    [(level, line)] = import_error_logs(caplog)
+    assert level == "WARNING"
+    assert line.startswith("DAG file b_second.py: DAG 'same' is defined in both ")
+    assert line.endswith(HINT)

@@ -1,7 +1,10 @@
 """The parse child: ``python -m ketch.dag_processing.parse_file FILE DAGS_FOLDER``.
 
 Imports one DAG file and prints one JSON object on stdout:
-``{"ok": true, "dags": [<SerializedDag>...]}`` or ``{"ok": false, "error": <traceback>}``.
+``{"ok": true, "dags": [<SerializedDag>...]}`` or ``{"ok": false, "error": <traceback>,
+"error_type": <exception class>, "error_message": <its first line>, "lineno": <line>}``,
+``lineno`` being the line of the traceback's last frame in the DAG file itself (or the
+line of a syntax error in it; null when no frame is in the file).
 Running each file in its own process keeps a slow, crashing or memory-hungry
 file away from the scheduler, and lets the processor kill it on timeout.
 Anything the DAG file itself prints goes to stderr so it cannot corrupt the JSON.
@@ -55,9 +58,40 @@ def parse(fileloc: str, dags_folder: str) -> dict[str, Any]:
         serialized = [
             serialize_dag(d, Path(dags_folder)).model_dump(mode="json", by_alias=True) for d in dags
         ]
-    except BaseException:  # SystemExit and KeyboardInterrupt from a DAG file are errors too
-        return {"ok": False, "error": traceback.format_exc()}
+    except BaseException as exc:  # SystemExit and KeyboardInterrupt from a DAG file are errors too
+        return {"ok": False, "error": traceback.format_exc(), **error_summary(exc, fileloc)}
     return {"ok": True, "dags": serialized}
+
+
+MAX_MESSAGE = 300
+
+
+def error_summary(exc: BaseException, fileloc: str) -> dict[str, Any]:
+    """The exception's class, the first line of its message, and the line of the DAG file
+    it came from: the last frame of its traceback in that file, else (a syntax error in
+    the file itself) the line the compiler names."""
+    target = os.path.realpath(fileloc)
+
+    def in_file(filename: str | None) -> bool:
+        return bool(filename) and os.path.realpath(str(filename)) == target
+
+    lineno: int | None = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if in_file(frame.filename):
+            lineno = frame.lineno
+    if isinstance(exc, SyntaxError):
+        if lineno is None and in_file(exc.filename):
+            lineno = exc.lineno
+        message = str(exc.msg or "")
+    else:
+        message = str(exc)
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    if len(lines) > 1:
+        first += " ..."
+    if len(first) > MAX_MESSAGE:
+        first = first[: MAX_MESSAGE - 3] + "..."
+    return {"error_type": type(exc).__name__, "error_message": first, "lineno": lineno}
 
 
 def main(argv: list[str]) -> int:

@@ -30,7 +30,12 @@ from typing import TYPE_CHECKING, Any
 
 from ketch.authoring._defaults import PARSE_DEFAULTS_ENV, defaults_from_settings
 from ketch.dag_processing.files import BUNDLED_EXAMPLES, is_dag_file, list_dag_files
-from ketch.dag_processing.store import deactivate_missing, forget_file, store_result
+from ketch.dag_processing.store import (
+    StoreOutcome,
+    deactivate_missing,
+    forget_file,
+    store_result,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -50,10 +55,21 @@ class FileResult:
     root: Path
     dags: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    # The error in one line: the exception's class and message, the DAG file's line.
+    error_type: str | None = None
+    error_message: str | None = None
+    lineno: int | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def relative_path(self) -> str:
+        try:
+            return self.path.relative_to(self.root).as_posix()
+        except ValueError:
+            return str(self.path)
 
 
 @dataclass
@@ -80,17 +96,45 @@ def parse_in_child(path: Path, root: Path, timeout: float, env: dict[str, str]) 
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         _kill(proc)
-        return FileResult(path, root, error=f"DAG file {path} timed out after {timeout:g}s")
+        return FileResult(
+            path,
+            root,
+            error=f"DAG file {path} timed out after {timeout:g}s",
+            error_message=f"import timed out after {timeout:g}s ([core] dagbag_import_timeout)",
+        )
     try:
         data = json.loads(out)
     except ValueError:
         tail = err.decode(errors="replace")[-4000:]
         return FileResult(
-            path, root, error=f"parsing {path} crashed (exit code {proc.returncode}):\n{tail}"
+            path,
+            root,
+            error=f"parsing {path} crashed (exit code {proc.returncode}):\n{tail}",
+            error_message=f"parsing crashed (exit code {proc.returncode})",
         )
     if not data.get("ok"):
-        return FileResult(path, root, error=str(data.get("error")))
+        lineno = data.get("lineno")
+        return FileResult(
+            path,
+            root,
+            error=str(data.get("error")),
+            error_type=data.get("error_type") or None,
+            error_message=data.get("error_message"),
+            lineno=lineno if isinstance(lineno, int) else None,
+        )
     return FileResult(path, root, dags=list(data.get("dags") or []))
+
+
+def error_log_line(result: FileResult, error: str) -> str:
+    """The one line the scheduler logs for a file that failed to import."""
+    where = f"DAG file {result.relative_path}"
+    if result.lineno is not None:
+        where += f" line {result.lineno}"
+    message = result.error_message
+    if message is None:  # an error of the store (a DAG defined in two files)
+        message = next((line for line in error.splitlines() if line.strip()), error)
+    what = f"{result.error_type}: {message}" if result.error_type else message
+    return f"{where}: {what} (ketch dags errors shows the traceback)"
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
@@ -120,6 +164,8 @@ class DagProcessor:
         self._lock = threading.Lock()  # one pass at a time (the thread and parse_all callers)
         # mtime of each file when it was last parsed: the stat scan's memory.
         self._mtimes: dict[Path, float] = {}
+        # The import error last logged per file: each is logged once, not every rescan.
+        self._logged_errors: dict[Path, str] = {}
         self._child_env = {
             **os.environ,
             PARSE_DEFAULTS_ENV: json.dumps(defaults_from_settings(settings)),
@@ -153,6 +199,9 @@ class DagProcessor:
             files = self.list_files()
             summary = self._parse_and_store(files)
             summary.changed |= deactivate_missing(self.engine, {str(p) for p, _ in files})
+            listed = {p for p, _ in files}
+            for gone in set(self._logged_errors) - listed:
+                del self._logged_errors[gone]
             summary.duration = time.monotonic() - started
         self._notify(summary.changed)
         return summary
@@ -169,6 +218,7 @@ class DagProcessor:
                     to_parse.append((path, root))
                 else:
                     changed |= forget_file(self.engine, str(path))
+                    self._logged_errors.pop(path, None)
             summary = self._parse_and_store(to_parse)
             summary.changed |= changed
             summary.duration = time.monotonic() - started
@@ -184,6 +234,7 @@ class DagProcessor:
         for path, _root in files:
             self._mtimes[path] = _mtime(path)
         workers = min(MAX_PARALLEL_PARSES, len(files))
+        final: dict[Path, tuple[FileResult, StoreOutcome]] = {}
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dag-parse") as pool:
             futures = [
                 pool.submit(parse_in_child, path, root, timeout, self._child_env)
@@ -195,12 +246,29 @@ class DagProcessor:
                 if outcome.duplicate:
                     retry.append(result)
                 self._account(summary, result, outcome)
+                final[result.path] = (result, outcome)
         # A DAG that moved between files may have met its old copy first: try once more.
         for result in retry:
-            self._account(summary, result, self._store(result), recount=False)
+            outcome = self._store(result)
+            outcome.error_cleared = False  # the row it clears was written by this pass
+            self._account(summary, result, outcome, recount=False)
+            final[result.path] = (result, outcome)
+        for result, outcome in final.values():
+            self._log_import_outcome(result, outcome)
         return summary
 
-    def _store(self, result: FileResult) -> Any:
+    def _log_import_outcome(self, result: FileResult, outcome: StoreOutcome) -> None:
+        """One WARNING per new or changed import error (the scheduler's log says what the
+        database says), one INFO when a file that had one imports again."""
+        if outcome.error:
+            line = error_log_line(result, outcome.error)
+            if self._logged_errors.get(result.path) != line:
+                self._logged_errors[result.path] = line
+                log.warning("%s", line)
+        elif self._logged_errors.pop(result.path, None) is not None or outcome.error_cleared:
+            log.info("DAG file %s imports again: its import error is cleared", result.relative_path)
+
+    def _store(self, result: FileResult) -> StoreOutcome:
         return store_result(
             self.engine,
             result,
@@ -209,7 +277,7 @@ class DagProcessor:
 
     @staticmethod
     def _account(
-        summary: ParseSummary, result: FileResult, outcome: Any, recount: bool = True
+        summary: ParseSummary, result: FileResult, outcome: StoreOutcome, recount: bool = True
     ) -> None:
         summary.changed |= outcome.changed
         key = str(result.path)

@@ -37,6 +37,7 @@ class StoreOutcome:
     error: str | None = None
     duplicate: bool = False  # some DAG was refused because another file has it
     stored: int = 0
+    error_cleared: bool = False  # the file had an import error row, now removed
 
 
 def dag_hash(serialized: dict[str, Any]) -> str:
@@ -75,7 +76,8 @@ def store_result(engine: Engine, result: FileResult, *, paused_at_creation: bool
             outcome.duplicate = True
             outcome.changed |= _set_import_error(session, path, outcome.error)
         else:
-            outcome.changed |= _clear_import_error(session, path)
+            outcome.error_cleared = _clear_import_error(session, path)
+            outcome.changed |= outcome.error_cleared
         return outcome
 
 
