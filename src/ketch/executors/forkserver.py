@@ -36,7 +36,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -96,8 +96,7 @@ def _redirect_output(log_file: str | None) -> None:
     from ketch.worker import task_log
 
     try:
-        os.makedirs(os.path.dirname(log_file) or ".", exist_ok=True)
-        fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = task_log.open_log_file(log_file)
     except OSError as exc:
         task_log.note_write_error(exc, log_file)
         fd = os.open(os.devnull, os.O_WRONLY)
@@ -343,6 +342,11 @@ class ForkServer:
     it is restarted and its children still in flight (alive or not) are handed
     to ``on_orphans`` as ``{pid: tag}``: they are no longer our children, so the
     caller watches them some other way (pidfd).
+
+    ``env`` is the server process's own environment (default: this process's). Give a
+    minimal one when this process holds secrets: a forked child replaces ``os.environ``
+    with its request's ``env``, but ``/proc/self/environ`` still shows the server's
+    initial environment, and DAG files are preloaded (imported) in the server.
     """
 
     def __init__(
@@ -351,10 +355,12 @@ class ForkServer:
         on_orphans: OrphansCallback | None = None,
         *,
         python: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self._on_exit = on_exit
         self._on_orphans = on_orphans
         self._python = python or sys.executable
+        self._env = None if env is None else dict(env)
         self._preload: list[str] = []
         self._lock = threading.Lock()  # guards the fields below
         self._write_lock = threading.Lock()
@@ -380,7 +386,8 @@ class ForkServer:
         req_r, req_w = os.pipe()
         evt_r, evt_w = os.pipe()
         cmd = [self._python, "-m", "ketch.executors.forkserver", str(req_r), str(evt_w)]
-        env = {**os.environ, PRELOAD_ENV: ",".join(self._preload)}
+        base = os.environ if self._env is None else self._env
+        env = {**base, PRELOAD_ENV: ",".join(self._preload)}
         try:
             proc = subprocess.Popen(
                 cmd,

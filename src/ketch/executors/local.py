@@ -9,11 +9,19 @@ Tries outlive the scheduler: after a restart, :meth:`LocalExecutor.adopt` finds
 them again by ``"pid:create_time"`` (the create time rules out a reused pid) and
 watches them with a pidfd, since they are no longer our children and their exit
 status cannot be learned. The execution API already holds their outcome.
+
+A try gets a minimal environment, never the scheduler's (:func:`try_environment`): what
+it needs to run and reach the execution API, the names or patterns listed in ``[core]
+task_env_passthrough``, and never a ``KETCH_*`` setting or a value the scheduler holds
+as a secret (database URL, Fernet key, signing keys). The fork server itself starts
+with that environment too, so neither a DAG file it preloads nor a forked try can read
+the scheduler's secrets from ``os.environ`` or ``/proc/self/environ``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import selectors
@@ -21,12 +29,16 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from urllib.parse import urlsplit
 
 import psutil
+from pydantic import BaseModel, SecretStr
 
+from ketch.authoring._defaults import PARSE_DEFAULTS_ENV, defaults_from_settings
 from ketch.config import Settings
 from ketch.executors.base import (
     EventSink,
@@ -37,8 +49,9 @@ from ketch.executors.base import (
     TryKey,
 )
 from ketch.executors.forkserver import ChildExit, ForkServer, ForkServerError, Spawned
-from ketch.worker.client import ENV_TOKEN, ENV_URL
-from ketch.worker.task_log import log_path
+from ketch.worker.client import ENV_RETRY_TIMEOUT, ENV_TOKEN, ENV_URL
+from ketch.worker.secrets_mask import looks_sensitive
+from ketch.worker.task_log import log_path, make_private_dirs
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +75,140 @@ class _Tracked:
     deadline: float | None = None  # monotonic time the timeout backstop fires
     kill_reason: str | None = None
     sigkill_at: float | None = None  # monotonic time to escalate to SIGKILL
+
+
+# -- the try's environment ---------------------------------------------------------------
+
+# What every try gets from the scheduler's environment when set: names, or patterns
+# (fnmatch, case-sensitive). Everything else stays with the scheduler.
+TRY_ENV_ALLOWED = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LANGUAGE",
+    "LC_*",
+    "TZ",
+    "TMPDIR",
+    "PYTHONPATH",
+    "VIRTUAL_ENV",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    ENV_RETRY_TIMEOUT,
+)
+# Never passed, even when asked for: settings (the database URL, keys...), the remote
+# CLI's API token, and where the configuration and generated keys are.
+TRY_ENV_NEVER = ("KETCH__*", "KETCH_API_TOKEN", "KETCH_CONFIG", "KETCH_HOME")
+# Keys ketch generates into $KETCH_HOME when they are not configured.
+_SECRET_FILES = ("fernet_key", "jwt_secret", "session_secret")
+# A secret shorter than this is not looked for inside other values (only equality).
+_MIN_SECRET_LENGTH = 8
+_GLOB_CHARS = frozenset("*?[")
+
+
+def _secret_strings(value: object) -> Iterable[str]:
+    """Every SecretStr value in a settings model, recursively."""
+    if isinstance(value, SecretStr):
+        yield value.get_secret_value()
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from _secret_strings(getattr(value, name))
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _secret_strings(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _secret_strings(item)
+
+
+def scheduler_secrets(settings: Settings) -> set[str]:
+    """The secret values this scheduler holds: every secret setting (each Fernet key of
+    a list, the database URL and its password) and the keys generated into $KETCH_HOME."""
+    found: set[str] = set()
+    for secret in _secret_strings(settings):
+        found.add(secret)
+        found.update(part.strip() for part in secret.split(","))
+        with contextlib.suppress(ValueError):
+            password = urlsplit(secret).password
+            if password:
+                found.add(password)
+    for name in _SECRET_FILES:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            found.add((settings.home / name).read_text().strip())
+    return {s for s in found if s}
+
+
+def _holds_secret(value: str, secrets: set[str]) -> bool:
+    return any(
+        value == secret or (len(secret) >= _MIN_SECRET_LENGTH and secret in value)
+        for secret in secrets
+    )
+
+
+_PASSTHROUGH_ENV = "KETCH__CORE__TASK_ENV_PASSTHROUGH"
+
+
+def task_env_passthrough(settings: Settings) -> list[str]:
+    """``[core] task_env_passthrough``: more names (or fnmatch patterns) a try gets."""
+    value = getattr(settings.core, "task_env_passthrough", None)
+    if value is None:
+        # Until the setting is part of CoreSettings: its environment form, read the way
+        # pydantic-settings will (a JSON list), or a comma-separated list.
+        raw = os.environ.get(_PASSTHROUGH_ENV, "").strip()
+        try:
+            value = json.loads(raw) if raw.startswith("[") else raw.split(",")
+        except ValueError:
+            value = []
+    if isinstance(value, str):
+        value = value.split(",")
+    return [str(item).strip() for item in value if str(item).strip()]
+
+
+def try_environment(
+    settings: Settings, environ: Mapping[str, str] | None = None
+) -> tuple[dict[str, str], list[str]]:
+    """The environment every try starts from (before its token and the API URL), and the
+    names refused although ``[core] task_env_passthrough`` asked for them.
+
+    A name is passed when it is in :data:`TRY_ENV_ALLOWED`, named exactly in the
+    passthrough list, or matched by a passthrough pattern and not sensitive-looking
+    (``*PASSWORD*``, ``*SECRET*``, ``*TOKEN*``...: name those exactly). Never passed:
+    :data:`TRY_ENV_NEVER` (``KETCH__*`` settings, the CLI's API token, the locations of
+    the configuration and of the generated keys) and any variable whose value holds a
+    secret of the scheduler's.
+    """
+    source = os.environ if environ is None else environ
+    passthrough = task_env_passthrough(settings)
+    exact = {p for p in passthrough if not _GLOB_CHARS & set(p)}
+    patterns = [p for p in passthrough if _GLOB_CHARS & set(p)]
+    secrets = scheduler_secrets(settings)
+    env: dict[str, str] = {}
+    refused: list[str] = []
+    for name, value in source.items():
+        builtin = any(fnmatchcase(name, allowed) for allowed in TRY_ENV_ALLOWED)
+        asked = name in exact or (
+            any(fnmatchcase(name, p) for p in patterns) and not looks_sensitive(name)
+        )
+        if not (builtin or asked):
+            continue
+        if any(fnmatchcase(name, never) for never in TRY_ENV_NEVER) or _holds_secret(
+            value, secrets
+        ):
+            if asked:
+                refused.append(name)
+            continue
+        env[name] = value
+    # The DAG defaults the scheduler parsed with: the try needs neither the settings
+    # module nor the configuration they came from.
+    env[PARSE_DEFAULTS_ENV] = json.dumps(defaults_from_settings(settings))
+    return env, sorted(refused)
 
 
 def parse_external_id(external_id: str | None) -> tuple[int, float] | None:
@@ -192,15 +339,27 @@ class LocalExecutor:
         self._watcher: PidfdWatcher | None = None
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
+        self._env: dict[str, str] = {}
 
     # -- lifecycle -------------------------------------------------------------------
 
     def start(self, on_try_ended: EventSink) -> None:
         self._sink = on_try_ended
         self._stop.clear()
+        self._env, refused = try_environment(self.settings)
+        if refused:
+            log.warning(
+                "[core] task_env_passthrough: not passing %s to tries (a ketch setting or "
+                "credential, or the value holds a secret of the scheduler's)",
+                ", ".join(refused),
+            )
+        try:
+            make_private_dirs(self.settings.log_folder)
+        except OSError as exc:  # each try notes its own log problem
+            log.warning("cannot create the log folder %s: %s", self.settings.log_folder, exc)
         self._watcher = PidfdWatcher()
         self._watcher.start()
-        self._forkserver = ForkServer(self._on_child_exit, self._on_orphans)
+        self._forkserver = ForkServer(self._on_child_exit, self._on_orphans, env=self._env)
         self._forkserver.start()
         self._monitor = threading.Thread(
             target=self._monitor_loop, name="ketch-local-executor", daemon=True
@@ -258,9 +417,14 @@ class LocalExecutor:
         with self._lock:
             self._tries[request.key] = tracked
         key = request.key
+        try:
+            log_file = str(log_path(self.settings.log_folder, key))
+        except ValueError as exc:  # ids that cannot name a file inside the log folder
+            self._forget(tracked)
+            raise LaunchError(f"no log file for the try: {exc}") from exc
         argv = [key.dag_id, key.task_id, key.run_id, "--try", str(key.try_number)]
         env = {
-            **os.environ,
+            **self._env,
             ENV_TOKEN: request.token,
             ENV_URL: self.settings.execution_api_url,
         }
@@ -268,7 +432,7 @@ class LocalExecutor:
             future = self._forkserver.submit(
                 argv,
                 env=env,
-                log_file=str(log_path(self.settings.log_folder, key)),
+                log_file=log_file,
                 tag=tracked,
                 dag_file=request.fileloc,
                 dag_timeout=self.settings.core.dagbag_import_timeout,

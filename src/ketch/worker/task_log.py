@@ -45,6 +45,33 @@ def log_path(settings_log_folder: Path, key: TryKey) -> Path:
     )
 
 
+# -- owner-only folders and files --------------------------------------------------------
+
+LOG_FILE_MODE = 0o600  # a try's output may hold what it printed of its secrets
+LOG_DIR_MODE = 0o700
+
+
+def make_private_dirs(folder: str | os.PathLike[str]) -> None:
+    """Create ``folder`` and its missing parents owner-only (0700); existing ones are left
+    as they are. (``os.makedirs`` gives its ``mode`` to the last folder only.)"""
+    path = Path(folder)
+    missing: list[Path] = []
+    while not path.is_dir():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for directory in reversed(missing):
+        with suppress(FileExistsError):
+            os.mkdir(directory, LOG_DIR_MODE)
+
+
+def open_log_file(path: str | os.PathLike[str]) -> int:
+    """Open a try's log file for appending, creating it and its folders owner-only."""
+    make_private_dirs(os.path.dirname(os.fspath(path)) or ".")
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, LOG_FILE_MODE)
+
+
 # -- a log that cannot be written ------------------------------------------------------
 
 _problem: str | None = None
@@ -183,8 +210,7 @@ def tee_output(path: Path) -> Iterator[None]:
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        log_fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        log_fd: int | None = open_log_file(path)
     except OSError as exc:
         note_write_error(exc, path)
         log_fd = None
