@@ -214,6 +214,72 @@ def test_trigger_errors_name_the_problem(session: Session) -> None:
         operations.trigger_dag(session, "etl", logical_date=datetime(2026, 1, 1))
 
 
+# --- run ids ---------------------------------------------------------------------------------
+
+BAD_RUN_IDS = [
+    pytest.param("", "must not be empty", id="empty"),
+    pytest.param("../../../x", "'/'", id="dot-dot-slash"),
+    pytest.param("a/b", "'/'", id="slash"),
+    pytest.param("/abs", "'/'", id="leading-slash"),
+    pytest.param("..\\..\\x", "'\\\\'", id="backslash"),
+    pytest.param("..", "'..'", id="dot-dot"),
+    pytest.param("v1..2", "'..'", id="dot-dot-inside"),
+    pytest.param("a\nb", "line breaks", id="newline"),
+    pytest.param("a\rb", "line breaks", id="carriage-return"),
+    pytest.param("a\x00b", "control characters", id="nul"),
+    pytest.param("a\x1bb", "control characters", id="escape"),
+    pytest.param("a\u2028b", "line breaks", id="line-separator"),
+    pytest.param("a\ud800b", "valid Unicode", id="lone-surrogate"),
+    pytest.param(" run", "whitespace", id="leading-space"),
+    pytest.param("run\t", "control characters", id="trailing-tab"),
+    pytest.param("run ", "whitespace", id="trailing-space"),
+    pytest.param("x" * 251, "at most 250 characters", id="too-long"),
+    pytest.param("é" * 125, "at most 248 bytes", id="too-many-bytes"),
+    pytest.param("x" * 249, "at most 248 bytes", id="file-name-too-long"),
+    pytest.param("scheduled__2026-01-01T00:00:00+00:00", "'scheduled__'", id="scheduled"),
+    pytest.param("backfill__x", "'backfill__'", id="backfill"),
+    pytest.param("asset_triggered__x", "'asset_triggered__'", id="asset"),
+    pytest.param("dataset_triggered__x", "'dataset_triggered__'", id="dataset"),
+    pytest.param("Scheduled__x", "'scheduled__'", id="scheduled-any-case"),
+]
+
+
+@pytest.fixture
+def sqlite_session(sqlite_engine: Engine) -> Iterator[Session]:
+    with Session(sqlite_engine, expire_on_commit=False) as s:
+        add_dag(s, serialized_chain())
+        yield s
+
+
+@pytest.mark.parametrize(("run_id", "rule"), BAD_RUN_IDS)
+def test_trigger_refuses_a_bad_run_id_naming_the_rule(
+    sqlite_session: Session, run_id: str, rule: str
+) -> None:
+    with pytest.raises(operations.InvalidRequest) as bad:
+        operations.trigger_dag(sqlite_session, "etl", run_id=run_id, now=NOW)
+    assert bad.value.field == "dag_run_id"
+    assert rule in bad.value.message
+    assert sqlite_session.scalars(select(DagRun)).first() is None
+
+
+@pytest.mark.parametrize(
+    "run_id",
+    [
+        "r1",
+        "manual__mine",
+        "2026-01-01T00:00:00+00:00",
+        "nightly run 7",
+        "a.b_c-d~e:f+g@h",
+        "élan-étoile",
+        "x" * 248,
+        "my_scheduled__run",
+    ],
+)
+def test_trigger_accepts_an_ordinary_run_id(sqlite_session: Session, run_id: str) -> None:
+    run = operations.trigger_dag(sqlite_session, "etl", run_id=run_id, now=NOW)
+    assert run.run_id == run_id
+
+
 # --- clear -----------------------------------------------------------------------------------
 
 

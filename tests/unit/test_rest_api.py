@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -14,9 +15,9 @@ from sqlalchemy.orm import Session
 
 from ketch.api.app import create_app
 from ketch.config import get_settings
-from ketch.db.models import ImportError_, TaskInstance
+from ketch.db.models import DagModel, ImportError_, TaskInstance
 from ketch.executors.base import TryKey
-from ketch.worker.task_log import log_path
+from ketch.worker.task_log import UnsafeLogPath, log_path
 from tests.support.web import local_client
 from tests.unit.test_operations import add_dag, add_run, serialized_chain
 
@@ -220,3 +221,90 @@ def test_log_follow_streams_until_the_try_ends(client: TestClient, sqlite_engine
     data = [ln[len("data: ") :] for ln in body.splitlines() if ln.startswith("data: ")]
     assert "started" in data and "finished" in data
     assert body.rstrip().endswith("event: end\ndata: success")
+
+
+# --- run ids: the rules, and a crafted one cannot reach outside the log folder --------------
+
+
+@pytest.mark.parametrize(
+    ("run_id", "rule"),
+    [
+        ("../../../x", "'/'"),
+        ("a\\b", "'\\\\'"),
+        ("..", "'..'"),
+        ("a\nb", "line breaks"),
+        ("a\x07b", "control characters"),
+        (" padded ", "whitespace"),
+        ("x" * 249, "at most 248 bytes"),
+        ("scheduled__2026-01-01T00:00:00+00:00", "reserved"),
+        ("backfill__x", "reserved"),
+        ("asset_triggered__x", "reserved"),
+    ],
+)
+def test_trigger_refuses_a_bad_run_id_with_422_naming_the_rule(
+    client: TestClient, run_id: str, rule: str
+) -> None:
+    response = client.post(f"{API}/dags/etl/dagRuns", json={"dag_run_id": run_id})
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", "dag_run_id"] and rule in error["msg"]
+    assert client.get(f"{API}/dags/etl/dagRuns").json()["total_entries"] == 1  # only r1
+
+
+def test_trigger_refuses_empty_and_overlong_run_ids(client: TestClient) -> None:
+    for run_id in ("", "x" * 251):
+        response = client.post(f"{API}/dags/etl/dagRuns", json={"dag_run_id": run_id})
+        assert response.status_code == 422
+        assert response.json()["detail"][0]["loc"] == ["body", "dag_run_id"]
+
+
+def test_a_crafted_run_id_cannot_make_the_log_reader_leave_the_log_folder(
+    client: TestClient, sqlite_engine: Engine
+) -> None:
+    """A run stored with a traversing id (as before run ids were checked) and a file
+    planted where that id points: the reader answers 404 and never opens the file."""
+    log_folder = Path(get_settings().log_folder)
+    crafted = "../../../../outside"
+    planted = log_folder / "dag_id=etl" / f"run_id={crafted}" / "task_id=extract" / "attempt=1.log"
+    planted.parent.mkdir(parents=True, exist_ok=True)
+    planted.write_text("SECRET outside the log folder\n")
+    assert not planted.resolve().is_relative_to(log_folder.resolve())
+    with Session(sqlite_engine) as session:
+        dag = session.get(DagModel, "etl")
+        assert dag is not None
+        add_run(session, dag, crafted, {"extract": "success"}, run_state="success")
+        session.commit()
+    quoted = crafted.replace("/", "%2F")
+    url = f"{API}/dags/etl/dagRuns/{quoted}/taskInstances/extract/logs/1"
+    for follow in ("false", "true"):  # over HTTP the id cannot even be addressed
+        response = client.get(url, params={"follow": follow})
+        assert response.status_code == 404, response.text
+        assert "SECRET" not in response.text
+    with pytest.raises(UnsafeLogPath):
+        log_path(log_folder, TryKey("etl", crafted, "extract", 1))
+    # The route's own guard, called as the router would with that id.
+    from fastapi import HTTPException
+
+    from ketch.api.rest.logs import get_log
+
+    with Session(sqlite_engine) as session:
+        for follow in (False, True):
+            with pytest.raises(HTTPException) as refused:
+                get_log("etl", crafted, "extract", 1, session, get_settings(), follow)
+            assert refused.value.status_code == 404
+            assert "cannot name a file inside the log folder" in str(refused.value.detail)
+
+
+def test_a_log_file_symlinked_out_of_the_log_folder_is_not_served(
+    client: TestClient, ketch_home: Path
+) -> None:
+    """A try that replaced its log with a symlink to a server file cannot read it back."""
+    secret = ketch_home / "session_secret_like"
+    secret.write_text("SECRET\n")
+    link = Path(_log_file("transform"))
+    link.symlink_to(secret)
+    url = f"{API}/dags/etl/dagRuns/r1/taskInstances/transform/logs/1"
+    for follow in ("false", "true"):
+        response = client.get(url, params={"follow": follow})
+        assert "SECRET" not in response.text
+    assert client.get(url).status_code == 404

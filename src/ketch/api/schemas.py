@@ -214,7 +214,17 @@ class TriggerDagRunBody(StrictBody):
 
     conf: dict[str, Any] = Field(default_factory=dict)
     logical_date: AwareDatetime | None = None
-    dag_run_id: str | None = Field(default=None, min_length=1, max_length=250)
+    dag_run_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=250,
+        description=(
+            "The new run's id (default: manual__<time>_<random>). At most 250 characters and"
+            " 248 bytes in UTF-8; no '/', '\\', '..', control characters or line breaks;"
+            " no leading or trailing whitespace; not a prefix the scheduler uses"
+            " (scheduled__, backfill__, asset_triggered__, dataset_triggered__)."
+        ),
+    )
 
 
 class DagRunPatchBody(StrictBody):

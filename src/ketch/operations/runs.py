@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import string
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -98,6 +99,76 @@ def run_progress(session: Session, dag_id: str, run_id: str) -> RunProgress:
     return RunProgress(run.state, len(tis), done, len(failed), states, failed)
 
 
+# --- run ids ---------------------------------------------------------------------------
+
+RUN_ID_MAX_CHARS = 250
+"""``dag_run.run_id`` is String(250)."""
+
+RUN_ID_MAX_BYTES = 248
+"""The log folder ``run_id=<id>`` must fit a file name (255 bytes on Linux and macOS)."""
+
+RESERVED_RUN_ID_PREFIXES: tuple[str, ...] = tuple(
+    sorted(
+        {f"{t.value}__" for t in DagRunType if t != DagRunType.MANUAL}
+        | {"scheduled__", "backfill__", "asset_triggered__", "dataset_triggered__"}
+    )
+)
+"""Run id prefixes of the runs the scheduler creates (Airflow's run types): a manual run
+may not take one, so its id can never collide with or pass for a scheduled run's."""
+
+_LINE_BREAKS = {"Zl", "Zp"}  # U+2028, U+2029 (\n, \r, U+0085 are control characters)
+
+
+def check_run_id(run_id: str, *, manual: bool = True, field: str = "dag_run_id") -> None:
+    """Refuse a run id that is empty, too long, padded, or could change the meaning of a
+    path or a log line (REST: 422 naming the rule). The same rules for the REST API
+    and the CLI (``--run-id``): both create manual runs through :func:`trigger_dag`."""
+    if not isinstance(run_id, str):
+        raise InvalidRequest(field, f"must be a string, not {type(run_id).__name__}")
+    if not run_id:
+        raise InvalidRequest(field, "must not be empty")
+    if len(run_id) > RUN_ID_MAX_CHARS:
+        raise InvalidRequest(
+            field, f"must be at most {RUN_ID_MAX_CHARS} characters, not {len(run_id)}"
+        )
+    for char in run_id:
+        category = unicodedata.category(char)
+        if category == "Cc" or category in _LINE_BREAKS:
+            raise InvalidRequest(
+                field,
+                f"must not contain control characters or line breaks (U+{ord(char):04X})",
+            )
+        if category == "Cs":
+            raise InvalidRequest(field, f"must be valid Unicode (lone surrogate U+{ord(char):04X})")
+    if run_id != run_id.strip():
+        raise InvalidRequest(field, "must not begin or end with whitespace")
+    for sep in ("/", "\\"):
+        if sep in run_id:
+            raise InvalidRequest(
+                field, f"must not contain {sep!r} (a run id names a folder of the task logs)"
+            )
+    if ".." in run_id:
+        raise InvalidRequest(
+            field, "must not contain '..' (a run id names a folder of the task logs)"
+        )
+    size = len(run_id.encode("utf-8"))
+    if size > RUN_ID_MAX_BYTES:
+        raise InvalidRequest(
+            field,
+            f"must be at most {RUN_ID_MAX_BYTES} bytes in UTF-8, not {size} (the task log"
+            " folder run_id=<id> must fit a 255-byte file name)",
+        )
+    if manual:
+        lowered = run_id.lower()
+        for prefix in RESERVED_RUN_ID_PREFIXES:
+            if lowered.startswith(prefix):
+                raise InvalidRequest(
+                    field,
+                    f"must not start with {prefix!r}: that prefix is reserved for runs the"
+                    " scheduler creates",
+                )
+
+
 # --- trigger ---------------------------------------------------------------------------
 
 
@@ -132,6 +203,8 @@ def trigger_dag(
 
     now = now or _utcnow()
     _require_aware("logical_date", logical_date)
+    if run_id is not None:
+        check_run_id(run_id)
     dag = get_dag(session, dag_id, active_only=True)
     if conf is None:
         conf = {}
@@ -146,7 +219,8 @@ def trigger_dag(
         )
         if data_interval is not None:
             run_after = data_interval.end
-    run_id = run_id or generate_manual_run_id(logical_date=logical_date, run_after=now)
+    if run_id is None:
+        run_id = generate_manual_run_id(logical_date=logical_date, run_after=now)
     _check_run_is_new(session, dag_id, run_id, logical_date)
     try:
         run = scheduler_runs.create_dag_run(

@@ -34,15 +34,42 @@ if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
 
+class UnsafeLogPath(ValueError):
+    """A dag_id, run_id or task_id that would put a try's log outside its own folder
+    (a path separator, a NUL, or a path that resolves outside the log folder)."""
+
+
+_UNSAFE_IN_NAME = ("/", "\\", "\0")
+
+
 def log_path(settings_log_folder: Path, key: TryKey) -> Path:
-    """``{log_folder}/dag_id=D/run_id=R/task_id=T/attempt=N.log`` (Airflow's layout)."""
-    return (
-        Path(settings_log_folder)
+    """``{log_folder}/dag_id=D/run_id=R/task_id=T/attempt=N.log`` (Airflow's layout).
+
+    Raises :class:`UnsafeLogPath` rather than name a file anywhere else: each id must
+    be one path segment, and the try's folder must resolve inside the resolved log
+    folder (run ids come from users; ``../../x`` must not write or read outside it).
+    The file itself may be a symlink (readers check where it points before reading).
+    """
+    parts = {"dag_id": key.dag_id, "run_id": key.run_id, "task_id": key.task_id}
+    for name, value in parts.items():
+        if any(c in value for c in _UNSAFE_IN_NAME):
+            raise UnsafeLogPath(
+                f"{name} {value!r} cannot name a log file: it contains '/', '\\' or NUL"
+            )
+    if isinstance(key.try_number, bool) or not isinstance(key.try_number, int):
+        raise UnsafeLogPath(f"try number {key.try_number!r} is not a whole number")
+    folder = Path(settings_log_folder)
+    path = (
+        folder
         / f"dag_id={key.dag_id}"
         / f"run_id={key.run_id}"
         / f"task_id={key.task_id}"
         / f"attempt={key.try_number}.log"
     )
+    base = folder.resolve()
+    if not path.parent.resolve().is_relative_to(base):
+        raise UnsafeLogPath(f"the log of {key} would lie outside the log folder {base}")
+    return path
 
 
 # -- owner-only folders and files --------------------------------------------------------

@@ -34,12 +34,27 @@ KEEPALIVE_SECONDS = 15.0
 _CHUNK = 65536
 
 
-def _read_from(path: FsPath, offset: int) -> bytes:
+def _inside(path: FsPath, folder: FsPath) -> FsPath | None:
+    """Where ``path`` really is (symlinks followed), if that is inside ``folder``; else None.
+    A log file a task replaced with a symlink to a server file must not be served."""
     try:
+        real = path.resolve()
+        return real if real.is_relative_to(folder.resolve()) else None
+    except (OSError, RuntimeError):  # a name too long, a symlink loop
+        return None
+
+
+def _read_from(path: FsPath, offset: int, folder: FsPath | None = None) -> bytes:
+    try:
+        if folder is not None:
+            real = _inside(path, folder)
+            if real is None:
+                return b""
+            path = real
         with path.open("rb") as fh:
             fh.seek(offset)
             return fh.read(_CHUNK)
-    except FileNotFoundError:
+    except OSError:  # not written yet (or a name the file system refuses): nothing to send
         return b""
 
 
@@ -68,13 +83,14 @@ def _try_is_live_check(
 
 
 async def follow_log(
-    path: FsPath, finished_state: Callable[[], str | None]
+    path: FsPath, finished_state: Callable[[], str | None], folder: FsPath | None = None
 ) -> AsyncIterator[bytes]:
-    """SSE bytes of the log at ``path`` until ``finished_state()`` says the try is over."""
+    """SSE bytes of the log at ``path`` until ``finished_state()`` says the try is over
+    (only while ``path`` really lies inside ``folder``, when given)."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     offset, last_check, last_sent = 0, 0.0, time.monotonic()
     while True:
-        chunk = await asyncio.to_thread(_read_from, path, offset)
+        chunk = await asyncio.to_thread(_read_from, path, offset, folder)
         if chunk:
             offset += len(chunk)
             text = decoder.decode(chunk)
@@ -87,7 +103,7 @@ async def follow_log(
             last_check = now
             state = await asyncio.to_thread(finished_state)
             if state is not None:
-                async for tail in _drain(path, offset, decoder):
+                async for tail in _drain(path, offset, decoder, folder):
                     yield tail
                 yield format_sse_event(data_str=state, event="end")
                 return
@@ -98,10 +114,10 @@ async def follow_log(
 
 
 async def _drain(
-    path: FsPath, offset: int, decoder: codecs.IncrementalDecoder
+    path: FsPath, offset: int, decoder: codecs.IncrementalDecoder, folder: FsPath | None
 ) -> AsyncIterator[bytes]:
     """What the try wrote between the last read and its end."""
-    while chunk := await asyncio.to_thread(_read_from, path, offset):
+    while chunk := await asyncio.to_thread(_read_from, path, offset, folder):
         offset += len(chunk)
         if text := decoder.decode(chunk):
             yield format_sse_event(data_str=text, event="log")
@@ -129,7 +145,7 @@ def get_log(
     follow: bool = False,
 ) -> Response:
     from ketch.executors.base import TryKey
-    from ketch.worker.task_log import log_path
+    from ketch.worker.task_log import UnsafeLogPath, log_path
 
     ti = operations.get_task_instance(session, dag_id, dag_run_id, task_id)
     if try_number > ti.try_number:
@@ -137,18 +153,30 @@ def get_log(
             404,
             f"task {task_id!r} of run {dag_run_id!r} has no try {try_number} (tries: {ti.try_number})",
         )
-    path = log_path(settings.log_folder, TryKey(dag_id, dag_run_id, task_id, try_number))
+    try:
+        path = log_path(settings.log_folder, TryKey(dag_id, dag_run_id, task_id, try_number))
+    except UnsafeLogPath as exc:  # an id from before run ids were checked: no file to read
+        raise HTTPException(
+            404,
+            f"no log for try {try_number} of task {task_id!r} in run {dag_run_id!r}:"
+            " these ids cannot name a file inside the log folder",
+        ) from exc
     if follow:
         bind = session.get_bind()
         check = _try_is_live_check(lambda: Session(bind), ti.id, try_number)
-        stream = follow_log(path, check)
+        stream = follow_log(path, check, settings.log_folder)
         return StreamingResponse(
             stream,
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    if not path.is_file():
+    real = _inside(path, settings.log_folder)
+    try:
+        exists = real is not None and real.is_file()
+    except OSError:  # e.g. a name longer than the file system allows: never written
+        exists = False
+    if real is None or not exists:
         raise HTTPException(
             404, f"no log for try {try_number} of task {task_id!r} in run {dag_run_id!r}"
         )
-    return FileResponse(path, media_type="text/plain; charset=utf-8")
+    return FileResponse(real, media_type="text/plain; charset=utf-8")
