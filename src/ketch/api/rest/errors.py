@@ -25,8 +25,16 @@ def _validation(loc: list[str], message: str, kind: str) -> JSONResponse:
     )
 
 
-async def _not_found(_request: Request, exc: Exception) -> JSONResponse:
-    return _detail(404, str(exc))
+async def _not_found(request: Request, exc: Exception) -> JSONResponse:
+    message = str(exc)
+    if isinstance(exc, operations.DagNotFound):
+        # A DAG missing because its file failed to import: say so, and name the file.
+        from starlette.concurrency import run_in_threadpool
+
+        from ketch.dag_processing.hints import import_error_hint_for_app
+
+        message += await run_in_threadpool(import_error_hint_for_app, request.app.state, exc.dag_id)
+    return _detail(404, message)
 
 
 async def _conflict(_request: Request, exc: Exception) -> JSONResponse:

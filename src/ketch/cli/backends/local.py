@@ -9,6 +9,7 @@ from __future__ import annotations
 import getpass
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,8 @@ from ketch.variables.models_api import VariableResponse
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from sqlalchemy.orm import Session
+
     from ketch.authoring.connection import Connection
 
 LOG_POLL_SECONDS = 0.25
@@ -40,6 +43,24 @@ LOG_POLL_SECONDS = 0.25
 def _dump(model: BaseModel) -> Row:
     """A response model as the REST API sends it."""
     return model.model_dump(mode="json")
+
+
+@contextmanager
+def dag_session() -> Iterator[Session]:
+    """:func:`db_session` for commands that name a DAG: "DAG 'x' not found" also says when
+    DAG files failed to import, and names the one that may define it."""
+    with db_session() as session:
+        try:
+            yield session
+        except operations.DagNotFound as exc:
+            from ketch.dag_processing.hints import import_error_hint
+
+            try:
+                folder = load_settings().core.dags_folder
+                hint = import_error_hint(session, exc.dag_id, dags_folder=folder)
+            except Exception:  # the hint must not hide the error itself
+                hint = ""
+            raise CliError(f"{exc}{hint}") from exc
 
 
 def connection_row(conn: Connection) -> Row:
@@ -58,11 +79,11 @@ class LocalBackend:
             return [_dump(DagResponse.from_model(s.dag, s.last_run)) for s in page.items]
 
     def get_dag(self, dag_id: str) -> Row:
-        with db_session() as session:
+        with dag_session() as session:
             return _dump(DagResponse.from_model(operations.get_dag(session, dag_id)))
 
     def set_paused(self, dag_id: str, paused: bool) -> Row:
-        with db_session() as session:
+        with dag_session() as session:
             dag = operations.set_paused(session, dag_id, paused)
             return _dump(DagResponse.from_model(dag))
 
@@ -72,7 +93,7 @@ class LocalBackend:
             return [_dump(ImportErrorResponse.from_model(e)) for e in page.items]
 
     def list_runs(self, dag_id: str, *, state: str | None, limit: int) -> list[Row]:
-        with db_session() as session:
+        with dag_session() as session:
             page = operations.list_dag_runs(session, dag_id, state=state, limit=limit)
             return [_dump(DagRunResponse.from_model(r)) for r in page.items]
 
@@ -84,36 +105,36 @@ class LocalBackend:
         logical_date: datetime | None,
         run_id: str | None,
     ) -> Row:
-        with db_session() as session:
+        with dag_session() as session:
             run = operations.trigger_dag(
                 session, dag_id, conf=conf, logical_date=logical_date, run_id=run_id
             )
             return _dump(DagRunResponse.from_model(run))
 
     def get_run(self, dag_id: str, run_id: str) -> Row:
-        with db_session() as session:
+        with dag_session() as session:
             run = operations.get_dag_run(session, dag_id, run_id)
             return _dump(DagRunResponse.from_model(run))
 
     def set_run_state(self, dag_id: str, run_id: str, state: str) -> Row:
-        with db_session() as session:
+        with dag_session() as session:
             run = operations.set_dag_run_state(session, dag_id, run_id, state)
             return _dump(DagRunResponse.from_model(run))
 
     # --- tasks and task instances ---------------------------------------------------------
 
     def list_tasks(self, dag_id: str) -> list[Row]:
-        with db_session() as session:
+        with dag_session() as session:
             serialized = operations.serialized_dag(operations.get_dag(session, dag_id))
         return [_dump(TaskResponse.from_serialized(t)) for t in serialized.tasks.values()]
 
     def list_task_instances(self, dag_id: str, run_id: str) -> list[Row]:
-        with db_session() as session:
+        with dag_session() as session:
             tis = operations.list_task_instances(session, dag_id, run_id)
             return [_dump(TaskInstanceResponse.from_model(ti)) for ti in tis]
 
     def get_task_instance(self, dag_id: str, run_id: str, task_id: str) -> Row:
-        with db_session() as session:
+        with dag_session() as session:
             ti = operations.get_task_instance(session, dag_id, run_id, task_id)
             tries = operations.list_task_instance_tries(session, ti)
             return _dump(TaskInstanceResponse.from_model(ti, tries))
@@ -129,7 +150,7 @@ class LocalBackend:
         only_failed: bool,
         dry_run: bool,
     ) -> list[Row]:
-        with db_session() as session:
+        with dag_session() as session:
             tis = operations.clear_task_instances(
                 session,
                 dag_id,
@@ -148,7 +169,7 @@ class LocalBackend:
     def mark_task_instance(
         self, dag_id: str, run_id: str, task_id: str, state: str, *, downstream: bool
     ) -> list[Row]:
-        with db_session() as session:
+        with dag_session() as session:
             operations.get_task_instance(session, dag_id, run_id, task_id)  # names what's missing
             altered = operations.set_task_instance_state(
                 session, dag_id, run_id, task_id, state, include_downstream=downstream
