@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from ketch.cli._common import (
+    CliError,
     emit,
     error_line,
     output_option,
@@ -92,6 +93,7 @@ def dags_unpause(dag_id: str) -> None:
 @click.option("--logical-date", default=None, help="ISO 8601 (default: none, as in Airflow 3).")
 @click.option("--run-id", default=None, help="Run id (default: manual__<time>_<random>).")
 @click.option("--wait", is_flag=True, help="Follow the run; exit 0 on success, 1 on failure.")
+@click.option("--unpause", is_flag=True, help="Unpause the DAG first if it is paused.")
 @output_option
 def dags_trigger(
     dag_id: str,
@@ -99,20 +101,38 @@ def dags_trigger(
     logical_date: str | None,
     run_id: str | None,
     wait: bool,
+    unpause: bool,
     output: str,
 ) -> None:
-    """Create a manual run of a DAG."""
+    """Create a manual run of a DAG.
+
+    A run of a paused DAG stays queued until the DAG is unpaused: with --wait that is an
+    error (the run is created, the command exits 1 at once) unless --unpause is given.
+    """
     conf_dict = parse_conf(conf)
     when = parse_datetime("--logical-date", logical_date)
     backend = get_backend()
+    paused = bool(backend.get_dag(dag_id)["is_paused"])
+    if paused and unpause:
+        backend.set_paused(dag_id, False)
+        click.echo(f"DAG {dag_id} unpaused", err=output == "json")
+        paused = False
     row = backend.trigger(dag_id, conf=conf_dict, logical_date=when, run_id=run_id)
-    paused = backend.get_dag(dag_id)["is_paused"]
     if output == "json":
         click.echo(json.dumps(row, indent=2))
     else:
         click.echo(f"triggered DAG {dag_id}: run {row['dag_run_id']} (queued)")
+    if paused and wait:
+        raise CliError(
+            f"DAG {dag_id} is paused: the run was created but will not start; "
+            f"unpause it (ketch dags unpause {dag_id}) or pass --unpause"
+        )
     if paused:
-        click.echo(f"note: DAG {dag_id} is paused; the run starts once it is unpaused", err=True)
+        click.echo(
+            f"warning: DAG {dag_id} is paused: run {row['dag_run_id']} stays queued until it "
+            f"is unpaused (ketch dags unpause {dag_id}, or trigger with --unpause)",
+            err=True,
+        )
     if wait:
         sys.exit(_wait_for_run(backend, dag_id, row["dag_run_id"]))
 
