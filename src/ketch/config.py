@@ -12,22 +12,36 @@ the prefix. ``KETCH_HOME`` (default ``~/ketch``) holds the SQLite file and local
 
 Every field is documented in ``docs/configuration.md``; a test keeps that table
 and this model in step.
+
+:func:`load_settings` (behind :func:`get_settings`) turns what a user got wrong into
+:class:`SettingsError`, one line per problem naming where the value came from (the
+environment variable, or the TOML file and line), and warns once about unknown
+``KETCH__*`` variables and TOML keys with the nearest valid name.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
+import logging
 import os
+import re
+import tomllib
+import types
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from pydantic_settings import SettingsError as _SourceError
+
+log = logging.getLogger("ketch.config")
 
 
 def ketch_home() -> Path:
@@ -94,6 +108,28 @@ class CoreSettings(BaseModel):
     )
 
 
+# The URL schemes (SQLAlchemy drivernames) ketch ships drivers for; plain postgresql
+# means psycopg 3 (see ketch.db.engine).
+DATABASE_SCHEMES = ("sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg")
+
+
+def database_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be ketch's database (one line, never the URL itself: it may hold
+    a password), or None. A string check: settings must not import SQLAlchemy."""
+    scheme, sep, _ = url.partition("://")
+    works = "ketch works with sqlite:///PATH and postgresql://USER:PASSWORD@HOST/DB (postgresql+psycopg)"
+    if not sep:
+        return f"not a database URL: {works}"
+    if scheme in DATABASE_SCHEMES:
+        return None
+    shown = repr(scheme) if re.fullmatch(r"[A-Za-z0-9+._-]{1,40}", scheme) else "in the URL"
+    close = difflib.get_close_matches(scheme.lower(), [*DATABASE_SCHEMES, "postgres"], n=1)
+    hint = ""
+    if close:
+        hint = f" (did you mean {'postgresql' if close[0] == 'postgres' else close[0]}?)"
+    return f"unknown database URL scheme {shown}{hint}: {works}"
+
+
 class DatabaseSettings(BaseModel):
     sql_alchemy_conn: SecretStr | None = Field(
         default=None,
@@ -104,6 +140,13 @@ class DatabaseSettings(BaseModel):
     connect_timeout: float = Field(
         default=10.0, gt=0, description="Seconds to wait when connecting to the database."
     )
+
+    @field_validator("sql_alchemy_conn")
+    @classmethod
+    def _known_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and (problem := database_url_problem(value.get_secret_value())):
+            raise ValueError(problem)
+        return value
 
 
 class SchedulerSettings(BaseModel):
@@ -538,4 +581,303 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings, read once. Tests call ``get_settings.cache_clear()``."""
-    return Settings()
+    return load_settings()
+
+
+# --- errors a user can act on ------------------------------------------------------------------
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be used. Each problem is one line that names where the value
+    came from: ``KETCH__CORE__PARALLELISM=abc: [core] parallelism: ...`` or
+    ``/home/u/ketch/ketch.toml line 3: [core] parallelism = "abc": ...``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def load_settings() -> Settings:
+    """``Settings()``, with one-line errors (:class:`SettingsError`) instead of pydantic's
+    and tomllib's, and one warning per unknown ``KETCH__*`` variable or TOML key."""
+    _warn_unknown_environment()
+    path, text, data = _read_config_file()
+    _warn_unknown_toml(path, text, data)
+    _check_environment_json()
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = [_describe(error, path, text, data) for error in exc.errors()]
+        raise SettingsError(list(dict.fromkeys(problems))) from exc
+    except _SourceError as exc:  # a source could not parse a value (checked above; a fallback)
+        raise SettingsError([str(exc)]) from exc
+
+
+def _section_models() -> dict[str, type[BaseModel]]:
+    models = {}
+    for name, field in Settings.model_fields.items():
+        assert isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        models[name] = field.annotation
+    return models
+
+
+_SECTIONS = _section_models()
+# Discriminator values of [variables] sync_sources: pydantic puts them in an error's location.
+_UNION_TAGS = {
+    tag
+    for model in (AwsSecretsManagerSource, FileSource)
+    for tag in get_args(model.model_fields["kind"].annotation)
+}
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning("%s", message)
+
+
+def _field(section: str, key: str | None) -> Any:
+    model = _SECTIONS.get(section.lower())
+    return model.model_fields.get(key.lower()) if model is not None and key else None
+
+
+def _types_in(annotation: Any) -> list[Any]:
+    """The types an annotation allows: ``SecretStr | None`` -> [SecretStr, NoneType]."""
+    if get_origin(annotation) is Annotated:
+        return _types_in(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, types.UnionType):
+        return [t for arg in get_args(annotation) for t in _types_in(arg)]
+    return [annotation]
+
+
+def _is_secret(section: str, key: str | None) -> bool:
+    field = _field(section, key)
+    return field is not None and SecretStr in _types_in(field.annotation)
+
+
+def _short(text: str, limit: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _read_config_file() -> tuple[Path, str, dict[str, Any]]:
+    """The TOML file's path, text and data (empty when there is none); a file that cannot be
+    read or parsed is a one-line SettingsError with its line and column."""
+    path = config_file()
+    explicit = os.environ.get("KETCH_CONFIG")
+    if not path.is_file():
+        if explicit:
+            raise SettingsError([f"KETCH_CONFIG={explicit}: no such file"])
+        return path, "", {}
+    try:
+        text = path.read_bytes().decode()
+    except OSError as exc:
+        raise SettingsError([f"{path}: cannot read the file: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise SettingsError([f"{path}: not a TOML file (TOML is UTF-8 text)"]) from exc
+    try:
+        return path, text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        found = re.search(r" \(at line (\d+), column (\d+)\)$", message)
+        if found:
+            where = f"{path} line {found[1]}, column {found[2]}"
+            message = message[: found.start()]
+        elif message.endswith(" (at end of document)"):
+            where, message = f"{path} at the end", message.removesuffix(" (at end of document)")
+        else:
+            where = str(path)
+        raise SettingsError([f"{where}: not valid TOML: {message}"]) from exc
+
+
+def _toml_line(text: str, section: str, key: str | None) -> int | None:
+    """The line of ``[section] key`` (or of ``[section]``) in a TOML file's text.
+
+    Hand-written because tomllib has no source positions. It understands what a
+    ketch.toml holds: ``[section]`` and ``[[section.key]]`` headers, ``key = ...`` lines
+    and dotted ``section.key = ...`` keys; anything else falls back to the file name."""
+    target = (section,) if key is None else (section, key)
+
+    def names(dotted: str) -> tuple[str, ...]:
+        return tuple(part.strip().strip("\"'") for part in dotted.split("."))
+
+    def is_target(path: tuple[str, ...]) -> bool:  # section names are case-insensitive
+        return bool(path) and (path[0].lower(), *path[1:])[: len(target)] == target
+
+    table: tuple[str, ...] = ()
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        header = re.match(r"\[\[?([^\]]*)\]", line)
+        if header:
+            table = names(header[1])
+            if is_target(table):
+                return number
+            continue
+        assignment = re.match(r"([^=#\[{]+?)\s*=", line)
+        if assignment and is_target((*table, *names(assignment[1]))):
+            return number
+    return None
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    """``("auth", "role_rules", 0, "role")`` -> ``[auth] role_rules[0].role``."""
+    if not loc:
+        return "settings"
+    text = f"[{loc[0]}]"
+    previous: int | str = ""
+    for index, part in enumerate(loc[1:]):
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif isinstance(previous, int) and part in _UNION_TAGS:
+            pass  # the discriminator's value, not a field
+        else:
+            text += f" {part}" if index == 0 else f".{part}"
+        previous = part
+    return text
+
+
+def _environment_value(section: str, key: str | None) -> tuple[str, str] | None:
+    """The ``KETCH__SECTION__KEY`` (or ``KETCH__SECTION``, JSON) variable that set a value."""
+    wanted = [f"KETCH__{section}__{key}".upper()] if key else []
+    wanted.append(f"KETCH__{section}".upper())
+    found = {name.upper(): (name, value) for name, value in os.environ.items()}
+    for name in wanted:
+        if name in found:
+            return found[name]
+    return None
+
+
+def _describe(error: Any, path: Path, text: str, data: dict[str, Any]) -> str:
+    """One validation error as one line that says where the value came from."""
+    loc: tuple[int | str, ...] = tuple(error["loc"])
+    section = str(loc[0]) if loc else ""
+    key = loc[1] if len(loc) > 1 and isinstance(loc[1], str) else None
+    message = " ".join(str(error["msg"]).removeprefix("Value error, ").split())
+    setting = _location(loc)
+    secret = _is_secret(section, key)
+    from_environment = _environment_value(section, key)
+    if from_environment is not None:
+        name, value = from_environment
+        return f"{name}={'***' if secret else _short(value)}: {setting}: {message}"
+    table = next((v for k, v in data.items() if k.lower() == section), None)
+    if table is None or (key is not None and not (isinstance(table, dict) and key in table)):
+        return f"{setting}: {message}"
+    line = _toml_line(text, section, key)
+    where = f"{path} line {line}" if line else str(path)
+    shown = ""
+    if error["type"] != "missing":
+        shown = " = " + ("***" if secret else _short(json.dumps(error["input"], default=str)))
+    return f"{where}: {setting}{shown}: {message}"
+
+
+def _is_complex(annotation: Any) -> bool:
+    """Whether pydantic-settings reads this field's environment variable as JSON."""
+    for kind in _types_in(annotation):
+        if get_origin(kind) in (list, dict, set, tuple) or kind in (list, dict):
+            return True
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            return True
+    return False
+
+
+def _check_environment_json() -> None:
+    """Lists and tables in ``KETCH__*`` variables are JSON; say so in one line per variable
+    (pydantic-settings only says which section failed)."""
+    problems = []
+    for name, value in os.environ.items():
+        parts = name.upper().removeprefix("KETCH__").lower().split("__")
+        if not name.upper().startswith("KETCH__") or parts[0] not in _SECTIONS:
+            continue
+        if len(parts) == 1:
+            expected = "a JSON object"
+        else:
+            field = _field(parts[0], parts[1])
+            if len(parts) != 2 or field is None or not _is_complex(field.annotation):
+                continue
+            kinds = _types_in(field.annotation)
+            if list[str] in kinds:  # the usual slip: corp.com,other.org
+                example = json.dumps([v.strip() for v in value.split(",") if v.strip()] or ["..."])
+                expected = f"a JSON list, e.g. {example}"
+            elif any(get_origin(kind) is list for kind in kinds):
+                expected = "a JSON list of objects (docs/configuration.md has an example)"
+            else:
+                expected = "a JSON object"
+        try:
+            json.loads(value)
+        except json.JSONDecodeError as exc:
+            setting = _location(tuple(parts))
+            reason = f"not JSON ({exc.msg} at column {exc.colno}); write {expected}"
+            problems.append(f"{name}={_short(value)}: {setting}: {reason}")
+    if problems:
+        raise SettingsError(problems)
+
+
+def _nearest(section: str, key: str | None) -> tuple[str, str | None] | None:
+    """The valid setting nearest to an unknown one: a close key of the same section, the
+    same key in another section, else the closest of all. ``key`` is None when one name was
+    given (``KETCH__PARALLELISM``, a TOML key outside any section, an unknown section)."""
+    fields = {name: list(model.model_fields) for name, model in _SECTIONS.items()}
+    everything = [f"{s}.{k}" for s, keys in fields.items() for k in keys]
+    if key is None:
+        owners = [s for s, keys in fields.items() if section in keys]
+        if owners:
+            return owners[0], section
+        close = difflib.get_close_matches(section, list(fields), n=1, cutoff=0.7)
+        if close:
+            return close[0], None
+        close = difflib.get_close_matches(section, [k for keys in fields.values() for k in keys], 1)
+        owners = [s for s, keys in fields.items() if close and close[0] in keys]
+        return (owners[0], close[0]) if owners else None
+    if section in fields and (close := difflib.get_close_matches(key, fields[section], n=1)):
+        return section, close[0]
+    owners = [s for s, keys in fields.items() if key in keys]
+    if owners:
+        return owners[0], key
+    close = difflib.get_close_matches(f"{section}.{key}", everything, n=1)
+    return (close[0].split(".")[0], close[0].split(".")[1]) if close else None
+
+
+_NO_HINT = "`ketch config show` lists the settings"
+
+
+def _warn_unknown_environment() -> None:
+    """Unknown ``KETCH__*`` variables are ignored, with a warning naming the nearest one."""
+    for name in sorted(os.environ):
+        if not name.upper().startswith("KETCH__"):
+            continue
+        parts = name.upper().removeprefix("KETCH__").lower().split("__")
+        section, key = parts[0], (parts[1] if len(parts) > 1 else None)
+        if section in _SECTIONS and (key is None or key in _SECTIONS[section].model_fields):
+            continue
+        nearest = _nearest(section, key)
+        hint = _NO_HINT
+        if nearest:
+            hint = f"did you mean KETCH__{'__'.join(n for n in nearest if n).upper()}?"
+        _warn_once(f"unknown setting {name} (ignored): {hint}")
+
+
+def _warn_unknown_toml(path: Path, text: str, data: dict[str, Any]) -> None:
+    """Unknown sections and keys of the TOML file are ignored, with a warning each."""
+    unknown: list[tuple[str, str | None]] = []
+    for section, table in data.items():
+        name = section.lower()
+        if name in _SECTIONS and isinstance(table, dict):
+            # Section names are read case-insensitively, keys inside them are not.
+            unknown += [(name, k) for k in table if k not in _SECTIONS[name].model_fields]
+        else:
+            unknown.append((name, None))
+    for section, key in unknown:
+        line = _toml_line(text, section, key)
+        where = f"{path} line {line}" if line else str(path)
+        if key is not None:
+            what = f"setting [{section}] {key}"
+        elif isinstance(data.get(section), dict):
+            what = f"section [{section}]"
+        else:
+            what = f"setting {section} outside any [section]"
+        nearest = _nearest(section, key.lower() if key else None)
+        hint = _NO_HINT
+        if nearest:
+            hint = f"did you mean [{nearest[0]}]{f' {nearest[1]}' if nearest[1] else ''}?"
+        _warn_once(f"{where}: unknown {what} (ignored): {hint}")

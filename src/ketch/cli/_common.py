@@ -34,20 +34,23 @@ class CliError(click.ClickException):
 
 
 def load_settings() -> Settings:
-    from pydantic import ValidationError
-
-    from ketch.config import get_settings
+    """The settings; a bad one is one line per problem (``ketch: KETCH__CORE__PARALLELISM=abc:
+    [core] parallelism: ...``), exit code 1. Unknown keys are warned about, on stderr."""
+    from ketch.config import SettingsError, get_settings
 
     try:
         return get_settings()
-    except ValidationError as exc:
-        raise CliError(f"invalid configuration: {exc}") from exc
+    except SettingsError as exc:
+        raise CliError("\nketch: ".join(exc.problems)) from exc
 
 
 def reachable_engine(settings: Settings) -> Engine:
-    from ketch.db.engine import DatabaseUnavailable, check_connection, get_engine
+    from ketch.db.engine import DatabaseUnavailable, DatabaseUrlError, check_connection, get_engine
 
-    engine = get_engine(settings.database_url)
+    try:
+        engine = get_engine(settings.database_url)
+    except DatabaseUrlError as exc:
+        raise CliError(str(exc)) from exc
     try:
         check_connection(engine)
     except DatabaseUnavailable as exc:

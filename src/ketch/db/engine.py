@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 _engines: dict[str, Engine] = {}
@@ -25,6 +25,10 @@ _lock = threading.Lock()
 
 class DatabaseUnavailable(RuntimeError):
     """The metadata database cannot be reached; the message says which and why."""
+
+
+class DatabaseUrlError(ValueError):
+    """The database URL is not one ketch can use; the message says which schemes work."""
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -39,7 +43,17 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 def make_engine(
     url: str, *, pool_size: int = 5, max_overflow: int = 10, connect_timeout: float = 10
 ) -> Engine:
-    parsed = make_url(url)
+    from ketch.config import database_url_problem
+
+    problem = database_url_problem(url)
+    if problem is not None:
+        raise DatabaseUrlError(f"[database] sql_alchemy_conn: {problem}")
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as exc:  # the reason, never the URL: it holds a password
+        raise DatabaseUrlError(
+            f"[database] sql_alchemy_conn: not a valid database URL: {exc}"
+        ) from exc
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
