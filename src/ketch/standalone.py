@@ -76,6 +76,10 @@ def bundled_dags_folder() -> Path:
 def effective_dags_folder(settings: Settings) -> Path:
     """``[core] dags_folder``, or the bundled examples when it is not set."""
     folder = settings.core.dags_folder
+    if folder and not Path(folder).expanduser().is_dir():  # a typo would schedule nothing, silently
+        log.warning(
+            "[core] dags_folder %s: no such folder; no DAGs are found until it exists", folder
+        )
     return Path(folder).expanduser().resolve() if folder else bundled_dags_folder()
 
 
