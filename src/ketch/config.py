@@ -106,6 +106,14 @@ class CoreSettings(BaseModel):
         "http://{api.host}:{api.port}/execution, with [api] execution_port instead of [api] port "
         "when it is set.",
     )
+    task_env_passthrough: list[str] = Field(
+        default=[],
+        description="Environment variables a local task try gets from the scheduler's besides "
+        "the minimum it needs: exact names, or fnmatch patterns such as `DBT_*` that never match "
+        "sensitive-looking names (`*SECRET*`, `*TOKEN*`...: name those exactly). ketch settings "
+        "and values holding a scheduler secret are never passed. A JSON list in the environment "
+        "variable.",
+    )
 
 
 # The URL schemes (SQLAlchemy drivernames) ketch ships drivers for; plain postgresql

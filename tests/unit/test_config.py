@@ -59,3 +59,27 @@ def test_configuration_page_matches_the_model() -> None:
 
     page = Path(__file__).parents[2] / "docs" / "configuration.md"
     assert page.read_text() == render(), "docs/configuration.md is stale: run `make docs`"
+
+
+def test_every_ketch_variable_the_project_names_is_a_setting() -> None:
+    """Docs, manifests and code name only real settings (an unknown one is warned about as
+    ignored at start): a typo in the docs, or a setting read before it is in the model,
+    fails here."""
+    import re
+
+    from ketch.config import _SECTIONS
+
+    root = Path(__file__).parents[2]
+    files = [root / "README.md", *root.glob("docs/**/*.md"), *root.glob("deploy/**/*")]
+    files += [*root.glob("src/**/*.py")]
+    placeholders = {"KETCH__SECTION__KEY", "KETCH__SECTION", "KETCH__PARALLELISM"}
+    unknown = set()
+    for path in (f for f in files if f.is_file()):
+        for name in re.findall(r"KETCH__[A-Z0-9_]*[A-Z0-9]", path.read_text(errors="replace")):
+            parts = name.removeprefix("KETCH__").lower().split("__")
+            known = parts[0] in _SECTIONS and (
+                len(parts) == 1 or parts[1] in _SECTIONS[parts[0]].model_fields
+            )
+            if not known and name not in placeholders:
+                unknown.add(f"{name} in {path.relative_to(root)}")
+    assert not unknown, sorted(unknown)
