@@ -616,7 +616,8 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         problems = [_describe(error, path, text, data) for error in exc.errors()]
-        raise SettingsError(list(dict.fromkeys(problems))) from exc
+        # Not chained: pydantic's message holds the input, a database URL with its password.
+        raise SettingsError(list(dict.fromkeys(problems))) from None
     except _SourceError as exc:  # a source could not parse a value (checked above; a fallback)
         raise SettingsError([str(exc)]) from exc
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -180,6 +181,9 @@ def test_unknown_database_scheme_says_which_work(
         "postgresql+psycopg",
     )
     assert "hunter2" not in line  # the URL holds a password: never echoed
+    with pytest.raises(ketch.config.SettingsError) as info:  # nor in a logged traceback
+        ketch.config.load_settings()
+    assert "hunter2" not in "".join(traceback.format_exception(info.value))
 
 
 def test_engine_refuses_an_unknown_scheme_in_one_line() -> None:
