@@ -222,13 +222,10 @@ def check_return_value(task_id: str, value: Any, max_size: int) -> str | None:
 
 
 def _xcom_puller(client: ExecutionApiClient) -> Any:
-    def xcom_pull(task_id: str, key: str = "return_value") -> Any:
-        try:
-            return client.xcom(task_id, key)
-        except KeyError:
-            return None
+    # None when there is no value, unless the task takes it as an argument (see upstream).
+    from ketch.worker.upstream import xcom_puller
 
-    return xcom_pull
+    return xcom_puller(client)
 
 
 def _failure(exc: BaseException, *, retry: bool = True) -> Outcome:

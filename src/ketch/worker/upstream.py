@@ -1,0 +1,69 @@
+"""Values of upstream tasks, as a try reads them through the execution API.
+
+A task that takes another's return value (an ``XComArg``: ``b(a())`` with ``@task``)
+and runs under ``all_success`` has every upstream succeeded. If one of them has no
+value anyway — marked success by hand without running, or it returned nothing (``None``
+is not stored) — passing ``None`` on would fail later, far from the cause. The try
+fails at once instead, naming both tasks, and is not retried (no retry would bring the
+value). Under any other trigger rule an upstream may have been skipped or failed, and a
+missing value is ``None`` as in Airflow; so is ``ti.xcom_pull`` of a value the task
+does not take as an argument.
+
+Kept light: the try imports it (no database, no web stack).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ketch.exceptions import FailTask
+
+if TYPE_CHECKING:
+    from ketch.worker.client import ExecutionApiClient
+
+RETURN_VALUE = "return_value"
+
+
+class UpstreamValueMissing(FailTask):
+    """The task takes an upstream task's return value, and that task has none."""
+
+
+def xcom_puller(client: ExecutionApiClient) -> Callable[..., Any]:
+    """``xcom_pull(task_id, key)`` for the running task: the value, ``None`` when there is
+    none, or :class:`UpstreamValueMissing` when the task needs that value (see above)."""
+
+    def xcom_pull(task_id: str, key: str = RETURN_VALUE) -> Any:
+        try:
+            return client.xcom(task_id, key)
+        except KeyError:
+            needing = _task_needing(task_id, key)
+            if needing is None:
+                return None
+            raise UpstreamValueMissing(
+                f"task {needing!r} needs the return value of {task_id!r}, but {task_id!r} "
+                "has none (it was marked success without running, or returned nothing)"
+            ) from None
+
+    return xcom_pull
+
+
+def _task_needing(task_id: str, key: str) -> str | None:
+    """The running task's id when it runs under all_success and one of its arguments is
+    ``task_id``'s value under ``key``; else None."""
+    from ketch.authoring.context import get_current_context
+    from ketch.authoring.tasks import find_xcom_args
+    from ketch.states import TriggerRule
+
+    if key != RETURN_VALUE:
+        return None
+    try:
+        task = get_current_context()["task"]
+    except (RuntimeError, KeyError):
+        return None
+    if getattr(task, "trigger_rule", TriggerRule.ALL_SUCCESS) != TriggerRule.ALL_SUCCESS:
+        return None
+    arguments = [getattr(task, name, None) for name in ("op_args", "op_kwargs")]
+    if any(x.operator.task_id == task_id and x.key == key for x in find_xcom_args(arguments)):
+        return str(task.task_id)
+    return None
