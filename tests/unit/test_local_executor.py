@@ -191,7 +191,10 @@ def test_heartbeat_conflict_terminates_the_try(
         session.commit()
     ended = events.get(timeout=30)
     assert ended.exit_code == -signal.SIGKILL
-    assert "state changed externally; terminating" in read_log(dag_setup, "hang")
+    last = read_log(dag_setup, "hang").splitlines()[-1]
+    assert last.endswith(
+        "ketch: try cancelled: the task instance was marked success; its processes were killed"
+    )
     assert dag_setup.ti(request.ti_id).state == "success"
     assert wait_pid_gone(int(dag_setup.pidfile.read_text()))
 

@@ -8,6 +8,12 @@ while a thread heartbeats, check the return value, finish. Output is plain text
 on stdout (``kubectl logs`` works); ``--log-file`` tees it to a file as well. A try
 whose log cannot be written (a full disk) fails with a reason that says so.
 
+A try stopped from outside ends its log with one line saying why, never with ketch's
+own traceback: ``try cancelled: ...`` when the task instance was cleared, marked or its
+run cancelled (a heartbeat or the finish call is answered 401 "try has ended", or the
+scheduler's SIGTERM arrives first), ``try stopped: ...`` for an execution_timeout or a
+SIGTERM from elsewhere (the outcome is then recorded as failed).
+
 Imports stay light on purpose: no SQLAlchemy, FastAPI, Uvicorn, Alembic,
 ``ketch.db`` or ``ketch.api`` here (a test checks ``sys.modules``).
 """
@@ -18,6 +24,7 @@ import argparse
 import io
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -33,7 +40,12 @@ from types import FrameType
 from typing import Any
 
 from ketch.exceptions import FailTask, KetchException, SkipTask, TaskTimeout
-from ketch.worker.client import ExecutionApiClient, ExecutionApiError, TryStateConflict
+from ketch.worker.client import (
+    ExecutionApiClient,
+    ExecutionApiError,
+    TryEnded,
+    TryStateConflict,
+)
 
 ENV_DAGS_FOLDER = "KETCH_DAGS_FOLDER"
 _CHILD_GRACE_SECONDS = 3.0
@@ -54,12 +66,18 @@ class Outcome:
     follow_task_ids: list[str] | None = None
     retry: bool = True
     kill_children: bool = field(default=False, repr=False)
+    # Why the try was stopped (a SIGTERM, its execution_timeout): its log's last line.
+    stopped: str | None = field(default=None, repr=False)
+
+
+def _stamped(message: str) -> str:
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return f"[{stamp}] ketch: {message}"
 
 
 def say(message: str) -> None:
     """One timestamped line of the runner's own output."""
-    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    print(f"[{stamp}] ketch: {message}", flush=True)
+    print(_stamped(message), flush=True)
 
 
 # -- child processes -----------------------------------------------------------------
@@ -119,13 +137,81 @@ def _wait_gone(procs: list[Any], timeout: float) -> list[Any]:
         time.sleep(0.02)
 
 
-def terminate_whole_group() -> None:
-    """Kill the try and everything it started, now (its state was changed externally)."""
-    _signal_all(_descendants(), signal.SIGTERM)
-    sys.stdout.flush()
+def terminate_whole_group(last_line: str) -> None:
+    """Kill the try and everything it started, now (its state was changed externally),
+    with ``last_line`` as the last line of its log.
+
+    This process stops writing first (its output so far is flushed, then fds 1 and 2
+    go to /dev/null: the task's reaction to its children dying, a traceback, is not
+    logged), the processes the task started are killed (SIGKILL: they write nothing
+    more), the line is written, and the whole process group is killed, this one too.
+    """
+    from ketch.worker.task_log import drain_output
+
+    drain_output()
+    log_fd = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    children = _descendants()
+    _signal_all(children, signal.SIGKILL)
+    _wait_gone(children, 1.0)
+    with suppress(OSError):
+        os.write(log_fd, (_stamped(last_line) + "\n").encode())
+    drain_output()  # a pod's tee reads the line from the pipe log_fd writes to
     if os.getpgrp() == os.getpid():
         os.killpg(os.getpgrp(), signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)
+    os._exit(128 + signal.SIGKILL)  # PID 1 of a container ignores its own SIGKILL
+
+
+# -- why a try was stopped from outside ------------------------------------------------
+
+_ENDED_DETAIL = re.compile(
+    r"task instance is (?P<state>\w+) with try_number (?P<ti_try>\d+), this is try (?P<mine>\d+)"
+)
+
+
+def why_ended(detail: str) -> str:
+    """What happened to the task instance, from the execution API's 401 "try has ended"
+    (or 409) detail, in words; anything the server adds after the states (who did it)
+    is kept."""
+    if "no longer exists" in detail:
+        return "the task instance no longer exists (its run or DAG was deleted)"
+    match = _ENDED_DETAIL.search(detail)
+    if match is None:
+        return detail
+    state, ti_try, mine = match["state"], int(match["ti_try"]), int(match["mine"])
+    guess = ""
+    if ti_try > mine:
+        what = f"the task instance was cleared and try {ti_try} has replaced this one"
+    elif state in ("none", "scheduled"):
+        what = "the task instance was cleared"
+    elif state == "success":
+        what = "the task instance was marked success"
+    elif state == "failed":
+        what, guess = (
+            "the task instance was set to failed",
+            "marked failed, or its run was cancelled",
+        )
+    elif state == "skipped":
+        what, guess = "the task instance was set to skipped", "marked skipped, or its run timed out"
+    else:
+        what = f"the task instance was set to {state} from outside"
+    # What the server adds after the states (who did it) beats a guess.
+    more = detail[match.end() :].strip(" .;:()")
+    if more:
+        return f"{what}: {more}"
+    return f"{what} ({guess})" if guess else what
+
+
+SIGTERM_RECEIVED = "received SIGTERM"
+# SIGTERM arrived when the task was not running (before it started, while reporting).
+_sigterm_noted = threading.Event()
+
+
+def _note_sigterm(_signum: int, _frame: FrameType | None) -> None:
+    _sigterm_noted.set()
 
 
 # -- timeout, termination, heartbeat -------------------------------------------------
@@ -189,8 +275,9 @@ class Heartbeat:
         try:
             self._client.heartbeat()
         except TryStateConflict as exc:
-            say(f"task instance state changed externally; terminating ({exc.detail})")
-            terminate_whole_group()
+            terminate_whole_group(
+                f"try cancelled: {why_ended(exc.detail)}; its processes were killed"
+            )
         except ExecutionApiError as exc:
             say(f"heartbeat failed: {exc}")
 
@@ -228,11 +315,47 @@ def _xcom_puller(client: ExecutionApiClient) -> Any:
     return xcom_puller(client)
 
 
-def _failure(exc: BaseException, *, retry: bool = True) -> Outcome:
-    traceback.print_exception(exc, file=sys.stdout)
-    sys.stdout.flush()
+def _failure(exc: BaseException, *, retry: bool = True, show: bool = True) -> Outcome:
+    if show:
+        traceback.print_exception(exc, file=sys.stdout)
+        sys.stdout.flush()
     message = str(exc) or type(exc).__name__
     return Outcome("failed", error=f"{type(exc).__name__}: {message}", retry=retry)
+
+
+_KETCH_DIR = str(Path(__file__).resolve().parents[1])
+
+
+def _show_where_stopped(exc: BaseException) -> None:
+    """Where the task's own code was when it was stopped (ketch's frames left out)."""
+    frames = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if not str(Path(frame.filename).resolve()).startswith(_KETCH_DIR)
+    ]
+    if frames:
+        say("the task was here when it was stopped:")
+        print("".join(traceback.format_list(frames)), end="", flush=True)
+
+
+def _stopped(exc: TaskTimeout | TaskTerminated, payload: dict[str, Any], began: float) -> Outcome:
+    """The outcome of a task stopped by its timeout or a SIGTERM: no traceback of ketch's;
+    for a timeout, where the task's own code was."""
+    outcome = _failure(exc, show=False)
+    outcome.kill_children = True
+    timeout = payload.get("execution_timeout")
+    if isinstance(exc, TaskTimeout):
+        outcome.stopped = str(exc)
+    elif timeout and time.monotonic() - began >= float(timeout):
+        # The executor's backstop: the task outlived its timeout without stopping.
+        outcome.stopped = f"execution_timeout of {float(timeout):g}s exceeded (SIGTERM)"
+    else:
+        # The scheduler's cancel (the finish call then says what happened), or a kill,
+        # a pod eviction, a node drain.
+        outcome.stopped = SIGTERM_RECEIVED
+        return outcome
+    _show_where_stopped(exc)
+    return outcome
 
 
 def run_task(payload: dict[str, Any], client: ExecutionApiClient) -> Outcome:
@@ -241,22 +364,31 @@ def run_task(payload: dict[str, Any], client: ExecutionApiClient) -> Outcome:
     from ketch.authoring.loader import load_dag
 
     task_id = payload["task_id"]
+    began = time.monotonic()
     try:
-        context = build_context(payload)
-        task = load_dag(dag_file(payload), payload["dag_id"]).get_task(task_id)
-        # From the serialized task (defaults resolved at parse time): reading the task's
-        # own property could import the settings stack into the try.
-        with execution_timeout(payload.get("execution_timeout")):
-            result = task.execute(context, _xcom_puller(client))
+        if _sigterm_noted.is_set():
+            raise TaskTerminated("task received SIGTERM")
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        try:
+            context = build_context(payload)
+            task = load_dag(dag_file(payload), payload["dag_id"]).get_task(task_id)
+            # From the serialized task (defaults resolved at parse time): reading the task's
+            # own property could import the settings stack into the try.
+            with execution_timeout(payload.get("execution_timeout")):
+                result = task.execute(context, _xcom_puller(client))
+        finally:
+            signal.signal(signal.SIGTERM, _note_sigterm)
     except SkipTask as exc:
         say(f"task skipped: {exc}" if str(exc) else "task skipped")
         return Outcome("skipped")
     except FailTask as exc:
         return _failure(exc, retry=False)
     except (TaskTimeout, TaskTerminated) as exc:
-        outcome = _failure(exc)
-        outcome.kill_children = True
-        return outcome
+        return _stopped(exc, payload, began)
+    except TryStateConflict as exc:
+        # The task's own call (Variable.get, an XCom) found the try over: the finish
+        # call will be refused the same way and say so in one line.
+        return _failure(exc, show=False)
     except Exception as exc:
         return _failure(exc)
     except SystemExit as exc:
@@ -280,8 +412,17 @@ def _success(task_id: str, result: Any, payload: dict[str, Any]) -> Outcome:
     )
 
 
+class Cancelled(Exception):
+    """The execution API says the try is over (cleared, marked, its run cancelled)."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
 def report(client: ExecutionApiClient, outcome: Outcome) -> bool:
-    """Send the outcome; False when the API would not take it."""
+    """Send the outcome; False when the API would not take it. Raises :class:`Cancelled`
+    when the try has ended from outside (its outcome no longer matters)."""
     try:
         client.finish(
             outcome.state,
@@ -291,6 +432,8 @@ def report(client: ExecutionApiClient, outcome: Outcome) -> bool:
             follow_task_ids=outcome.follow_task_ids,
             retry=outcome.retry,
         )
+    except TryEnded as exc:
+        raise Cancelled(why_ended(exc.detail)) from exc
     except TryStateConflict as exc:
         say(f"outcome not recorded, task instance changed externally: {exc.detail}")
         return False
@@ -329,6 +472,9 @@ def run_try(args: argparse.Namespace) -> int:
         f"host={hostname} pid={os.getpid()}"
     )
     client = ExecutionApiClient.from_env()
+    # A SIGTERM outside the task itself is noted, not fatal: the try still reports and
+    # says why it stopped (the executor's SIGKILL follows a few seconds later anyway).
+    signal.signal(signal.SIGTERM, _note_sigterm)
     try:
         payload = client.start(os.getpid(), hostname)
     except TryStateConflict as exc:
@@ -342,7 +488,6 @@ def run_try(args: argparse.Namespace) -> int:
     else:
         heartbeat = Heartbeat(client, float(payload.get("heartbeat_interval") or 5.0))
         heartbeat.start()
-        signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             outcome = run_task(payload, client)
         finally:
@@ -350,10 +495,31 @@ def run_try(args: argparse.Namespace) -> int:
         if outcome.kill_children:
             kill_children()
         outcome = with_log_problem(outcome)
-    recorded = report(client, outcome)
+    try:
+        recorded = report(client, outcome)
+    except Cancelled as exc:
+        how = (
+            "stopped by the scheduler"
+            if outcome.stopped == SIGTERM_RECEIVED
+            else "its outcome was not recorded"
+        )
+        _last_words(f"try cancelled: {exc.why}; {how}")
+        return 1
+    if outcome.stopped:
+        _last_words(
+            f"try stopped: {outcome.stopped}; "
+            + ("recorded as failed" if recorded else "its outcome was not recorded")
+        )
+        return 1
     say(f"task {outcome.state}" + (f": {outcome.error}" if outcome.error else ""))
     say(f"try ended; process lived {process_age_ms():.1f} ms")
     return 0 if outcome.state != "failed" and recorded else 1
+
+
+def _last_words(line: str) -> None:
+    """End the log of a try stopped from outside: how long it lived, then ``line``."""
+    say(f"try ended; process lived {process_age_ms():.1f} ms")
+    say(line)
 
 
 def process_age_ms() -> float:

@@ -125,6 +125,16 @@ def write_problem() -> str | None:
     return _problem
 
 
+def drain_output() -> None:
+    """Flush stdout and stderr and, in a pod, wait until the tee has written them out
+    (before the try kills itself)."""
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(Exception):
+            stream.flush()
+    with suppress(Exception):
+        _drain_tee()
+
+
 class _GuardedFileIO(io.FileIO):
     """fd 1 or 2 when it is the log file: a failing write is noted and dropped, not raised
     into whatever printed (the task's own code, a traceback, the runner's lines)."""
