@@ -106,3 +106,69 @@ def test_execution_api_reads_variables_and_connections_with_a_try_token(
     conn = client.get("/execution/connections/wh", headers=token).json()
     assert conn["password"] == "pw" and conn["host"] == "db" and conn["extra"] == '{"a": "b"}'
     assert client.get("/execution/connections/nope", headers=token).status_code == 404
+
+
+def test_sensitive_connection_extras_are_masked_and_kept_by_a_put(
+    client: TestClient, engine: Engine
+) -> None:
+    import json
+
+    extra = {
+        "region": "eu-west-1",
+        "api_key": "k-123",
+        "Authorization": "Bearer abc",
+        "nested": {"client_secret": "s-456", "timeout": 30, "list": [{"access_token": "t-7"}]},
+        "keyfile_dict": {"type": "service_account", "private_key": "-----BEGIN"},
+        "retries": 3,
+        "empty_password": None,
+    }
+    body = {"conn_type": "http", "host": "h", "password": "pw-secret", "extra": extra}
+    created = client.put(f"{API}/connections/svc", json=body)
+    assert created.status_code == 200, created.text
+    for shown in (
+        created.json(),
+        client.get(f"{API}/connections/svc").json(),
+        client.get(f"{API}/connections").json()["connections"][0],
+    ):
+        assert shown["password"] == "***"
+        assert json.loads(shown["extra"]) == {
+            "region": "eu-west-1",
+            "api_key": "***",
+            "Authorization": "***",
+            "nested": {"client_secret": "***", "timeout": 30, "list": [{"access_token": "***"}]},
+            "keyfile_dict": {"type": "***", "private_key": "***"},
+            "retries": 3,
+            "empty_password": None,
+        }
+        for secret in ("pw-secret", "k-123", "Bearer abc", "s-456", "t-7", "BEGIN"):
+            assert secret not in json.dumps(shown)
+    # Edit what a GET showed: the masks are kept as the stored values, edits are taken.
+    shown = client.get(f"{API}/connections/svc").json()
+    edited = json.loads(shown["extra"])
+    edited["region"] = "us-east-1"
+    edited["nested"]["timeout"] = 60
+    edited["nested"]["client_secret"] = "s-new"
+    put = client.put(
+        f"{API}/connections/svc",
+        json={"conn_type": "http", "host": "h2", "password": "***", "extra": json.dumps(edited)},
+    )
+    assert put.status_code == 200, put.text
+    token = make_try(engine).headers()
+    stored = client.get("/execution/connections/svc", headers=token).json()
+    assert stored["password"] == "pw-secret" and stored["host"] == "h2"
+    assert json.loads(stored["extra"]) == {
+        **extra,
+        "region": "us-east-1",
+        "nested": {"client_secret": "s-new", "timeout": 60, "list": [{"access_token": "t-7"}]},
+    }
+    # *** where nothing was hidden, or for a new connection, is a value like any other.
+    client.put(f"{API}/connections/svc", json={"conn_type": "http", "extra": {"note": "***"}})
+    assert client.get(f"{API}/connections/svc").json()["extra"] == '{"note": "***"}'
+    client.put(f"{API}/connections/fresh", json={"conn_type": "http", "password": "***"})
+    assert client.get("/execution/connections/fresh", headers=token).json()["password"] == "***"
+
+
+def test_an_extra_with_nothing_sensitive_is_returned_as_stored(client: TestClient) -> None:
+    text = '{"b": 1,  "a": [1, 2]}'
+    client.put(f"{API}/connections/plain", json={"conn_type": "http", "extra": text})
+    assert client.get(f"{API}/connections/plain").json()["extra"] == text

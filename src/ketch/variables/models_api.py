@@ -1,15 +1,87 @@
-"""Request and response bodies of the variables and connections REST API."""
+"""Request and response bodies of the variables and connections REST API.
+
+A connection's password and the values of its sensitive ``extra`` keys (a name holding
+one of Airflow's sensitive words: ``password``, ``secret``, ``token``, ``api_key``...,
+at any depth of the JSON; everything under such a key) are returned as ``***``. A PUT
+that sends ``***`` back in those places keeps the stored values, as Airflow's UI does.
+"""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ketch.authoring.connection import Connection
 from ketch.variables.store import VariableRecord
+from ketch.worker.secrets_mask import looks_sensitive
 
 MASK = "***"
+
+
+def _mask_all(value: Any) -> Any:
+    """Every scalar under a sensitive key becomes ``***`` (the structure is kept)."""
+    if isinstance(value, dict):
+        return {key: _mask_all(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_mask_all(item) for item in value]
+    return value if value is None else MASK
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            key: _mask_all(item) if looks_sensitive(str(key)) else _mask(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_mask(item) for item in value]
+    return value
+
+
+def mask_extra(extra: str | None) -> str | None:
+    """``extra`` with the values of its sensitive keys as ``***``, at any depth; unchanged
+    (the same text) when nothing is sensitive or it is not JSON."""
+    if not extra:
+        return extra
+    try:
+        data = json.loads(extra)
+    except ValueError:
+        return extra
+    masked = _mask(data)
+    return extra if masked == data else json.dumps(masked)
+
+
+def _unmask(sent: Any, stored: Any, *, sensitive: bool) -> Any:
+    if sensitive and sent == MASK:
+        return stored
+    if isinstance(sent, dict) and isinstance(stored, dict):
+        return {
+            key: _unmask(item, stored[key], sensitive=sensitive or looks_sensitive(str(key)))
+            if key in stored
+            else item
+            for key, item in sent.items()
+        }
+    if isinstance(sent, list) and isinstance(stored, list) and len(sent) == len(stored):
+        return [_unmask(a, b, sensitive=sensitive) for a, b in zip(sent, stored, strict=True)]
+    return sent
+
+
+def keep_masked_values(sent: Connection, stored: Connection) -> Connection:
+    """``sent`` (a PUT body) with each ``***`` where the API shows a stored secret (the
+    password, a sensitive extra value at the same place) replaced by the stored value."""
+    if sent.password == MASK and stored.password is not None:
+        sent.password = stored.password
+    if sent.extra and stored.extra:
+        try:
+            new, old = json.loads(sent.extra), json.loads(stored.extra)
+        except ValueError:
+            return sent
+        restored = _unmask(new, old, sensitive=False)
+        if restored != new:
+            sent.extra = json.dumps(restored)
+    return sent
 
 
 class VariableResponse(BaseModel):
@@ -82,7 +154,11 @@ class ConnectionResponse(BaseModel):
     password: str | None = Field(default=None, description="*** when set (never returned).")
     schema_: str | None = Field(default=None, alias="schema")
     port: int | None = None
-    extra: str | None = None
+    extra: str | None = Field(
+        default=None,
+        description="JSON text; the values of sensitive keys (password, secret, token, "
+        "api_key...; at any depth) are ***.",
+    )
 
     @classmethod
     def from_connection(cls, conn: Connection) -> ConnectionResponse:
@@ -95,7 +171,7 @@ class ConnectionResponse(BaseModel):
             password=MASK if conn.password else None,
             schema=conn.schema,
             port=conn.port,
-            extra=conn.extra,
+            extra=mask_extra(conn.extra),
         )
 
 

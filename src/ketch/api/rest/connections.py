@@ -1,7 +1,9 @@
 """Connections: list, get, create (POST), create or replace (PUT), delete, import.
 
-Passwords are never returned (``***`` when set). Import takes Airflow's connections
-JSON export format (conn_id -> fields or URI) as the body, all or nothing.
+Passwords and the values of sensitive ``extra`` keys are never returned (``***``); a PUT
+that sends ``***`` back there keeps the stored value (see
+:mod:`ketch.variables.models_api`). Import takes Airflow's connections JSON export
+format (conn_id -> fields or URI) as the body, all or nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ketch.variables.models_api import (
     ConnectionPostBody,
     ConnectionResponse,
     ImportResponse,
+    keep_masked_values,
 )
 
 router = APIRouter(prefix="/connections", tags=["Connection"])
@@ -75,8 +78,16 @@ def get_connection(conn_id: str, session: SessionDep, settings: SettingsDep) -> 
 def put_connection(
     conn_id: str, body: ConnectionBody, session: SessionDep, settings: SettingsDep
 ) -> ConnectionResponse:
-    """Create the connection or replace all its fields."""
-    conn = store.set_connection(session, settings, _to_connection(body, conn_id))
+    """Create the connection or replace all its fields; ``***`` where a GET shows a hidden
+    value (the password, a sensitive extra key) keeps the stored value."""
+    conn = _to_connection(body, conn_id)
+    try:
+        stored = store.get_connection(session, settings, conn_id)
+    except store.ConnectionNotFound:
+        stored = None
+    if stored is not None:
+        conn = keep_masked_values(conn, stored)
+    conn = store.set_connection(session, settings, conn)
     session.commit()
     return ConnectionResponse.from_connection(conn)
 
