@@ -9,9 +9,11 @@ import pytest
 from click.testing import CliRunner, Result
 from cryptography.fernet import Fernet
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
 from ketch.cli import cli
 from ketch.config import get_settings
+from ketch.variables import store
 
 
 @pytest.fixture(autouse=True)
@@ -21,8 +23,8 @@ def _database_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KETCH_API_TOKEN", raising=False)
 
 
-def run(*args: str) -> Result:
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+def run(*args: str, input: str | bytes | None = None) -> Result:
+    return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
 
 
 def test_variables_commands(engine: Engine, tmp_path: Path) -> None:
@@ -131,3 +133,113 @@ def test_sync_once_and_sync_status(
     status = json.loads(run("variables", "sync-status", "-o", "json").output)
     assert sorted(r["managed_keys"] for r in status) == [0, 1]
     assert "yes" not in run("variables", "sync-status").output
+
+
+# --- secrets from stdin or a file, not argv ----------------------------------------------------
+
+
+def test_variables_set_reads_the_value_from_stdin_or_a_file(engine: Engine, tmp_path: Path) -> None:
+    assert run("variables", "set", "db_password", "-", input="s3cret\n").exit_code == 0
+    assert run("variables", "get", "db_password").output == "s3cret\n"  # echo adds the \n
+    run("variables", "set", "two", "-", input="a\n\n")  # only one newline is removed
+    assert run("variables", "get", "two").output == "a\n\n"
+    run("variables", "set", "kept", "-", "--keep-newline", input="line\n")
+    assert run("variables", "get", "kept").output == "line\n\n"
+    pem = tmp_path / "key.pem"
+    pem.write_bytes(b"-----BEGIN KEY-----\r\nabc\r\n-----END KEY-----\r\n")
+    assert run("variables", "set", "tls_key", "--from-file", str(pem)).exit_code == 0
+    with Session(engine) as session:  # stored byte for byte (a CliRunner's output is not)
+        stored = store.get_variable(session, get_settings(), "tls_key").value
+    assert stored == "-----BEGIN KEY-----\r\nabc\r\n-----END KEY-----"
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text('{"a": [1]}\n')
+    ok = run("variables", "set", "cfg", "--from-file", str(cfg), "--json", "--description", "d")
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(run("variables", "get", "cfg", "--json").output) == {"a": [1]}
+    assert run("variables", "set", "s", "--from-file", "-", input="x\n").exit_code == 0
+    assert run("variables", "get", "s").output == "x\n"
+    # The argv form is unchanged.
+    assert run("variables", "set", "plain", "value").exit_code == 0
+    assert run("variables", "get", "plain").output == "value\n"
+
+
+def test_variables_set_without_a_value_is_a_usage_error(engine: Engine, tmp_path: Path) -> None:
+    none = run("variables", "set", "k")
+    assert none.exit_code == 2
+    assert "no value: give VALUE, - to read it from stdin, or --from-file PATH" in none.output
+    both = run("variables", "set", "k", "v", "--from-file", str(tmp_path / "f"))
+    assert both.exit_code == 2 and "either VALUE or --from-file" in both.output
+    newline = run("variables", "set", "k", "v", "--keep-newline")
+    assert newline.exit_code == 2 and "--keep-newline is for a value read" in newline.output
+    missing = run("variables", "set", "k", "--from-file", str(tmp_path / "nope"))
+    assert missing.exit_code == 1
+    assert missing.output.startswith("ketch: cannot read the value from ")
+    assert "No such file or directory" in missing.output
+    binary = tmp_path / "bin"
+    binary.write_bytes(b"\xff\xfe\x00")
+    bad = run("variables", "set", "k", "--from-file", str(binary))
+    assert bad.exit_code == 1 and "not UTF-8 text" in bad.output
+    assert run("variables", "get", "k").exit_code == 1  # nothing was set
+
+
+def test_connections_add_reads_the_password_from_stdin_or_a_file(
+    engine: Engine, tmp_path: Path
+) -> None:
+    def password(conn_id: str) -> str:
+        return str(json.loads(run("connections", "get", conn_id).output)["password"])
+
+    added = run(
+        "connections",
+        "add",
+        "wh",
+        "--conn-type",
+        "postgres",
+        "--conn-host",
+        "db",
+        "--password-stdin",
+        input="p@ss word\n",
+    )
+    assert added.exit_code == 0, added.output
+    assert password("wh") == "p@ss word"
+    secret = tmp_path / "pw"
+    secret.write_text("from-a-file\n")
+    uri = "postgres://u@db:5432/app"  # no password in the URI
+    added = run("connections", "add", "u", "--conn-uri", uri, "--password-from-file", str(secret))
+    assert added.exit_code == 0, added.output
+    assert password("u") == "from-a-file"
+    assert run("connections", "get", "u", "-o", "uri").output == (
+        "postgres://u:from-a-file@db:5432/app\n"
+    )
+    as_json = run(
+        "connections",
+        "add",
+        "j",
+        "--conn-json",
+        '{"conn_type": "http", "password": "replaced"}',
+        "--password-stdin",
+        input="given",
+    )
+    assert as_json.exit_code == 0 and password("j") == "given"
+    several = run(
+        "connections", "add", "x", "--conn-type", "http", "--conn-password", "a", "--password-stdin"
+    )
+    assert several.exit_code == 2
+    assert "give one of --conn-password, --password-stdin, not several" in several.output
+    missing = run(
+        "connections", "add", "x", "--conn-type", "http", "--password-from-file", "/nonexistent"
+    )
+    assert missing.exit_code == 1 and "cannot read the password from /nonexistent" in missing.output
+    assert run("connections", "get", "x").exit_code == 1
+
+
+def test_connections_list_hides_sensitive_extras(engine: Engine) -> None:
+    extra = '{"region": "eu", "api_key": "k-123", "nested": {"token": "t-9"}}'
+    run("connections", "add", "svc", "--conn-type", "http", "--conn-extra", extra)
+    rows = json.loads(run("connections", "list", "-o", "json").output)
+    assert json.loads(rows[0]["extra"]) == {
+        "region": "eu",
+        "api_key": "***",
+        "nested": {"token": "***"},
+    }
+    # get prints what was asked for, on the database.
+    assert json.loads(run("connections", "get", "svc").output)["extra"] == extra

@@ -1,8 +1,11 @@
 """``ketch connections``: list, get, add, delete, import, export.
 
-Airflow's fields, URI format and connections JSON; passwords are hidden by ``list``
-and printed by ``get`` (it is what the user asked for), on the database. The REST API
-(:mod:`ketch.cli.backends`) never returns passwords.
+Airflow's fields, URI format and connections JSON; passwords and sensitive extra values
+are hidden by ``list`` and printed by ``get`` (it is what the user asked for), on the
+database. The REST API (:mod:`ketch.cli.backends`) never returns them (``***``).
+
+A password is better not typed on the command line (shell history, ``ps``):
+``--password-from-file PATH`` or ``--password-stdin`` read it instead.
 """
 
 from __future__ import annotations
@@ -49,17 +52,20 @@ def connections_get(conn_id: str, output: str) -> None:
     """Print a connection (with its password: it is what the user asked for).
 
     Through the REST API the password is never returned: JSON shows it as ***, and a URI
-    (which would carry a wrong password) is refused for a connection that has one.
+    (which would carry a wrong password) is refused for a connection that has one; the
+    values of sensitive extra keys likewise.
     """
     from ketch.authoring.connection import Connection
+    from ketch.cli.backends.remote import hides_extra
 
     backend = get_backend()
     row = backend.get_connection(conn_id)
-    hidden = backend.remote and row["password"] is not None
+    hidden = backend.remote and (row["password"] is not None or hides_extra(row["extra"]))
     if output == "uri":
         if hidden:
+            what = "a password" if row["password"] is not None else "sensitive extra fields"
             raise CliError(
-                f"connection {conn_id!r} has a password and the REST API never returns it: "
+                f"connection {conn_id!r} has {what} and the REST API never returns them: "
                 "no URI (use -o json, or database access)"
             )
         fields = {k: v for k, v in row.items() if k != "conn_id"}
@@ -67,7 +73,10 @@ def connections_get(conn_id: str, output: str) -> None:
         return
     click.echo(json.dumps(row, indent=2))
     if hidden:
-        click.echo("note: the REST API never returns passwords (shown as ***)", err=True)
+        click.echo(
+            "note: the REST API never returns passwords or sensitive extra values (shown as ***)",
+            err=True,
+        )
 
 
 @connections.command("add")
@@ -79,7 +88,23 @@ def connections_get(conn_id: str, output: str) -> None:
 @click.option("--conn-type", default=None)
 @click.option("--conn-host", default=None)
 @click.option("--conn-login", default=None)
-@click.option("--conn-password", default=None)
+@click.option(
+    "--conn-password",
+    default=None,
+    help="The password (seen by shell history and ps: prefer --password-from-file or "
+    "--password-stdin).",
+)
+@click.option(
+    "--password-from-file",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    default=None,
+    help="Read the password from this file (one trailing newline removed); with any form.",
+)
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help="Read the password from stdin (one trailing newline removed); with any form.",
+)
 @click.option("--conn-schema", default=None)
 @click.option("--conn-port", type=int, default=None)
 @click.option("--conn-extra", default=None, help="Extra fields as a JSON object.")
@@ -92,14 +117,33 @@ def connections_add(
     conn_host: str | None,
     conn_login: str | None,
     conn_password: str | None,
+    password_from_file: str | None,
+    password_stdin: bool,
     conn_schema: str | None,
     conn_port: int | None,
     conn_extra: str | None,
     conn_description: str | None,
 ) -> None:
-    """Add a connection from a URI, JSON, or fields (fails if CONN_ID exists)."""
-    from ketch.authoring.connection import Connection
+    """Add a connection from a URI, JSON, or fields (fails if CONN_ID exists).
 
+    The password is best given by --password-from-file PATH or --password-stdin (not in
+    argv, where shell history and ps see it); it then replaces any password of the URI
+    or JSON.
+    """
+    from ketch.authoring.connection import Connection
+    from ketch.cli.variables import STDIN, read_text_input
+
+    password_sources = [
+        name
+        for name, given in (
+            ("--conn-password", conn_password is not None),
+            ("--password-from-file", password_from_file is not None),
+            ("--password-stdin", password_stdin),
+        )
+        if given
+    ]
+    if len(password_sources) > 1:
+        raise click.UsageError(f"give one of {', '.join(password_sources)}, not several")
     fields = {
         "conn_type": conn_type,
         "host": conn_host,
@@ -112,6 +156,9 @@ def connections_add(
     given = [name for name, value in fields.items() if value is not None]
     if sum(x is not None for x in (conn_uri, conn_json)) + bool(given) != 1:
         raise CliError("give exactly one of --conn-uri, --conn-json, or --conn-type and fields")
+    read_password = None
+    if password_from_file is not None or password_stdin:
+        read_password = read_text_input(password_from_file or STDIN, "the password")
     try:
         if conn_uri is not None:
             conn = Connection.from_uri(conn_id, conn_uri, description=conn_description)
@@ -128,6 +175,8 @@ def connections_add(
             conn = Connection.from_dict(conn_id, {**fields, "description": conn_description})
     except ValueError as exc:
         raise CliError(str(exc)) from exc
+    if read_password is not None:
+        conn.password = read_password
     get_backend().add_connection(conn)
     click.echo(f"connection {conn_id} added")
 

@@ -8,12 +8,17 @@ the REST API (:mod:`ketch.cli.backends`). Files are Airflow's formats, so an exi
 REST API never returns for a sensitive variable, so ``get`` and ``export`` of those
 need database access. ``sync --once`` (database only) and ``sync-status`` run and show
 the sync of :mod:`ketch.variables.sync`; ``rotate-fernet-key`` is database only.
+
+``set`` takes the value from argv, or, so that a secret stays out of the shell history
+and ``ps``, from stdin (``ketch variables set KEY -``) or a file (``--from-file PATH``),
+one trailing newline removed unless ``--keep-newline``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +80,49 @@ def variables_get(key: str, as_json: bool, default: str | None) -> None:
     click.echo(value)
 
 
+STDIN = "-"
+
+
+def read_text_input(path: str, what: str, *, keep_newline: bool = False) -> str:
+    """The text of file ``path``, or of stdin for ``-``, without one trailing newline
+    (LF or CRLF) unless ``keep_newline``: how a secret is given without putting it in
+    argv."""
+    source = "stdin" if path == STDIN else path
+    try:
+        if path == STDIN:
+            if sys.stdin.isatty():
+                click.echo(f"reading {what} from stdin (end with Ctrl-D)", err=True)
+            raw = sys.stdin.buffer.read()
+        else:
+            raw = Path(path).read_bytes()
+        text = raw.decode("utf-8")  # bytes as they are: no newline translation
+    except UnicodeDecodeError as exc:
+        raise CliError(f"cannot read {what} from {source}: not UTF-8 text ({exc})") from exc
+    except OSError as exc:
+        raise CliError(f"cannot read {what} from {source}: {exc.strerror or exc}") from exc
+    if not keep_newline:
+        if text.endswith("\r\n"):
+            text = text[:-2]
+        elif text.endswith("\n"):
+            text = text[:-1]
+    return text
+
+
 @variables.command("set")
 @click.argument("key")
-@click.argument("value")
+@click.argument("value", required=False)
+@click.option(
+    "--from-file",
+    "from_file",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    default=None,
+    help="Read the value from this file (- for stdin) instead of VALUE.",
+)
+@click.option(
+    "--keep-newline",
+    is_flag=True,
+    help="Keep the trailing newline of a value read from stdin or a file.",
+)
 @click.option("--description", default=None, help="What the variable is for.")
 @click.option(
     "--sensitive/--not-sensitive",
@@ -86,9 +131,29 @@ def variables_get(key: str, as_json: bool, default: str | None) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="VALUE is JSON (checked, stored as text).")
 def variables_set(
-    key: str, value: str, description: str | None, sensitive: bool | None, as_json: bool
+    key: str,
+    value: str | None,
+    from_file: str | None,
+    keep_newline: bool,
+    description: str | None,
+    sensitive: bool | None,
+    as_json: bool,
 ) -> None:
-    """Create or update a variable (it becomes manual: no sync source owns it)."""
+    """Create or update a variable (it becomes manual: no sync source owns it).
+
+    VALUE may be - to read the value from stdin, or left out for --from-file PATH: a
+    secret then stays out of the shell history. One trailing newline of what is read is
+    removed unless --keep-newline.
+    """
+    if value is not None and from_file is not None:
+        raise click.UsageError("give either VALUE or --from-file, not both")
+    if value is None and from_file is None:
+        raise click.UsageError("no value: give VALUE, - to read it from stdin, or --from-file PATH")
+    if value is not None and value != STDIN and keep_newline:
+        raise click.UsageError("--keep-newline is for a value read from stdin or a file")
+    if value == STDIN or from_file is not None:
+        value = read_text_input(from_file or STDIN, "the value", keep_newline=keep_newline)
+    assert value is not None
     if as_json:
         try:
             json.loads(value)

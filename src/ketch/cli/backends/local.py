@@ -28,7 +28,7 @@ from ketch.auth import api_tokens
 from ketch.cli._common import CliError, db_session, load_settings
 from ketch.cli.backends import Row
 from ketch.variables import store
-from ketch.variables.models_api import VariableResponse
+from ketch.variables.models_api import MASK, VariableResponse, mask_extra
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -290,8 +290,9 @@ class LocalBackend:
         with db_session() as session:
             conns = store.list_connections(session, load_settings())
         rows = [connection_row(c) for c in conns]
-        for row in rows:
-            row["password"] = "***" if row["password"] else None
+        for row in rows:  # as the REST API shows them
+            row["password"] = MASK if row["password"] else None
+            row["extra"] = mask_extra(row["extra"])
         return rows
 
     def get_connection(self, conn_id: str) -> Row:

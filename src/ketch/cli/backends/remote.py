@@ -1,8 +1,9 @@
 """The REST backend: each command's calls to ``/api/v1`` of a ketch web server.
 
 The requests, paging and error wording are :mod:`.http`'s. What the REST API never
-returns (values of sensitive variables, connection passwords) is never guessed:
-commands that need it say so instead of printing a mask as if it were the secret.
+returns (values of sensitive variables, connection passwords, the values of a
+connection's sensitive extra keys) is never guessed: commands that need it say so
+instead of printing a mask as if it were the secret.
 """
 
 from __future__ import annotations
@@ -209,7 +210,10 @@ class RemoteBackend:
 
     def export_connections(self) -> dict[str, Any]:
         rows = self.list_connections()
-        _refuse_hidden([r["conn_id"] for r in rows if r["password"]], "connections with a password")
+        _refuse_hidden(
+            [r["conn_id"] for r in rows if r["password"] or hides_extra(r["extra"])],
+            "connections with a password or sensitive extra fields",
+        )
         return {row["conn_id"]: {k: v for k, v in row.items() if k != "conn_id"} for row in rows}
 
     # --- API tokens -----------------------------------------------------------------------
@@ -243,6 +247,32 @@ def _connection_row(body: Row) -> Row:
     from ketch.authoring.connection import FIELDS
 
     return {"conn_id": body["connection_id"], **{name: body.get(name) for name in FIELDS}}
+
+
+MASK = "***"
+
+
+def hides_extra(extra: Any) -> bool:
+    """True when a connection's ``extra`` as the REST API returns it has values hidden as
+    ``***`` under a sensitive key (see :mod:`ketch.variables.models_api`)."""
+    from ketch.worker.secrets_mask import looks_sensitive
+
+    if isinstance(extra, str):
+        try:
+            extra = json.loads(extra)
+        except ValueError:
+            return False
+
+    def hidden(value: Any, sensitive: bool) -> bool:
+        if isinstance(value, dict):
+            return any(
+                hidden(item, sensitive or looks_sensitive(str(key))) for key, item in value.items()
+            )
+        if isinstance(value, list):
+            return any(hidden(item, sensitive) for item in value)
+        return sensitive and value == MASK
+
+    return hidden(extra, False)
 
 
 def _refuse_hidden(names: list[str], what: str) -> None:
