@@ -45,8 +45,7 @@ SECRETS = {
 
 
 def settings_with(passthrough: list[str] | None = None) -> Settings:
-    """The current settings with ``[core] task_env_passthrough`` (set whether or not the
-    field exists yet)."""
+    """The current settings with ``[core] task_env_passthrough``."""
     settings = get_settings()
     if passthrough is None:
         return settings
@@ -147,17 +146,14 @@ def test_passthrough_names_and_patterns(monkeypatch: pytest.MonkeyPatch) -> None
     ]
 
 
-def test_passthrough_from_the_environment_before_the_setting_exists(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from ketch.executors.local import task_env_passthrough
-
-    if "task_env_passthrough" in type(get_settings().core).model_fields:
-        pytest.skip("[core] task_env_passthrough is a setting: pydantic-settings reads it")
+def test_passthrough_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KETCH__CORE__TASK_ENV_PASSTHROUGH", '["E2E_MARKS", "TEAM_*"]')
-    assert task_env_passthrough(get_settings()) == ["E2E_MARKS", "TEAM_*"]
-    monkeypatch.setenv("KETCH__CORE__TASK_ENV_PASSTHROUGH", "A, B")
-    assert task_env_passthrough(get_settings()) == ["A", "B"]
+    get_settings.cache_clear()
+    env, _ = try_environment(get_settings(), {"E2E_MARKS": "/m", "TEAM_A": "a", "OTHER": "o"})
+    assert {k: v for k, v in env.items() if k != PARSE_DEFAULTS_ENV} == {
+        "E2E_MARKS": "/m",
+        "TEAM_A": "a",
+    }
 
 
 def test_scheduler_secrets_include_generated_keys(ketch_home: Path) -> None:

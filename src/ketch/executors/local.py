@@ -152,23 +152,9 @@ def _holds_secret(value: str, secrets: set[str]) -> bool:
     )
 
 
-_PASSTHROUGH_ENV = "KETCH__CORE__TASK_ENV_PASSTHROUGH"
-
-
 def task_env_passthrough(settings: Settings) -> list[str]:
     """``[core] task_env_passthrough``: more names (or fnmatch patterns) a try gets."""
-    value = getattr(settings.core, "task_env_passthrough", None)
-    if value is None:
-        # Until the setting is part of CoreSettings: its environment form, read the way
-        # pydantic-settings will (a JSON list), or a comma-separated list.
-        raw = os.environ.get(_PASSTHROUGH_ENV, "").strip()
-        try:
-            value = json.loads(raw) if raw.startswith("[") else raw.split(",")
-        except ValueError:
-            value = []
-    if isinstance(value, str):
-        value = value.split(",")
-    return [str(item).strip() for item in value if str(item).strip()]
+    return [name.strip() for name in settings.core.task_env_passthrough if name.strip()]
 
 
 def try_environment(
