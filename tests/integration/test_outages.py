@@ -146,8 +146,13 @@ def test_a_postgresql_restart_is_logged_once_without_tracebacks(
     warnings = re.findall(r"WARNING +(\S+): database unavailable: (.*)", output)
     assert sorted(name for name, _ in warnings) == ["ketch.api", "ketch.scheduler.loop"], output
     assert all("\n" not in why and why for _, why in warnings)
-    back = re.findall(r"INFO +(\S+): database reachable again after", output)
-    assert sorted(back) == ["ketch.api", "ketch.scheduler.loop"], output
+    back = re.findall(
+        r"INFO +(\S+): database (?:\(scheduler lease\) )?reachable again after", output
+    )
+    # The scheduler says it once: from its loop, or from its lease keeper when the outage
+    # outlasted the lease (a slow machine) and it stepped down and took the lease back.
+    assert len(back) == len(set(back)) and "ketch.api" in back, output
+    assert {"ketch.scheduler.loop", "ketch.scheduler.lease"} & set(back), output
     # The tries' 503 answers are not access-logged one by one (the REST API's still are).
     assert not re.search(r'"(POST|GET) /execution/\S* HTTP/1.1" 503', output)
     assert re.search(r'"GET /api/v1/health HTTP/1.1" 503', output)

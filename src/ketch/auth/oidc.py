@@ -31,13 +31,13 @@ import ipaddress
 import logging
 import re
 import secrets
+import warnings
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+import authlib.deprecate
 import httpx
-from authlib.integrations.base_client.errors import MismatchingStateError, OAuthError
-from authlib.integrations.starlette_client import OAuth, StarletteOAuth2App
 from fastapi import APIRouter, FastAPI, Request
 from joserfc.errors import JoseError
 from starlette.concurrency import run_in_threadpool
@@ -47,6 +47,13 @@ from ketch.auth import audit, roles, sessions, users
 from ketch.auth.exposure import is_loopback_host
 from ketch.config import AuthSettings, Role, Settings, get_settings
 from ketch.web.templates import render
+
+with warnings.catch_warnings():
+    # Authlib 1.9 announces at import that its httpx client will move to "httpx2". It
+    # works with httpx as installed; unfiltered, the notice would open every server log.
+    warnings.filterwarnings("ignore", category=authlib.deprecate.AuthlibDeprecationWarning)
+    from authlib.integrations.base_client.errors import MismatchingStateError, OAuthError
+    from authlib.integrations.starlette_client import OAuth, StarletteOAuth2App
 
 log = logging.getLogger("ketch.auth")
 
