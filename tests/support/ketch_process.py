@@ -6,6 +6,7 @@ and writes its output to a file the test can show when something fails.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -49,6 +50,11 @@ class KetchEnv:
             }
         )
         env.update(self.extra)
+        # Tries get a minimal environment: the test's own variables (E2E_MARKS...) are
+        # passed through by name, as a user would with [core] task_env_passthrough.
+        own = sorted(k for k in self.extra if not k.startswith("KETCH"))
+        if own:
+            env.setdefault("KETCH__CORE__TASK_ENV_PASSTHROUGH", json.dumps(own))
         return env
 
 
