@@ -2,6 +2,10 @@
 
 ``db_url`` is parametrised over SQLite and PostgreSQL: a test that takes it runs
 on both, against a real PostgreSQL server this suite starts itself.
+
+Nothing outlives the session (``tests.support.cleanup``): the session has its own
+TMPDIR, removed at the end; ketch processes still running after a test are killed;
+every process still alive at the end of the session is killed.
 """
 
 from __future__ import annotations
@@ -14,9 +18,25 @@ import pytest
 from sqlalchemy import Engine
 
 from ketch.config import get_settings
+from tests.support import cleanup
 from tests.support.postgres import PostgresServer, start_postgres
 
 _db_counter = itertools.count()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest's tmp_path folders stay in the real temporary folder (kept after a failure);
+    # everything else goes to the session's own, removed at the end.
+    factory = getattr(config, "_tmp_path_factory", None)
+    if factory is not None:
+        factory.getbasetemp()
+    cleanup.begin_session()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    cleanup.end_session()
 
 
 @pytest.fixture(autouse=True)
@@ -36,6 +56,9 @@ def ketch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     from ketch.db.engine import dispose_engines
 
     dispose_engines()
+    # Last of the test's fixtures: what they did not stop (a SIGSTOPped try, the tries of
+    # a killed scheduler) is killed now, not left to the end of the session.
+    cleanup.kill_ketch_processes()
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +67,7 @@ def postgres_server() -> Iterator[PostgresServer]:
     try:
         yield server
     finally:
-        server.stop()
+        server.destroy()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -6,6 +6,7 @@ and writes its output to a file the test can show when something fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -88,17 +89,31 @@ class KetchProcess:
         self.proc.wait(10)
 
     def stop(self, timeout: float = 15) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(5)
+        """SIGTERM (and SIGCONT: a stopped process acts on nothing else), SIGKILL to its
+        process group if it does not exit in time; then whatever is left in its group.
+        Its task tries run in their own sessions: the ``ketch_home`` fixture ends those
+        (``tests.support.cleanup``)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signal.SIGCONT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(self.proc.pid)
+                self.proc.wait(5)
+        _kill_group(self.proc.pid)
+        return self.proc.returncode
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+def _kill_group(pgid: int) -> None:
+    for sig in (signal.SIGCONT, signal.SIGKILL):
+        with contextlib.suppress(OSError):
+            os.killpg(pgid, sig)
 
 
 def wait_for(
