@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -62,3 +63,17 @@ def test_naive_datetime_is_refused(engine: Engine) -> None:
         )
         with pytest.raises(Exception, match="naive datetime"):
             session.commit()
+
+
+def test_sqlite_file_and_its_folder_are_owner_only(tmp_path: Path) -> None:
+    import stat
+
+    from ketch.db.engine import get_engine
+    from ketch.db.migrate import migrate
+
+    db_file = tmp_path / "fresh_home" / "ketch.db"
+    migrate(get_engine(f"sqlite:///{db_file}"))
+    assert stat.S_IMODE(db_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(db_file.parent.stat().st_mode) == 0o700
+    for sidecar in db_file.parent.glob("ketch.db-*"):  # -wal, -shm
+        assert stat.S_IMODE(sidecar.stat().st_mode) == 0o600

@@ -8,6 +8,8 @@ away is noticed on the next checkout rather than mid-transaction.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,7 +58,7 @@ def make_engine(
         ) from exc
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            _create_private_file(Path(parsed.database).expanduser())
         # A SQLite connection is a file handle: cheap to keep. A pool at least as big as
         # the web server's worker threads avoids re-opening (and re-PRAGMA-ing) per request.
         engine = create_engine(
@@ -134,3 +136,17 @@ def check_connection(engine: Engine) -> None:
         raise DatabaseUnavailable(
             f"cannot reach the metadata database {safe_url}: {reason}"
         ) from exc
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the SQLite file owner-only (0600, its folders 0700) before SQLite does.
+
+    It holds every variable and connection (encrypted) and the API token hashes; SQLite
+    gives its -wal and -shm files the main file's mode, so they are private too. An
+    existing file is left as it is.
+    """
+    from ketch.worker.task_log import make_private_dirs
+
+    make_private_dirs(path.parent)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
