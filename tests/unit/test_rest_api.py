@@ -308,3 +308,142 @@ def test_a_log_file_symlinked_out_of_the_log_folder_is_not_served(
         response = client.get(url, params={"follow": follow})
         assert "SECRET" not in response.text
     assert client.get(url).status_code == 404
+
+
+# --- numbers beyond the database, documented statuses, OPTIONS ------------------------------
+
+HUGE = 99999999999999999999  # beyond 64 bits: SQLite cannot bind it, PostgreSQL refuses it
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body"),
+    [
+        ("GET", f"{API}/dags?offset={HUGE}", None),
+        ("GET", f"{API}/dags/etl/dagRuns?offset={HUGE}", None),
+        ("GET", f"{API}/importErrors?offset={HUGE}", None),
+        ("GET", f"{API}/pools?offset={HUGE}", None),
+        ("GET", f"{API}/variables?offset={HUGE}", None),
+        ("GET", f"{API}/connections?offset={HUGE}", None),
+        ("GET", f"{API}/auditLog?offset={HUGE}", None),
+        ("GET", f"{API}/auditLog?offset={2**31}", None),
+        ("GET", f"{API}/dags?limit={HUGE}", None),
+        ("GET", f"{API}/dags/etl/dagRuns/r1/taskInstances/transform/logs/{HUGE}", None),
+        ("GET", f"{API}/dags/etl/dagRuns/r1/taskInstances/transform/logs/{2**31}", None),
+        ("DELETE", f"{API}/tokens/{HUGE}", None),
+        ("PUT", f"{API}/pools/big", {"slots": HUGE}),
+        ("PUT", f"{API}/pools/big", {"slots": 2**31}),
+        ("POST", f"{API}/tokens", {"name": "t", "role": "viewer", "expires_in_days": HUGE}),
+        ("PUT", f"{API}/connections/c", {"conn_type": "http", "port": HUGE}),
+    ],
+)
+def test_numbers_beyond_the_database_are_422(
+    client: TestClient, method: str, url: str, body: dict | None
+) -> None:
+    response = client.request(method, url, json=body)
+    assert response.status_code == 422, response.text
+
+
+def test_the_largest_stored_numbers_are_fine(client: TestClient) -> None:
+    assert client.get(f"{API}/auditLog", params={"offset": 2**31 - 1}).status_code == 200
+    pool = client.put(f"{API}/pools/big", json={"slots": 2**31 - 1})
+    assert pool.status_code == 200 and pool.json()["slots"] == 2**31 - 1
+
+
+def test_a_lone_surrogate_in_a_body_is_422_not_500(client: TestClient) -> None:
+    headers = {"content-type": "application/json"}
+    for url, body in [
+        (f"{API}/pools/p", b'{"slots": 1, "description": "\\ud800"}'),
+        (f"{API}/variables/v", b'{"value": "\\udfff"}'),
+        (f"{API}/dags/etl/dagRuns", b'{"dag_run_id": "r\\ud800"}'),
+        (f"{API}/tokens", b'{"name": "\\ud800", "role": "viewer"}'),
+    ]:
+        method = "POST" if url.endswith(("dagRuns", "tokens")) else "PUT"
+        response = client.request(method, url, content=body, headers=headers)
+        assert response.status_code == 422, (url, response.text)
+
+
+def _operations(spec: dict) -> list[tuple[str, str, dict]]:
+    return [
+        (path, method, op)
+        for path, item in spec["paths"].items()
+        if path.startswith(API)
+        for method, op in item.items()
+    ]
+
+
+def test_every_rest_operation_documents_auth_and_outage_statuses(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    for path, method, op in _operations(spec):
+        assert {"401", "403", "503"} <= set(op["responses"]), (method, path)
+    metrics = spec["paths"]["/metrics"]["get"]["responses"]
+    assert {"401", "403", "503"} <= set(metrics)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "statuses"),
+    [
+        ("get", "/dags/{dag_id}", {"404"}),
+        ("patch", "/dags/{dag_id}", {"400", "404", "422"}),
+        ("post", "/dags/{dag_id}/dagRuns", {"400", "404", "409", "422"}),
+        ("patch", "/dags/{dag_id}/dagRuns/{dag_run_id}", {"404", "422"}),
+        ("post", "/dags/{dag_id}/clearTaskInstances", {"404", "422"}),
+        (
+            "get",
+            "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/logs/{try_number}",
+            {"404", "422"},
+        ),
+        ("delete", "/pools/{pool_name}", {"400", "404"}),
+        ("post", "/variables", {"409"}),
+        ("post", "/connections", {"409"}),
+        ("get", "/connections/{conn_id}", {"404"}),
+        ("delete", "/tokens/{token_id}", {"404", "422"}),
+        ("patch", "/users/{email}", {"404"}),
+    ],
+)
+def test_operations_document_their_own_errors(
+    client: TestClient, method: str, path: str, statuses: set[str]
+) -> None:
+    spec = client.get("/openapi.json").json()
+    responses = spec["paths"][API + path][method]["responses"]
+    assert statuses <= set(responses)
+    for status in statuses - {"422"}:
+        schema = responses[status]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/ErrorResponse"}
+
+
+def test_options_and_unlisted_methods_are_405_allowing_what_the_spec_lists(
+    client: TestClient,
+) -> None:
+    spec = client.get("/openapi.json").json()
+    fill = {"{dag_id}": "etl", "{dag_run_id}": "r1", "{task_id}": "extract"}
+    fill |= {"{try_number}": "1", "{pool_name}": "default_pool", "{key}": "k"}
+    fill |= {"{conn_id}": "c", "{token_id}": "1", "{email}": "a@example.com"}
+    for path, item in spec["paths"].items():
+        if not path.startswith(API):
+            continue
+        url = path
+        for name, value in fill.items():
+            url = url.replace(name, value)
+        listed = {m.upper() for m in item}
+        for method in {"OPTIONS", "GET", "PUT", "POST", "DELETE", "PATCH"} - listed:
+            response = client.request(method, url)
+            assert response.status_code == 405, (method, url, response.text)
+            allow = {m.strip() for m in response.headers["allow"].split(",")} - {"HEAD"}
+            assert allow == listed, (method, url)
+
+
+def test_a_path_of_its_own_is_not_a_variable_or_connection_name(client: TestClient) -> None:
+    """/variables/syncStatus, /variables/import and /connections/import are paths of their
+    own (OpenAPI: a concrete path before a template): other methods are 405."""
+    for method, url, allow in [
+        ("PUT", f"{API}/variables/syncStatus", "GET"),
+        ("DELETE", f"{API}/variables/syncStatus", "GET"),
+        ("GET", f"{API}/variables/import", "POST"),
+        ("PUT", f"{API}/variables/import", "POST"),
+        ("GET", f"{API}/connections/import", "POST"),
+        ("DELETE", f"{API}/connections/import", "POST"),
+    ]:
+        response = client.request(method, url, json={"value": "x"})
+        assert response.status_code == 405, (method, url, response.text)
+        assert response.headers["allow"] == allow
+    assert client.get(f"{API}/variables/syncStatus").status_code == 200

@@ -20,6 +20,12 @@ if TYPE_CHECKING:
     from ketch.operations import PoolStats
 
 
+class ErrorResponse(BaseModel):
+    """An error: 400, 401, 403, 404, 409, 503 (a 422 has FastAPI's validation shape)."""
+
+    detail: str
+
+
 class StrictBody(BaseModel):
     """A request body: unknown fields are an error (422) rather than silently ignored."""
 
@@ -396,5 +402,7 @@ class PoolCollectionResponse(BaseModel):
 class PoolPutBody(StrictBody):
     """Create or update a pool; no ``description`` keeps the current one."""
 
-    slots: int = Field(ge=0, description="Number of slots (0 stops new tasks in the pool).")
+    slots: int = Field(
+        ge=0, le=2**31 - 1, description="Number of slots (0 stops new tasks in the pool)."
+    )
     description: str | None = None

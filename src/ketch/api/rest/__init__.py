@@ -24,17 +24,30 @@ from ketch.api.rest import (
     variable_sync,
     variables,
 )
+from ketch.api.rest.common import error_responses, paths_of_their_own
 from ketch.auth.principal import authorize
 
 
 def build_router() -> APIRouter:
-    """All REST routers under ``/api/v1``, each request authorized by the role policy."""
-    router = APIRouter(prefix="/api/v1", dependencies=[Depends(authorize)])
+    """All REST routers under ``/api/v1``, each request authorized by the role policy.
+
+    Every route documents 401 and 403 (authorization) and 503 (database unavailable);
+    each module documents the other statuses its routes answer.
+    """
+    router = APIRouter(
+        prefix="/api/v1",
+        dependencies=[Depends(authorize)],
+        responses=error_responses(401, 403, 503),
+    )
     for module in (health, dags, dag_runs, task_instances, logs, import_errors, pools):
         router.include_router(module.router)
     router.include_router(variable_sync.router)  # before variables: syncStatus is no key
     router.include_router(variables.router)
-    router.include_router(connections.router)
+    router.include_router(  # the statuses its routes answer, and /connections/import
+        connections.router,
+        responses=error_responses(400, 404, 409),
+        dependencies=[paths_of_their_own("conn_id", frozenset({"import"}))],
+    )
     for module in (tokens, users, audit_log):
         router.include_router(module.router)
     return router

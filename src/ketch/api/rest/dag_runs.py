@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from ketch import operations
-from ketch.api.rest.common import Limit, Offset, SessionDep
+from ketch.api.rest.common import Limit, Offset, SessionDep, error_responses
 from ketch.api.schemas import (
     DagRunCollectionResponse,
     DagRunPatchBody,
@@ -16,7 +16,7 @@ from ketch.api.schemas import (
 router = APIRouter(prefix="/dags/{dag_id}/dagRuns", tags=["DagRun"])
 
 
-@router.get("")
+@router.get("", responses=error_responses(404))
 def list_dag_runs(
     dag_id: str,
     session: SessionDep,
@@ -31,7 +31,11 @@ def list_dag_runs(
     )
 
 
-@router.post("", status_code=status.HTTP_200_OK)
+@router.post(
+    "",
+    status_code=status.HTTP_200_OK,
+    responses=error_responses(400, 404, 409, _409="A run with that id or logical date exists"),
+)
 def trigger_dag_run(dag_id: str, body: TriggerDagRunBody, session: SessionDep) -> DagRunResponse:
     """Create a manual run (queued). 404 unknown DAG, 409 run exists, 422 invalid conf/params."""
     run = operations.trigger_dag(
@@ -41,12 +45,12 @@ def trigger_dag_run(dag_id: str, body: TriggerDagRunBody, session: SessionDep) -
     return DagRunResponse.from_model(run)
 
 
-@router.get("/{dag_run_id}")
+@router.get("/{dag_run_id}", responses=error_responses(404))
 def get_dag_run(dag_id: str, dag_run_id: str, session: SessionDep) -> DagRunResponse:
     return DagRunResponse.from_model(operations.get_dag_run(session, dag_id, dag_run_id))
 
 
-@router.patch("/{dag_run_id}")
+@router.patch("/{dag_run_id}", responses=error_responses(400, 404))
 def patch_dag_run(
     dag_id: str, dag_run_id: str, body: DagRunPatchBody, session: SessionDep
 ) -> DagRunResponse:

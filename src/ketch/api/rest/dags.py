@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from ketch import operations
-from ketch.api.rest.common import Limit, Offset, SessionDep
+from ketch.api.rest.common import Limit, Offset, SessionDep, error_responses
 from ketch.api.schemas import (
     DagCollectionResponse,
     DagDetailsResponse,
@@ -35,7 +35,7 @@ def list_dags(
     )
 
 
-@router.get("/{dag_id}")
+@router.get("/{dag_id}", responses=error_responses(404))
 def get_dag(dag_id: str, session: SessionDep) -> DagDetailsResponse:
     dag = operations.get_dag(session, dag_id)
     last_run = operations.list_dag_runs(session, dag_id, limit=1).items
@@ -44,14 +44,14 @@ def get_dag(dag_id: str, session: SessionDep) -> DagDetailsResponse:
     )
 
 
-@router.patch("/{dag_id}")
+@router.patch("/{dag_id}", responses=error_responses(400, 404))
 def patch_dag(dag_id: str, body: DagPatchBody, session: SessionDep) -> DagResponse:
     dag = operations.set_paused(session, dag_id, body.is_paused)
     session.commit()
     return DagResponse.from_model(dag)
 
 
-@router.get("/{dag_id}/tasks")
+@router.get("/{dag_id}/tasks", responses=error_responses(404))
 def list_tasks(dag_id: str, session: SessionDep) -> TaskCollectionResponse:
     serialized = operations.serialized_dag(operations.get_dag(session, dag_id))
     tasks = [TaskResponse.from_serialized(t) for t in serialized.tasks.values()]

@@ -13,16 +13,15 @@ import codecs
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path as FsPath
-from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path
+from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.sse import format_sse_event
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ketch import operations
-from ketch.api.rest.common import SessionDep, SettingsDep
+from ketch.api.rest.common import SessionDep, SettingsDep, TryNumber, error_responses
 from ketch.db.models import TaskInstance
 from ketch.states import TaskInstanceState
 
@@ -132,14 +131,15 @@ async def _drain(
         200: {
             "description": "The log as text, or with follow=true a text/event-stream",
             "content": {"text/plain": {}, "text/event-stream": {}},
-        }
+        },
+        **error_responses(404, _404="No such task instance or try, or no log file for it"),
     },
 )
 def get_log(
     dag_id: str,
     dag_run_id: str,
     task_id: str,
-    try_number: Annotated[int, Path(ge=1)],
+    try_number: TryNumber,
     session: SessionDep,
     settings: SettingsDep,
     follow: bool = False,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Response, status
 
 from ketch import operations
-from ketch.api.rest.common import Limit, Offset, SessionDep
+from ketch.api.rest.common import Limit, Offset, SessionDep, error_responses
 from ketch.api.schemas import PoolCollectionResponse, PoolPutBody, PoolResponse
 
 router = APIRouter(prefix="/pools", tags=["Pool"])
@@ -26,12 +26,12 @@ def list_pools(
     )
 
 
-@router.get("/{pool_name:path}")
+@router.get("/{pool_name:path}", responses=error_responses(404))
 def get_pool(pool_name: str, session: SessionDep) -> PoolResponse:
     return PoolResponse.from_stats(operations.get_pool(session, pool_name))
 
 
-@router.put("/{pool_name:path}")
+@router.put("/{pool_name:path}", responses=error_responses(400))
 def put_pool(pool_name: str, body: PoolPutBody, session: SessionDep) -> PoolResponse:
     """Create the pool, or set its slots (and description, if given). 422 for bad values."""
     stats = operations.set_pool(session, pool_name, body.slots, body.description)
@@ -43,7 +43,7 @@ def put_pool(pool_name: str, body: PoolPutBody, session: SessionDep) -> PoolResp
     "/{pool_name:path}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses={400: {"description": "The default pool cannot be deleted"}},
+    responses=error_responses(400, 404, _400="The default pool cannot be deleted"),
 )
 def delete_pool(pool_name: str, session: SessionDep) -> Response:
     """204; 404 unknown pool; 400 for the default pool."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from ketch import operations
-from ketch.api.rest.common import SessionDep
+from ketch.api.rest.common import SessionDep, error_responses
 from ketch.api.schemas import (
     ClearTaskInstancesBody,
     PatchTaskInstanceBody,
@@ -23,14 +23,14 @@ def _collection(tis: list) -> TaskInstanceCollectionResponse:
     )
 
 
-@router.get("/dagRuns/{dag_run_id}/taskInstances")
+@router.get("/dagRuns/{dag_run_id}/taskInstances", responses=error_responses(404))
 def list_task_instances(
     dag_id: str, dag_run_id: str, session: SessionDep
 ) -> TaskInstanceCollectionResponse:
     return _collection(operations.list_task_instances(session, dag_id, dag_run_id))
 
 
-@router.get("/dagRuns/{dag_run_id}/taskInstances/{task_id}")
+@router.get("/dagRuns/{dag_run_id}/taskInstances/{task_id}", responses=error_responses(404))
 def get_task_instance(
     dag_id: str, dag_run_id: str, task_id: str, session: SessionDep
 ) -> TaskInstanceResponse:
@@ -38,7 +38,7 @@ def get_task_instance(
     return TaskInstanceResponse.from_model(ti, operations.list_task_instance_tries(session, ti))
 
 
-@router.patch("/dagRuns/{dag_run_id}/taskInstances/{task_id}")
+@router.patch("/dagRuns/{dag_run_id}/taskInstances/{task_id}", responses=error_responses(400, 404))
 def patch_task_instance(
     dag_id: str,
     dag_run_id: str,
@@ -61,7 +61,7 @@ def patch_task_instance(
     return _collection(altered)
 
 
-@router.post("/clearTaskInstances")
+@router.post("/clearTaskInstances", responses=error_responses(400, 404))
 def clear_task_instances(
     dag_id: str, body: ClearTaskInstancesBody, session: SessionDep
 ) -> TaskInstanceCollectionResponse:

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from fastapi import APIRouter, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from ketch.api.rest.common import SessionDep
+from ketch.api.rest.common import RowId, SessionDep, error_responses
 from ketch.auth import api_tokens
 from ketch.config import Role
 from ketch.db.models import ApiToken
@@ -74,7 +74,7 @@ def list_tokens(session: SessionDep) -> TokenCollectionResponse:
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=error_responses(400))
 def create_token(
     body: TokenCreateBody, request: Request, session: SessionDep
 ) -> CreatedTokenResponse:
@@ -91,8 +91,13 @@ def create_token(
     return CreatedTokenResponse(**TokenResponse.of(token).model_dump(), token=secret)
 
 
-@router.delete("/{token_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
-def revoke_token(token_id: int, request: Request, session: SessionDep) -> Response:
+@router.delete(
+    "/{token_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=error_responses(404),
+)
+def revoke_token(token_id: RowId, request: Request, session: SessionDep) -> Response:
     """Revoke: the next request with this token gets 401. 404 for an unknown id."""
     api_tokens.revoke_token(session, token_id, revoked_by=_actor(request))
     session.commit()

@@ -7,7 +7,7 @@ from datetime import datetime
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict
 
-from ketch.api.rest.common import SessionDep
+from ketch.api.rest.common import SessionDep, error_responses
 from ketch.auth import users
 from ketch.db.models import WebUser
 
@@ -46,7 +46,7 @@ def list_users(session: SessionDep) -> UserCollectionResponse:
     return UserCollectionResponse(users=[UserResponse.of(u) for u in rows], total_entries=len(rows))
 
 
-@router.patch("/{email}")
+@router.patch("/{email}", responses=error_responses(400, 404))
 def patch_user(
     email: str, body: UserPatchBody, request: Request, session: SessionDep
 ) -> UserResponse:

@@ -11,11 +11,11 @@ from datetime import datetime
 from fastapi import APIRouter, Response
 from pydantic import BaseModel
 
-from ketch.api.rest.common import SessionDep, SettingsDep
+from ketch.api.rest.common import SessionDep, SettingsDep, error_responses
 from ketch.variables.sync import SourceStatus, sync_status
 
 router = APIRouter(prefix="/variables", tags=["Variable"])
-metrics_router = APIRouter(tags=["Monitor"])
+metrics_router = APIRouter(tags=["Monitor"], responses=error_responses(401, 403, 503))
 
 
 class SyncSourceStatusResponse(BaseModel):

@@ -12,7 +12,14 @@ from typing import Any
 from fastapi import APIRouter, Body, HTTPException, Response, status
 from sqlalchemy import select
 
-from ketch.api.rest.common import Limit, Offset, SessionDep, SettingsDep
+from ketch.api.rest.common import (
+    Limit,
+    Offset,
+    SessionDep,
+    SettingsDep,
+    error_responses,
+    paths_of_their_own,
+)
 from ketch.db.models import Variable as VariableRow
 from ketch.variables import store
 from ketch.variables.models_api import (
@@ -24,6 +31,9 @@ from ketch.variables.models_api import (
 )
 
 router = APIRouter(prefix="/variables", tags=["Variable"])
+
+# /variables/syncStatus and /variables/import are paths of their own, not variable keys.
+_KEY_PATH = [paths_of_their_own("key", frozenset({"syncStatus", "import"}))]
 
 
 @router.get("")
@@ -37,7 +47,7 @@ def list_variables(
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=error_responses(400, 409))
 def post_variable(
     body: VariablePostBody, session: SessionDep, settings: SettingsDep
 ) -> VariableResponse:
@@ -58,7 +68,7 @@ def post_variable(
     return VariableResponse.from_record(record)
 
 
-@router.post("/import")
+@router.post("/import", responses=error_responses(400))
 def import_variables(
     session: SessionDep, settings: SettingsDep, data: Any = Body(...)
 ) -> ImportResponse:
@@ -68,12 +78,12 @@ def import_variables(
     return ImportResponse(imported=count)
 
 
-@router.get("/{key:path}")
+@router.get("/{key:path}", responses=error_responses(404), dependencies=_KEY_PATH)
 def get_variable(key: str, session: SessionDep, settings: SettingsDep) -> VariableResponse:
     return VariableResponse.from_record(store.get_variable(session, settings, key))
 
 
-@router.put("/{key:path}")
+@router.put("/{key:path}", responses=error_responses(400), dependencies=_KEY_PATH)
 def put_variable(
     key: str, body: VariablePutBody, session: SessionDep, settings: SettingsDep
 ) -> VariableResponse:
@@ -91,7 +101,13 @@ def put_variable(
     return VariableResponse.from_record(record)
 
 
-@router.delete("/{key:path}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
+@router.delete(
+    "/{key:path}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=error_responses(404),
+    dependencies=_KEY_PATH,
+)
 def delete_variable(key: str, session: SessionDep) -> Response:
     store.delete_variable(session, key, actor="api")
     session.commit()
