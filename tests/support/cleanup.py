@@ -16,8 +16,9 @@
   SIGCONT (a SIGSTOPped process acts on nothing else) and SIGKILL with its process group.
   A fixture that keeps a ketch process for longer than one test calls :func:`spare`.
 - **At the end of the session** (:func:`end_session`, from ``pytest_sessionfinish`` and
-  ``atexit``): every descendant still alive is killed the same way, then the session's
-  temporary folder and the folders given to :func:`remove_at_exit` are removed.
+  ``atexit``; SIGTERM is turned into an interrupt so it gets there too): every
+  descendant still alive is killed the same way, then the session's temporary folder and
+  the folders given to :func:`remove_at_exit` are removed.
 """
 
 from __future__ import annotations
@@ -62,7 +63,16 @@ def begin_session() -> Path:
     _session_tmp = folder
     _become_subreaper()
     atexit.register(end_session)
+    # ``timeout pytest ...`` and CI runners stop with SIGTERM, which skips atexit: make it
+    # an interrupt, so the session's teardown and end still run.
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
     return folder
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def end_session() -> None:
