@@ -40,8 +40,10 @@ from ketch.operations.import_errors import list_import_errors
 from ketch.operations.pools import PoolStats, delete_pool, get_pool, list_pools, set_pool
 from ketch.operations.runs import (
     MARKABLE_RUN_STATES,
+    RESERVED_RUN_ID_PREFIXES,
     RunProgress,
     cancel_dag_run,
+    check_run_id,
     generate_manual_run_id,
     get_dag_run,
     list_dag_runs,
@@ -62,6 +64,7 @@ from ketch.operations.task_instances import (
 __all__ = [
     "MARKABLE_RUN_STATES",
     "MARKABLE_TI_STATES",
+    "RESERVED_RUN_ID_PREFIXES",
     "DagNotFound",
     "DagRunAlreadyExists",
     "DagRunNotFound",
@@ -76,6 +79,7 @@ __all__ = [
     "RunProgress",
     "TaskNotFound",
     "cancel_dag_run",
+    "check_run_id",
     "clear_task_instances",
     "delete_pool",
     "generate_manual_run_id",
