@@ -314,3 +314,11 @@ def test_changes_are_audited_without_values(signed_in: TestClient, sqlite_engine
     assert refused[0]["action"] == "DELETE /api/v1/pools/nope" and refused[0]["status_code"] == 401
     with Session(sqlite_engine) as session:
         assert session.scalar(select(AuditLog.id).where(AuditLog.action.like("GET%"))) is None
+
+
+def test_audit_entry_of_a_path_with_control_characters(engine: Engine) -> None:
+    """PostgreSQL refuses NUL in text: the entry is written with it escaped, not lost."""
+    with local_client(create_app(get_settings())) as client:
+        client.delete("/api/v1/pools/bad%00name%0Aline")
+        entries = client.get("/api/v1/auditLog").json()["entries"]
+    assert entries[0]["action"] == "DELETE /api/v1/pools/bad\\x00name\\x0aline"

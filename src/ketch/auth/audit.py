@@ -86,7 +86,7 @@ class AuditMiddleware:
         if factory is None:
             return
         principal = scope.get("state", {}).get("principal")
-        action = f"{scope['method']} {scope['path']}"
+        action = _printable(f"{scope['method']} {scope['path']}")
         client = scope.get("client")
         try:
             with factory() as session:
@@ -95,10 +95,19 @@ class AuditMiddleware:
                     actor=principal.name if principal is not None else "anonymous",
                     role=principal.role if principal is not None else None,
                     action=action,
-                    target={k: str(v) for k, v in (scope.get("path_params") or {}).items()},
+                    target={
+                        k: _printable(str(v)) for k, v in (scope.get("path_params") or {}).items()
+                    },
                     status_code=status_code,
                     ip=client[0] if client else None,
                 )
                 session.commit()
         except Exception:  # the answer is sent; losing an entry must not become a 500
             log.exception("could not write the audit log entry for %s", action)
+
+
+def _printable(text: str) -> str:
+    """Control characters escaped (PostgreSQL refuses NUL in text; a log reader wants no
+    line breaks in an entry), and at most the column's 250 characters for the action."""
+    escaped = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    return escaped[:250]

@@ -131,7 +131,7 @@ class ConnectionBody(BaseModel):
     login: str | None = None
     password: str | None = None
     schema_: str | None = Field(default=None, alias="schema")
-    port: int | None = None
+    port: int | None = Field(default=None, ge=0, le=65535)
     extra: str | dict[str, Any] | None = None
 
     def to_connection(self, conn_id: str) -> Connection:
