@@ -178,9 +178,12 @@ class LocalBackend:
 
     def _log_path(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> Path:
         from ketch.executors.base import TryKey
-        from ketch.worker.task_log import log_path
+        from ketch.worker.task_log import UnsafeLogPath, log_path
 
-        return log_path(load_settings().log_folder, TryKey(dag_id, run_id, task_id, try_number))
+        try:
+            return log_path(load_settings().log_folder, TryKey(dag_id, run_id, task_id, try_number))
+        except UnsafeLogPath as exc:
+            raise CliError(f"no log for that try: {exc}") from None
 
     def read_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> bytes:
         path = self._log_path(dag_id, run_id, task_id, try_number)
