@@ -4,8 +4,9 @@
 on both, against a real PostgreSQL server this suite starts itself.
 
 Nothing outlives the session (``tests.support.cleanup``): the session has its own
-TMPDIR, removed at the end; ketch processes still running after a test are killed;
-every process still alive at the end of the session is killed.
+TMPDIR, removed at the end, and each test one inside it; the ketch processes of a test
+still running after it are killed; every process still alive at the end of the session
+is killed.
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ def ketch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     home = tmp_path / "ketch_home"
     home.mkdir()
     monkeypatch.setenv("KETCH_HOME", str(home))
+    # A TMPDIR of the test's own: every process it starts carries it (tests.support.cleanup).
+    tmpdir = cleanup.test_tmpdir()
+    if tmpdir is not None:
+        monkeypatch.setenv("TMPDIR", str(tmpdir))
     get_settings.cache_clear()
     yield home
     get_settings.cache_clear()
@@ -58,7 +63,7 @@ def ketch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     dispose_engines()
     # Last of the test's fixtures: what they did not stop (a SIGSTOPped try, the tries of
     # a killed scheduler) is killed now, not left to the end of the session.
-    cleanup.kill_ketch_processes()
+    cleanup.kill_ketch_processes(tmpdir)
 
 
 @pytest.fixture(scope="session")

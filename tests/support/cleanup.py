@@ -1,31 +1,35 @@
 """Nothing the test session starts outlives it: processes and temporary folders.
 
-- **One temporary folder per session.** :func:`begin_session` points ``TMPDIR`` (and
-  :mod:`tempfile`) at a fresh ``ketch-tests-*`` folder inside the real one, so whatever a
-  test, a server, a task try or a shell task puts in the temporary folder — also when it
-  is killed before it can clean up (``kill -9`` in the crash tests) — is inside it;
-  :func:`end_session` removes it. pytest's own ``tmp_path`` folders stay where they were
+- **A temporary folder per session, and one per test inside it.** :func:`begin_session`
+  points ``TMPDIR`` (and :mod:`tempfile`) at a fresh ``ketch-tests-*`` folder inside the
+  real one; the autouse ``ketch_home`` fixture gives each test a ``TMPDIR`` of its own
+  inside that (:func:`test_tmpdir`). Whatever a test, a server, a task try or a shell
+  task puts in the temporary folder — also when it is killed before it can clean up
+  (``kill -9`` in the crash tests) — is inside the session's folder, which
+  :func:`end_session` removes. pytest's own ``tmp_path`` folders stay where they were
   (``pytest-of-<user>``, the last three sessions kept, to read after a failure).
-- **The session adopts its orphans.** The pytest process is a child subreaper
-  (``PR_SET_CHILD_SUBREAPER``): a task try whose scheduler was killed, or a daemon such as
-  PostgreSQL's postmaster, stays a descendant of pytest instead of becoming init's, so it
-  can be found.
-- **After each test** (:func:`kill_ketch_processes`, from the autouse ``ketch_home``
-  fixture, once the test's own fixtures have stopped what they started): every ketch
-  process (``python -m ketch...``) still running, with all its descendants, is sent
-  SIGCONT (a SIGSTOPped process acts on nothing else) and SIGKILL with its process group.
-  A fixture that keeps a ketch process for longer than one test calls :func:`spare`.
+- **The TMPDIR tells whose a process is.** It is in the environment of every process a
+  test starts, directly or not: the servers, the fork server and the tries it forks
+  (``TMPDIR`` is one of the few variables a try gets), shell tasks. So a task try whose
+  scheduler was stopped or killed — no longer anyone's child — is still found.
+- **After each test** (:func:`kill_ketch_processes`, from ``ketch_home``, once the
+  test's own fixtures have stopped what they started): every ketch process
+  (``python -m ketch...``) of that test, or still a child of pytest, with all its
+  descendants, is sent SIGCONT (a SIGSTOPped process acts on nothing else) and SIGKILL
+  with its process group. A fixture that keeps a ketch process for longer than one test
+  calls :func:`spare`.
 - **At the end of the session** (:func:`end_session`, from ``pytest_sessionfinish`` and
-  ``atexit``; SIGTERM is turned into an interrupt so it gets there too): every
-  descendant still alive is killed the same way, then the session's temporary folder and
-  the folders given to :func:`remove_at_exit` are removed.
+  ``atexit``; SIGTERM is turned into an interrupt so it gets there too): the registered
+  finalizers run (PostgreSQL servers are stopped and their folders removed), then every
+  process of the session still alive — pytest's descendants, and any process with the
+  session's TMPDIR — is killed the same way, and the folders are removed.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
+import itertools
 import os
 import shutil
 import signal
@@ -36,7 +40,6 @@ from pathlib import Path
 
 import psutil
 
-PR_SET_CHILD_SUBREAPER = 36
 SESSION_TMP_PREFIX = "ketch-tests-"
 
 _spared: set[int] = set()
@@ -45,13 +48,14 @@ _finalizers: list[Callable[[], None]] = []
 _session_tmp: Path | None = None
 _original_tmpdir: str | None = None
 _ended = False
+_test_counter = itertools.count(1)
 
 
 # -- the session ---------------------------------------------------------------------------
 
 
 def begin_session() -> Path:
-    """Private TMPDIR, subreaper, and the atexit safety net; returns the TMPDIR."""
+    """The session's TMPDIR, and the safety nets that end it; returns the TMPDIR."""
     global _session_tmp, _original_tmpdir, _ended
     _ended = False
     _original_tmpdir = os.environ.get("TMPDIR")
@@ -61,7 +65,6 @@ def begin_session() -> Path:
     os.environ["TMPDIR"] = str(folder)
     tempfile.tempdir = str(folder)
     _session_tmp = folder
-    _become_subreaper()
     atexit.register(end_session)
     # ``timeout pytest ...`` and CI runners stop with SIGTERM, which skips atexit: make it
     # an interrupt, so the session's teardown and end still run.
@@ -75,8 +78,22 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def session_tmpdir() -> Path | None:
+    return _session_tmp
+
+
+def test_tmpdir() -> Path | None:
+    """A new TMPDIR for one test, inside the session's (None before the session began)."""
+    if _session_tmp is None:
+        return None
+    folder = _session_tmp / f"test-{next(_test_counter)}"
+    folder.mkdir(mode=0o1777)
+    folder.chmod(0o1777)
+    return folder
+
+
 def end_session() -> None:
-    """Run the registered finalizers, kill every descendant, remove the folders (once)."""
+    """Run the finalizers, kill every process of the session, remove the folders (once)."""
     global _ended, _session_tmp
     if _ended:
         return
@@ -85,8 +102,11 @@ def end_session() -> None:
         finalizer = _finalizers.pop()
         with contextlib.suppress(Exception):
             finalizer()
-    kill_processes(_descendants(), reap_all=True)
-    _reap_zombies()
+    victims = {p.pid: p for p in _descendants()}
+    if _session_tmp is not None:
+        for proc in _with_tmpdir(_session_tmp, exact=False):
+            victims.setdefault(proc.pid, proc)
+    kill_processes(victims.values(), reap_all=True)
     while _dirs:
         remove_dir(_dirs.pop())
     if _session_tmp is not None:
@@ -121,24 +141,6 @@ def spare(pid: int) -> None:
     _spared.add(pid)
 
 
-def _reap_zombies() -> None:
-    """Orphans adopted as the subreaper that have exited since (nothing else waits on
-    them), at the end of the session."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
-def _become_subreaper() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-
 # -- processes -----------------------------------------------------------------------------
 
 
@@ -147,7 +149,7 @@ def is_ketch_process(proc: psutil.Process) -> bool:
     it forks, a parse child, a try) or the ``ketch`` console script."""
     try:
         argv = proc.cmdline()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+    except psutil.Error:
         return False
     for i, arg in enumerate(argv[:-1]):
         module = argv[i + 1]
@@ -163,27 +165,54 @@ def _descendants() -> list[psutil.Process]:
         return []
 
 
-def kill_ketch_processes() -> list[str]:
-    """Kill every ketch process still running under this session (a test is over: what
-    its fixtures did not stop), with its descendants; a description of each one killed."""
-    descendants = _descendants()
-    roots = [p for p in descendants if p.pid not in _spared and is_ketch_process(p)]
-    if not roots:
-        return []
-    victims: dict[int, psutil.Process] = {}
-    spared = _spared_tree(descendants)
-    for root in roots:
-        for proc in [root, *_children(root)]:
-            if proc.pid not in spared:
-                victims[proc.pid] = proc
-    return kill_processes(victims.values())
-
-
 def _children(proc: psutil.Process) -> list[psutil.Process]:
     try:
         return list(proc.children(recursive=True))
     except psutil.Error:
         return []
+
+
+def _tmpdir_of(proc: psutil.Process) -> str | None:
+    try:
+        return proc.environ().get("TMPDIR")
+    except psutil.Error:
+        return None
+
+
+def _with_tmpdir(folder: Path, *, exact: bool) -> list[psutil.Process]:
+    """Processes whose TMPDIR is ``folder`` (or, not ``exact``, inside it)."""
+    wanted = str(folder)
+    found = []
+    for proc in psutil.process_iter():
+        if proc.pid == os.getpid():
+            continue
+        tmpdir = _tmpdir_of(proc)
+        if tmpdir is not None and (
+            tmpdir == wanted or (not exact and tmpdir.startswith(wanted + os.sep))
+        ):
+            found.append(proc)
+    return found
+
+
+def kill_ketch_processes(tmpdir: Path | None) -> list[str]:
+    """Kill the ketch processes of a test that is over (those with its ``tmpdir``, and any
+    still a child of pytest) with their descendants; a description of each one killed."""
+    mine = os.getpid()
+    candidates: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter():
+        if proc.pid == mine or proc.pid in _spared or not is_ketch_process(proc):
+            continue
+        if _ppid(proc) == mine or (tmpdir is not None and _tmpdir_of(proc) == str(tmpdir)):
+            candidates[proc.pid] = proc
+    if not candidates:
+        return []
+    spared = _spared_tree(_descendants())
+    victims: dict[int, psutil.Process] = {}
+    for root in candidates.values():
+        for proc in [root, *_children(root)]:
+            if proc.pid not in spared:
+                victims[proc.pid] = proc
+    return kill_processes(victims.values())
 
 
 def _spared_tree(descendants: Iterable[psutil.Process]) -> set[int]:
@@ -216,17 +245,16 @@ def _protected_groups() -> set[int]:
 def kill_processes(procs: Iterable[psutil.Process], *, reap_all: bool = False) -> list[str]:
     """SIGCONT, then SIGKILL each process and, when it leads its own process group (a
     server, the fork server, a try, a shell task), that whole group; wait until they are
-    gone, and reap those pytest adopted.
+    gone.
 
-    A process pytest started itself is reaped only with ``reap_all`` (the end of the
-    session): reaping it earlier would take its exit status from its ``Popen``.
+    A child of pytest is reaped only with ``reap_all`` (the end of the session): reaping
+    it earlier would take its exit status from its ``Popen``.
     """
     me = os.getpid()
     procs = [p for p in procs if p.pid != me]
     if not procs:
         return []
     described = [_describe(p) for p in procs]
-    adopted = {p.pid for p in procs if _ppid(p) != me}
     protected = _protected_groups()
     for sig in (signal.SIGCONT, signal.SIGKILL):
         for proc in procs:
@@ -240,7 +268,7 @@ def kill_processes(procs: Iterable[psutil.Process], *, reap_all: bool = False) -
     waiting = {p.pid: p for p in procs}
     while waiting and time.monotonic() < deadline:
         for pid, proc in list(waiting.items()):
-            if reap_all or pid in adopted:
+            if reap_all:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, os.WNOHANG)
             if _gone(proc):

@@ -141,7 +141,7 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     with contextlib.suppress(ChildProcessError):
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # the session adopted it: reap it
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # a child of ours after all: reap it
             return False
     return True
 
