@@ -40,7 +40,7 @@ def _generated_key() -> str:
     path = key_file()
     if path.exists():
         return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # often creates $KETCH_HOME
     fd, tmp = tempfile.mkstemp(prefix=".fernet_key.", dir=path.parent)
     try:
         os.fchmod(fd, 0o600)
