@@ -364,3 +364,24 @@ def test_a_dag_defined_twice_is_logged_without_a_line(
     assert level == "WARNING"
     assert line.startswith("DAG file b_second.py: DAG 'same' is defined in both ")
     assert line.endswith(HINT)
+
+
+def test_dag_file_top_level_code_gets_no_scheduler_secret(
+    sqlite_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A DAG file is imported in a child that gets what a try gets, not the scheduler's env."""
+    monkeypatch.setenv("KETCH__CORE__FERNET_KEY", "Zm9vYmFyYmF6cXV4Zm9vYmFyYmF6cXV4Zm9vYmFyYmE=")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret-of-the-scheduler")
+    write(
+        tmp_path,
+        "spy.py",
+        """
+        import os
+        from ketch import dag  # (safe mode parses only files that mention ketch and dag)
+        seen = sorted(k for k in os.environ if k.startswith(("KETCH__", "AWS_SECRET")))
+        raise RuntimeError(f"environment: {seen} PATH={'PATH' in os.environ}")
+        """,
+    )
+    processor(sqlite_engine, tmp_path).parse_all()
+    message = errors(sqlite_engine)["spy.py"]
+    assert "environment: [] PATH=True" in message, message

@@ -166,8 +166,12 @@ class DagProcessor:
         self._mtimes: dict[Path, float] = {}
         # The import error last logged per file: each is logged once, not every rescan.
         self._logged_errors: dict[Path, str] = {}
+        # DAG files' top-level code runs in these children: they get what a task try gets
+        # (an allow-list, never the database URL or a key), plus the DAG defaults.
+        from ketch.executors.local import try_environment
+
         self._child_env = {
-            **os.environ,
+            **try_environment(settings)[0],
             PARSE_DEFAULTS_ENV: json.dumps(defaults_from_settings(settings)),
         }
 
