@@ -345,7 +345,11 @@ class LocalExecutor:
             log.warning("cannot create the log folder %s: %s", self.settings.log_folder, exc)
         self._watcher = PidfdWatcher()
         self._watcher.start()
-        self._forkserver = ForkServer(self._on_child_exit, self._on_orphans, env=self._env)
+        # The fork server itself keeps the scheduler's environment (each try's os.environ
+        # is replaced by the allow-list at fork). Starting it with the allow-list made a
+        # relaunched try run twice in about half the crash-safety runs at
+        # adoption.after_relaunch, for a reason not found yet: see the issue 8 note.
+        self._forkserver = ForkServer(self._on_child_exit, self._on_orphans, env=None)
         self._forkserver.start()
         self._monitor = threading.Thread(
             target=self._monitor_loop, name="ketch-local-executor", daemon=True
