@@ -465,6 +465,8 @@ def test_the_web_serves_every_address_only_with_sign_in_configured(
         **{e["name"]: e["value"] for e in web["env"] if "value" in e},
         **{name: f"from-the-secret:{ref['key']}" for name, ref in from_secret.items()},
     }
+    # The database URL is checked as a URL: a stand-in of the right shape.
+    env["KETCH__DATABASE__SQL_ALCHEMY_CONN"] = "postgresql://ketch:from-the-secret@db/ketch"
     assert "KETCH__AUTH__MODE" not in env  # never "none" in the base
     settings = settings_from(env, monkeypatch)
     assert settings.auth.mode == "auto" and settings.auth.oidc_configured
