@@ -13,9 +13,10 @@ status cannot be learned. The execution API already holds their outcome.
 A try gets a minimal environment, never the scheduler's (:func:`try_environment`): what
 it needs to run and reach the execution API, the names or patterns listed in ``[core]
 task_env_passthrough``, and never a ``KETCH_*`` setting or a value the scheduler holds
-as a secret (database URL, Fernet key, signing keys). The fork server itself starts
-with that environment too, so neither a DAG file it preloads nor a forked try can read
-the scheduler's secrets from ``os.environ`` or ``/proc/self/environ``.
+as a secret (database URL, Fernet key, signing keys): the try's ``os.environ`` is
+replaced with it at fork. The fork server itself still starts with the scheduler's
+environment (see the comment in :meth:`LocalExecutor.start`), so ``/proc/self/environ``
+of a try and a DAG file preloaded in the server are not minimal yet.
 """
 
 from __future__ import annotations
