@@ -3,6 +3,7 @@ and how a refusal looks (401 JSON for the API, a redirect to sign-in for a page)
 
 from __future__ import annotations
 
+import html
 from typing import Any
 from urllib.parse import quote
 
@@ -73,13 +74,7 @@ async def _not_authenticated(request: Request, exc: Exception) -> Response:
 async def _forbidden(request: Request, exc: Exception) -> Response:
     if _wants_page(request):
         return HTMLResponse(
-            f"<!doctype html><title>Forbidden</title><h1>Forbidden</h1><p>{_escape(str(exc))}</p>",
+            f"<!doctype html><title>Forbidden</title><h1>Forbidden</h1><p>{html.escape(str(exc))}</p>",
             status_code=403,
         )
     return JSONResponse({"detail": f"forbidden: {exc}"}, status_code=403)
-
-
-def _escape(text: str) -> str:
-    import html
-
-    return html.escape(text)

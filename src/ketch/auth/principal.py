@@ -51,6 +51,12 @@ class Forbidden(Exception):
     """Authenticated, but the role (or a missing CSRF token) does not allow this."""
 
 
+def actor_name(request: Request) -> str:
+    """Who made this request, for records (created_by, revoked_by, the audit log)."""
+    principal: Principal | None = getattr(request.state, "principal", None)
+    return principal.name if principal is not None else "anonymous"
+
+
 def _settings(request: Request) -> Settings:
     settings: Settings | None = getattr(request.app.state, "settings", None)
     return settings if settings is not None else get_settings()

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ketch.api.rest.common import RowId, SessionDep, error_responses
 from ketch.auth import api_tokens
+from ketch.auth.principal import actor_name
 from ketch.config import Role
 from ketch.db.models import ApiToken
 
@@ -61,11 +62,6 @@ class TokenCollectionResponse(BaseModel):
     total_entries: int
 
 
-def _actor(request: Request) -> str:
-    principal = getattr(request.state, "principal", None)
-    return principal.name if principal is not None else "anonymous"
-
-
 @router.get("")
 def list_tokens(session: SessionDep) -> TokenCollectionResponse:
     tokens = api_tokens.list_tokens(session)
@@ -85,7 +81,7 @@ def create_token(
         role=body.role,
         expires_in=expires,
         scopes=body.scopes,
-        created_by=_actor(request),
+        created_by=actor_name(request),
     )
     session.commit()
     return CreatedTokenResponse(**TokenResponse.of(token).model_dump(), token=secret)
@@ -99,6 +95,6 @@ def create_token(
 )
 def revoke_token(token_id: RowId, request: Request, session: SessionDep) -> Response:
     """Revoke: the next request with this token gets 401. 404 for an unknown id."""
-    api_tokens.revoke_token(session, token_id, revoked_by=_actor(request))
+    api_tokens.revoke_token(session, token_id, revoked_by=actor_name(request))
     session.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)

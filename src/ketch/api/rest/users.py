@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ketch.api.rest.common import SessionDep, error_responses
 from ketch.auth import users
+from ketch.auth.principal import actor_name
 from ketch.db.models import WebUser
 
 router = APIRouter(prefix="/users", tags=["User"])
@@ -52,9 +53,6 @@ def patch_user(
 ) -> UserResponse:
     """Disable (or re-enable) an account: its sessions end at their next re-check
     (``[auth] session_recheck_interval``) and it cannot sign in again."""
-    principal = getattr(request.state, "principal", None)
-    user = users.set_disabled(
-        session, email, body.disabled, by=principal.name if principal else "anonymous"
-    )
+    user = users.set_disabled(session, email, body.disabled, by=actor_name(request))
     session.commit()
     return UserResponse.of(user)
