@@ -356,8 +356,73 @@ class LoggingSettings(BaseModel):
         default=False, description="Archive try logs to remote_base_log_folder."
     )
     remote_base_log_folder: str | None = Field(
-        default=None, description="Archive location, for example s3://bucket/logs."
+        default=None,
+        description="Archive location when remote_logging is on: s3://bucket/prefix. "
+        "Off: the archive is base_log_folder itself.",
     )
+    remote_log_conn_id: str | None = Field(
+        default=None,
+        description="A ketch connection (type aws) whose login/password are the access "
+        "key id/secret and whose extra may set region_name, endpoint_url and "
+        "aws_session_token. Unset: the boto3 credential chain (IRSA, pod identity, env).",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="S3-compatible endpoint. Unset: boto3's AWS_ENDPOINT_URL_S3 / "
+        "AWS_ENDPOINT_URL, else AWS.",
+    )
+    s3_region: str | None = Field(
+        default=None, description="Region of the log bucket. Unset: the boto3 chain."
+    )
+    encrypt_s3_logs: bool = Field(
+        default=False,
+        description="Server-side encryption of archived logs: SSE-S3 (AES256), or SSE-KMS "
+        "when s3_kms_key_id is set.",
+    )
+    s3_kms_key_id: str | None = Field(
+        default=None, description="KMS key id or ARN for SSE-KMS (with encrypt_s3_logs)."
+    )
+    chunk_interval_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="A running try ships its new log bytes to the archive at least this "
+        "often (when there are any).",
+    )
+    chunk_size_kib: int = Field(
+        default=1024,
+        gt=0,
+        description="... or as soon as this many new KiB are waiting, whichever is first.",
+    )
+    final_flush_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a try spends shipping its last chunk at exit before it leaves "
+        "the rest to the scheduler's rescue.",
+    )
+    json_format: bool = Field(
+        default=False,
+        description="Write stdout lines as JSON (a try's lines with dag_id, run_id, task_id, "
+        "try_number; the scheduler's and web's own log) for collectors such as Fluent Bit "
+        "or Loki. The archived log stays plain text.",
+    )
+    log_retention_days: int = Field(
+        default=0,
+        ge=0,
+        description="Delete archived and local try logs older than this many days "
+        "(0: keep them). An S3 lifecycle rule is the alternative for S3.",
+    )
+
+    @model_validator(mode="after")
+    def _remote_archive(self) -> LoggingSettings:
+        if not self.remote_logging:
+            return self
+        folder = self.remote_base_log_folder or ""
+        if not folder.startswith("s3://") or not folder[5:].split("/", 1)[0]:
+            raise ValueError(
+                "remote_logging needs remote_base_log_folder = 's3://bucket[/prefix]'"
+                f" (got {folder!r})"
+            )
+        return self
 
 
 class AwsSecretsManagerSource(BaseModel):
