@@ -1,4 +1,4 @@
-"""moto in server mode: a real HTTP AWS API (Secrets Manager) on a loopback port.
+"""moto in server mode: a real HTTP AWS API (Secrets Manager, S3) on a loopback port.
 
 :func:`start_moto` runs it in a thread of the test process (one per session; reset
 between tests); :class:`MotoProcess` runs ``python -m moto.server`` as a separate
@@ -34,6 +34,19 @@ def secretsmanager_client(endpoint_url: str) -> Any:
     ).client("secretsmanager", endpoint_url=endpoint_url)
 
 
+def s3_client(endpoint_url: str) -> Any:
+    """An S3 client for moto with dummy credentials (create buckets, inspect objects)."""
+    import boto3
+
+    return boto3.session.Session(
+        aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
+    ).client("s3", endpoint_url=endpoint_url)
+
+
+def create_bucket(client: Any, name: str) -> None:
+    client.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": REGION})
+
+
 @dataclass
 class MotoServer:
     url: str
@@ -46,6 +59,13 @@ class MotoServer:
 
     def client(self) -> Any:
         return secretsmanager_client(self.url)
+
+    def s3(self) -> Any:
+        return s3_client(self.url)
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
 
     def stop(self) -> None:
         if self._server is not None:

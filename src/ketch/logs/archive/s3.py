@@ -1,0 +1,440 @@
+"""The archive in S3 (or an S3-compatible store): one object per shipped chunk.
+
+Layout below ``s3://bucket/prefix`` (an empty prefix adds no leading slash)::
+
+    {prefix}/{key}/{offset:016d}.chunk    bytes [offset, offset + Size) of the log
+    {prefix}/{key}/complete.json          the log's Completion, once it is complete
+
+S3 cannot append, so every write is a new object named by the offset of its first
+byte (zero-padded, so the listing is in offset order too); a try killed mid-write
+loses at most the chunk it was writing, and the try's pump and the scheduler's
+rescue never overwrite each other.
+
+Reading joins the chunks: list ``{prefix}/{key}/`` (ListObjectsV2; an object's Size
+is the chunk's length), sort the chunks by offset and move a cursor from 0 — a chunk
+wholly below the cursor is skipped (a repeat), one starting at or below it extends
+it (an overlap holds the same bytes), one starting above it is a gap, and the log's
+available size ends there. The bytes are then fetched with ranged GetObjects of only
+the needed parts, and streamed piece by piece for a download. Nothing is cached
+between calls but the client; boto3 is imported only when the client is made (a try
+imports this module).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ketch.logs.archive.base import ArchiveError, ArchiveUnavailable, Completion
+
+if TYPE_CHECKING:
+    from botocore.config import Config
+
+    from ketch.config import LoggingSettings
+
+COMPLETE_NAME = "complete.json"
+_CHUNK_NAME = re.compile(r"(\d{16,})\.chunk")
+DELETE_BATCH = 1000  # DeleteObjects' limit per call
+# Error codes worth a retry later (besides any 5xx); KMS codes come as "KMS.<code>".
+_TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "RequestTimeout",
+        "InternalError",
+        "ServiceUnavailable",
+    }
+)
+# HeadBucket's errors have no body, only a status: name them as the other calls do.
+_BARE_STATUS = {
+    "404": ("NoSuchBucket", "The specified bucket does not exist"),
+    "403": ("AccessDenied", "Access Denied"),
+}
+
+ConnectionLookup = Callable[[str], Mapping[str, Any]]
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix/`` -> ``("bucket", "some/prefix")``."""
+    if not url.startswith("s3://") or not url[5:].split("/", 1)[0]:
+        raise ArchiveError(f"{url!r} is not an s3://bucket[/prefix] URL")
+    bucket, _, prefix = url[5:].partition("/")
+    return bucket, prefix.strip("/")
+
+
+def make_client(
+    *,
+    region: str | None = None,
+    endpoint_url: str | None = None,
+    credentials: Mapping[str, str | None] | None = None,
+    config: Config | None = None,
+) -> Any:
+    """An S3 client from a boto3 Session: the given credentials, else the chain.
+
+    Without ``endpoint_url`` none is passed, so boto3 honours ``AWS_ENDPOINT_URL_S3``
+    and ``AWS_ENDPOINT_URL`` itself. Timeouts are short and retries few: the caller
+    (the log shipper) retries with its own backoff, and a try must not hang on S3."""
+    import boto3
+    from botocore.config import Config
+
+    session = boto3.session.Session(region_name=region, **(credentials or {}))
+    # total_max_attempts counts the first try, as AWS_MAX_ATTEMPTS does (botocore's
+    # retries "max_attempts" would count retries only: 3 would mean 4 attempts).
+    merged = Config(
+        connect_timeout=5, read_timeout=20, retries={"mode": "standard", "total_max_attempts": 3}
+    )
+    if config is not None:
+        merged = merged.merge(config)
+    endpoint = {"endpoint_url": endpoint_url} if endpoint_url else {}
+    return session.client("s3", config=merged, **endpoint)
+
+
+def connection_settings(
+    connection: Mapping[str, Any],
+) -> tuple[dict[str, str | None], dict[str, Any]]:
+    """An aws connection's credentials (login, password, extra's aws_session_token)
+    and its extra (region_name, endpoint_url), as Airflow's aws connections have them."""
+    extra = connection.get("extra") or {}
+    if isinstance(extra, str):
+        extra = json.loads(extra) if extra.strip() else {}
+    if not isinstance(extra, dict):
+        raise ValueError("its extra is not a JSON object")
+    credentials = {
+        "aws_access_key_id": connection.get("login") or None,
+        "aws_secret_access_key": connection.get("password") or None,
+        "aws_session_token": extra.get("aws_session_token") or None,
+    }
+    return credentials, extra
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Bytes ``[start, end)`` of a log, held by the object ``name`` that begins at ``base``."""
+
+    name: str
+    base: int
+    start: int
+    end: int
+
+    def range_header(self) -> str:
+        return f"bytes={self.start - self.base}-{self.end - self.base - 1}"
+
+
+def join_chunks(chunks: list[tuple[int, int, str]]) -> list[Piece]:
+    """The pieces that make up the log from 0 to its first gap, from its chunks
+    ``(offset, length, object name)``; repeats and overlaps are used once."""
+    pieces: list[Piece] = []
+    cursor = 0
+    for offset, length, name in sorted(chunks):
+        end = offset + length
+        if end <= cursor:
+            continue  # wholly below the cursor: a repeat
+        if offset > cursor:
+            break  # a gap: the rest is not available yet
+        pieces.append(Piece(name, offset, cursor, end))
+        cursor = end
+    return pieces
+
+
+def _clip(pieces: list[Piece], start: int, stop: int | None) -> Iterator[Piece]:
+    for piece in pieces:
+        low, high = max(piece.start, start), piece.end if stop is None else min(piece.end, stop)
+        if low < high:
+            yield Piece(piece.name, piece.base, low, high)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class S3Archive:
+    """Logs kept as chunk objects below ``s3://bucket/prefix``.
+
+    ``client_factory`` makes the boto3 client on first use (so building the archive
+    costs nothing and never fails); ``encrypt``/``kms_key_id`` choose SSE-S3 or SSE-KMS
+    for every object written."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        client_factory: Callable[[], Any] | None = None,
+        encrypt: bool = False,
+        kms_key_id: str | None = None,
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self._client_factory = client_factory or make_client
+        self._client: Any = None
+        self._lock = threading.Lock()
+        self._sse = self._encryption(encrypt, kms_key_id)
+
+    @classmethod
+    def from_settings(
+        cls,
+        logging: LoggingSettings,
+        connection_lookup: ConnectionLookup | None = None,
+        *,
+        config: Config | None = None,
+    ) -> S3Archive:
+        """The archive ``[logging]`` describes; ``config`` overrides botocore's (tests
+        shorten timeouts with it). The connection is looked up when the client is made."""
+        bucket, prefix = parse_s3_url(logging.remote_base_log_folder or "")
+        conn_id = logging.remote_log_conn_id
+        where = f"s3://{bucket}/{prefix}".rstrip("/")
+        if conn_id and connection_lookup is None:
+            raise ArchiveError(f"{where}: remote_log_conn_id {conn_id!r} needs a connection lookup")
+
+        def factory() -> Any:
+            credentials: dict[str, str | None] = {}
+            extra: dict[str, Any] = {}
+            if conn_id and connection_lookup is not None:
+                try:
+                    credentials, extra = connection_settings(connection_lookup(conn_id))
+                except Exception as exc:  # an unknown id, a malformed extra
+                    raise ArchiveError(
+                        _one_line(f"{where}: connection {conn_id!r}: {exc}")
+                    ) from None
+            return make_client(
+                region=logging.s3_region or extra.get("region_name"),
+                endpoint_url=logging.s3_endpoint_url or extra.get("endpoint_url"),
+                credentials=credentials,
+                config=config,
+            )
+
+        return cls(
+            bucket,
+            prefix,
+            client_factory=factory,
+            encrypt=logging.encrypt_s3_logs,
+            kms_key_id=logging.s3_kms_key_id,
+        )
+
+    @staticmethod
+    def _encryption(encrypt: bool, kms_key_id: str | None) -> dict[str, str]:
+        if not encrypt:
+            return {}
+        if kms_key_id:
+            return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key_id}
+        return {"ServerSideEncryption": "AES256"}
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+
+    @property
+    def client(self) -> Any:
+        """The boto3 client, made on first use and then kept (boto3 clients are thread-safe)."""
+        with self._lock:
+            if self._client is None:
+                try:
+                    with self._calls():
+                        self._client = self._client_factory()
+                except ValueError as exc:  # boto3's for bad settings (an invalid endpoint URL)
+                    raise ArchiveError(_one_line(f"{self.describe()}: {exc}")) from None
+            return self._client
+
+    # -- names -------------------------------------------------------------------------
+
+    def _log_prefix(self, key: str) -> str:
+        return f"{self.prefix}/{key}/" if self.prefix else f"{key}/"
+
+    def chunk_name(self, key: str, offset: int) -> str:
+        return f"{self._log_prefix(key)}{offset:016d}.chunk"
+
+    def completion_name(self, key: str) -> str:
+        return self._log_prefix(key) + COMPLETE_NAME
+
+    # -- errors ------------------------------------------------------------------------
+
+    @contextmanager
+    def _calls(self) -> Iterator[None]:
+        """Turn botocore's exceptions into ArchiveError / ArchiveUnavailable."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except (BotoCoreError, ClientError) as exc:
+            raise self._error(exc) from None
+
+    def _error(self, exc: Exception) -> ArchiveError:
+        from botocore.exceptions import (
+            ClientError,
+            ConnectionError,
+            HTTPClientError,
+            IncompleteReadError,
+        )
+
+        where = self.describe()
+        if isinstance(exc, ClientError):
+            error = exc.response.get("Error", {})
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            code = str(error.get("Code") or status)
+            code, message = _BARE_STATUS.get(code, (code, str(error.get("Message") or "")))
+            transient = status >= 500 or status == 429 or code.split(".")[-1] in _TRANSIENT_CODES
+            kind = ArchiveUnavailable if transient else ArchiveError
+            return kind(_one_line(f"{where}: {code}: {message}".rstrip(": ")))
+        text = _one_line(f"{where}: {type(exc).__name__}: {exc}")
+        if isinstance(exc, ConnectionError | HTTPClientError | IncompleteReadError):
+            return ArchiveUnavailable(text)  # unreachable, timed out, cut mid-body
+        return ArchiveError(text)  # no credentials, invalid parameters, ...
+
+    # -- writing -----------------------------------------------------------------------
+
+    def check(self) -> None:
+        """HeadBucket: the bucket exists and these credentials may use it."""
+        with self._calls():
+            self.client.head_bucket(Bucket=self.bucket)
+
+    def write_chunk(self, key: str, offset: int, data: bytes) -> None:
+        if offset < 0:
+            raise ValueError(f"negative offset {offset}")
+        if not data:
+            return  # an empty chunk adds nothing to the log
+        name = self.chunk_name(key, offset)
+        with self._calls():
+            self.client.put_object(Bucket=self.bucket, Key=name, Body=data, **self._sse)
+
+    def complete(self, key: str, completion: Completion) -> None:
+        body = json.dumps(completion.to_json()).encode()
+        with self._calls():
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=self.completion_name(key),
+                Body=body,
+                ContentType="application/json",
+                **self._sse,
+            )
+
+    # -- reading -----------------------------------------------------------------------
+
+    def completion(self, key: str) -> Completion | None:
+        body = self._get(self.completion_name(key))
+        if body is None:
+            return None
+        with self._calls():
+            text = body.read()
+        try:
+            return Completion.from_json(json.loads(text))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ArchiveError(
+                f"{self.describe()}: {self.completion_name(key)} is not a completion record: {exc}"
+            ) from None
+
+    def _pieces(self, key: str) -> list[Piece]:
+        """The log's joined pieces, from one (paginated) listing of its chunks."""
+        prefix = self._log_prefix(key)
+        chunks: list[tuple[int, int, str]] = []
+        with self._calls():
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix
+            )
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    match = _CHUNK_NAME.fullmatch(obj["Key"][len(prefix) :])
+                    if match:
+                        chunks.append((int(match[1]), int(obj["Size"]), obj["Key"]))
+        return join_chunks(chunks)
+
+    def _get(self, name: str, byte_range: str | None = None) -> Any:
+        """The object's streaming Body (of the range only), or None if it is absent."""
+        from botocore.exceptions import ClientError
+
+        ranged = {"Range": byte_range} if byte_range else {}
+        client = self.client
+        with self._calls():
+            try:
+                return client.get_object(Bucket=self.bucket, Key=name, **ranged)["Body"]
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "NoSuchKey":
+                    raise
+        return None
+
+    def size(self, key: str) -> int:
+        pieces = self._pieces(key)
+        return pieces[-1].end if pieces else 0
+
+    def read(self, key: str, offset: int, limit: int) -> bytes:
+        if offset < 0 or limit < 0:
+            raise ValueError(f"negative offset {offset} or limit {limit}")
+        if limit == 0:
+            return b""
+        return b"".join(self._stream(key, offset, offset + limit, chunk_size=limit))
+
+    def iter_bytes(self, key: str, offset: int = 0, chunk_size: int = 65536) -> Iterator[bytes]:
+        if offset < 0 or chunk_size <= 0:
+            raise ValueError(f"negative offset {offset} or chunk size {chunk_size}")
+        return self._stream(key, offset, None, chunk_size)
+
+    def _stream(self, key: str, start: int, stop: int | None, chunk_size: int) -> Iterator[bytes]:
+        """Bytes ``[start, stop)``, one ranged GetObject per chunk, each body read in
+        pieces of ``chunk_size`` (memory stays flat for a log of any size)."""
+        for piece in _clip(self._pieces(key), start, stop):
+            body = self._get(piece.name, piece.range_header())
+            if body is None:
+                return  # deleted since the listing (retention): the log ends here
+            try:
+                with self._calls():
+                    yield from body.iter_chunks(chunk_size)
+            finally:
+                body.close()
+
+    # -- retention ---------------------------------------------------------------------
+
+    def delete_older_than(self, cutoff: dt.datetime) -> int:
+        """Delete every log whose newest object is older than ``cutoff``.
+
+        The whole prefix is listed once and grouped by log key in memory (a name and a
+        date per object); objects that are neither chunks nor completions are left."""
+        if cutoff.tzinfo is None:
+            cutoff = cutoff.replace(tzinfo=dt.UTC)
+        newest, names = self._objects_by_log()
+        old = [log for log, moment in newest.items() if moment < cutoff]
+        doomed = [name for log in old for name in names[log]]
+        for start in range(0, len(doomed), DELETE_BATCH):
+            self._delete(doomed[start : start + DELETE_BATCH])
+        return len(old)
+
+    def _objects_by_log(self) -> tuple[dict[str, dt.datetime], dict[str, list[str]]]:
+        root = f"{self.prefix}/" if self.prefix else ""
+        newest: dict[str, dt.datetime] = {}
+        names: dict[str, list[str]] = defaultdict(list)
+        with self._calls():
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=root
+            )
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    log, _, name = obj["Key"][len(root) :].rpartition("/")
+                    if not log or not (name == COMPLETE_NAME or _CHUNK_NAME.fullmatch(name)):
+                        continue
+                    names[log].append(obj["Key"])
+                    if log not in newest or obj["LastModified"] > newest[log]:
+                        newest[log] = obj["LastModified"]
+        return newest, names
+
+    def _delete(self, batch: list[str]) -> None:
+        with self._calls():
+            response = self.client.delete_objects(
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": name} for name in batch], "Quiet": True},
+            )
+        errors = response.get("Errors") or []
+        if errors:
+            first = errors[0]
+            raise ArchiveError(
+                _one_line(
+                    f"{self.describe()}: {first.get('Code')}: {first.get('Message')} "
+                    f"({len(errors)} objects not deleted, e.g. {first.get('Key')})"
+                )
+            )
