@@ -1,9 +1,11 @@
 """Logging of ketch's server processes (scheduler, web, standalone).
 
 One line per message with time, level and logger name, to stderr, at
-``[logging] logging_level``. Uvicorn is started with ``log_config=None`` so its
-loggers propagate here instead of installing their own format. Task tries do not
-use this: their output is the task's own stdout (see ``ketch.worker``).
+``[logging] logging_level``; with ``[logging] json_format`` each line is a JSON object
+(``ketch.logs.json_lines.JsonLogFormatter``) for collectors such as Fluent Bit or Loki.
+Uvicorn is started with ``log_config=None`` so its loggers propagate here instead of
+installing their own format. Task tries do not use this: their output is the task's
+own stdout (see ``ketch.worker``).
 """
 
 from __future__ import annotations
@@ -42,7 +44,12 @@ def configure_logging(settings: Settings) -> None:
     """Replace the root logger's handlers with one stderr handler (idempotent)."""
     level = getattr(logging, settings.logging.logging_level)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT, DATE_FORMAT))
+    if settings.logging.json_format:
+        from ketch.logs.json_lines import JsonLogFormatter
+
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT, DATE_FORMAT))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

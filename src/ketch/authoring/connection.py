@@ -174,21 +174,32 @@ class Connection:
     def get(cls, conn_id: str) -> Connection:
         """The connection, read through the execution API with this try's token.
 
-        Raises ``KeyError`` when there is no such connection. Its password is added to
-        the values hidden from task logs.
+        Raises ``KeyError`` when there is no such connection. Its password, secret
+        extra fields and URI are added to the values hidden from task logs.
         """
         from ketch.worker.client import task_client
-        from ketch.worker.secrets_mask import looks_sensitive, mask_secret
 
         data = task_client().get_connection(conn_id)
         conn = cls.from_dict(conn_id, {k: data.get(k) for k in FIELDS})
-        if conn.password:
-            mask_secret(conn.password)
-        if conn.extra:
-            for key, value in conn.extra_dejson.items():
-                if isinstance(value, str) and looks_sensitive(key):
-                    mask_secret(value)
+        conn._mask_secrets()
         return conn
+
+    def _mask_secrets(self) -> None:
+        """Hide from task logs: the password, every string under an extra key that looks
+        sensitive (at any depth), and, when there is any of these, the whole URI."""
+        from ketch.worker.secrets_mask import mask_secret, secret_strings
+
+        secrets = [self.password] if self.password else []
+        if self.extra:
+            try:
+                extra = json.loads(self.extra)
+            except ValueError:
+                extra = None
+            secrets.extend(secret_strings(extra))
+        if secrets:
+            secrets.append(self.get_uri())
+        for secret in secrets:
+            mask_secret(secret)
 
     def __repr__(self) -> str:  # never print the password
         return f"Connection(conn_id={self.conn_id!r}, conn_type={self.conn_type!r}, host={self.host!r})"

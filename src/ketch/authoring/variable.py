@@ -8,10 +8,11 @@
 
 A try reads through the execution API with its own token (never the database).
 Values read during one try are cached for that try, so a loop calling
-``Variable.get`` costs one request per key. The value of a sensitive variable is
-added to the values hidden from task logs. Outside a task try (for example at the
-top level of a DAG file, while it is parsed) there is no token: ``get`` returns
-``default`` when one is given and raises otherwise. Stdlib only.
+``Variable.get`` costs one request per key. The value of a sensitive variable (and,
+for a JSON value, each string in it) is added to the values hidden from task logs.
+Outside a task try (for example at the top level of a DAG file, while it is parsed)
+there is no token: ``get`` returns ``default`` when one is given and raises otherwise.
+Stdlib only.
 """
 
 from __future__ import annotations
@@ -59,14 +60,17 @@ class Variable:
         import os
 
         from ketch.worker.client import ENV_TOKEN, task_client
-        from ketch.worker.secrets_mask import looks_sensitive, mask_secret
+        from ketch.worker.secrets_mask import looks_sensitive, mask_secret, secret_strings
 
         if not os.environ.get(ENV_TOKEN):
             raise KeyError(key)  # not in a task try: nothing to read
         data = task_client().get_variable(key)
         value = str(data["value"])
         if data.get("is_sensitive") or looks_sensitive(key):
-            mask_secret(value)
+            # The value and, when it is a JSON object or list, each string in it (what
+            # ``deserialize_json=True`` gives, and the task may print one field).
+            for secret in secret_strings(value, all_leaves=True):
+                mask_secret(secret)
         with cls._cache_lock:
             cls._cache[key] = value
         return value
