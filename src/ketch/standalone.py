@@ -108,6 +108,36 @@ def make_executor(settings: Settings) -> Executor:
     return LocalExecutor(settings)
 
 
+def set_log_capture(settings: Settings, engine: Engine, executor: Executor) -> None:
+    """With the Kubernetes executor: every finished pod's log is rescued into the archive
+    (unless its try completed it itself) before the pod is deleted; a failure keeps the pod
+    and is retried (``KubernetesExecutor.log_capture``)."""
+    if settings.core.executor != "kubernetes":
+        return
+    from ketch.logs.archive import open_archive
+    from ketch.logs.pod_log import capture_pod_log
+
+    def lookup(conn_id: str) -> dict[str, Any]:  # [logging] remote_log_conn_id
+        from ketch.db.engine import session_scope
+        from ketch.variables.store import get_connection
+
+        with session_scope(engine) as session:
+            conn = get_connection(session, settings, conn_id)
+        return {"login": conn.login, "password": conn.password, "extra": conn.extra_dejson}
+
+    archives: list[Any] = []  # made at the first capture: a failure there is retried too
+    lock = threading.Lock()
+
+    def capture(pod: dict[str, Any], reason: str) -> None:
+        with lock:
+            if not archives:
+                archives.append(open_archive(settings, connection_lookup=lookup))
+        kube = executor.api  # type: ignore[attr-defined]
+        capture_pod_log(kube, archives[0], pod, reason, settings.logging.json_format)
+
+    executor.log_capture = capture  # type: ignore[attr-defined]
+
+
 class SchedulerStack:
     """DAG processor + executor + scheduler, wired so a parsed change or a user action
     wakes the scheduling loop at once."""
@@ -120,6 +150,7 @@ class SchedulerStack:
 
         self.stop_event = threading.Event()
         self.executor = make_executor(settings)
+        set_log_capture(settings, engine, self.executor)  # pods' logs, before deletion
         self.processor = DagProcessor(settings, engine, on_change=self._wake)
         self.scheduler = Scheduler(settings, engine, self.executor, dag_processor=self.processor)
         self.variable_sync = SyncService(settings, engine)  # [variables] sync_sources, a thread

@@ -124,9 +124,9 @@ def test_tries_run_as_pods_and_finished_pods_follow_the_settings(
     sim: KubeSimulator, kubeconfig: Path, tmp_path: Path, harnesses: list[Harness]
 ) -> None:
     h = start(harnesses, tmp_path, kubeconfig)
-    seen_at_delete: list[bool] = []
-    h.executor.before_delete = lambda pod: seen_at_delete.append(
-        sim.pod(NS, pod["metadata"]["name"]) is not None
+    seen_at_capture: list[tuple[str, bool, str]] = []
+    h.executor.log_capture = lambda pod, reason: seen_at_capture.append(
+        (pod["metadata"]["name"], sim.pod(NS, pod["metadata"]["name"]) is not None, reason)
     )
     results = h.executor.launch_many(
         [req("ok"), req("bad", env={"code": 3}), req("bad2", run="r2", env={"code": 1})]
@@ -139,9 +139,17 @@ def test_tries_run_as_pods_and_finished_pods_follow_the_settings(
     assert (ok.exit_code, ok.reason, ok.failed_before_start) == (0, None, False)
     assert bad.exit_code == 3 and bad.reason == "exited with code 3 (Error)"
     assert h.executor.running() == set()
-    # success: deleted (after the hook saw it); failure: kept for inspection
+    # success: deleted (after its log was captured); failure: kept for inspection, and its
+    # log captured too
     sim.wait_for(lambda: sim.pod(NS, pod_name(req("ok").key)) is None)
-    assert seen_at_delete == [True]
+    sim.wait_for(lambda: len(seen_at_capture) == 3)
+    assert sorted(seen_at_capture) == sorted(
+        [
+            (pod_name(req("ok").key), True, "the container exited with code 0"),
+            (pod_name(req("bad").key), True, "the container exited with code 3"),
+            (pod_name(req("bad2", run="r2").key), True, "the container exited with code 1"),
+        ]
+    )
     assert sim.pod(NS, pod_name(req("bad").key))["status"]["phase"] == "Failed"
     assert "args ['task', 'run', 'dag', 'bad', 'r1', '--try', '1', '--log-file'" in sim.pod_log(
         NS, pod_name(req("bad").key)

@@ -193,6 +193,74 @@ def test_exit_code_fails_pod_and_stderr_is_in_the_log(
     assert api.read_namespaced_pod_log("bad", NS, container="base") == "oops\n"
 
 
+def test_restart_policy_restarts_containers_and_keeps_the_previous_log(
+    sim: KubeSimulator, api: client.CoreV1Api, tmp_path: Path
+) -> None:
+    marker = tmp_path / "runs"
+    body = pod_body(
+        "flaky",
+        py(f"""
+            import sys
+            with open({str(marker)!r}, "a+") as f:
+                f.seek(0)
+                run = len(f.read())
+                f.write("x")
+            print(f"run {{run}}", flush=True)
+            sys.exit(4 if run < 2 else 0)
+        """),
+    )
+    body["spec"]["restartPolicy"] = "OnFailure"
+    api.create_namespaced_pod(NS, body)
+    pod = sim.wait_for_phase(NS, "flaky", ("Succeeded", "Failed"))
+    assert pod["status"]["phase"] == "Succeeded"
+    (status,) = pod["status"]["containerStatuses"]
+    assert status["restartCount"] == 2
+    assert status["lastState"]["terminated"]["exitCode"] == 4
+    assert status["lastState"]["terminated"]["reason"] == "Error"
+    assert terminated(pod)["exitCode"] == 0
+    assert api.read_namespaced_pod_log("flaky", NS) == "run 2\n"
+    assert api.read_namespaced_pod_log("flaky", NS, previous=True) == "run 1\n"
+    assert sim.pod_log(NS, "flaky", previous=True) == "run 1\n"
+    assert "BackOff" in [e["reason"] for e in sim.events(NS)]
+    # never restarted: no previous log
+    api.create_namespaced_pod(NS, pod_body("once", py("print('once')")))
+    sim.wait_for_phase(NS, "once", "Succeeded")
+    with pytest.raises(ApiException) as exc:
+        api.read_namespaced_pod_log("once", NS, previous=True)
+    assert exc.value.status == 400 and "previous terminated container" in exc.value.body
+
+
+def test_restart_policy_always_restarts_until_deleted_and_oom_kills_restart(
+    sim: KubeSimulator, api: client.CoreV1Api
+) -> None:
+    body = pod_body("always", py("print('hi', flush=True)"))
+    body["spec"]["restartPolicy"] = "Always"
+    api.create_namespaced_pod(NS, body)
+
+    def restarts(name: str) -> int:
+        pod = sim.pod(NS, name) or {}
+        statuses = pod.get("status", {}).get("containerStatuses") or [{}]
+        return int(statuses[0].get("restartCount") or 0)
+
+    sim.wait_for(lambda: restarts("always") >= 2)
+    assert sim.pod(NS, "always")["status"]["phase"] == "Running"  # type: ignore[index]
+    api.delete_namespaced_pod("always", NS, grace_period_seconds=0)
+    sim.wait_for(lambda: sim.pod(NS, "always") is None)
+    # an OOM-killed container of an OnFailure pod runs again; its last state says OOMKilled
+    body = pod_body("oom-again", py("import time; print('up', flush=True); time.sleep(60)"))
+    body["spec"]["restartPolicy"] = "OnFailure"
+    api.create_namespaced_pod(NS, body)
+    sim.wait_for(lambda: sim.pod_log(NS, "oom-again"))
+    sim.oom_kill(NS, "oom-again")
+    sim.wait_for(lambda: restarts("oom-again") == 1)
+    (status,) = sim.pod(NS, "oom-again")["status"]["containerStatuses"]  # type: ignore[index]
+    assert status["lastState"]["terminated"]["reason"] == "OOMKilled"
+    assert status["lastState"]["terminated"]["exitCode"] == 137
+    sim.wait_for(lambda: sim.pod_log(NS, "oom-again"))
+    assert api.read_namespaced_pod_log("oom-again", NS, previous=True) == "up\n"
+    api.delete_namespaced_pod("oom-again", NS, grace_period_seconds=0)
+
+
 def test_missing_secret_keeps_pod_pending_with_config_error(
     sim: KubeSimulator, api: client.CoreV1Api
 ) -> None:

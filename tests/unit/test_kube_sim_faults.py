@@ -242,6 +242,7 @@ def test_eviction(sim: KubeSimulator, api: client.CoreV1Api) -> None:
     sim.wait_for(lambda: sim.pod_log(NS, "ev2"))
     sim.evict(NS, "ev2")
     assert sim.wait_for_phase(NS, "ev2", "Failed")["status"]["reason"] == "Evicted"
+    assert api.read_namespaced_pod_log("ev2", NS) == "started\n"  # readable until deleted
 
 
 def test_forbidden_names_verb_and_resource(sim: KubeSimulator, api: client.CoreV1Api) -> None:

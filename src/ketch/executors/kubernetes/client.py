@@ -12,7 +12,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any, TypeVar
 
 from kubernetes import client as k8s
@@ -61,7 +61,9 @@ class KubeApiError(RuntimeError):
         self.status = status
 
 
-def _describe(exc: ApiException, verb: str, resource: str, namespace: str) -> KubeApiError:
+def _describe(
+    exc: ApiException, verb: str, resource: str, namespace: str, who: str = "the scheduler"
+) -> KubeApiError:
     status = int(exc.status or 0)
     message = ""
     try:
@@ -71,10 +73,24 @@ def _describe(exc: ApiException, verb: str, resource: str, namespace: str) -> Ku
     if status == 403:
         return KubeApiError(
             403,
-            f'RBAC: the scheduler may not "{verb}" "{resource}" in namespace "{namespace}" '
+            f'RBAC: {who} may not "{verb}" "{resource}" in namespace "{namespace}" '
             f"(grant the verb {verb} on {resource}): {message}",
         )
     return KubeApiError(status, f"{verb} {resource}: HTTP {status} {exc.reason or ''}: {message}")
+
+
+def _log_error(exc: KubeApiError, name: str, container: str, previous: bool) -> KubeApiError:
+    which = f"the previous {container} container" if previous else f"container {container}"
+    if exc.status == 404:
+        return KubeApiError(404, f"the log of pod {name}: the pod is gone ({exc})")
+    if exc.status == 400:
+        return KubeApiError(400, f"the log of {which} of pod {name} is not available: {exc}")
+    return KubeApiError(exc.status, f"the log of {which} of pod {name}: {exc}")
+
+
+def _json_body(resp: Any) -> Any:
+    data = resp.data
+    return json.loads(data) if data else None
 
 
 def new_api_client(settings: KubernetesSettings, pool_size: int) -> k8s.ApiClient:
@@ -102,8 +118,10 @@ class KubeApi:
         api_client: k8s.ApiClient | None = None,
         *,
         retry_deadline: float = 30.0,
+        who: str = "the scheduler",
     ) -> None:
         self.namespace = settings.namespace
+        self.who = who  # whose service account, in RBAC errors
         self.api_client = api_client or new_api_client(
             settings, settings.worker_pods_creation_batch_size + 8
         )
@@ -125,10 +143,12 @@ class KubeApi:
         *,
         ok_statuses: frozenset[int] = frozenset(),
         stop: threading.Event | None = None,
+        body: Callable[[Any], Any] = _json_body,
     ) -> tuple[int, Any]:
         """Run ``fn`` under the rate limit; retry transient failures with backoff until the
-        deadline. Returns (status, decoded JSON body); a status in ``ok_statuses`` (e.g. 409
-        on create) is returned instead of raised."""
+        deadline. Returns (status, ``body(response)``: by default the decoded JSON body); a
+        status in ``ok_statuses`` (e.g. 409 on create) is returned (with None) instead of
+        raised."""
         deadline = time.monotonic() + self.retry_deadline
         delay = 0.05
         while True:
@@ -136,15 +156,14 @@ class KubeApi:
             self._count(verb)
             try:
                 resp = fn()
-                data = resp.data
-                return int(resp.status), json.loads(data) if data else None
+                return int(resp.status), body(resp)
             except ApiException as exc:
                 status = int(exc.status or 0)
                 if status in ok_statuses:
                     return status, None
                 if status not in TRANSIENT_CODES:
-                    raise _describe(exc, verb, resource, self.namespace) from exc
-                error = _describe(exc, verb, resource, self.namespace)
+                    raise _describe(exc, verb, resource, self.namespace, self.who) from exc
+                error = _describe(exc, verb, resource, self.namespace, self.who)
             except (HTTPError, OSError) as exc:
                 error = KubeApiError(0, f"{verb} {resource}: no answer from the API server: {exc}")
             if time.monotonic() + delay > deadline or (stop is not None and stop.is_set()):
@@ -210,6 +229,87 @@ class KubeApi:
         )
         return list(body.get("items") or [])
 
+    def get_pod(self, name: str) -> dict[str, Any] | None:
+        """The pod as the API server has it now; None when it does not exist."""
+        status, body = self.call(
+            "get",
+            "pods",
+            lambda: self.core.read_namespaced_pod(
+                name, self.namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
+            ),
+            ok_statuses=frozenset({404}),
+        )
+        return None if status == 404 else body
+
+    def read_pod_log(
+        self,
+        name: str,
+        *,
+        container: str = "base",
+        previous: bool = False,
+        limit_bytes: int | None = None,
+    ) -> bytes:
+        """A container's log so far, the exact bytes (``previous``: its run before its last
+        restart). Raises :class:`KubeApiError`: 404 when the pod is gone, 400 when the
+        container has not started (or has no previous run)."""
+        try:
+            _, data = self.call(
+                "get",
+                "pods/log",
+                lambda: self.core.read_namespaced_pod_log(
+                    name,
+                    self.namespace,
+                    container=container,
+                    previous=previous or None,
+                    limit_bytes=limit_bytes,
+                    _preload_content=False,
+                    _request_timeout=REQUEST_TIMEOUT,
+                ),
+                body=lambda resp: bytes(resp.data or b""),
+            )
+        except KubeApiError as exc:
+            raise _log_error(exc, name, container, previous) from exc
+        return bytes(data)
+
+    def stream_pod_log(
+        self, name: str, *, container: str = "base", read_timeout: float | None = None
+    ) -> Generator[bytes, None, None]:
+        """Follow a container's log: its bytes so far, then new bytes as they arrive (raw
+        chunks, as the server sends them) until the container ends. The request is made at
+        the first ``next()``; closing the generator closes the connection.
+        ``read_timeout``: seconds without a byte before giving up (None: as long as the
+        container runs).
+
+        Opening the stream is retried as every call is; an interrupted stream raises
+        :class:`KubeApiError` with status 0 and the caller decides whether to reopen it."""
+        try:
+            _, resp = self.call(
+                "get",
+                "pods/log",
+                lambda: self.core.read_namespaced_pod_log(
+                    name,
+                    self.namespace,
+                    container=container,
+                    follow=True,
+                    _preload_content=False,
+                    _request_timeout=(REQUEST_TIMEOUT[0], read_timeout),
+                ),
+                body=lambda resp: resp,  # read as it arrives, below
+            )
+        except KubeApiError as exc:
+            raise _log_error(exc, name, container, False) from exc
+        try:
+            for chunk in resp.stream(65536, decode_content=True):
+                if chunk:
+                    yield bytes(chunk)
+        except (HTTPError, OSError) as exc:
+            raise KubeApiError(
+                0, f"get pods/log: the log stream of pod {name} broke: {exc}"
+            ) from exc
+        finally:
+            resp.close()
+            resp.release_conn()
+
     def watch_pods(
         self,
         label_selector: str,
@@ -234,7 +334,7 @@ class KubeApi:
                 _request_timeout=(REQUEST_TIMEOUT[0], timeout_seconds + 30),
             )
         except ApiException as exc:
-            raise _describe(exc, "watch", "pods", self.namespace) from exc
+            raise _describe(exc, "watch", "pods", self.namespace, self.who) from exc
         if on_open is not None:
             on_open(resp)  # lets the owner close the connection to stop at once
         try:

@@ -20,8 +20,17 @@ queued or running (cleared, marked or superseded, perhaps while no scheduler ran
 Every ``TryEnded`` names the pod's hostname (``pod.pod_hostname``): what the try recorded
 as its hostname at start, so the scheduler can tell this pod's end from another's.
 
-Finished pods are deleted per ``delete_worker_pods`` / ``delete_worker_pods_on_failure``,
-always after ``before_delete(pod)`` returned (the hook where a pod's log is captured).
+Finished pods: first their log is captured (``log_capture(pod, reason)``, set by the
+scheduler's side: it rescues the log of a try that did not close it itself, from the pod's
+container log; the executor knows nothing of archives), then they are deleted per
+``delete_worker_pods`` / ``delete_worker_pods_on_failure`` (or kept). Every finished pod is
+offered to ``log_capture`` once per scheduler: tracked tries' pods, pods of tries that ended
+while no scheduler ran (found by ``adopt``), kept pods, pods given up while Pending. A
+capture that raises keeps the pod: it is retried with backoff (``capture_attempts`` times,
+2 s doubling), each failure logged as a WARNING and counted (``log_capture_failures``,
+``log_capture_pending``, ``log_capture_last_error``: what the health endpoint reports);
+after the last attempt the pod is deleted anyway (if it is to be deleted) with an ERROR
+saying its log may be incomplete (``log_capture_abandoned``).
 """
 
 from __future__ import annotations
@@ -53,13 +62,24 @@ from ketch.executors.kubernetes.pod import (
     key_of,
     pod_hostname,
     pod_name,
+    try_annotations,
 )
 from ketch.executors.kubernetes.watch import PodWatcher
 
 log = logging.getLogger(__name__)
 
 VANISHED = "pod vanished (deleted outside ketch or lost while the scheduler was down)"
+CANCELLED = "the try was cancelled: its pod was deleted"
+DELETED_EARLY = "the pod was deleted before it finished"
 _HOUSEKEEPING_INTERVAL = 1.0
+CAPTURE_ATTEMPTS = 8
+CAPTURE_BACKOFF_FIRST = 2.0  # seconds, doubling
+CAPTURE_BACKOFF_MAX = 60.0
+
+LogCapture = Callable[[dict[str, Any], str], None]
+"""``log_capture(pod, reason)``: archive the log of a finished pod if its try did not;
+raise to keep the pod for another attempt. ``reason``: why the pod ended, in words
+(:func:`ketch.executors.kubernetes.reasons.capture_reason`)."""
 
 
 @dataclass(eq=False)
@@ -72,6 +92,23 @@ class _Tracked:
     cancelled: bool = False
     creating: bool = False  # its create is in flight (or retried in the background)
     hostname: str | None = None  # what the try sees as its hostname (see pod_hostname)
+
+
+@dataclass(eq=False)
+class _Finished:
+    """A finished pod on its way out: its log is captured, then it is deleted if wanted."""
+
+    pod: dict[str, Any]
+    reason: str
+    delete: bool
+    attempts: int = 0  # failed captures so far
+    due: float = 0.0  # monotonic time of the next attempt
+    queued: bool = False  # an attempt is submitted or running
+
+
+def _stub(key: TryKey, name: str) -> dict[str, Any]:
+    """A pod known only by name and try (gone, or never seen)."""
+    return {"metadata": {"name": name, "annotations": try_annotations(key)}}
 
 
 def _rv(pod: dict[str, Any]) -> int:
@@ -124,9 +161,34 @@ class KubernetesExecutor:
         # reconcile() once adopt() has told us which tries the database still runs
         self._reconcile_lock = threading.Lock()
         self._adopted = False
-        self.before_delete: Callable[[dict[str, Any]], None] | None = None
-        """Called with the pod (as last seen) right before ketch deletes it: capture its log
-        here. Deletion waits for it; an exception is logged and the pod deleted anyway."""
+        self.log_capture: LogCapture | None = None
+        """Called once with every finished pod (as last seen) and why it ended, before any
+        deletion: the scheduler rescues the pod's log here. An exception keeps the pod and
+        the call is retried (see the module's docstring)."""
+        self.capture_attempts = CAPTURE_ATTEMPTS
+        self.capture_backoff = (CAPTURE_BACKOFF_FIRST, CAPTURE_BACKOFF_MAX)
+        self._finishing: dict[str, _Finished] = {}  # by pod name: capture pending or running
+        self._captured: set[str] = set()  # pods whose capture is done (or given up)
+        self.log_capture_failures = 0  # failed capture attempts since start
+        self.log_capture_abandoned = 0  # pods left (deleted) after the last failed attempt
+        self.log_capture_last_error: str | None = None  # "pod NAME: error", the latest
+
+    @property
+    def log_capture_pending(self) -> int:
+        """Finished pods kept because capturing their log failed (a retry is due)."""
+        with self._lock:
+            return sum(1 for f in self._finishing.values() if f.attempts > 0)
+
+    def log_capture_state(self) -> dict[str, Any]:
+        """For the health endpoint: failures so far, pods waiting for a retry, the last
+        error, pods given up."""
+        with self._lock:
+            return {
+                "failures": self.log_capture_failures,
+                "pending": sum(1 for f in self._finishing.values() if f.attempts > 0),
+                "abandoned": self.log_capture_abandoned,
+                "last_error": self.log_capture_last_error,
+            }
 
     @property
     def api(self) -> KubeApi:
@@ -143,7 +205,7 @@ class KubernetesExecutor:
         self._create_pool = ThreadPoolExecutor(
             self.kube.worker_pods_creation_batch_size, thread_name_prefix="ketch-k8s-create"
         )
-        self._delete_pool = ThreadPoolExecutor(4, thread_name_prefix="ketch-k8s-delete")
+        self._delete_pool = ThreadPoolExecutor(8, thread_name_prefix="ketch-k8s-delete")
         self._watcher = PodWatcher(api, SELECTOR, self._on_event, self._on_sync)
         self._watcher.start()
         self._housekeeper = threading.Thread(
@@ -164,6 +226,8 @@ class KubernetesExecutor:
         with self._lock:
             self._tries.clear()
             self._by_name.clear()
+            # captures not done are redone by the next adopt(): their pods are still there
+            self._finishing.clear()
         self._adopted = False  # nothing is tracked now: no orphans until the next adopt()
         self._watcher = self._housekeeper = None
         self._create_pool = self._delete_pool = None
@@ -282,9 +346,10 @@ class KubernetesExecutor:
             self._by_name.pop(tracked.name, None)
             return True
 
-    def _emit(self, tracked: _Tracked, outcome: reasons.Outcome) -> None:
+    def _emit(self, tracked: _Tracked, outcome: reasons.Outcome) -> bool:
+        """Report the try's end (once: False if it had ended already)."""
         if not self._forget(tracked):
-            return
+            return False
         before_start = outcome.failed_before_start
         k = (tracked.key.dag_id, tracked.key.run_id, tracked.key.task_id)
         if not before_start:
@@ -313,6 +378,7 @@ class KubernetesExecutor:
                 self._sink(event)
             except Exception:
                 log.exception("event sink failed for %s", event)
+        return True
 
     @staticmethod
     def _note_hostname(tracked: _Tracked, pod: dict[str, Any]) -> None:
@@ -329,7 +395,12 @@ class KubernetesExecutor:
         if outcome is None:
             return
         self._emit(tracked, outcome)
-        self._dispose(pod, outcome.succeeded, force=not reasons.is_started(pod))
+        self._dispose(
+            pod,
+            outcome.succeeded,
+            force=not reasons.is_started(pod),
+            reason=CANCELLED if tracked.cancelled else None,
+        )
 
     def _on_event(self, kind: str, pod: dict[str, Any]) -> None:
         name = (pod.get("metadata") or {}).get("name", "")
@@ -337,6 +408,7 @@ class KubernetesExecutor:
             if kind == "DELETED":
                 self._pods.pop(name, None)
                 self._deleting.discard(name)
+                self._captured.discard(name)
             else:
                 old = self._pods.get(name)
                 if old is not None and _rv(old) > _rv(pod):
@@ -347,10 +419,14 @@ class KubernetesExecutor:
             return
         if kind == "DELETED":
             self._note_hostname(tracked, pod)
-            outcome = reasons.ended(pod) or reasons.Outcome(
+            finished = reasons.ended(pod)
+            outcome = finished or reasons.Outcome(
                 None, "pod deleted before it finished" if not tracked.cancelled else None
             )
-            self._emit(tracked, outcome)
+            if self._emit(tracked, outcome):
+                # the pod's log is gone: a log its try did not complete is closed saying so
+                why = CANCELLED if tracked.cancelled else None if finished else DELETED_EARLY
+                self._finish(pod, delete=False, reason=why)
             return
         self._observe(tracked, pod)
 
@@ -367,27 +443,128 @@ class KubernetesExecutor:
     def _check_vanished(self, tracked_list: list[_Tracked], names: set[str]) -> None:
         for tracked in tracked_list:
             # only tries older than a few seconds: a create may be in flight right now
-            if (
+            gone = (
                 tracked.name not in names
                 and not tracked.creating
                 and time.monotonic() - tracked.pending_since > 5
-            ):
-                self._emit(tracked, reasons.Outcome(None, VANISHED))
+            )
+            if gone and self._emit(tracked, reasons.Outcome(None, VANISHED)):
+                self._finish(_stub(tracked.key, tracked.name), delete=False, reason=VANISHED)
 
-    # -- deletion --------------------------------------------------------------------
+    # -- finished pods: capture, then deletion --------------------------------------
 
-    def _dispose(self, pod: dict[str, Any], succeeded: bool, *, force: bool = False) -> None:
-        """Apply the deletion settings to a finished pod (``force``: it never started)."""
+    def _dispose(
+        self,
+        pod: dict[str, Any],
+        succeeded: bool,
+        *,
+        force: bool = False,
+        reason: str | None = None,
+    ) -> None:
+        """A finished pod: capture its log, then apply the deletion settings (``force``: it
+        never started, delete it anyway)."""
         if succeeded:
             wanted = self.kube.delete_worker_pods
         else:
             wanted = force or self.kube.delete_worker_pods_on_failure
-        if wanted:
+        self._finish(pod, delete=wanted, reason=reason)
+
+    def _finish(self, pod: dict[str, Any], *, delete: bool, reason: str | None = None) -> None:
+        """Capture the finished (or gone) pod's log once, then delete it if ``delete``.
+        ``reason``: why it ended, for the rescued log's footer (default: from its status)."""
+        name = pod["metadata"]["name"]
+        with self._lock:
+            entry = self._finishing.get(name)
+            if entry is not None:  # seen again while its capture is pending
+                entry.delete = entry.delete or delete
+                if _rv(pod) > _rv(entry.pod):
+                    entry.pod = pod
+                return
+            capture = self.log_capture is not None and name not in self._captured
+            if capture:
+                entry = _Finished(pod, reason or reasons.capture_reason(pod), delete)
+                self._finishing[name] = entry
+        if entry is not None:
+            self._submit_capture(entry)
+        elif delete:
             self._delete_async(pod)
+
+    def _submit_capture(self, entry: _Finished) -> None:
+        name = entry.pod["metadata"]["name"]
+        with self._lock:
+            pool = self._delete_pool
+            if pool is None or entry.queued:
+                return
+            entry.queued = True
+        try:
+            pool.submit(self._capture, entry)
+        except RuntimeError:  # shutting down: the next scheduler captures it
+            with self._lock:
+                self._finishing.pop(name, None)
+
+    def _capture(self, entry: _Finished) -> None:
+        name = entry.pod["metadata"]["name"]
+        capture = self.log_capture
+        try:
+            if capture is not None:
+                capture(entry.pod, entry.reason)
+        except Exception as exc:
+            first, most = self.capture_backoff
+            with self._lock:
+                entry.attempts += 1
+                self.log_capture_failures += 1
+                self.log_capture_last_error = f"pod {name}: {exc}"
+                last = entry.attempts >= self.capture_attempts
+                delay = min(most, first * 2 ** (entry.attempts - 1))
+                if not last:
+                    entry.due = time.monotonic() + delay
+                    entry.queued = False
+                else:
+                    self.log_capture_abandoned += 1
+            if not last:
+                log.warning(
+                    "capturing the log of pod %s failed (attempt %d of %d, next in %gs;"
+                    " the pod is kept until then): %s",
+                    name,
+                    entry.attempts,
+                    self.capture_attempts,
+                    delay,
+                    exc,
+                )
+                return
+            log.error(
+                "capturing the log of pod %s failed %d times, giving up%s: its try's archived"
+                " log may be incomplete: %s",
+                name,
+                entry.attempts,
+                "; deleting the pod anyway" if entry.delete else "",
+                exc,
+            )
+        with self._lock:
+            if self._finishing.get(name) is not entry:
+                return  # the executor stopped meanwhile
+            del self._finishing[name]
+            if name in self._pods:  # (a pod gone already sends no DELETED to forget it)
+                self._captured.add(name)
+            if not entry.delete or name in self._deleting:
+                return
+            self._deleting.add(name)
+        self._delete(entry.pod)
+
+    def _retry_captures(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            due = [f for f in self._finishing.values() if not f.queued and f.due <= now]
+        for entry in due:
+            self._submit_capture(entry)
 
     def _delete_async(self, pod: dict[str, Any]) -> None:
         name = pod["metadata"]["name"]
         with self._lock:
+            entry = self._finishing.get(name)
+            if entry is not None:  # deleted once its log is captured
+                entry.delete = True
+                return
             if name in self._deleting or self._delete_pool is None:
                 return
             self._deleting.add(name)
@@ -400,11 +577,6 @@ class KubernetesExecutor:
 
     def _delete(self, pod: dict[str, Any]) -> None:
         name = pod["metadata"]["name"]
-        if self.before_delete is not None:
-            try:
-                self.before_delete(pod)
-            except Exception:
-                log.exception("before_delete hook failed for pod %s", name)
         try:
             self.api.delete_pod(name)
         except KubeApiError as exc:
@@ -417,6 +589,7 @@ class KubernetesExecutor:
     def _housekeeping_loop(self) -> None:
         while not self._stop.wait(_HOUSEKEEPING_INTERVAL):
             try:
+                self._retry_captures()
                 self._check_pending()
                 if time.monotonic() - self._last_reconcile >= self.kube.reconcile_interval:
                     self.reconcile()
@@ -440,7 +613,7 @@ class KubernetesExecutor:
                 log.warning("could not read the events of pod %s: %s", tracked.name, exc)
             reason = reasons.pending_reason(pod or {}, events, now - tracked.pending_since)
             self._emit(tracked, reasons.Outcome(None, reason, failed_before_start=True))
-            self._delete_async(pod or {"metadata": {"name": tracked.name}})
+            self._finish(pod or _stub(tracked.key, tracked.name), delete=True, reason=reason)
 
     def reconcile(self) -> None:
         """One list call: missed ends, vanished pods, expired kept pods, orphans."""
@@ -529,6 +702,7 @@ class KubernetesExecutor:
                     name = pod_name(running.key)
                     if running.external_executor_id:
                         log.info("try %s: its pod %s is gone", running.key, name)
+                        self._finish(_stub(running.key, name), delete=False, reason=VANISHED)
                         if self._sink is not None:
                             self._sink(
                                 TryEnded(

@@ -8,7 +8,10 @@ Three layers, merged in this order (later wins):
 2. **executor defaults**: image (``worker_container_repository:worker_container_tag``) and
    service account when the template sets none, ketch's labels and annotations, the task
    command's args and env (``KETCH_TRY_TOKEN``, ``KETCH_EXECUTION_API_URL``,
-   ``KETCH_DAGS_FOLDER``), ``restartPolicy: Never``.
+   ``KETCH_DAGS_FOLDER``, ``KETCH_LOG_PUMP``: the log pump echoes the try's log to stdout and,
+   with ``remote_logging``, ships it to S3), ``restartPolicy: Never``, and with
+   ``remote_logging`` a ``terminationGracePeriodSeconds`` of at least
+   ``final_flush_timeout`` + :data:`FLUSH_GRACE_MARGIN` (a deleted pod's try flushes its log).
 3. the task's **executor_config** (keys below, Kubernetes spelling or snake_case).
 
 Lists of named things (containers, initContainers, env, volumes, volumeMounts, ports)
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,10 @@ import yaml
 
 from ketch.config import KubernetesSettings, Settings
 from ketch.executors.base import LaunchRequest, TryKey
+from ketch.logs.archive.base import log_key
+from ketch.logs.pump import CONFIG_ENV as PUMP_CONFIG_ENV
+from ketch.logs.pump import PumpConfig
+from ketch.logs.shipper import ShipperConfig
 from ketch.worker.client import ENV_TOKEN, ENV_URL
 from ketch.worker.runner import ENV_DAGS_FOLDER
 from ketch.worker.task_log import log_path
@@ -42,6 +50,8 @@ LABEL_TRY = "ketch.io/try-number"
 LABEL_TI_ID = "ketch.io/ti-id"
 SELECTOR = f"{MANAGED_BY}=ketch"
 DEADLINE_GRACE_SECONDS = 60
+# seconds a SIGTERMed try needs besides its final flush (stop the task's children, report)
+FLUSH_GRACE_MARGIN = 15
 
 # executor_config key -> (where it goes, kind). Kinds: "str", "list", "dict", "named" (list
 # merged by name).
@@ -388,5 +398,34 @@ def build_pod(
     ]
     if dags_folder:
         ketch_env.append({"name": ENV_DAGS_FOLDER, "value": dags_folder})
+    ketch_env.append({"name": PUMP_CONFIG_ENV, "value": pump_config(settings, key).to_env()})
     base["env"] = merge_named(base.get("env") or [], ketch_env, "env")
+    if settings.logging.remote_logging:
+        # a deleted pod (cancel, eviction) gets SIGTERM, then SIGKILL after this grace:
+        # leave the try time for its final flush
+        needed = math.ceil(settings.logging.final_flush_timeout) + FLUSH_GRACE_MARGIN
+        grace = spec.get("terminationGracePeriodSeconds")
+        if not isinstance(grace, int) or grace < needed:
+            spec["terminationGracePeriodSeconds"] = needed
     return pod
+
+
+def pump_config(settings: Settings, key: TryKey) -> PumpConfig:
+    """What the try's log pump does in a pod: echo the log to stdout (plain or JSON
+    lines) and, with ``remote_logging``, ship it to the S3 archive in chunks."""
+    logs = settings.logging
+    ship = None
+    if logs.remote_logging and logs.remote_base_log_folder:
+        ship = ShipperConfig(
+            key=log_key(key),
+            remote_base_log_folder=logs.remote_base_log_folder,
+            interval=logs.chunk_interval_seconds,
+            size_bytes=logs.chunk_size_kib * 1024,
+            final_flush_timeout=logs.final_flush_timeout,
+            endpoint_url=logs.s3_endpoint_url,
+            region=logs.s3_region,
+            encrypt=logs.encrypt_s3_logs,
+            kms_key_id=logs.s3_kms_key_id,
+            conn_id=logs.remote_log_conn_id,
+        ).to_json()
+    return PumpConfig(echo_stdout=True, json_format=logs.json_format, ship=ship)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,3 +118,52 @@ def pending_reason(pod: dict[str, Any], events: list[dict[str, Any]], waited: fl
 def is_started(pod: dict[str, Any]) -> bool:
     """True once the pod left Pending (the task container started or the pod ended)."""
     return phase(pod) != "Pending"
+
+
+def _signal_name(code: int) -> str | None:
+    if 128 < code < 128 + 65:
+        try:
+            return signal.Signals(code - 128).name
+        except ValueError:
+            return None
+    return None
+
+
+def capture_reason(pod: dict[str, Any], pending: str | None = None) -> str:
+    """Why a finished pod's try did not close its own log, in words for the footer of a
+    rescued log ("... captured by the scheduler from the pod's log: REASON"):
+    ``OOMKilled, memory limit 256Mi``, ``Evicted: The node was low on resource: memory.``,
+    ``the container exited with code 3``, ``ErrImagePull: <message>``, ``killed at its
+    execution_timeout (...)``. ``pending``: the reason a pod that stayed Pending too long was
+    given up (see :func:`pending_reason`)."""
+    if pending:
+        return pending
+    status = pod.get("status") or {}
+    p = phase(pod)
+    if p == "Failed":
+        if status.get("reason") == "Evicted":
+            return f"Evicted: {status.get('message') or 'the pod was evicted'}"
+        if status.get("reason") == "DeadlineExceeded":
+            detail = status.get("message") or "the pod's activeDeadlineSeconds passed"
+            return f"killed at its execution_timeout ({detail})"
+    base = _base_status(pod) or {}
+    term = (base.get("state") or {}).get("terminated") or {}
+    if p in ("Failed", "Succeeded") and term:
+        code = term.get("exitCode")
+        if term.get("reason") == "OOMKilled":
+            limit = memory_limit(pod)
+            return f"OOMKilled, memory limit {limit}" if limit else "OOMKilled, no memory limit set"
+        if term.get("reason") in ("StartError", "ContainerCannotRun") or code == 128:
+            return f"the container could not start: {term.get('message') or term.get('reason')}"
+        if code is not None:
+            sig = _signal_name(int(code))
+            return f"the container exited with code {code}" + (f" ({sig})" if sig else "")
+    for s in [*_statuses(pod, "initContainerStatuses"), *_statuses(pod)]:
+        waiting = (s.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in FATAL_WAITING:
+            msg = waiting.get("message") or ""
+            return f"{waiting['reason']}: {msg}" if msg else str(waiting["reason"])
+    outcome = ended(pod)
+    if outcome is not None and outcome.reason:
+        return outcome.reason
+    return f"the pod ended ({p})"

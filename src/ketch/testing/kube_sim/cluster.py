@@ -27,6 +27,10 @@ from ketch.testing.kube_sim.faults import Faults
 from ketch.testing.kube_sim.selectors import labels_match
 
 NODE_NAME = "kube-sim-node"
+# back-off before a container is restarted (restartPolicy OnFailure/Always), doubling: a
+# real kubelet waits 10 s doubling to 5 min; the simulator is quicker
+RESTART_BACKOFF_FIRST = 0.1
+RESTART_BACKOFF_MAX = 2.0
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -136,6 +140,8 @@ class PodRuntime:
     evict_requested: bool = False
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: dict[str, LogBuffer] = field(default_factory=dict)
+    # the log of each restarted container's previous run (``GET .../log?previous=true``)
+    previous_logs: dict[str, LogBuffer] = field(default_factory=dict)
     thread: threading.Thread | None = None
 
 
@@ -537,6 +543,9 @@ class Kubelet:
         self.spec = self.pod["spec"]
         self.init_statuses: dict[str, dict[str, Any]] = {}
         self.statuses: dict[str, dict[str, Any]] = {}
+        # main containers restarted under the pod's restartPolicy: (restartCount, lastState)
+        self.restarts: dict[str, tuple[int, dict[str, Any]]] = {}
+        self.oom_killed: set[str] = set()  # containers whose current run was OOM-killed
 
     # helpers
 
@@ -553,7 +562,13 @@ class Kubelet:
             if self.init_statuses:
                 pod["status"]["initContainerStatuses"] = list(self.init_statuses.values())
             if self.statuses:
-                pod["status"]["containerStatuses"] = list(self.statuses.values())
+                statuses = []
+                for s in self.statuses.values():
+                    restarted = self.restarts.get(s["name"])
+                    if restarted is not None:
+                        s = {**s, "restartCount": restarted[0], "lastState": restarted[1]}
+                    statuses.append(s)
+                pod["status"]["containerStatuses"] = statuses
 
         return self.cluster.update_pod(self.rt, apply)
 
@@ -879,22 +894,41 @@ class Kubelet:
         return True
 
     def _wait_exit(
-        self, procs: dict[str, subprocess.Popen[bytes]], *, main: bool = True
+        self,
+        procs: dict[str, subprocess.Popen[bytes]],
+        *,
+        main: bool = True,
+        restart: Callable[[str, int], subprocess.Popen[bytes] | None] | None = None,
     ) -> dict[str, int]:
-        """Wait for processes, applying deletion/OOM/eviction; returns exit codes."""
+        """Wait for processes, applying deletion/OOM/eviction; returns exit codes.
+
+        ``restart(name, exit_code)`` may start a container again (the pod's restartPolicy):
+        its new process replaces the old one and the wait goes on."""
         codes: dict[str, int] = {}
-        started = time.monotonic()
+        procs = dict(procs)
+        started = dict.fromkeys(procs, time.monotonic())
         term_sent = False
         while True:
-            for name, proc in procs.items():
+            for name, proc in list(procs.items()):
                 if name not in codes and proc.poll() is not None:
                     rc = proc.returncode
-                    codes[name] = rc if rc >= 0 else 128 - rc
+                    code = rc if rc >= 0 else 128 - rc
+                    rt = self.rt
+                    again = None
+                    if restart is not None and not (
+                        rt.stop or rt.delete_deadline is not None or rt.evict_requested
+                    ):
+                        again = restart(name, code)
+                    if again is not None:
+                        procs[name] = again
+                        started[name] = time.monotonic()
+                    else:
+                        codes[name] = code
             if len(codes) == len(procs):
                 return codes
             rt = self.rt
             faults = self.cluster.faults
-            elapsed = time.monotonic() - started
+            now = time.monotonic()
             if rt.stop:
                 for proc in procs.values():
                     kill_group(proc, signal.SIGKILL)
@@ -904,24 +938,100 @@ class Kubelet:
                     for proc in procs.values():
                         kill_group(proc, signal.SIGTERM)
                     term_sent = True
-                elif time.monotonic() >= rt.delete_deadline:
+                elif now >= rt.delete_deadline:
                     for proc in procs.values():
                         kill_group(proc, signal.SIGKILL)
-            elif not main:
-                pass  # OOM and eviction faults target the main containers
-            elif rt.oom_requested or (
-                self._selected(faults.oom_kill_selector) and elapsed >= faults.oom_after_seconds
-            ):
-                rt.oom_requested = True
-                for proc in procs.values():
-                    kill_group(proc, signal.SIGKILL)
-            elif rt.evict_requested or (
-                self._selected(faults.evict_selector) and elapsed >= faults.evict_after_seconds
-            ):
-                rt.evict_requested = True
-                for proc in procs.values():
-                    kill_group(proc, signal.SIGKILL)
+            elif main:  # OOM and eviction faults target the main containers
+                fault = self._selected(faults.oom_kill_selector)
+                victims = [
+                    name
+                    for name in procs
+                    if name not in codes
+                    and name not in self.oom_killed
+                    and (
+                        rt.oom_requested
+                        or (fault and now - started[name] >= faults.oom_after_seconds)
+                    )
+                ]
+                rt.oom_requested = False
+                if victims:
+                    self.oom_killed.update(victims)
+                    self._event(
+                        "Warning",
+                        "OOMKilling",
+                        "Memory cgroup out of memory: Killed process (container exceeded its"
+                        " memory limit)",
+                    )
+                    for name in victims:
+                        kill_group(procs[name], signal.SIGKILL)
+                elif not self.oom_killed and (
+                    rt.evict_requested
+                    or (
+                        self._selected(faults.evict_selector)
+                        and now - min(started.values()) >= faults.evict_after_seconds
+                    )
+                ):
+                    rt.evict_requested = True
+                    for proc in procs.values():
+                        kill_group(proc, signal.SIGKILL)
             self._wait(self.POLL)
+
+    def _restart_policy(self, name: str, code: int) -> bool:
+        policy = self.spec.get("restartPolicy") or "Always"
+        return policy == "Always" or (
+            policy == "OnFailure" and (code != 0 or name in self.oom_killed)
+        )
+
+    def _restart(
+        self, c: dict[str, Any], code: int, started: dict[str, str]
+    ) -> subprocess.Popen[bytes] | None:
+        """Run a main container again after it exited (restartPolicy OnFailure/Always): its
+        last run becomes ``lastState`` and its log the ``previous`` log; None if it is not
+        restarted (then its exit ends it)."""
+        name = c["name"]
+        if not self._restart_policy(name, code):
+            return None
+        oom = name in self.oom_killed
+        self.oom_killed.discard(name)
+        if oom:
+            code, reason = 137, "OOMKilled"
+        else:
+            reason = "Completed" if code == 0 else "Error"
+        count = self.restarts.get(name, (0, {}))[0] + 1
+        self.restarts[name] = (count, self._terminated(code, reason, started[name]))
+        old = self.rt.logs.get(name)
+        if old is not None:
+            with old.cond:  # the pipe is at its end when the process is gone (or nearly)
+                old.cond.wait_for(functools.partial(getattr, old, "done"), timeout=1.0)
+            old.close()
+            self.rt.previous_logs[name] = old
+        delay = min(RESTART_BACKOFF_MAX, RESTART_BACKOFF_FIRST * 2 ** (count - 1))
+        self.statuses[name] = _container_status(
+            c,
+            {
+                "waiting": {
+                    "reason": "CrashLoopBackOff",
+                    "message": f"back-off {delay:g}s restarting failed container={name}"
+                    f" pod={self.rt.name}_{self.rt.namespace}({self.rt.uid})",
+                }
+            },
+        )
+        self._update(lambda p: None)
+        self._event("Warning", "BackOff", "Back-off restarting failed container")
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline:
+            if self.rt.stop or self.rt.delete_deadline is not None or self.rt.evict_requested:
+                return None
+            self._wait(min(self.POLL, max(0.0, deadline - time.monotonic())))
+        result = self._start(c, self.statuses)
+        if not isinstance(result, subprocess.Popen):
+            return None
+        started[name] = now_rfc3339()
+        self.statuses[name] = _container_status(
+            c, {"running": {"startedAt": started[name]}}, ready=True, started=True
+        )
+        self._update(lambda p: None)
+        return result
 
     def _run_containers(self) -> None:
         containers = self.spec["containers"]
@@ -976,7 +1086,14 @@ class Kubelet:
             _set_condition(p, "Ready", "True")
 
         self._update(running)
-        codes.update(self._wait_exit(procs))
+        started_at = dict.fromkeys(procs, started)
+        by_name = {c["name"]: c for c in containers}
+        codes.update(
+            self._wait_exit(
+                procs,
+                restart=lambda name, code: self._restart(by_name[name], code, started_at),
+            )
+        )
         for name in procs:
             buf = self.rt.logs.get(name)
             if buf is not None:
@@ -986,23 +1103,19 @@ class Kubelet:
         rt = self.rt
         if rt.stop:
             return
-        oom = rt.oom_requested
+        oom = bool(self.oom_killed)
         evicted = rt.evict_requested and not oom
         for c in containers:
             name = c["name"]
             if name in messages:
                 continue
             code = codes[name]
-            if oom and name in procs:
+            if name in self.oom_killed and name in procs:
                 code, reason = 137, "OOMKilled"
             else:
                 reason = "Completed" if code == 0 else "Error"
-            self.statuses[name] = _container_status(c, self._terminated(code, reason, started))
-        if oom:
-            self._event(
-                "Warning",
-                "OOMKilling",
-                "Memory cgroup out of memory: Killed process (container exceeded its memory limit)",
+            self.statuses[name] = _container_status(
+                c, self._terminated(code, reason, started_at.get(name, started))
             )
         if evicted:
             self._event(

@@ -124,7 +124,7 @@ def pod_table(pods: list[dict[str, Any]], rv: int) -> dict[str, Any]:
                     pod["metadata"]["name"],
                     f"{ready}/{total}",
                     status,
-                    0,
+                    sum(int(s.get("restartCount") or 0) for s in statuses),
                     _age(pod["metadata"].get("creationTimestamp", "")),
                 ],
                 "object": {
@@ -628,15 +628,17 @@ class Handler(BaseHTTPRequestHandler):
             container = main[0]
         if container not in names:
             raise ApiError(400, "BadRequest", f"container {container} is not valid for pod {name}")
-        if query.get("previous", "").lower() in ("true", "1"):
+        previous = query.get("previous", "").lower() in ("true", "1")
+        with cluster.cond:
+            rt = cluster.runtimes.get(pod["metadata"]["uid"])
+            logs = (rt.previous_logs if previous else rt.logs) if rt else {}
+            buf = logs.get(container)
+        if buf is None and previous:
             raise ApiError(
                 400,
                 "BadRequest",
                 f'previous terminated container "{container}" in pod "{name}" not found',
             )
-        with cluster.cond:
-            rt = cluster.runtimes.get(pod["metadata"]["uid"])
-            buf = rt.logs.get(container) if rt else None
         if buf is None:
             reason = "ContainerCreating"
             for st in (pod["status"].get("initContainerStatuses") or []) + (

@@ -171,14 +171,18 @@ class KubeSimulator:
                 if namespace is None or ns == namespace
             ]
 
-    def pod_log(self, namespace: str, name: str, container: str | None = None) -> str:
-        """The output captured so far from a pod's container (first container by default)."""
+    def pod_log(
+        self, namespace: str, name: str, container: str | None = None, *, previous: bool = False
+    ) -> str:
+        """The output captured so far from a pod's container (first container by default);
+        ``previous``: the output of its run before its last restart ("" if none)."""
         pod = self.pod(namespace, name)
         if pod is None:
             raise KeyError(f"{namespace}/{name}")
         container = container or pod["spec"]["containers"][0]["name"]
         rt = self._cluster.runtimes.get(pod["metadata"]["uid"])
-        buf = rt.logs.get(container) if rt else None
+        logs = (rt.previous_logs if previous else rt.logs) if rt else {}
+        buf = logs.get(container)
         return bytes(buf.data).decode(errors="replace") if buf else ""
 
     @property
