@@ -280,7 +280,7 @@ def test_logs_through_the_api(both: Both) -> None:
 
 
 def test_follow_prints_a_live_log_until_the_try_ends(both: Both, db: Engine) -> None:
-    from ketch.api.rest import logs
+    from ketch.logs import reader
     from ketch.executors.base import TryKey
     from ketch.worker.task_log import log_path
 
@@ -304,15 +304,15 @@ def test_follow_prints_a_live_log_until_the_try_ends(both: Both, db: Engine) -> 
             ti.state = "success"
             session.commit()
 
-    old = (logs.POLL_SECONDS, logs.LIVENESS_SECONDS)
-    logs.POLL_SECONDS, logs.LIVENESS_SECONDS = 0.05, 0.1
+    old = reader.STATE_CHECK_SECONDS
+    reader.STATE_CHECK_SECONDS = 0.1
     writer = threading.Thread(target=write_then_finish)
     writer.start()
     try:
         followed = both.remote("tasks", "logs", "etl", "live", "extract", "-f")
     finally:
         writer.join()
-        logs.POLL_SECONDS, logs.LIVENESS_SECONDS = old
+        reader.STATE_CHECK_SECONDS = old
     assert followed.exit_code == 0, followed.output
     assert followed.output == "first\nsecond\nlast\n"
 

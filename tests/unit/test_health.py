@@ -36,7 +36,10 @@ def test_health_commits_its_probe_row(engine: Engine) -> None:
     before = probe_time(engine)
     with local_client(create_app(get_settings())) as client:
         answer = client.get(HEALTH)
-        assert (answer.status_code, answer.json()) == (200, {"status": "ok", "database": "ok"})
+        assert (answer.status_code, answer.json()) == (
+            200,
+            {"status": "ok", "database": "ok", "log_archive": "ok"},
+        )
         after = probe_time(engine)
         assert after > before
         with Session(engine) as session:  # the row is gone: the probe puts it back
@@ -73,6 +76,7 @@ def test_health_reports_postgresql_in_read_only_mode(
         assert answer.json() == {
             "status": "unhealthy",
             "database": "writes refused: cannot execute UPDATE in a read-only transaction",
+            "log_archive": "ok",
         }
         read_only(False)
         assert client.get(HEALTH).status_code == 200
@@ -104,6 +108,7 @@ def test_health_reports_a_sqlite_file_opened_read_only(sqlite_engine: Engine) ->
     assert answer.json() == {
         "status": "unhealthy",
         "database": "writes refused: attempt to write a readonly database",
+        "log_archive": "ok",
     }
 
 
@@ -158,6 +163,7 @@ def test_health_reports_sqlite_on_a_full_disk(
         assert answer.json() == {
             "status": "unhealthy",
             "database": "writes refused: database or disk is full",
+            "log_archive": "ok",
         }
         filler.unlink()
         assert client.get(HEALTH).status_code == 200

@@ -48,7 +48,11 @@ def test_openapi_and_health(client: TestClient) -> None:
     assert spec["info"]["title"] == "ketch"
     assert f"{API}/dags/{{dag_id}}/dagRuns" in spec["paths"]
     assert "/execution/try/start" in spec["paths"]
-    assert client.get(f"{API}/health").json() == {"status": "ok", "database": "ok"}
+    assert client.get(f"{API}/health").json() == {
+        "status": "ok",
+        "database": "ok",
+        "log_archive": "ok",
+    }
 
 
 def test_list_dags_filters_and_paginates(client: TestClient) -> None:
@@ -282,17 +286,16 @@ def test_a_crafted_run_id_cannot_make_the_log_reader_leave_the_log_folder(
         assert "SECRET" not in response.text
     with pytest.raises(UnsafeLogPath):
         log_path(log_folder, TryKey("etl", crafted, "extract", 1))
-    # The route's own guard, called as the router would with that id.
-    from fastapi import HTTPException
+    # The reader's own guard, called as the route would with that id.
+    from ketch.logs.access import LogAccess
+    from ketch.logs.reader import LogUnavailable
 
-    from ketch.api.rest.logs import get_log
-
-    with Session(sqlite_engine) as session:
-        for follow in (False, True):
-            with pytest.raises(HTTPException) as refused:
-                get_log("etl", crafted, "extract", 1, session, get_settings(), follow)
-            assert refused.value.status_code == 404
-            assert "cannot name a file inside the log folder" in str(refused.value.detail)
+    reader = LogAccess(get_settings()).reader()
+    for live in (False, True):
+        with pytest.raises(LogUnavailable) as refused:
+            reader.best(TryKey("etl", crafted, "extract", 1), live)
+        assert refused.value.status == 404
+        assert "cannot name a file inside the log folder" in str(refused.value)
 
 
 def test_a_log_file_symlinked_out_of_the_log_folder_is_not_served(

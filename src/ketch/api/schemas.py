@@ -38,6 +38,11 @@ class StrictBody(BaseModel):
 class HealthResponse(BaseModel):
     status: Literal["ok", "unhealthy"]
     database: str
+    log_archive: str = Field(
+        default="ok",
+        description="'ok', or why task logs cannot be archived or read from the archive "
+        "(the web still answers: tries keep their logs on local disk meanwhile)",
+    )
 
 
 # --- DAGs ------------------------------------------------------------------------------

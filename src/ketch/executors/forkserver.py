@@ -54,6 +54,8 @@ DEFAULT_PRELOAD = [
     "ketch.states",
     "ketch.worker.client",
     "ketch.worker.task_log",
+    "ketch.logs.pump",
+    "ketch.logs.masking",
     "ketch.worker.runner",
     "ketch.authoring",
     "ketch.authoring.loader",
@@ -80,30 +82,33 @@ def _resolve_target(target: str) -> Callable[[list[str]], int]:
     return getattr(importlib.import_module(module_name), func_name)
 
 
-def _redirect_output(log_file: str | None) -> None:
-    """stdin from /dev/null; stdout and stderr appended to the try's log file.
+def _redirect_output(log_file: str | None, argv: list[str]) -> None:
+    """stdin from /dev/null; stdout and stderr to the try's log pump, which appends them
+    (masked) to the try's log file.
 
     A log that cannot be written must neither kill the child before the try can say why
-    nor raise into the task's own prints: a log that cannot be opened sends the output
-    to /dev/null, a write that fails later (a full disk) is dropped, and either way the
-    first error is kept for the runner, which fails the try with it (``task_log``).
+    nor raise into the task's own prints: the pump notes the first failure and the
+    runner fails the try with it (``task_log``).
     """
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
     if not log_file:
         return
+    from ketch.logs import pump
     from ketch.worker import task_log
 
-    try:
-        fd = task_log.open_log_file(log_file)
-    except OSError as exc:
-        task_log.note_write_error(exc, log_file)
-        fd = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
+    pump.start(log_file, pump.PumpConfig.from_env(pump.meta_from_argv(argv)))
     task_log.guard_output(log_file)
+
+
+def _finish_log() -> None:
+    """Wait for the log pump to write what the try printed last (bounded)."""
+    from ketch.logs import pump
+
+    handle = pump.current()
+    if handle is not None:
+        handle.finish(timeout=pump.default_finish_timeout(handle.config))
 
 
 def _child_main(request: dict[str, Any], server_fds: list[int]) -> None:
@@ -120,11 +125,11 @@ def _child_main(request: dict[str, Any], server_fds: list[int]) -> None:
         for fd in server_fds:
             os.close(fd)
         os.setsid()
-        _redirect_output(request.get("log_file"))
         started_at = os.environ["KETCH_PROCESS_STARTED_AT"]
         os.environ.clear()
         os.environ.update(request.get("env") or {})
         os.environ["KETCH_PROCESS_STARTED_AT"] = started_at
+        _redirect_output(request.get("log_file"), list(request["argv"]))
         import random
 
         random.seed()
@@ -143,6 +148,8 @@ def _child_main(request: dict[str, Any], server_fds: list[int]) -> None:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
+        with contextlib.suppress(BaseException):
+            _finish_log()
         os._exit(code)
 
 

@@ -88,8 +88,11 @@ _doomed: list[Any] = []  # psutil.Process snapshots taken when a timeout fired
 def _descendants() -> list[Any]:
     import psutil
 
+    from ketch.logs.pump import pump_pid
+
+    spare = pump_pid()
     try:
-        return list(psutil.Process().children(recursive=True))
+        return [p for p in psutil.Process().children(recursive=True) if p.pid != spare]
     except psutil.Error:
         return []
 
@@ -549,10 +552,17 @@ def main(argv: list[str]) -> int:
         sys.stdout.reconfigure(line_buffering=True)  # a live log follows the task's prints
     if args.log_file is None:
         return run_try(args)
-    from ketch.worker.task_log import tee_output
+    from ketch.logs import pump
+    from ketch.worker.task_log import guard_output
 
-    with tee_output(args.log_file):
+    config = pump.PumpConfig.from_env(pump.meta_from_argv(argv))
+    config.echo_stdout = True  # a pod: kubectl logs and log collectors read its stdout
+    handle = pump.start(str(args.log_file), config)
+    guard_output(str(args.log_file))
+    try:
         return run_try(args)
+    finally:
+        handle.finish(timeout=pump.default_finish_timeout(config))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,9 @@
-"""Where a try's log lives, the tee a try uses when it runs in a pod, and what happens
-when the log cannot be written.
+"""Where a try's log lives and what happens when the log cannot be written.
 
-One path rule for everyone: the local executor writes the file, the REST API
-and the log archive read it. The tee works on file descriptors, not on
-``sys.stdout``, so output of C extensions and of child processes (a bash task)
-is captured too.
+One path rule for everyone: the try's log pump (``ketch.logs.pump``) writes the file,
+the REST API and the log archive read it. The pump reads fds 1 and 2, not
+``sys.stdout``, so output of C extensions and of child processes (a bash task) is
+captured too.
 
 A log that cannot be written (a full disk, a read-only or missing volume) must not
 crash the try with an unrelated error, kill it silently, or hang it: the first failure
@@ -15,16 +14,11 @@ task log: [Errno 28] No space left on device (/logs/.../attempt=1.log)``.
 
 from __future__ import annotations
 
-import fcntl
 import io
 import os
-import struct
 import sys
-import termios
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -120,19 +114,33 @@ def note_write_error(exc: OSError, path: str | os.PathLike[str] | None) -> None:
 
 
 def write_problem() -> str | None:
-    """Why this try's log could not be written (the first failure), or None."""
-    _drain_tee()
+    """Why this try's log could not be written (the first failure), or None.
+
+    With a log pump, asks it (after it has processed everything written so far)."""
+    from ketch.logs import pump
+
+    handle = pump.current()
+    if handle is not None:
+        problem = handle.problem()
+        if problem:
+            with _problem_lock:
+                global _problem
+                _problem = _problem or problem
     return _problem
 
 
 def drain_output() -> None:
-    """Flush stdout and stderr and, in a pod, wait until the tee has written them out
+    """Flush stdout and stderr and wait until the log pump has written them out
     (before the try kills itself)."""
     for stream in (sys.stdout, sys.stderr):
         with suppress(Exception):
             stream.flush()
-    with suppress(Exception):
-        _drain_tee()
+    from ketch.logs import pump
+
+    handle = pump.current()
+    if handle is not None:
+        with suppress(Exception):
+            handle.problem()
 
 
 class _GuardedFileIO(io.FileIO):
@@ -152,9 +160,9 @@ class _GuardedFileIO(io.FileIO):
 
 
 def guard_output(log_file: str) -> None:
-    """Replace ``sys.stdout``/``sys.stderr`` (fds 1 and 2, already the log file) with
-    streams whose failing writes are noted instead of raised. For the fork server's
-    children, whose output goes straight to the log file."""
+    """Replace ``sys.stdout``/``sys.stderr`` (fds 1 and 2, the log pump's pipe) with
+    streams whose failing writes (the pump is gone: EPIPE) are noted instead of raised
+    into the task's own prints."""
     for name, fd in (("stdout", 1), ("stderr", 2)):
         old = getattr(sys, name)
         stream = io.TextIOWrapper(
@@ -164,112 +172,3 @@ def guard_output(log_file: str) -> None:
             line_buffering=True,
         )
         setattr(sys, name, stream)
-
-
-# -- the tee (pods) ----------------------------------------------------------------------
-
-
-class _Tee:
-    """The pump thread of :func:`tee_output`: pipe -> the old stdout and the log file."""
-
-    def __init__(self, read_fd: int, saved_out: int, log_fd: int | None, path: Path) -> None:
-        self.read_fd = read_fd
-        self.saved_out = saved_out
-        self.log_fd = log_fd
-        self.path = path
-        self.idle = True  # between chunks: everything read so far was written out
-        self.thread = threading.Thread(target=self._pump, name="ketch-log-tee", daemon=True)
-
-    def _pump(self) -> None:
-        while True:
-            self.idle = True
-            chunk = os.read(self.read_fd, 65536)
-            self.idle = False
-            if not chunk:
-                break
-            with suppress(OSError):  # the pod's stdout: best effort
-                _write_all(self.saved_out, chunk)
-            if self.log_fd is not None:
-                try:
-                    _write_all(self.log_fd, chunk)
-                except OSError as exc:  # the rest of this chunk is lost; the try will fail
-                    note_write_error(exc, self.path)
-        os.close(self.read_fd)
-
-    def drain(self, timeout: float = 2.0) -> None:
-        """Wait until what was written to fds 1/2 so far has gone through the pump."""
-        deadline = time.monotonic() + timeout
-        quiet = 0
-        while time.monotonic() < deadline and self.thread.is_alive():
-            if self.idle and _unread(self.read_fd) == 0:
-                quiet += 1
-                if quiet >= 2:  # twice in a row, a little apart: the pump is waiting for more
-                    return
-            else:
-                quiet = 0
-            time.sleep(0.002)
-
-
-def _write_all(fd: int, chunk: bytes) -> None:
-    view = memoryview(chunk)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _unread(fd: int) -> int:
-    try:
-        raw = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
-    except OSError:
-        return 0
-    return int(struct.unpack("i", raw)[0])
-
-
-_tee: _Tee | None = None
-
-
-def _drain_tee() -> None:
-    tee = _tee
-    if tee is not None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        tee.drain()
-
-
-@contextmanager
-def tee_output(path: Path) -> Iterator[None]:
-    """Send fds 1 and 2 to their old target and appended to ``path`` until the block ends.
-
-    A log file that cannot be opened is noted (see :func:`write_problem`) and output
-    goes to the old target only; one that fails later is noted the same way, and the
-    pump keeps serving the old target so the try never blocks on a full pipe.
-    """
-    global _tee
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        log_fd: int | None = open_log_file(path)
-    except OSError as exc:
-        note_write_error(exc, path)
-        log_fd = None
-    saved_out = os.dup(1)
-    saved_err = os.dup(2)
-    read_fd, write_fd = os.pipe()
-    tee = _tee = _Tee(read_fd, saved_out, log_fd, path)
-    tee.thread.start()
-    os.dup2(write_fd, 1)
-    os.dup2(write_fd, 2)
-    os.close(write_fd)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved_out, 1)
-        os.dup2(saved_err, 2)
-        tee.thread.join(timeout=5)  # children still holding the pipe must not hang the exit
-        _tee = None
-        os.close(saved_err)
-        if not tee.thread.is_alive():
-            os.close(saved_out)
-            if log_fd is not None:
-                os.close(log_fd)

@@ -46,8 +46,16 @@ def health(session: SessionDep, request: Request, response: Response) -> HealthR
         if outage is not None:
             outage.failed(problem)
         response.status_code = 503
-        return HealthResponse(status="unhealthy", database=problem)
-    return HealthResponse(status="ok", database="ok")
+        return HealthResponse(status="unhealthy", database=problem, log_archive=_archive(request))
+    return HealthResponse(status="ok", database="ok", log_archive=_archive(request))
+
+
+def _archive(request: Request) -> str:
+    """The log archive's state (checked at most every 30 s): not part of the status,
+    a broken bucket must not make Kubernetes restart healthy web pods."""
+    from ketch.api.rest.logs import log_access
+
+    return log_access(request).archive_status()
 
 
 def write_probe(session: Session) -> None:

@@ -1,70 +1,58 @@
-"""A try's log: the whole file as text, or followed live as Server-Sent Events.
+"""A try's log: in byte ranges, its last lines, as a download, or followed live (SSE).
 
-``?follow=true`` streams ``event: log`` messages as the file grows and ends with
-one ``event: end`` once the try is no longer queued or running (after a last read,
-so nothing written before the end is lost). Reads go through a thread so a slow
-disk or database never blocks the event loop.
+Where the bytes come from follows ``ketch.logs.reader``'s fixed order (live file, pod,
+archive); the ``X-Log-Source`` header names it and ``X-Log-Complete`` says whether the
+log is known to be whole. Nothing is loaded whole: a range is read, a full read or a
+download is streamed in 64 KiB pieces.
+
+``?follow=true`` streams ``event: log`` messages from ``offset`` and ends with one
+``event: end`` (the try's final state) once the try is over and everything was read;
+a follower of a queued try waits for it to start. Each step runs on the thread pool and
+is short, so a slow disk, S3 or database never blocks the event loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import codecs
 import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path as FsPath
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException
-from fastapi.responses import FileResponse, Response, StreamingResponse
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import Response, StreamingResponse
 from fastapi.sse import format_sse_event
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.concurrency import iterate_in_threadpool
 
 from ketch import operations
-from ketch.api.rest.common import SessionDep, SettingsDep, TryNumber, error_responses
+from ketch.api.rest.common import SessionDep, TryNumber, error_responses
 from ketch.db.models import TaskInstance
+from ketch.executors.base import TryKey
+from ketch.logs.access import LogAccess
+from ketch.logs.reader import LogReader, LogUnavailable
 from ketch.states import TaskInstanceState
 
 router = APIRouter(tags=["Task Log"])
 
-POLL_SECONDS = 0.25
-LIVENESS_SECONDS = 1.0
 KEEPALIVE_SECONDS = 15.0
-_CHUNK = 65536
+MAX_LIMIT = 16 * 1024 * 1024
+_LIVE = {TaskInstanceState.QUEUED.value, TaskInstanceState.RUNNING.value}
 
 
-def _inside(path: FsPath, folder: FsPath) -> FsPath | None:
-    """Where ``path`` really is (symlinks followed), if that is inside ``folder``; else None.
-    A log file a task replaced with a symlink to a server file must not be served."""
-    try:
-        real = path.resolve()
-        return real if real.is_relative_to(folder.resolve()) else None
-    except (OSError, RuntimeError):  # a name too long, a symlink loop
-        return None
+def log_access(request: Request) -> LogAccess:
+    """The process's :class:`LogAccess`, made on first use."""
+    access: LogAccess | None = getattr(request.app.state, "log_access", None)
+    if access is None:
+        access = request.app.state.log_access = LogAccess(request.app.state.settings)
+    return access
 
 
-def _read_from(path: FsPath, offset: int, folder: FsPath | None = None) -> bytes:
-    try:
-        if folder is not None:
-            real = _inside(path, folder)
-            if real is None:
-                return b""
-            path = real
-        with path.open("rb") as fh:
-            fh.seek(offset)
-            return fh.read(_CHUNK)
-    except OSError:  # not written yet (or a name the file system refuses): nothing to send
-        return b""
-
-
-def _try_is_live_check(
+def _state_check(
     make_session: Callable[[], Session], ti_id: int, try_number: int
 ) -> Callable[[], str | None]:
-    """A check returning None while try ``try_number`` may still write, else the TI's state.
-
-    Each check opens its own short session: the request's session is closed once the
-    streaming response starts.
-    """
+    """None while try ``try_number`` may still write, else the task instance's state.
+    Each check opens its own short session (the request's closes once streaming starts)."""
 
     def check() -> str | None:
         with make_session() as session:
@@ -73,55 +61,42 @@ def _try_is_live_check(
             ).first()
         if row is None:
             return "removed"
-        live = {TaskInstanceState.QUEUED.value, TaskInstanceState.RUNNING.value}
-        if row.try_number == try_number and row.state in live:
+        if row.try_number == try_number and row.state in _LIVE:
             return None
         return row.state or "none"
 
     return check
 
 
-async def follow_log(
-    path: FsPath, finished_state: Callable[[], str | None], folder: FsPath | None = None
-) -> AsyncIterator[bytes]:
-    """SSE bytes of the log at ``path`` until ``finished_state()`` says the try is over
-    (only while ``path`` really lies inside ``folder``, when given)."""
+def sse_events(steps: Iterator[bytes | str]) -> Iterator[bytes]:
+    """SSE bytes of :meth:`LogReader.follow`'s steps (UTF-8 decoded incrementally:
+    invalid bytes become U+FFFD; a character split across reads is kept whole)."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    offset, last_check, last_sent = 0, 0.0, time.monotonic()
-    while True:
-        chunk = await asyncio.to_thread(_read_from, path, offset, folder)
-        if chunk:
-            offset += len(chunk)
-            text = decoder.decode(chunk)
-            if text:
-                last_sent = time.monotonic()
-                yield format_sse_event(data_str=text, event="log")
-            continue
-        now = time.monotonic()
-        if now - last_check >= LIVENESS_SECONDS:
-            last_check = now
-            state = await asyncio.to_thread(finished_state)
-            if state is not None:
-                async for tail in _drain(path, offset, decoder, folder):
-                    yield tail
-                yield format_sse_event(data_str=state, event="end")
-                return
-        if now - last_sent >= KEEPALIVE_SECONDS:
-            last_sent = now
-            yield b": ping\n\n"
-        await asyncio.sleep(POLL_SECONDS)
-
-
-async def _drain(
-    path: FsPath, offset: int, decoder: codecs.IncrementalDecoder, folder: FsPath | None
-) -> AsyncIterator[bytes]:
-    """What the try wrote between the last read and its end."""
-    while chunk := await asyncio.to_thread(_read_from, path, offset, folder):
-        offset += len(chunk)
-        if text := decoder.decode(chunk):
+    last_sent = time.monotonic()
+    for step in steps:
+        if isinstance(step, str):
+            if tail := decoder.decode(b"", final=True):
+                yield format_sse_event(data_str=tail, event="log")
+            yield format_sse_event(data_str=step, event="end")
+            return
+        if step and (text := decoder.decode(step)):
+            last_sent = time.monotonic()
             yield format_sse_event(data_str=text, event="log")
-    if text := decoder.decode(b"", final=True):
-        yield format_sse_event(data_str=text, event="log")
+        elif time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
+            last_sent = time.monotonic()
+            yield b": ping\n\n"
+        else:
+            yield b""  # hand the thread back between polls (a disconnect is noticed)
+
+
+async def _async(steps: Iterator[bytes]) -> AsyncIterator[bytes]:
+    async for item in iterate_in_threadpool(steps):
+        if item:
+            yield item
+
+
+def _headers(source: str, complete: bool, extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {"X-Log-Source": source, "X-Log-Complete": str(complete).lower(), **(extra or {})}
 
 
 @router.get(
@@ -129,54 +104,97 @@ async def _drain(
     response_class=Response,
     responses={
         200: {
-            "description": "The log as text, or with follow=true a text/event-stream",
+            "description": "The log as text (a range, the last lines, a download), or with "
+            "follow=true a text/event-stream",
             "content": {"text/plain": {}, "text/event-stream": {}},
         },
-        **error_responses(404, _404="No such task instance or try, or no log file for it"),
+        **error_responses(
+            404,
+            503,
+            _404="No such task instance or try, or no source has its log (the message says why)",
+            _503="The log archive is unavailable and no other source has the log",
+        ),
     },
 )
 def get_log(
+    request: Request,
     dag_id: str,
     dag_run_id: str,
     task_id: str,
     try_number: TryNumber,
     session: SessionDep,
-    settings: SettingsDep,
     follow: bool = False,
+    offset: Annotated[int, Query(ge=0, le=2**62, description="First byte to return.")] = 0,
+    limit: Annotated[
+        int | None, Query(ge=1, le=MAX_LIMIT, description="At most this many bytes.")
+    ] = None,
+    tail_lines: Annotated[
+        int | None, Query(ge=1, le=1_000_000, description="Only the last N lines.")
+    ] = None,
+    download: bool = False,
 ) -> Response:
-    from ketch.executors.base import TryKey
-    from ketch.worker.task_log import UnsafeLogPath, log_path
-
     ti = operations.get_task_instance(session, dag_id, dag_run_id, task_id)
     if try_number > ti.try_number:
         raise HTTPException(
             404,
             f"task {task_id!r} of run {dag_run_id!r} has no try {try_number} (tries: {ti.try_number})",
         )
-    try:
-        path = log_path(settings.log_folder, TryKey(dag_id, dag_run_id, task_id, try_number))
-    except UnsafeLogPath as exc:  # an id from before run ids were checked: no file to read
-        raise HTTPException(
-            404,
-            f"no log for try {try_number} of task {task_id!r} in run {dag_run_id!r}:"
-            " these ids cannot name a file inside the log folder",
-        ) from exc
+    key = TryKey(dag_id, dag_run_id, task_id, try_number)
+    state = ti.state if try_number == ti.try_number else "ended"
+    live = try_number == ti.try_number and ti.state in _LIVE
+    reader = log_access(request).reader()
     if follow:
         bind = session.get_bind()
-        check = _try_is_live_check(lambda: Session(bind), ti.id, try_number)
-        stream = follow_log(path, check, settings.log_folder)
+        check = _state_check(lambda: Session(bind), ti.id, try_number)
+        steps = sse_events(reader.follow(key, offset, check))
         return StreamingResponse(
-            stream,
+            _async(steps),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    real = _inside(path, settings.log_folder)
     try:
-        exists = real is not None and real.is_file()
-    except OSError:  # e.g. a name longer than the file system allows: never written
-        exists = False
-    if real is None or not exists:
-        raise HTTPException(
-            404, f"no log for try {try_number} of task {task_id!r} in run {dag_run_id!r}"
+        return _read(reader, key, live, state, offset, limit, tail_lines, download)
+    except LogUnavailable as exc:
+        raise HTTPException(exc.status, str(exc)) from exc
+
+
+def _read(
+    reader: LogReader,
+    key: TryKey,
+    live: bool,
+    state: str | None,
+    offset: int,
+    limit: int | None,
+    tail_lines: int | None,
+    download: bool,
+) -> Response:
+    if limit is not None and not download:
+        piece = reader.read(key, live, offset, limit, state=state)
+        headers = {
+            "X-Log-Offset": str(piece.offset),
+            "X-Log-Next-Offset": str(piece.next_offset),
+        }
+        return Response(
+            piece.data,
+            media_type="text/plain; charset=utf-8",
+            headers=_headers(piece.source, piece.complete, headers),
         )
-    return FileResponse(real, media_type="text/plain; charset=utf-8")
+    source = reader.best(key, live, state=state)
+    if tail_lines is not None:
+        offset = max(offset, reader.tail_offset(source, tail_lines))
+    pieces = reader.pieces(source, offset)
+    headers = _headers(source.name, _safe_complete(source), {"X-Log-Offset": str(offset)})
+    if download:
+        name = f"{key.dag_id}-{key.run_id}-{key.task_id}-{key.try_number}.log"
+        safe = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in name)
+        headers["Content-Disposition"] = f'attachment; filename="{safe}"'
+    return StreamingResponse(
+        _async(pieces), media_type="text/plain; charset=utf-8", headers=headers
+    )
+
+
+def _safe_complete(source: object) -> bool:
+    try:
+        return bool(source.complete())  # type: ignore[attr-defined]
+    except Exception:
+        return False

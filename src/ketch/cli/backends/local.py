@@ -7,7 +7,6 @@ Imported only when a command uses the database, so its imports may be heavy.
 from __future__ import annotations
 
 import getpass
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -31,13 +30,9 @@ from ketch.variables import store
 from ketch.variables.models_api import MASK, VariableResponse, mask_extra
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from sqlalchemy.orm import Session
 
     from ketch.authoring.connection import Connection
-
-LOG_POLL_SECONDS = 0.25
 
 
 def _dump(model: BaseModel) -> Row:
@@ -176,48 +171,57 @@ class LocalBackend:
             )
             return [_dump(TaskInstanceResponse.from_model(ti)) for ti in altered]
 
-    def _log_path(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> Path:
+    def _log_try(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> Any:
+        """The try's key, whether it may still write, and its state (for messages)."""
         from ketch.executors.base import TryKey
-        from ketch.worker.task_log import UnsafeLogPath, log_path
+        from ketch.states import TaskInstanceState
 
-        try:
-            return log_path(load_settings().log_folder, TryKey(dag_id, run_id, task_id, try_number))
-        except UnsafeLogPath as exc:
-            raise CliError(f"no log for that try: {exc}") from None
+        with db_session() as session:
+            ti = operations.get_task_instance(session, dag_id, run_id, task_id)
+            current = ti.try_number == try_number
+            state = ti.state if current else "ended"
+        live = current and state in (TaskInstanceState.QUEUED, TaskInstanceState.RUNNING)
+        return TryKey(dag_id, run_id, task_id, try_number), live, state
+
+    def _log_reader(self) -> Any:
+        from ketch.logs.access import LogAccess
+
+        return LogAccess(load_settings()).reader()
 
     def read_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> bytes:
-        path = self._log_path(dag_id, run_id, task_id, try_number)
-        if not path.is_file():
-            raise CliError(f"no log for try {try_number} of task {task_id!r} (looked in {path})")
-        return path.read_bytes()
+        from ketch.logs.reader import LogUnavailable
+
+        key, live, state = self._log_try(dag_id, run_id, task_id, try_number)
+        reader = self._log_reader()
+        try:
+            source = reader.best(key, live, state=state)
+        except LogUnavailable as exc:
+            raise CliError(str(exc)) from None
+        return b"".join(reader.pieces(source))
 
     def follow_log(
         self, dag_id: str, run_id: str, task_id: str, try_number: int
     ) -> Iterator[bytes]:
-        """The log as it grows, until the try is over and all of it was read."""
-        path = self._log_path(dag_id, run_id, task_id, try_number)
-        offset = 0
-        while True:
-            live = self._try_is_live(dag_id, run_id, task_id, try_number)  # before reading,
-            chunk = _read_from(path, offset)  # so the last read sees everything written
-            while chunk:
-                yield chunk
-                offset += len(chunk)
-                chunk = _read_from(path, offset)
-            if not live:
+        """The log as it grows (a queued try: once it starts), until the try is over and
+        all of it was read."""
+        key, _live, _state = self._log_try(dag_id, run_id, task_id, try_number)
+        for step in self._log_reader().follow(
+            key, 0, self._try_state(dag_id, run_id, task_id, try_number)
+        ):
+            if isinstance(step, str):
                 return
-            time.sleep(LOG_POLL_SECONDS)
+            if step:
+                yield step
 
-    def _try_is_live(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> bool:
-        from ketch.states import TaskInstanceState
-
-        with db_session() as session:
+    def _try_state(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> Any:
+        def check() -> str | None:
             try:
-                ti = operations.get_task_instance(session, dag_id, run_id, task_id)
+                _key, live, state = self._log_try(dag_id, run_id, task_id, try_number)
             except operations.NotFound:
-                return False  # the run was deleted: nothing more will be written
-            live = (TaskInstanceState.QUEUED, TaskInstanceState.RUNNING)
-            return ti.try_number == try_number and ti.state in live
+                return "removed"  # the run was deleted: nothing more will be written
+            return None if live else (state or "none")
+
+        return check
 
     # --- pools ----------------------------------------------------------------------------
 
@@ -353,12 +357,3 @@ def token_row(token: Any) -> Row:
     from ketch.api.rest.tokens import TokenResponse
 
     return _dump(TokenResponse.of(token))
-
-
-def _read_from(path: Path, offset: int) -> bytes:
-    try:
-        with path.open("rb") as fh:
-            fh.seek(offset)
-            return fh.read(65536)
-    except FileNotFoundError:
-        return b""

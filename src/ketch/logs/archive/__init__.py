@@ -21,6 +21,7 @@ from ketch.logs.archive.s3 import ConnectionLookup, S3Archive
 
 if TYPE_CHECKING:
     from ketch.config import Settings
+    from ketch.logs.shipper import ShipperConfig
 
 __all__ = [
     "ArchiveError",
@@ -44,3 +45,32 @@ def open_archive(
     if settings.logging.remote_logging:
         return S3Archive.from_settings(settings.logging, connection_lookup)
     return LocalFolderArchive(settings.log_folder)
+
+
+def s3_archive_for_try(config: ShipperConfig) -> LogArchive:
+    """The S3 archive a pod's log pump ships to. Credentials come from the pod's identity
+    (the boto3 chain), or from ``remote_log_conn_id`` read through the execution API with
+    the try's token (the pump reads it once, when it first ships)."""
+    from ketch.config import LoggingSettings
+
+    logging = LoggingSettings(
+        remote_logging=True,
+        remote_base_log_folder=config.remote_base_log_folder,
+        remote_log_conn_id=config.conn_id,
+        s3_endpoint_url=config.endpoint_url,
+        s3_region=config.region,
+        encrypt_s3_logs=config.encrypt,
+        s3_kms_key_id=config.kms_key_id,
+    )
+    return S3Archive.from_settings(logging, _connection_through_api if config.conn_id else None)
+
+
+def _connection_through_api(conn_id: str) -> dict[str, object]:
+    from ketch.worker.client import task_client
+
+    data = dict(task_client().get_connection(conn_id))
+    return {
+        "login": data.get("login"),
+        "password": data.get("password"),
+        "extra": data.get("extra"),
+    }

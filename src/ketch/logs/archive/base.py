@@ -46,7 +46,9 @@ class Completion:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Completion:
-        captured_by = "scheduler" if data.get("captured_by") == "scheduler" else "try"
+        captured_by: Literal["try", "scheduler"] = (
+            "scheduler" if data.get("captured_by") == "scheduler" else "try"
+        )
         return cls(
             size=int(data["size"]),
             captured_by=captured_by,

@@ -1,0 +1,243 @@
+"""The scheduler's log keeper: ships local tries' logs, rescues unfinished ones, retention.
+
+One thread in the scheduler process, every ``[logging] chunk_interval_seconds``:
+
+- **Local executor with an S3 archive.** Local tries never hold S3 credentials: the
+  scheduler, on the machine where their live files are, ships new bytes of every
+  running try, and once a try's log pump is gone (it holds a shared ``flock`` on the
+  live file while it writes) ships the rest and marks the log complete.
+- **Rescue.** A try whose pump ended without writing ``{live file}.complete`` (it was
+  killed) gets its log completed by the scheduler, with a footer saying so
+  (``ketch.logs.rescue``). Pods are rescued by the Kubernetes executor before deletion.
+- **Retention.** With ``[logging] log_retention_days``, once an hour, archived logs and
+  local live files older than that are deleted.
+
+Which tries: those the database says are queued or running, and those that ended since
+the last pass (a minute of overlap). After a restart the first pass looks back a day,
+so a try that ended while the scheduler was down is still shipped: nothing here lives
+only in memory that the database and the files cannot rebuild.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import or_, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from ketch.config import Settings
+from ketch.executors.base import TryKey
+from ketch.logs.archive.base import ArchiveError, Completion, LogArchive, log_key
+from ketch.logs.rescue import rescue_from_file
+from ketch.logs.shipper import ship_new_bytes
+from ketch.states import TaskInstanceState
+from ketch.worker.task_log import UnsafeLogPath, log_path
+
+log = logging.getLogger(__name__)
+
+_LIVE = (TaskInstanceState.QUEUED.value, TaskInstanceState.RUNNING.value)
+FIRST_LOOK_BACK = dt.timedelta(days=1)
+OVERLAP = dt.timedelta(minutes=1)
+RETENTION_EVERY = 3600.0
+PUMP_GONE_REASON = "the try's log pump ended before its final flush (it was killed)"
+
+
+@dataclass
+class _Tracked:
+    key: TryKey
+    path: Path
+    archive_key: str
+    sent: int = -1  # -1: ask the archive first (a restart resumes where it stopped)
+    live: bool = True
+
+
+def pump_is_writing(path: Path) -> bool:
+    """Whether a log pump still holds its shared lock on ``path``."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing drops our lock, if we got it
+    return False
+
+
+def local_completion(path: Path) -> Completion | None:
+    """The pump's own ``.complete`` record of a live file (written at a normal end)."""
+    try:
+        return Completion.from_json(json.loads(Path(f"{path}.complete").read_text()))
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+class LogKeeper:
+    """The thread described in the module docstring."""
+
+    def __init__(self, settings: Settings, engine: Engine, archive: LogArchive) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.archive = archive
+        self.ships = settings.logging.remote_logging and settings.core.executor == "local"
+        self.keeps_local = settings.core.executor == "local"
+        self.interval = settings.logging.chunk_interval_seconds
+        self._tracked: dict[TryKey, _Tracked] = {}
+        self._done: dict[TryKey, float] = {}
+        self._since: dt.datetime | None = None
+        self._last_retention = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="ketch-log-keeper", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("log keeper pass failed")
+            self._stop.wait(self.interval)
+
+    # -- one pass ----------------------------------------------------------------------
+
+    def run_once(self) -> None:
+        if self.keeps_local:
+            self._refresh()
+            for tracked in list(self._tracked.values()):
+                self._keep(tracked)
+        self._retention()
+
+    def _refresh(self) -> None:
+        """Track what the database says is running or ended since the last pass."""
+        from ketch.db.models import TaskInstance, TaskInstanceTry
+
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        since = (self._since - OVERLAP) if self._since else now - FIRST_LOOK_BACK
+        query = (
+            select(
+                TaskInstance.dag_id,
+                TaskInstance.run_id,
+                TaskInstance.task_id,
+                TaskInstanceTry.try_number,
+                TaskInstanceTry.state,
+            )
+            .join(TaskInstance, TaskInstance.id == TaskInstanceTry.task_instance_id)
+            .where(or_(TaskInstanceTry.state.in_(_LIVE), TaskInstanceTry.end_date >= since))
+        )
+        with Session(self.engine) as session:
+            rows = session.execute(query).all()
+        self._since = now
+        for row in rows:
+            key = TryKey(row.dag_id, row.run_id, row.task_id, row.try_number)
+            if key in self._done:
+                continue
+            tracked = self._tracked.get(key) or self._track(key)
+            if tracked is not None:
+                tracked.live = row.state in _LIVE
+        cutoff = time.monotonic() - 2 * FIRST_LOOK_BACK.total_seconds()
+        self._done = {k: t for k, t in self._done.items() if t > cutoff}
+
+    def _track(self, key: TryKey) -> _Tracked | None:
+        try:
+            path = log_path(self.settings.log_folder, key)
+            archive_key = log_key(key)
+        except UnsafeLogPath:
+            return None
+        tracked = self._tracked[key] = _Tracked(key, path, archive_key)
+        return tracked
+
+    def _keep(self, tracked: _Tracked) -> None:
+        if not tracked.path.exists():
+            if not tracked.live:
+                self._finish(tracked)  # never started here (another machine, a failed fork)
+            return
+        try:
+            if self.ships:
+                self._ship(tracked)
+            if not tracked.live and not pump_is_writing(tracked.path):
+                self._complete(tracked)
+                self._finish(tracked)
+            self.last_error = None
+        except ArchiveError as exc:
+            if self.last_error != str(exc):
+                log.warning("cannot archive the log of %s: %s (retrying)", tracked.key, exc)
+            self.last_error = str(exc)
+
+    def _ship(self, tracked: _Tracked) -> None:
+        if tracked.sent < 0:
+            tracked.sent = self.archive.size(tracked.archive_key)
+        size = tracked.path.stat().st_size
+        if size > tracked.sent:
+            tracked.sent = ship_new_bytes(
+                self.archive, tracked.archive_key, str(tracked.path), tracked.sent, size
+            )
+
+    def _complete(self, tracked: _Tracked) -> None:
+        if self.archive.completion(tracked.archive_key) is not None:
+            return
+        own = local_completion(tracked.path)
+        if own is not None:
+            if self.ships:  # the local archive reads the pump's own record
+                self.archive.complete(tracked.archive_key, own)
+            return
+        rescue_from_file(
+            self.archive,
+            tracked.archive_key,
+            tracked.path,
+            source="the try's live file",
+            reason=PUMP_GONE_REASON,
+        )
+
+    def _finish(self, tracked: _Tracked) -> None:
+        self._tracked.pop(tracked.key, None)
+        self._done[tracked.key] = time.monotonic()
+
+    # -- retention ---------------------------------------------------------------------
+
+    def _retention(self) -> None:
+        days = self.settings.logging.log_retention_days
+        if not days or time.monotonic() - self._last_retention < RETENTION_EVERY:
+            return
+        self._last_retention = time.monotonic()
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
+        deleted = delete_older_than(self.settings, self.archive, cutoff)
+        if deleted:
+            log.info("log retention: deleted %d logs older than %d days", deleted, days)
+
+
+def delete_older_than(settings: Settings, archive: LogArchive, cutoff: dt.datetime) -> int:
+    """Delete archived logs, and local live files when the archive is elsewhere."""
+    deleted = 0
+    try:
+        deleted += archive.delete_older_than(cutoff)
+    except ArchiveError as exc:
+        log.warning("log retention: %s", exc)
+    if settings.logging.remote_logging:
+        from ketch.logs.archive.local import LocalFolderArchive
+
+        deleted += LocalFolderArchive(settings.log_folder).delete_older_than(cutoff)
+    return deleted
