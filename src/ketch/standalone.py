@@ -138,6 +138,14 @@ def set_log_capture(settings: Settings, engine: Engine, executor: Executor) -> N
     executor.log_capture = capture  # type: ignore[attr-defined]
 
 
+def make_log_keeper(settings: Settings, engine: Engine) -> Any:
+    """The scheduler's :class:`~ketch.logs.keeper.LogKeeper` over the configured archive."""
+    from ketch.logs.access import LogAccess
+    from ketch.logs.keeper import LogKeeper
+
+    return LogKeeper(settings, engine, LogAccess(settings).archive)
+
+
 class SchedulerStack:
     """DAG processor + executor + scheduler, wired so a parsed change or a user action
     wakes the scheduling loop at once."""
@@ -154,6 +162,7 @@ class SchedulerStack:
         self.processor = DagProcessor(settings, engine, on_change=self._wake)
         self.scheduler = Scheduler(settings, engine, self.executor, dag_processor=self.processor)
         self.variable_sync = SyncService(settings, engine)  # [variables] sync_sources, a thread
+        self.log_keeper = make_log_keeper(settings, engine)  # ships/rescues logs, retention
         self._operations_hook = self.scheduler.wake
         operations.on_change.append(self._operations_hook)
 
@@ -164,10 +173,12 @@ class SchedulerStack:
         """Block in the scheduling loop until :meth:`stop` is called. The scheduler starts
         the executor and the DAG processor, and stops both when its loop ends."""
         self.variable_sync.start()
+        self.log_keeper.start()
         try:
             self.scheduler.run(self.stop_event)
         finally:
             self.variable_sync.stop()
+            self.log_keeper.stop()
             # Idempotent; covers a LeaseLost raised before the loop's own try/finally.
             self.processor.stop()
             self.executor.stop()
