@@ -122,6 +122,8 @@ def test_base_renders_every_object_the_guide_lists() -> None:
         ("ServiceAccount", "ketch-external-secrets"),
         ("Role", "ketch-scheduler"),
         ("RoleBinding", "ketch-scheduler"),
+        ("Role", "ketch-web"),
+        ("RoleBinding", "ketch-web"),
         ("ConfigMap", "ketch-config"),
         ("ConfigMap", "ketch-git-sync"),
         ("ConfigMap", "ketch-pod-template"),
@@ -274,27 +276,36 @@ def test_configmap_settings_are_ketch_settings(monkeypatch: pytest.MonkeyPatch) 
 
 def test_rbac_is_namespaced_and_exactly_the_executor_verbs() -> None:
     assert objects("ClusterRole") == [] and objects("ClusterRoleBinding") == []
-    (role,) = objects("Role")
-    rules = {
-        (tuple(r["apiGroups"]), tuple(r["resources"])): sorted(r["verbs"]) for r in role["rules"]
-    }
-    assert rules == {
+    roles = {r["metadata"]["name"]: r for r in objects("Role")}
+    assert sorted(roles) == ["ketch-scheduler", "ketch-web"]
+
+    def rules(name: str) -> dict[tuple[tuple[str, ...], tuple[str, ...]], list[str]]:
+        return {
+            (tuple(r["apiGroups"]), tuple(r["resources"])): sorted(r["verbs"])
+            for r in roles[name]["rules"]
+        }
+
+    assert rules("ketch-scheduler") == {
         (("",), ("pods",)): sorted(["create", "get", "list", "watch", "delete"]),
         (("",), ("pods/log",)): ["get"],
         (("",), ("events",)): ["list"],
     }
-    (binding,) = objects("RoleBinding")
-    assert binding["roleRef"] == {
-        "apiGroup": "rbac.authorization.k8s.io",
-        "kind": "Role",
-        "name": role["metadata"]["name"],
-    }
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "ketch-scheduler", "namespace": "ketch"}
-    ]
-    # Only the scheduler gets a token; the web server and task pods never talk to the API.
+    # The web server only reads running tries' logs from their pods.
+    assert rules("ketch-web") == {(("",), ("pods", "pods/log")): ["get"]}
+    bindings = {b["metadata"]["name"]: b for b in objects("RoleBinding")}
+    assert sorted(bindings) == ["ketch-scheduler", "ketch-web"]
+    for name, binding in bindings.items():
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": name,
+        }
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": name, "namespace": "ketch"}
+        ]
+    # Task pods never talk to the API; the scheduler and the web server (logs) do.
     tokens = {name: spec.get("automountServiceAccountToken") for name, spec in pod_specs()}
-    assert tokens == {"ketch-scheduler": True, "ketch-web": False, "worker pod template": False}
+    assert tokens == {"ketch-scheduler": True, "ketch-web": True, "worker pod template": False}
 
 
 # --- pods ---------------------------------------------------------------------------------------
