@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 from ketch.config import Settings
 from ketch.executors.base import TryKey
 from ketch.logs.archive.base import ArchiveError, Completion, LogArchive, log_key
+from ketch.logs.metrics import LOG_RESCUES, LOG_SHIP_ERRORS
 from ketch.logs.rescue import rescue_from_file
 from ketch.logs.shipper import ship_new_bytes
 from ketch.states import TaskInstanceState
@@ -183,6 +184,7 @@ class LogKeeper:
                 self._finish(tracked)
             self.last_error = None
         except ArchiveError as exc:
+            LOG_SHIP_ERRORS.inc()
             if self.last_error != str(exc):
                 log.warning("cannot archive the log of %s: %s (retrying)", tracked.key, exc)
             self.last_error = str(exc)
@@ -204,6 +206,7 @@ class LogKeeper:
             if self.ships:  # the local archive reads the pump's own record
                 self.archive.complete(tracked.archive_key, own)
             return
+        LOG_RESCUES.labels("live file").inc()
         rescue_from_file(
             self.archive,
             tracked.archive_key,

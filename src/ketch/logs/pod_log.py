@@ -22,6 +22,7 @@ from typing import Any
 from ketch.executors.kubernetes.client import KubeApi, KubeApiError
 from ketch.executors.kubernetes.pod import BASE_CONTAINER, key_of
 from ketch.logs.archive.base import LogArchive, log_key
+from ketch.logs.metrics import LOG_RESCUES
 from ketch.logs.rescue import rescue_from_bytes
 
 log = logging.getLogger(__name__)
@@ -185,6 +186,7 @@ def capture_pod_log(
     if content and not _aligned(archive, archive_key, content):
         content, reason = _carry_on(archive, archive_key, content, reason)
     rescue_from_bytes(archive, archive_key, content, source=SOURCE, reason=reason)
+    LOG_RESCUES.labels("pod").inc()
 
 
 def _aligned(archive: LogArchive, key: str, content: bytes) -> bool:

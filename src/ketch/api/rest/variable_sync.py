@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 
 from ketch.api.rest.common import SessionDep, SettingsDep, error_responses
@@ -65,13 +65,17 @@ def get_sync_status(session: SessionDep, settings: SettingsDep) -> SyncStatusCol
 
 
 @metrics_router.get("/metrics", response_class=Response)
-def metrics(session: SessionDep) -> Response:
-    """Prometheus text: this process's metrics, plus per-source sync gauges from the database."""
+def metrics(session: SessionDep, request: Request) -> Response:
+    """Prometheus text: this process's metrics, per-source sync gauges from the database,
+    and whether the log archive answers."""
     from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
+    from ketch.api.rest.logs import log_access
+    from ketch.logs.metrics import ArchiveUpCollector
     from ketch.variables.metrics import SyncStatusCollector
 
     from_db = CollectorRegistry(auto_describe=False)
     from_db.register(SyncStatusCollector(lambda: sync_status(session)))
+    from_db.register(ArchiveUpCollector(log_access(request).archive_status))
     body = generate_latest(REGISTRY) + generate_latest(from_db)
     return Response(content=body, media_type=CONTENT_TYPE_LATEST)

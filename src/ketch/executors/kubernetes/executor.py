@@ -65,6 +65,7 @@ from ketch.executors.kubernetes.pod import (
     try_annotations,
 )
 from ketch.executors.kubernetes.watch import PodWatcher
+from ketch.logs.metrics import LOG_CAPTURE_ABANDONED, LOG_CAPTURE_FAILURES
 
 log = logging.getLogger(__name__)
 
@@ -513,6 +514,7 @@ class KubernetesExecutor:
             with self._lock:
                 entry.attempts += 1
                 self.log_capture_failures += 1
+                LOG_CAPTURE_FAILURES.inc()
                 self.log_capture_last_error = f"pod {name}: {exc}"
                 last = entry.attempts >= self.capture_attempts
                 delay = min(most, first * 2 ** (entry.attempts - 1))
@@ -521,6 +523,7 @@ class KubernetesExecutor:
                     entry.queued = False
                 else:
                     self.log_capture_abandoned += 1
+                    LOG_CAPTURE_ABANDONED.inc()
             if not last:
                 log.warning(
                     "capturing the log of pod %s failed (attempt %d of %d, next in %gs;"
