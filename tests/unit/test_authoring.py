@@ -179,7 +179,7 @@ def test_skip_and_fail_propagate() -> None:
         run(d, "failer")
 
 
-def test_branch_follows_direct_downstreams_only() -> None:
+def test_branch_follows_any_task_of_its_dag() -> None:
     with DAG("br") as d:
 
         @task.branch
@@ -196,7 +196,9 @@ def test_branch_follows_direct_downstreams_only() -> None:
     ctx = build_context({**PAYLOAD, "params": {}})
     assert d.get_task("choose").execute(ctx, lambda *_: None).follow_task_ids == []
     ctx = build_context({**PAYLOAD, "params": {"choice": "far"}})
-    with pytest.raises(ValueError, match="not its direct downstream"):
+    assert d.get_task("choose").execute(ctx, lambda *_: None).follow_task_ids == ["far"]
+    ctx = build_context({**PAYLOAD, "params": {"choice": "nowhere"}})
+    with pytest.raises(ValueError, match=r"\['nowhere'\], which are not tasks of DAG 'br'"):
         d.get_task("choose").execute(ctx, lambda *_: None)
 
 

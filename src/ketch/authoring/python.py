@@ -78,7 +78,14 @@ class PythonTask(BaseTask):
 
 
 class BranchPythonTask(PythonTask):
-    """The callable returns the task id (or ids) to follow; other direct downstreams are skipped."""
+    """The callable returns the task id (or ids) to follow; other direct downstreams are skipped.
+
+    Like Airflow 3's ``SkipMixin.skip_all_except``, any task of the DAG may be returned, not
+    only a direct downstream one: the scheduler keeps the chosen tasks and all their
+    descendants and skips the direct downstream tasks outside that set; what happens to tasks
+    further away (including a chosen task that is not a direct downstream) is left to the
+    usual skip propagation of trigger rules. An id that is not a task of the DAG fails the try.
+    """
 
     kind = "branch"
 
@@ -90,16 +97,20 @@ class BranchPythonTask(PythonTask):
     def follow_ids(self, chosen: Any) -> list[str]:
         if chosen is None:
             return []
-        ids = [chosen] if isinstance(chosen, str) else list(chosen)
+        try:
+            ids = [chosen] if isinstance(chosen, str) else list(chosen)
+        except TypeError:
+            ids = [chosen]
         if not all(isinstance(i, str) for i in ids):
             raise TypeError(
                 f"branch task {self.task_id!r} must return a task id, a list of task ids or None, "
                 f"not {chosen!r}"
             )
-        invalid = sorted(set(ids) - self.downstream_task_ids)
+        known = set(self.dag.tasks) if self.dag is not None else self.downstream_task_ids
+        invalid = sorted(set(ids) - known)
         if invalid:
+            where = f"DAG {self.dag.dag_id!r}" if self.dag is not None else "its DAG"
             raise ValueError(
-                f"branch task {self.task_id!r} returned {invalid}, which are not its direct "
-                f"downstream tasks ({sorted(self.downstream_task_ids)})"
+                f"branch task {self.task_id!r} returned {invalid}, which are not tasks of {where}"
             )
         return ids
