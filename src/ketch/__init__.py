@@ -16,14 +16,18 @@ from ketch.authoring.decorators import task
 from ketch.authoring.params import Param
 from ketch.authoring.tasks import BaseTask, EmptyTask, TaskResult, XComArg
 from ketch.authoring.variable import Variable
-from ketch.exceptions import FailTask, SkipTask
+from ketch.exceptions import AirflowFailException, AirflowSkipException, FailTask, SkipTask
 from ketch.states import TriggerRule
 
+# Airflow spellings at the top level too, so a moved DAG's ``from airflow... import X``
+# becomes ``from ketch import X`` whatever X is (the exception aliases live in exceptions.py).
 BashOperator = BashTask
 EmptyOperator = EmptyTask
 
 __all__ = [
     "DAG",
+    "AirflowFailException",
+    "AirflowSkipException",
     "BaseTask",
     "BashOperator",
     "BashTask",

@@ -179,6 +179,23 @@ def test_skip_and_fail_propagate() -> None:
         run(d, "failer")
 
 
+def test_airflow_exception_names_are_exported_from_ketch() -> None:
+    import ketch
+    from ketch import AirflowFailException, AirflowSkipException
+
+    assert AirflowSkipException is SkipTask and AirflowFailException is FailTask
+    assert {"AirflowSkipException", "AirflowFailException"} <= set(ketch.__all__)
+    with DAG("af") as d:
+
+        @task
+        def skipper() -> None:
+            raise AirflowSkipException("nothing to do")
+
+        skipper()
+    with pytest.raises(SkipTask):
+        run(d, "skipper")
+
+
 def test_branch_follows_any_task_of_its_dag() -> None:
     with DAG("br") as d:
 
