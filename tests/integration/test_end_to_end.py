@@ -75,7 +75,7 @@ def e2e_timeout():
 def e2e_bad_return():
     @task
     def returns_a_set():
-        return {1, 2, 3}
+        return {1, 2, object()}  # a set is stored (tagged); an object in it is not
 
     returns_a_set()
 

@@ -54,7 +54,7 @@ def worker_test():
 
     @task
     def give_set():
-        return {{1, 2}}
+        return {{1, object()}}  # a set is stored (tagged); an object in it is not
 
     @task
     def fail_hard():

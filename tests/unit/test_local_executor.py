@@ -125,7 +125,7 @@ def test_failures_report_their_reason(
     assert bad.state == "failed"
     assert bad.error == (
         "return value of task 'give_set' is not JSON-serialisable: "
-        "Object of type set is not JSON serializable"
+        "Object of type object is not JSON serializable"
     )
     log = read_log(dag_setup, "boom")
     assert "Traceback" in log and "ValueError: boom" in log

@@ -117,8 +117,11 @@ def test_failed_try_exits_1_with_the_traceback(
 
 def test_check_return_value() -> None:
     assert check_return_value("t", {"a": [1, 2.5, None]}, 100) is None
-    assert check_return_value("t", {1, 2}, 100) == (
-        "return value of task 't' is not JSON-serialisable: Object of type set is not JSON serializable"
+    assert check_return_value("t", {1, 2}, 100) is None  # tagged (ketch.worker.serde)
+    assert check_return_value("t", None, 100) is None
+    assert check_return_value("t", {1, object()}, 100) == (
+        "return value of task 't' is not JSON-serialisable: "
+        "Object of type object is not JSON serializable"
     )
     assert "not JSON-serialisable" in (check_return_value("t", float("nan"), 100) or "")
     too_big = check_return_value("t", "x" * 200, 100)

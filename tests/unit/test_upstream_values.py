@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from ketch import DAG, EmptyTask, task
@@ -27,7 +27,7 @@ from tests.unit.test_runner import run_pod_style
 
 MISSING = (
     "task 'b' needs the return value of 'a', but 'a' has none "
-    "(it was marked success without running, or returned nothing)"
+    "(it was marked success without running)"
 )
 
 
@@ -117,7 +117,7 @@ def test_a_try_whose_upstream_was_marked_success_fails_with_that_message(
     ti = dag_setup.ti(request.ti_id)
     message = (
         "task 'consume' needs the return value of 'produce', but 'produce' has none "
-        "(it was marked success without running, or returned nothing)"
+        "(it was marked success without running)"
     )
     assert ti.error == f"UpstreamValueMissing: {message}"
     assert ti.state == "failed"  # no retry: another try would not find a value either
@@ -141,3 +141,82 @@ def test_a_try_whose_upstream_was_marked_success_fails_with_that_message(
     retried = dag_setup.queue_try("consume")
     assert run_pod_style(retried, api_url, tmp_path).returncode == 0
     assert dag_setup.xcom("consume") == 2
+
+
+TYPED_DAG = """
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from ketch import dag, task
+
+SENT = {
+    "when": datetime(2026, 3, 1, 12, 30, 0, 250, tzinfo=ZoneInfo("Europe/Paris")),
+    "day": date(2026, 3, 1),
+    "span": timedelta(hours=1, microseconds=3),
+    "amount": Decimal("19.99"),
+    "id": uuid.UUID(int=7),
+    "pair": (1, (2, "b")),
+    "tags": {"x", "y"},
+    "nothing": None,
+}
+RETURN_NONE = False
+
+
+@dag(dag_id="worker_test", schedule=None, start_date=datetime(2026, 1, 1))
+def worker_test():
+    @task
+    def produce():
+        return None if RETURN_NONE else SENT
+
+    @task
+    def consume(value):
+        if RETURN_NONE:
+            assert value is None, value
+            return "got None"
+        assert value == SENT, value
+        assert {k: type(v) for k, v in value.items()} == {k: type(v) for k, v in SENT.items()}
+        assert value["when"].tzinfo == ZoneInfo("Europe/Paris")
+        return value["pair"]
+
+    consume(produce())
+
+
+worker_test()
+"""
+
+
+def test_typed_values_and_none_reach_the_downstream_try(
+    api_url: str, dag_setup: DagSetup, tmp_path: Path
+) -> None:
+    # Two real tries each time: produce stores its value, consume reads and checks it.
+    for return_none in (False, True):
+        dag_setup.fileloc.write_text(
+            TYPED_DAG.replace("RETURN_NONE = False", f"RETURN_NONE = {return_none}")
+        )
+        with Session(dag_setup.engine) as session:
+            session.execute(delete(TaskInstance))
+            session.commit()
+        for task_id in ("produce", "consume"):
+            done = run_pod_style(dag_setup.queue_try(task_id), api_url, tmp_path)
+            assert done.returncode == 0, done.stdout + done.stderr
+        if return_none:
+            assert dag_setup.xcom("produce") is None  # JSON null: consume got None, no error
+            assert dag_setup.xcom("consume") == "got None"
+        else:
+            stored = dag_setup.xcom("produce")
+            assert isinstance(stored, dict)
+            assert stored["day"] == {
+                "__classname__": "datetime.date",
+                "__version__": 2,
+                "__data__": "2026-03-01",
+            }
+            assert dag_setup.xcom("consume") == {
+                "__classname__": "builtins.tuple",
+                "__version__": 1,
+                "__data__": [
+                    1,
+                    {"__classname__": "builtins.tuple", "__version__": 1, "__data__": [2, "b"]},
+                ],
+            }

@@ -296,19 +296,29 @@ def dag_file(payload: dict[str, Any]) -> str:
     return str(payload["fileloc"])
 
 
-def check_return_value(task_id: str, value: Any, max_size: int) -> str | None:
-    """Why the return value cannot be stored, or None when it can."""
+def encode_return_value(task_id: str, value: Any, max_size: int) -> tuple[Any, str | None]:
+    """The value as it is stored and sent downstream (tagged JSON, see
+    :mod:`ketch.worker.serde`, so a ``datetime`` or a tuple arrives as one), and why it
+    cannot be stored (None when it can)."""
+    from ketch.worker.serde import encode
+
     try:
-        encoded = json.dumps(value, allow_nan=False)
+        encoded = encode(value)
+        text = json.dumps(encoded, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        return f"return value of task {task_id!r} is not JSON-serialisable: {exc}"
-    size = len(encoded.encode())
+        return None, f"return value of task {task_id!r} is not JSON-serialisable: {exc}"
+    size = len(text.encode())
     if size > max_size:
-        return (
+        return None, (
             f"return value of task {task_id!r} is {size} bytes of JSON, "
             f"more than max_xcom_size ({max_size} bytes)"
         )
-    return None
+    return encoded, None
+
+
+def check_return_value(task_id: str, value: Any, max_size: int) -> str | None:
+    """Why the return value cannot be stored, or None when it can."""
+    return encode_return_value(task_id, value, max_size)[1]
 
 
 def _xcom_puller(client: ExecutionApiClient) -> Any:
@@ -400,17 +410,20 @@ def run_task(payload: dict[str, Any], client: ExecutionApiClient) -> Outcome:
 
 
 def _success(task_id: str, result: Any, payload: dict[str, Any]) -> Outcome:
+    """A finished task's outcome. Its return value is always stored, ``None`` included
+    (as JSON null): a downstream task taking it then receives ``None``, as in Airflow,
+    while an upstream marked success without running (no value at all) still fails a
+    task that needs its value with a message naming both (:mod:`ketch.worker.upstream`)."""
     value = getattr(result, "return_value", None)
     follow = getattr(result, "follow_task_ids", None)
-    if value is not None:
-        problem = check_return_value(task_id, value, int(payload["max_xcom_size"]))
-        if problem:
-            say(problem)
-            return Outcome("failed", error=problem)
+    encoded, problem = encode_return_value(task_id, value, int(payload["max_xcom_size"]))
+    if problem:
+        say(problem)
+        return Outcome("failed", error=problem)
     return Outcome(
         "success",
-        return_value=value,
-        has_return_value=value is not None,
+        return_value=encoded,
+        has_return_value=True,
         follow_task_ids=list(follow) if follow is not None else None,
     )
 

@@ -1,13 +1,17 @@
 """Values of upstream tasks, as a try reads them through the execution API.
 
+Values arrive as the upstream try stored them, tagged JSON (:mod:`ketch.worker.serde`),
+and are decoded here, so a ``datetime``, ``Decimal`` or tuple returned upstream is one
+downstream too, as with Airflow's serde.
+
 A task that takes another's return value (an ``XComArg``: ``b(a())`` with ``@task``)
-and runs under ``all_success`` has every upstream succeeded. If one of them has no
-value anyway — marked success by hand without running, or it returned nothing (``None``
-is not stored) — passing ``None`` on would fail later, far from the cause. The try
-fails at once instead, naming both tasks, and is not retried (no retry would bring the
-value). Under any other trigger rule an upstream may have been skipped or failed, and a
-missing value is ``None`` as in Airflow; so is ``ti.xcom_pull`` of a value the task
-does not take as an argument.
+and runs under ``all_success`` has every upstream succeeded. A try that returned
+``None`` stored it (JSON null), so its downstream gets ``None``. If an upstream has no
+value at all — marked success by hand without running — passing ``None`` on would fail
+later, far from the cause. The try fails at once instead, naming both tasks, and is not
+retried (no retry would bring the value). Under any other trigger rule an upstream may
+have been skipped or failed, and a missing value is ``None`` as in Airflow; so is
+``ti.xcom_pull`` of a value the task does not take as an argument.
 
 Kept light: the try imports it (no database, no web stack).
 """
@@ -18,6 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ketch.exceptions import FailTask
+from ketch.worker.serde import decode
 
 if TYPE_CHECKING:
     from ketch.worker.client import ExecutionApiClient
@@ -35,15 +40,16 @@ def xcom_puller(client: ExecutionApiClient) -> Callable[..., Any]:
 
     def xcom_pull(task_id: str, key: str = RETURN_VALUE) -> Any:
         try:
-            return client.xcom(task_id, key)
+            value = client.xcom(task_id, key)
         except KeyError:
             needing = _task_needing(task_id, key)
             if needing is None:
                 return None
             raise UpstreamValueMissing(
                 f"task {needing!r} needs the return value of {task_id!r}, but {task_id!r} "
-                "has none (it was marked success without running, or returned nothing)"
+                "has none (it was marked success without running)"
             ) from None
+        return decode(value)
 
     return xcom_pull
 
