@@ -173,6 +173,46 @@ def test_logs_prints_the_try_log(db: Engine) -> None:
     assert ketch("tasks", "logs", "etl", "r1", "transform", "--try", "2").exit_code == 1
 
 
+def add_return_value(engine: Engine, task_id: str, value: object) -> None:
+    from datetime import UTC, datetime
+
+    from ketch.db.models import XCom
+
+    with Session(engine) as session:
+        run_pk = session.scalars(select(DagRun.id).where(DagRun.run_id == "r1")).one()
+        stamp = datetime(2026, 3, 1, tzinfo=UTC)
+        session.add(
+            XCom(
+                dag_run_id=run_pk, task_id=task_id, key="return_value", value=value, timestamp=stamp
+            )
+        )
+        session.commit()
+
+
+XCOM_VALUE = {
+    "rows": 3,
+    "pair": {"__classname__": "builtins.tuple", "__version__": 1, "__data__": [1, 2]},
+}
+
+
+def test_tasks_xcom_prints_the_return_value_as_json(db: Engine) -> None:
+    add_return_value(db, "extract", XCOM_VALUE)
+    shown = ketch("tasks", "xcom", "etl", "r1", "extract")
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output) == XCOM_VALUE
+    missing = ketch("tasks", "xcom", "etl", "r1", "load")
+    assert missing.exit_code == 1
+    assert missing.output == (
+        "ketch: XCom entry with key 'return_value' of task 'load' in run 'r1' not found\n"
+    )
+    assert "DAG run 'nope'" in ketch("tasks", "xcom", "etl", "nope", "extract").output
+
+
+def test_tasks_states_json_carries_the_try_history(db: Engine) -> None:
+    states = json.loads(ketch("tasks", "states", "etl", "r1", "-o", "json").output)
+    assert [t["try_number"] for t in states[0]["tries"]] == [1]
+
+
 def test_config_show_masks_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KETCH__CORE__FERNET_KEY", "very-secret-key")
     monkeypatch.setenv("KETCH__DATABASE__SQL_ALCHEMY_CONN", "postgresql://u:pw@db/ketch")

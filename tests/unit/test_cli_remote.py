@@ -189,6 +189,15 @@ def test_errors_are_the_apis_detail_and_the_same_as_on_the_database(both: Both) 
     both.same("tasks", "logs", "etl", "r1", "transform", "--try", "2")
 
 
+def test_xcom_is_the_same_on_the_database_and_through_the_api(both: Both, db: Engine) -> None:
+    from tests.unit.test_cli import XCOM_VALUE, add_return_value
+
+    add_return_value(db, "extract", XCOM_VALUE)
+    assert json.loads(both.same("tasks", "xcom", "etl", "r1", "extract")) == XCOM_VALUE
+    both.same("tasks", "xcom", "etl", "r1", "extract", "--key", "nope")
+    both.same("tasks", "xcom", "etl", "nope", "extract")
+
+
 def test_validation_errors_name_the_field(both: Both) -> None:
     refused = both.remote("pools", "set", "--", "p", "-1")
     assert refused.exit_code == 1

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event, select
 from sqlalchemy.orm import Session
 
 from ketch.api.app import create_app
 from ketch.config import get_settings
-from ketch.db.models import DagModel, ImportError_, TaskInstance
+from ketch.db.models import DagModel, DagRun, ImportError_, TaskInstance, XCom
 from ketch.executors.base import TryKey
 from ketch.worker.task_log import UnsafeLogPath, log_path
 from tests.support.web import local_client
@@ -386,6 +386,11 @@ def test_every_rest_operation_documents_auth_and_outage_statuses(client: TestCli
     ("method", "path", "statuses"),
     [
         ("get", "/dags/{dag_id}", {"404"}),
+        (
+            "get",
+            "/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/xcomEntries/{xcom_key}",
+            {"404", "422"},
+        ),
         ("patch", "/dags/{dag_id}", {"400", "404", "422"}),
         ("post", "/dags/{dag_id}/dagRuns", {"400", "404", "409", "422"}),
         ("patch", "/dags/{dag_id}/dagRuns/{dag_run_id}", {"404", "422"}),
@@ -421,6 +426,7 @@ def test_options_and_unlisted_methods_are_405_allowing_what_the_spec_lists(
     fill = {"{dag_id}": "etl", "{dag_run_id}": "r1", "{task_id}": "extract"}
     fill |= {"{try_number}": "1", "{pool_name}": "default_pool", "{key}": "k"}
     fill |= {"{conn_id}": "c", "{token_id}": "1", "{email}": "a@example.com"}
+    fill |= {"{xcom_key}": "return_value"}
     for path, item in spec["paths"].items():
         if not path.startswith(API):
             continue
@@ -450,3 +456,103 @@ def test_a_path_of_its_own_is_not_a_variable_or_connection_name(client: TestClie
         assert response.status_code == 405, (method, url, response.text)
         assert response.headers["allow"] == allow
     assert client.get(f"{API}/variables/syncStatus").status_code == 200
+
+
+def test_the_task_instance_list_carries_each_try_history_from_one_query(
+    client: TestClient, sqlite_engine: Engine
+) -> None:
+    statements: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        listed = client.get(f"{API}/dags/etl/dagRuns/r1/taskInstances").json()
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+    tries = {ti["task_id"]: ti["tries"] for ti in listed["task_instances"]}
+    assert [t["try_number"] for t in tries["transform"]] == [1]
+    assert tries["transform"][0]["state"] == "failed"
+    assert tries["report"] == []  # never tried: an empty history, not null
+    assert len([s for s in statements if "FROM task_instance_try" in s]) == 1
+    # Marking and clearing answer with the same shape.
+    marked = client.patch(
+        f"{API}/dags/etl/dagRuns/r1/taskInstances/extract", json={"new_state": "failed"}
+    ).json()
+    assert [t["try_number"] for t in marked["task_instances"][0]["tries"]] == [1]
+
+
+@pytest.fixture
+def xcoms(client: TestClient, sqlite_engine: Engine) -> TestClient:
+    with Session(sqlite_engine) as session:
+        run_pk = session.scalars(select(DagRun.id).where(DagRun.run_id == "r1")).one()
+        stamp = datetime(2026, 3, 1, 12, 5, tzinfo=UTC)
+        date_value = {"__classname__": "datetime.date", "__version__": 2, "__data__": "2026-03-01"}
+        for task_id, key, value in [
+            ("extract", "return_value", date_value),
+            ("extract", "__branch__", ["transform"]),
+            ("transform", "return_value", None),
+        ]:
+            session.add(
+                XCom(dag_run_id=run_pk, task_id=task_id, key=key, value=value, timestamp=stamp)
+            )
+        session.commit()
+    return client
+
+
+XCOMS = f"{API}/dags/etl/dagRuns/r1/taskInstances/extract/xcomEntries"
+
+
+def test_xcom_entries_are_listed_as_airflow_lists_them(xcoms: TestClient) -> None:
+    body = xcoms.get(XCOMS).json()
+    assert body["total_entries"] == 2
+    assert body["xcom_entries"] == [
+        {
+            "key": key,
+            "timestamp": "2026-03-01T12:05:00Z",
+            "logical_date": None,
+            "map_index": -1,
+            "task_id": "extract",
+            "dag_id": "etl",
+            "run_id": "r1",
+            "dag_display_name": "etl",
+            "task_display_name": "extract",
+        }
+        for key in ("__branch__", "return_value")  # no values in the list, as in Airflow
+    ]
+    page = xcoms.get(XCOMS, params={"limit": 1, "offset": 1}).json()
+    assert [e["key"] for e in page["xcom_entries"]] == ["return_value"]
+    assert page["total_entries"] == 2
+    only = xcoms.get(XCOMS, params={"xcom_key": "return_value"}).json()
+    assert [e["key"] for e in only["xcom_entries"]] == ["return_value"]
+    assert xcoms.get(XCOMS, params={"map_index": 0}).json()["total_entries"] == 0
+    everything = xcoms.get(f"{API}/dags/~/dagRuns/~/taskInstances/~/xcomEntries").json()
+    assert [(e["task_id"], e["key"]) for e in everything["xcom_entries"]] == [
+        ("extract", "__branch__"),
+        ("extract", "return_value"),
+        ("transform", "return_value"),
+    ]
+    # As Airflow: an unknown run or task has no entries (not a 404).
+    unknown = xcoms.get(f"{API}/dags/etl/dagRuns/nope/taskInstances/extract/xcomEntries")
+    assert unknown.status_code == 200 and unknown.json() == {"xcom_entries": [], "total_entries": 0}
+
+
+def test_an_xcom_entry_carries_its_value_as_stored(xcoms: TestClient) -> None:
+    entry = xcoms.get(f"{XCOMS}/return_value").json()
+    assert entry["value"] == {
+        "__classname__": "datetime.date",
+        "__version__": 2,
+        "__data__": "2026-03-01",
+    }
+    assert entry["key"] == "return_value" and entry["map_index"] == -1
+    none = xcoms.get(f"{API}/dags/etl/dagRuns/r1/taskInstances/transform/xcomEntries/return_value")
+    assert none.status_code == 200 and none.json()["value"] is None  # it returned None
+    missing = xcoms.get(f"{API}/dags/etl/dagRuns/r1/taskInstances/load/xcomEntries/return_value")
+    assert missing.status_code == 404
+    assert missing.json()["detail"] == (
+        "XCom entry with key 'return_value' of task 'load' in run 'r1' not found"
+    )
+    assert xcoms.get(f"{XCOMS}/return_value", params={"map_index": 0}).status_code == 404
+    no_run = xcoms.get(f"{API}/dags/etl/dagRuns/nope/taskInstances/extract/xcomEntries/k")
+    assert no_run.status_code == 404 and "'nope'" in no_run.json()["detail"]

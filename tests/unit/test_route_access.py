@@ -51,6 +51,14 @@ EXPECTED_ROLE: dict[tuple[str, str], str | None] = {
         "GET",
         "/api/v1/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/logs/{try_number}",
     ): "viewer",
+    (
+        "GET",
+        "/api/v1/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/xcomEntries",
+    ): "viewer",
+    (
+        "GET",
+        "/api/v1/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/xcomEntries/{xcom_key}",
+    ): "viewer",
     ("GET", "/api/v1/importErrors"): "viewer",
     ("GET", "/api/v1/pools"): "op",
     ("GET", "/api/v1/pools/{pool_name}"): "op",

@@ -1,6 +1,7 @@
 """Which role each route needs: Airflow's four roles, decided by rule, deny by default.
 
-Reads (GET) need ``viewer``; running things (trigger, clear, mark, pause) needs
+Reads (GET) need ``viewer`` (task logs and XCom entries included: Airflow's Viewer
+reads XComs too); running things (trigger, clear, mark, pause) needs
 ``user``; variables, connections and pools, read or written, need ``op`` (as in
 Airflow, where they belong to the Op role); tokens, users and the audit log need
 ``admin``. A state-changing route that no rule names needs ``admin``, so a new route

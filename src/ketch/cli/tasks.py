@@ -1,4 +1,4 @@
-"""``ketch tasks``: a DAG's tasks and task instances (list, states, clear, mark, logs).
+"""``ketch tasks``: a DAG's tasks and task instances (list, states, clear, mark, xcom, logs).
 
 ``ketch tasks test`` (run one task here, no database) is in :mod:`ketch.cli.task_test`.
 """
@@ -16,7 +16,7 @@ from ketch.cli.task_test import tasks_test
 
 @click.group()
 def tasks() -> None:
-    """A DAG's tasks and task instances: list, test, logs, clear, mark."""
+    """A DAG's tasks and task instances: list, test, logs, xcom, clear, mark."""
 
 
 tasks.add_command(tasks_test)
@@ -36,10 +36,11 @@ def tasks_list(dag_id: str, output: str) -> None:
 @click.argument("run_id")
 @output_option
 def tasks_states(dag_id: str, run_id: str, output: str) -> None:
-    """The task instances of one run with their state and tries."""
+    """The task instances of one run with their state and tries (JSON: the try history)."""
     rows = get_backend().list_task_instances(dag_id, run_id)
     for row in rows:
-        row["tries"] = row["try_number"]
+        if output == "table":  # the count; JSON keeps the REST API's history of each try
+            row["tries"] = row["try_number"]
         row["error"] = error_line(row["error"] or "")
     emit(output, rows, ("task_id", "state", "tries", "max_tries", "error"))
 
@@ -110,6 +111,23 @@ def tasks_mark(dag_id: str, run_id: str, task_id: str, state: str, downstream: b
     click.echo(f"marked {len(names)} task instance(s) of run {run_id} {state}: {', '.join(names)}")
     if cleared:
         click.echo(f"cleared again as failed downstream tasks: {', '.join(cleared)}")
+
+
+@tasks.command("xcom")
+@click.argument("dag_id")
+@click.argument("run_id")
+@click.argument("task_id")
+@click.option("--key", default="return_value", show_default=True, help="The XCom key.")
+def tasks_xcom(dag_id: str, run_id: str, task_id: str, key: str) -> None:
+    """Print what a task instance returned (its XCom), as JSON.
+
+    The value as stored and as ``GET .../xcomEntries/{key}`` returns it: JSON, with a
+    datetime, Decimal, tuple or set in Airflow's tagged form (``__classname__``).
+    """
+    import json
+
+    entry = get_backend().get_xcom(dag_id, run_id, task_id, key)
+    click.echo(json.dumps(entry["value"], indent=2))
 
 
 @tasks.command("logs")

@@ -17,6 +17,7 @@ One module per resource, all re-exported here (``operations.trigger_dag``):
 - :mod:`~ketch.operations.dags`: get, list, pause;
 - :mod:`~ketch.operations.runs`: get, list, progress, trigger and run ids, mark, cancel;
 - :mod:`~ketch.operations.task_instances`: get, list, tries, clear, mark;
+- :mod:`~ketch.operations.xcom`: XCom entries (return values) to read;
 - :mod:`~ketch.operations.pools`, :mod:`~ketch.operations.import_errors`;
 - :mod:`~ketch.operations._common`: change notification, pages, shared state writes.
 """
@@ -59,7 +60,9 @@ from ketch.operations.task_instances import (
     list_task_instance_tries,
     list_task_instances,
     set_task_instance_state,
+    tries_by_task_instance,
 )
+from ketch.operations.xcom import XComEntry, XComNotFound, get_xcom_entry, list_xcom_entries
 
 __all__ = [
     "MARKABLE_RUN_STATES",
@@ -78,6 +81,8 @@ __all__ = [
     "PoolStats",
     "RunProgress",
     "TaskNotFound",
+    "XComEntry",
+    "XComNotFound",
     "cancel_dag_run",
     "check_run_id",
     "clear_task_instances",
@@ -87,12 +92,14 @@ __all__ = [
     "get_dag_run",
     "get_pool",
     "get_task_instance",
+    "get_xcom_entry",
     "list_dag_runs",
     "list_dags",
     "list_import_errors",
     "list_pools",
     "list_task_instance_tries",
     "list_task_instances",
+    "list_xcom_entries",
     "on_change",
     "run_progress",
     "serialized_dag",
@@ -101,5 +108,6 @@ __all__ = [
     "set_paused",
     "set_pool",
     "set_task_instance_state",
+    "tries_by_task_instance",
     "trigger_dag",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from sqlalchemy import select
@@ -59,6 +59,36 @@ def list_task_instance_tries(session: Session, ti: TaskInstance) -> list[TaskIns
             .order_by(TaskInstanceTry.try_number)
         )
     )
+
+
+_TRIES_BY_ID_LIMIT = 500
+
+
+def tries_by_task_instance(
+    session: Session, tis: Sequence[TaskInstance]
+) -> dict[int, list[TaskInstanceTry]]:
+    """The tries of many task instances (each TI's list in try order) in one query, so a
+    list of TIs shows every try history without a query per TI.
+
+    Up to a few hundred TIs are looked up by id; more TIs of one run (a whole run's list)
+    are read by the run instead, so the statement never carries thousands of ids.
+    """
+    out: dict[int, list[TaskInstanceTry]] = {ti.id: [] for ti in tis}
+    if not tis:
+        return out
+    query = select(TaskInstanceTry).order_by(
+        TaskInstanceTry.task_instance_id, TaskInstanceTry.try_number
+    )
+    run_ids = {ti.dag_run_id for ti in tis}
+    if len(tis) > _TRIES_BY_ID_LIMIT and len(run_ids) == 1:
+        query = query.join(TaskInstance, TaskInstance.id == TaskInstanceTry.task_instance_id)
+        query = query.where(TaskInstance.dag_run_id == run_ids.pop())
+    else:
+        query = query.where(TaskInstanceTry.task_instance_id.in_(list(out)))
+    for row in session.scalars(query):
+        if row.task_instance_id in out:
+            out[row.task_instance_id].append(row)
+    return out
 
 
 # --- clear ---------------------------------------------------------------------------------

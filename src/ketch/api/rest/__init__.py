@@ -23,6 +23,7 @@ from ketch.api.rest import (
     users,
     variable_sync,
     variables,
+    xcom,
 )
 from ketch.api.rest.common import error_responses, paths_of_their_own
 from ketch.auth.principal import authorize
@@ -39,7 +40,7 @@ def build_router() -> APIRouter:
         dependencies=[Depends(authorize)],
         responses=error_responses(401, 403, 503),
     )
-    for module in (health, dags, dag_runs, task_instances, logs, import_errors, pools):
+    for module in (health, dags, dag_runs, task_instances, xcom, logs, import_errors, pools):
         router.include_router(module.router)
     router.include_router(variable_sync.router)  # before variables: syncStatus is no key
     router.include_router(variables.router)

@@ -22,6 +22,7 @@ from ketch.api.schemas import (
     PoolResponse,
     TaskInstanceResponse,
     TaskResponse,
+    XComResponseNative,
 )
 from ketch.auth import api_tokens
 from ketch.cli._common import CliError, db_session, load_settings
@@ -56,6 +57,12 @@ def dag_session() -> Iterator[Session]:
             except Exception:  # the hint must not hide the error itself
                 hint = ""
             raise CliError(f"{exc}{hint}") from exc
+
+
+def ti_rows(session: Session, tis: Sequence[Any]) -> list[Row]:
+    """Task instances as the REST API lists them: each with its tries (one query for all)."""
+    tries = operations.tries_by_task_instance(session, tis)
+    return [_dump(TaskInstanceResponse.from_model(ti, tries[ti.id])) for ti in tis]
 
 
 def connection_row(conn: Connection) -> Row:
@@ -125,8 +132,7 @@ class LocalBackend:
 
     def list_task_instances(self, dag_id: str, run_id: str) -> list[Row]:
         with dag_session() as session:
-            tis = operations.list_task_instances(session, dag_id, run_id)
-            return [_dump(TaskInstanceResponse.from_model(ti)) for ti in tis]
+            return ti_rows(session, operations.list_task_instances(session, dag_id, run_id))
 
     def get_task_instance(self, dag_id: str, run_id: str, task_id: str) -> Row:
         with dag_session() as session:
@@ -156,7 +162,7 @@ class LocalBackend:
                 only_failed=only_failed,
                 dry_run=dry_run,
             )
-            rows = [_dump(TaskInstanceResponse.from_model(ti)) for ti in tis]
+            rows = ti_rows(session, tis)
             if dry_run:
                 session.rollback()
             return rows
@@ -169,7 +175,12 @@ class LocalBackend:
             altered = operations.set_task_instance_state(
                 session, dag_id, run_id, task_id, state, include_downstream=downstream
             )
-            return [_dump(TaskInstanceResponse.from_model(ti)) for ti in altered]
+            return ti_rows(session, altered)
+
+    def get_xcom(self, dag_id: str, run_id: str, task_id: str, key: str) -> Row:
+        with dag_session() as session:
+            entry = operations.get_xcom_entry(session, dag_id, run_id, task_id, key)
+            return _dump(XComResponseNative.from_entry(entry))
 
     def _log_try(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> Any:
         """The try's key, whether it may still write, and its state (for messages)."""

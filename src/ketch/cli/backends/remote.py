@@ -110,6 +110,13 @@ class RemoteBackend:
         body = {"new_state": state, "include_downstream": downstream}
         return list(self._api.json("PATCH", path, body=body)["task_instances"])
 
+    def get_xcom(self, dag_id: str, run_id: str, task_id: str, key: str) -> Row:
+        path = (
+            f"/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}/taskInstances/{_q(task_id)}"
+            f"/xcomEntries/{_q(key)}"
+        )
+        return dict(self._api.json("GET", path))
+
     def _log_path(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
         return (
             f"/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}/taskInstances/{_q(task_id)}/logs/{try_number}"
