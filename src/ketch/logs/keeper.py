@@ -99,7 +99,7 @@ class LogKeeper:
         self._tracked: dict[TryKey, _Tracked] = {}
         self._done: dict[TryKey, float] = {}
         self._since: dt.datetime | None = None
-        self._last_retention = 0.0
+        self._last_retention: float | None = None  # the first pass deletes at once
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
@@ -136,7 +136,7 @@ class LogKeeper:
         """Track what the database says is running or ended since the last pass."""
         from ketch.db.models import TaskInstance, TaskInstanceTry
 
-        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        now = dt.datetime.now(dt.UTC)  # aware: the database refuses naive datetimes
         since = (self._since - OVERLAP) if self._since else now - FIRST_LOOK_BACK
         query = (
             select(
@@ -177,9 +177,13 @@ class LogKeeper:
                 self._finish(tracked)  # never started here (another machine, a failed fork)
             return
         try:
+            # Whether the pump is gone is asked *before* shipping: a pump that writes its
+            # last bytes and ends while we ship must not get its log completed with
+            # those bytes missing (the next pass ships them, then completes).
+            ended = not tracked.live and not pump_is_writing(tracked.path)
             if self.ships:
                 self._ship(tracked)
-            if not tracked.live and not pump_is_writing(tracked.path):
+            if ended:
                 self._complete(tracked)
                 self._finish(tracked)
             self.last_error = None
@@ -223,7 +227,12 @@ class LogKeeper:
 
     def _retention(self) -> None:
         days = self.settings.logging.log_retention_days
-        if not days or time.monotonic() - self._last_retention < RETENTION_EVERY:
+        if not days:
+            return
+        if (
+            self._last_retention is not None
+            and time.monotonic() - self._last_retention < RETENTION_EVERY
+        ):
             return
         self._last_retention = time.monotonic()
         cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)

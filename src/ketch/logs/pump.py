@@ -86,13 +86,26 @@ class PumpHandle:
         self._lock = threading.Lock()
         self._saved_stdout = saved_stdout
         self._finished = False
+        self._unanswered = 0  # calls that gave up waiting: their answers come first
 
     def _call(self, message: bytes) -> bytes | None:
+        """Send ``message``; the pump's answer, or None when it did not come in time.
+
+        The pump answers every message, in order: an answer that comes after its call
+        gave up is read and dropped by the next call, never taken for that call's own
+        answer (a late ``K`` would become a write problem that fails the try)."""
         with self._lock:
             try:
                 self._control.settimeout(_ACK_TIMEOUT)
                 self._control.sendall(struct.pack("!I", len(message)) + message)
-                return _recv_message(self._control)
+                while True:
+                    answer = _recv_message(self._control)
+                    if answer is None or not self._unanswered:
+                        return answer
+                    self._unanswered -= 1  # the late answer to an earlier call
+            except TimeoutError:
+                self._unanswered += 1  # the pump is busy (a slow stdout): it answers later
+                return None
             except OSError:
                 return None  # the pump is gone: its log is already lost, the rescue says so
 
@@ -270,6 +283,10 @@ class Pump:
         self.written = os.fstat(fd).st_size  # a relaunched try appends to its own log
         with suppress(OSError):  # "the pump is still writing" for the scheduler's shipper
             fcntl.flock(fd, fcntl.LOCK_SH)
+        # A relaunched try's log is not complete while this pump writes to it: the record
+        # of the earlier run (its size, "complete" for readers and the keeper) goes.
+        with suppress(FileNotFoundError):
+            os.unlink(f"{self.live_file}.complete")
         return fd
 
     def _make_shipper(self) -> Any:
@@ -282,6 +299,10 @@ class Pump:
         return shipper
 
     def run(self) -> None:
+        # Non-blocking: a question (``Q``) may have drained the bytes the selector saw,
+        # and a blocking read would then wait for the try's next output, answering no
+        # secret, showing no partial line and telling nothing of the archive meanwhile.
+        os.set_blocking(self.read_fd, False)
         selector = selectors.DefaultSelector()
         selector.register(self.read_fd, selectors.EVENT_READ, "data")
         selector.register(self.control, selectors.EVENT_READ, "control")
@@ -335,8 +356,8 @@ class Pump:
     def _pump_once(self) -> bool:
         try:
             chunk = os.read(self.read_fd, _READ_SIZE)
-        except InterruptedError:
-            return True
+        except (BlockingIOError, InterruptedError):
+            return True  # nothing left (the control message's drain took it)
         if not chunk:
             return False
         self._emit(self.masker.feed(chunk))
@@ -344,18 +365,14 @@ class Pump:
 
     def _drain_available(self) -> None:
         """Process what is in the pipe right now (before answering a question)."""
-        os.set_blocking(self.read_fd, False)
-        try:
-            while True:
-                try:
-                    chunk = os.read(self.read_fd, _READ_SIZE)
-                except BlockingIOError:
-                    return
-                if not chunk:
-                    return
-                self._emit(self.masker.feed(chunk))
-        finally:
-            os.set_blocking(self.read_fd, True)
+        while True:
+            try:
+                chunk = os.read(self.read_fd, _READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            if not chunk:
+                return
+            self._emit(self.masker.feed(chunk))
 
     def _serve_control(self) -> bool:
         try:

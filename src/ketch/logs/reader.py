@@ -208,13 +208,17 @@ class LogReader:
         if archive_has and archived is not None:
             found.append(archived)
         live_file = self._live_file(key)
-        if live_file is not None and not _same_file(live_file, archived):
+        # The local folder archive of a local executor is the live file itself: while the
+        # try runs it is read (and named) as the live file, once complete or ended as the
+        # archive, never as both.
+        same = live_file is not None and _same_file(live_file, archived)
+        if live_file is not None and (not same or (live and not archive_has)):
             found.append(live_file)
         if live or not found:
             pod = self._pod(key)
             if pod is not None:
                 found.append(pod)
-        if live and archived is not None and not archive_has and problem is None:
+        if live and archived is not None and not archive_has and problem is None and not same:
             found.append(archived)  # its newest chunks: a web apart from a local executor
         if not found and problem is not None:
             raise LogUnavailable(f"log archive unavailable: {problem}", status=503)
@@ -295,10 +299,12 @@ class LogReader:
         ended_at: float | None = None
         while True:
             live = state is None
+            unreachable = False  # the archive is down: wait for it, do not end
             try:
                 found = self.sources(key, live)
-            except LogUnavailable:
+            except LogUnavailable as exc:
                 found = []
+                unreachable = exc.status >= 500
             progressed = False
             for source in found:
                 if isinstance(source, PodSource) and live:
@@ -307,7 +313,11 @@ class LogReader:
                         yield data
                     progressed = True
                     break
-                data = source.read(offset, READ_CHUNK)
+                try:
+                    data = source.read(offset, READ_CHUNK)
+                except ArchiveError:
+                    unreachable = True  # down since sources() looked: the next source
+                    continue
                 if data:
                     offset += len(data)
                     yield data
@@ -318,8 +328,9 @@ class LogReader:
                 continue
             if not live:
                 ended_at = ended_at or now
-                done = bool(found) and _finished_writing(found[0])
-                if done or not found or now - ended_at > END_WAIT_SECONDS:
+                done = bool(found) and not unreachable and _finished_writing(found[0])
+                nowhere = not found and not unreachable
+                if done or nowhere or now - ended_at > END_WAIT_SECONDS:
                     yield state or "none"
                     return
             if live and now - last_check >= STATE_CHECK_SECONDS:

@@ -117,24 +117,41 @@ class Shipper:
 
     def finish(self, written: int, say: Any) -> bool:
         """Final flush and completion, bounded by ``final_flush_timeout``; True when the
-        archive holds the whole log and knows it is complete."""
+        archive holds the whole log and knows it is complete.
+
+        The bound holds whatever the archive does: the shipping thread is waited for
+        only until the deadline (one of its requests may hang on an unreachable
+        archive), and the flush itself runs in a thread of its own that is abandoned
+        at the deadline (a request to a partitioned S3 can take a client's timeouts
+        and retries, a minute, and in a pod the container ends when the try does)."""
+        deadline = time.monotonic() + self.config.final_flush_timeout
         with self._wake:
             self._written = written
             self._stopping = True
             self._wake.notify()
-        self._thread.join(timeout=self.config.interval + 5)
+        self._thread.join(timeout=max(0.0, deadline - time.monotonic()))
         for line in self.pop_messages():
             say(line)
-        deadline = time.monotonic() + self.config.final_flush_timeout
+        result: list[bool] = []
+        flush = threading.Thread(
+            target=lambda: result.append(self._final_flush(deadline)),
+            name="ketch-log-final-flush",
+            daemon=True,
+        )
+        flush.start()
+        flush.join(timeout=max(0.0, deadline - time.monotonic()))
+        return bool(result and result[0])
+
+    def _final_flush(self, deadline: float) -> bool:
+        sent = self.sent  # a still running shipping thread may move self.sent: our own
         backoff = 0.25
         while True:
             size = os.path.getsize(self.live_file) if os.path.exists(self.live_file) else 0
             try:
                 archive = self._get_archive()
-                self.sent = ship_new_bytes(
-                    archive, self.config.key, self.live_file, self.sent, size
-                )
+                sent = ship_new_bytes(archive, self.config.key, self.live_file, sent, size)
                 archive.complete(self.config.key, Completion(size=size, ended_at=now_iso()))
+                self.sent = sent
                 return True
             except ArchiveError:
                 if time.monotonic() + backoff > deadline:
