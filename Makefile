@@ -48,3 +48,4 @@ bench: install
 	$(PY) -m benchmarks.recovery --backend both
 	$(PY) -m benchmarks.auth_cost --backend postgresql
 	$(PY) -m benchmarks.sign_in --backend postgresql
+	$(PY) -m benchmarks.logs
