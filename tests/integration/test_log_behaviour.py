@@ -249,11 +249,19 @@ def stack(
 
 
 def only(stack: LogStack, *, json: bool = False, archive: str | None = None) -> None:
-    """Skip unless ``stack`` is a combination this scenario is for."""
-    if json and not stack.combo.json_format:
-        pytest.skip("json_format combination only")
-    if archive is not None and stack.combo.archive != archive:
-        pytest.skip(f"{archive} archive only")
+    """Fail if ``stack`` is not a combination this scenario is for (scenarios choose their
+    combinations with :func:`combos`: nothing is skipped)."""
+    assert not json or stack.combo.json_format, stack.combo.id
+    assert archive is None or stack.combo.archive == archive, stack.combo.id
+
+
+def combos(*chosen: Combo) -> pytest.MarkDecorator:
+    """Run a scenario on ``chosen`` combinations only (the module's ``stack`` fixture,
+    parametrised indirectly)."""
+    return pytest.mark.parametrize("stack", chosen, indirect=True, ids=lambda c: c.id)
+
+
+S3_COMBOS = [c for c in COMBOS if c.archive == S3]
 
 
 def finished_run(stack: LogStack, dag_id: str) -> str:
@@ -509,14 +517,6 @@ def test_following_a_try_that_fails_ends_with_its_state(
 ) -> None:
     """A follower of a running try that dies gets its whole log, then ``event: end``."""
     only(stack)
-    if stack.combo.executor == KUBERNETES:
-        request.node.add_marker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="LogReader.follow spins on a finished pod that is kept (a failed try): "
-                "no event: end while the pod exists (/tmp/log_suite_bugs.md #7)",
-            )
-        )
     run_id = stack.trigger("logt_sigkill")
     key = wait_try(stack, "logt_sigkill", run_id, "killed")
     follower = Follower(stack.log_url(key) + "?follow=true", timeout=60)
@@ -540,6 +540,7 @@ SIM_OOM_SPARES_THE_PUMP = pytest.mark.xfail(
 )
 
 
+@combos(*[c for c in COMBOS if c.executor == KUBERNETES])
 @pytest.mark.parametrize(
     "whole_container",
     [pytest.param(True, id="cgroup"), pytest.param(False, id="sim", marks=SIM_OOM_SPARES_THE_PUMP)],
@@ -550,8 +551,7 @@ def test_an_oom_killed_pod_log_is_captured_by_the_scheduler(
     """``cgroup``: every process of the container dies (a cgroup v2 OOM kill, the pump too),
     as the simulator is told to OOM-kill the pod; ``sim``: the simulator's OOM kill alone."""
     only(stack)
-    if stack.combo.executor != KUBERNETES:
-        pytest.skip("pods only")
+    assert stack.combo.executor == KUBERNETES
     assert stack.sim is not None and stack.namespace is not None
     run_id = stack.trigger("logt_oom")
     key = wait_try(stack, "logt_oom", run_id, "oom_victim")
@@ -573,6 +573,7 @@ def test_an_oom_killed_pod_log_is_captured_by_the_scheduler(
 # -- 5. S3 outage -------------------------------------------------------------------------
 
 
+@combos(*S3_COMBOS)
 def test_s3_outage_mid_run_loses_nothing(stack: LogStack) -> None:
     only(stack, archive=S3)
     assert stack.s3_proxy is not None
@@ -596,6 +597,7 @@ def test_s3_outage_mid_run_loses_nothing(stack: LogStack) -> None:
     assert web.status_code == 200 and web.content == archived
 
 
+@combos(*S3_COMBOS)
 def test_s3_outage_is_noted_in_the_log(stack: LogStack, request: pytest.FixtureRequest) -> None:
     only(stack, archive=S3)
     if stack.combo.executor == LOCAL:
@@ -607,8 +609,7 @@ def test_s3_outage_is_noted_in_the_log(stack: LogStack, request: pytest.FixtureR
             )
         )
     run_id = stack.runs.get("logt_outage")
-    if run_id is None:
-        pytest.skip("needs test_s3_outage_mid_run_loses_nothing's run")
+    assert run_id is not None, "needs test_s3_outage_mid_run_loses_nothing's run (runs first)"
     text = stack.wait_archived(TryKey("logt_outage", run_id, "steady", 1)).decode()
     assert re.search(r"\] ketch: log archive unavailable: .+", text), text
 
@@ -616,6 +617,7 @@ def test_s3_outage_is_noted_in_the_log(stack: LogStack, request: pytest.FixtureR
 # -- 6. JSON stdout -----------------------------------------------------------------------
 
 
+@combos(*[c for c in COMBOS if c.json_format])
 def test_json_format_pod_stdout_is_json_lines_and_the_archive_plain(stack: LogStack) -> None:
     only(stack, json=True)
     run_id = finished_run(stack, "logt_live")
@@ -638,9 +640,8 @@ def test_json_format_pod_stdout_is_json_lines_and_the_archive_plain(stack: LogSt
 # -- 7. bad output ------------------------------------------------------------------------
 
 
+@combos(*[c for c in COMBOS if c.id in ("local-folder", "k8s-s3")])
 def test_bad_output_is_kept_exactly(stack: LogStack) -> None:
-    if stack.combo.id not in ("local-folder", "k8s-s3"):
-        pytest.skip("one combination per executor")
     run_id = stack.trigger("logt_bad")
     key = wait_try(stack, "logt_bad", run_id, "bad")
     follower = Follower(stack.log_url(key) + "?follow=true", timeout=120)

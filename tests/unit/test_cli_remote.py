@@ -289,8 +289,8 @@ def test_logs_through_the_api(both: Both) -> None:
 
 
 def test_follow_prints_a_live_log_until_the_try_ends(both: Both, db: Engine) -> None:
-    from ketch.logs import reader
     from ketch.executors.base import TryKey
+    from ketch.logs import reader
     from ketch.worker.task_log import log_path
 
     path = log_path(get_settings().log_folder, TryKey("etl", "live", "extract", 1))

@@ -310,9 +310,11 @@ class LogReader:
                 if isinstance(source, PodSource) and live:
                     for data in source.follow(offset):
                         offset += len(data)
+                        progressed = True
                         yield data
-                    progressed = True
-                    break
+                    if progressed:
+                        break
+                    continue  # nothing from the pod (not started yet): wait, re-check
                 try:
                     data = source.read(offset, READ_CHUNK)
                 except ArchiveError:
