@@ -32,6 +32,7 @@ from pathlib import Path
 
 from sqlalchemy import or_, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from ketch.config import Settings
@@ -119,6 +120,8 @@ class LogKeeper:
         while not self._stop.is_set():
             try:
                 self.run_once()
+            except SQLAlchemyError as exc:  # the database is down: the scheduler says so once
+                log.debug("log keeper pass skipped: database unavailable: %s", exc)
             except Exception:
                 log.exception("log keeper pass failed")
             self._stop.wait(self.interval)
