@@ -2,7 +2,7 @@
 
 The public authoring API, as an Airflow 3 user expects it::
 
-    from ketch import DAG, dag, task, Param, BashTask, EmptyTask, get_current_context
+    from ketch import DAG, dag, task, task_group, TaskGroup, Param, BashTask, EmptyTask
 
 Importing ``ketch`` stays light (no database, web or settings libraries): the
 task-try process imports it for every try.
@@ -14,6 +14,7 @@ from ketch.authoring.context import get_current_context
 from ketch.authoring.dag import DAG, dag
 from ketch.authoring.decorators import task
 from ketch.authoring.params import Param
+from ketch.authoring.taskgroup import TaskGroup, task_group
 from ketch.authoring.tasks import BaseTask, EmptyTask, TaskResult, XComArg
 from ketch.authoring.variable import Variable
 from ketch.exceptions import AirflowFailException, AirflowSkipException, FailTask, SkipTask
@@ -37,6 +38,7 @@ __all__ = [
     "FailTask",
     "Param",
     "SkipTask",
+    "TaskGroup",
     "TaskResult",
     "TriggerRule",
     "Variable",
@@ -44,4 +46,5 @@ __all__ = [
     "dag",
     "get_current_context",
     "task",
+    "task_group",
 ]

@@ -57,6 +57,27 @@ class SerializedParam(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
 
+class SerializedTaskGroup(BaseModel):
+    """A task group (Airflow's TaskGroup): only for display, the scheduler never reads it.
+
+    ``group_id`` is the full id (``outer.inner``); ``children`` are the full ids of its
+    tasks and groups in definition order, so a UI can draw the tree.
+    """
+
+    group_id: str
+    label: str  # the group's own name (or group_display_name), without the parents' prefix
+    parent_group_id: str | None = None
+    prefix_group_id: bool = True
+    tooltip: str = ""
+    ui_color: str = "CornflowerBlue"
+    ui_fgcolor: str = "#000"
+    children: list[str] = Field(default_factory=list)
+    upstream_group_ids: list[str] = Field(default_factory=list)
+    downstream_group_ids: list[str] = Field(default_factory=list)
+    upstream_task_ids: list[str] = Field(default_factory=list)
+    downstream_task_ids: list[str] = Field(default_factory=list)
+
+
 class SerializedTask(BaseModel):
     task_id: str
     kind: Literal["python", "bash", "branch", "empty"]
@@ -73,7 +94,21 @@ class SerializedTask(BaseModel):
     pool: str = "default_pool"
     pool_slots: int = 1
     executor_config: dict[str, Any] = Field(default_factory=dict)
+    # Descriptive: shown, never acted on.
     doc_md: str | None = None
+    doc: str | None = None
+    doc_rst: str | None = None
+    doc_json: str | None = None
+    doc_yaml: str | None = None
+    task_display_name: str | None = None  # None: the task id
+    owner: str = "airflow"
+    email: list[str] = Field(default_factory=list)
+    email_on_failure: bool = True
+    email_on_retry: bool = True
+    # The innermost task group's full id (None: not in a group), and the task's id
+    # without that group's prefix.
+    task_group_id: str | None = None
+    label: str | None = None
 
     @field_validator("retry_exponential_backoff", mode="before")
     @classmethod
@@ -91,7 +126,17 @@ class SerializedDag(BaseModel):
     relative_fileloc: str  # path relative to the DAGs folder (what a pod resolves)
     description: str | None = None
     doc_md: str | None = None
+    doc: str | None = None
+    doc_rst: str | None = None
+    doc_json: str | None = None
+    doc_yaml: str | None = None
     tags: list[str] = Field(default_factory=list)
+    dag_display_name: str | None = None  # None: the dag id
+    owner_links: dict[str, str] = Field(default_factory=dict)
+    # Stored and shown only: ketch does not render templates yet, nor pause a DAG after
+    # failed runs.
+    render_template_as_native_obj: bool = False
+    max_consecutive_failed_dag_runs: int = 0
     schedule: SerializedSchedule
     start_date: datetime | None = None
     end_date: datetime | None = None
@@ -102,9 +147,24 @@ class SerializedDag(BaseModel):
     is_paused_upon_creation: bool | None = None
     params: dict[str, SerializedParam] = Field(default_factory=dict)
     tasks: dict[str, SerializedTask]  # in definition order
+    task_groups: dict[str, SerializedTaskGroup] = Field(default_factory=dict)  # by full id
 
     def task(self, task_id: str) -> SerializedTask:
         return self.tasks[task_id]
+
+    @property
+    def owners(self) -> list[str]:
+        """The owners of the DAG's tasks (Airflow's ``DAG.owner``, as a list)."""
+        return sorted({t.owner for t in self.tasks.values()})
+
+    def task_group_path(self, task_id: str) -> list[str]:
+        """The full ids of the task's groups, outermost first ([] outside any group)."""
+        path: list[str] = []
+        group_id = self.tasks[task_id].task_group_id
+        while group_id is not None and group_id in self.task_groups:
+            path.append(group_id)
+            group_id = self.task_groups[group_id].parent_group_id
+        return path[::-1]
 
     def root_task_ids(self) -> list[str]:
         return [t.task_id for t in self.tasks.values() if not t.upstream_task_ids]

@@ -16,21 +16,22 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from ketch.authoring import _defaults
+from ketch.authoring import _context, _defaults
+from ketch.authoring._args import optional_str, seconds
+from ketch.authoring._context import current_dag
+from ketch.authoring.taskgroup import TaskGroup
 from ketch.exceptions import DagDefinitionError
 
 if TYPE_CHECKING:
     from ketch.authoring.params import Param
     from ketch.authoring.tasks import BaseTask
 
-_context_stack: list[DAG] = []
+__all__ = ["DAG", "collecting_dags", "current_dag", "dag"]
+
 # Set by the loader while it imports a file: every DAG completed meanwhile lands here.
 _collector: list[list[DAG]] = []
 
-
-def current_dag() -> DAG | None:
-    """The DAG of the innermost ``with DAG(...)`` block or running ``@dag`` function."""
-    return _context_stack[-1] if _context_stack else None
+TAG_MAX_LEN = 100  # Airflow's limit on one tag
 
 
 @contextmanager
@@ -85,6 +86,14 @@ class DAG:
         doc_md: str | None = None,
         dagrun_timeout: timedelta | float | None = None,
         is_paused_upon_creation: bool | None = None,
+        doc: str | None = None,
+        doc_rst: str | None = None,
+        doc_json: str | None = None,
+        doc_yaml: str | None = None,
+        owner_links: dict[str, str] | None = None,
+        dag_display_name: str | None = None,
+        render_template_as_native_obj: bool = False,
+        max_consecutive_failed_dag_runs: int | None = None,
     ) -> None:
         if not isinstance(dag_id, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]{1,250}", dag_id):
             raise DagDefinitionError(
@@ -100,12 +109,26 @@ class DAG:
         self._max_active_runs = max_active_runs
         self._max_active_tasks = max_active_tasks
         self.params: dict[str, Param] = self._convert_params(params)
-        self.tags = sorted(set(tags or []))
-        self.description = description
-        self.doc_md = doc_md
-        self.dagrun_timeout = self._seconds("dagrun_timeout", dagrun_timeout)
+        self.tags = self._check_tags(tags)
+        where = f"DAG {dag_id!r}"
+        self.description = optional_str(f"{where}: description", description)
+        self.doc_md = _doc_md(optional_str(f"{where}: doc_md", doc_md))
+        # Airflow's DAG takes doc_md only; ketch also keeps the other doc kinds operators take.
+        self.doc = optional_str(f"{where}: doc", doc)
+        self.doc_rst = optional_str(f"{where}: doc_rst", doc_rst)
+        self.doc_json = optional_str(f"{where}: doc_json", doc_json)
+        self.doc_yaml = optional_str(f"{where}: doc_yaml", doc_yaml)
+        self.owner_links = self._check_owner_links(owner_links)
+        self._dag_display_name = optional_str(f"{where}: dag_display_name", dag_display_name)
+        # Stored and shown; ketch does not render templates yet.
+        self.render_template_as_native_obj = bool(render_template_as_native_obj)
+        self.max_consecutive_failed_dag_runs = self._check_max_failed(
+            max_consecutive_failed_dag_runs
+        )
+        self.dagrun_timeout = seconds(f"{where}: dagrun_timeout", dagrun_timeout)
         self.is_paused_upon_creation = is_paused_upon_creation
         self.tasks: dict[str, BaseTask] = {}
+        self.task_group = TaskGroup(None, dag=self)  # the root group
         self.fileloc = _caller_file()
 
     # ----- argument checks --------------------------------------------------
@@ -137,10 +160,52 @@ class DAG:
             f"not {schedule!r}"
         )
 
-    def _seconds(self, name: str, value: Any) -> float | None:
-        from ketch.authoring.tasks import _seconds
+    def _check_tags(self, tags: Any) -> list[str]:
+        if tags is None:
+            return []
+        if isinstance(tags, str) or not all(isinstance(t, str) for t in tags):
+            raise DagDefinitionError(f"DAG {self.dag_id!r}: tags must be a list of strings")
+        if any(len(t) > TAG_MAX_LEN for t in tags):
+            raise DagDefinitionError(
+                f"DAG {self.dag_id!r}: tag cannot be longer than {TAG_MAX_LEN} characters"
+            )
+        return sorted(set(tags))
 
-        return _seconds(f"DAG {self.dag_id!r}: {name}", value)
+    def _check_owner_links(self, owner_links: Any) -> dict[str, str]:
+        """Airflow's check: each owner's link is a URL with a scheme and host, or a mailto:."""
+        from urllib.parse import urlsplit
+
+        if owner_links is None:
+            return {}
+        if not isinstance(owner_links, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in owner_links.items()
+        ):
+            raise DagDefinitionError(
+                f"DAG {self.dag_id!r}: owner_links must be a dict of owner name to link"
+            )
+        wrong = {}
+        for owner, link in owner_links.items():
+            parts = urlsplit(link)
+            if parts.scheme == "mailto":
+                if not parts.path:
+                    wrong[owner] = link
+            elif not parts.scheme or not parts.netloc:
+                wrong[owner] = link
+        if wrong:
+            raise DagDefinitionError(
+                f"DAG {self.dag_id!r}: wrong link format was used for the owner. Use a valid link. "
+                f"Bad formatted links are: {wrong}"
+            )
+        return dict(owner_links)
+
+    def _check_max_failed(self, value: Any) -> int:
+        if value is None:
+            return 0  # Airflow's [core] max_consecutive_failed_dag_runs_per_dag default
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise DagDefinitionError(
+                f"DAG {self.dag_id!r}: max_consecutive_failed_dag_runs must be an integer >= 0"
+            )
+        return value
 
     def _convert_params(self, params: dict[str, Any] | None) -> dict[str, Param]:
         from ketch.authoring.params import Param
@@ -174,6 +239,23 @@ class DAG:
         tz = self.start_date.tzinfo if self.start_date else None
         return tz.key if isinstance(tz, ZoneInfo) and tz.key else "UTC"
 
+    @property
+    def dag_display_name(self) -> str:
+        return self._dag_display_name or self.dag_id
+
+    @dag_display_name.setter
+    def dag_display_name(self, value: str | None) -> None:
+        self._dag_display_name = value
+
+    @property
+    def owner(self) -> str:
+        """Airflow's ``DAG.owner``: the owners of the tasks, comma separated."""
+        return ", ".join(self.owners)
+
+    @property
+    def owners(self) -> list[str]:
+        return sorted({t.owner for t in self.tasks.values()})
+
     # ----- tasks -------------------------------------------------------------
 
     def add_task(self, task: BaseTask) -> None:
@@ -184,8 +266,25 @@ class DAG:
             raise DagDefinitionError(
                 f"DAG {self.dag_id!r}: duplicate task_id {task.task_id!r} (task ids must be unique)"
             )
+        if task.task_id in self.task_group.used_group_ids:
+            raise DagDefinitionError(
+                f"DAG {self.dag_id!r}: task_id {task.task_id!r} is already used by a task group"
+            )
+        group = task.task_group if task.task_group is not None else self.task_group
+        group.add(task)
+        task.task_group = group
         self.tasks[task.task_id] = task
         task.dag = self
+        # As Airflow: a task id is never reused as a group id (nor the other way round).
+        self.task_group.used_group_ids.add(task.task_id)
+
+    @property
+    def task_group_dict(self) -> dict[str, TaskGroup]:
+        """Every task group of the DAG by its full id (the root group excluded)."""
+        return {g.group_id: g for g in self.task_group.iter_groups() if g.group_id}
+
+    def has_task_group(self, task_group_id: str) -> bool:
+        return task_group_id in self.task_group_dict
 
     def get_task(self, task_id: str) -> BaseTask:
         try:
@@ -201,6 +300,8 @@ class DAG:
 
     def validate(self) -> None:
         """The checks that need the whole graph or heavier libraries (called at parse time)."""
+        # owner_links is a dict: it may have been changed after the check at creation.
+        self._check_owner_links(self.owner_links)
         self._check_edges()
         cycle = self.find_cycle()
         if cycle:
@@ -245,11 +346,11 @@ class DAG:
     # ----- context manager -----------------------------------------------------
 
     def __enter__(self) -> DAG:
-        _context_stack.append(self)
+        _context.push_dag(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _context_stack.pop()
+        _context.pop_dag()
         if exc[0] is None:
             _register(self)
 
@@ -274,8 +375,20 @@ class _DagFactory:
     def __call__(self, *args: Any, **kwargs: Any) -> DAG:
         the_dag = DAG(self.dag_id, **self.kwargs)
         the_dag.fileloc = self.function.__code__.co_filename
-        if the_dag.doc_md is None and self.function.__doc__:
-            the_dag.doc_md = self.function.__doc__
         with the_dag:
             self.function(*args, **kwargs)
+        # Airflow: the function's docstring documents the DAG unless doc_md was given.
+        if self.function.__doc__ and not the_dag.doc_md:
+            the_dag.doc_md = self.function.__doc__
         return the_dag
+
+
+def _doc_md(doc_md: str | None) -> str | None:
+    """Airflow's rule: a ``doc_md`` ending in ``.md`` that names a file is that file's text."""
+    if doc_md is None or not doc_md.endswith(".md"):
+        return doc_md
+    try:
+        with open(doc_md) as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return doc_md

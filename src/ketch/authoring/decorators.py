@@ -11,22 +11,35 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
+from ketch.authoring import _context
+from ketch.authoring._args import DOC_ATTRS
 from ketch.authoring.bash import BashDecoratedTask
 from ketch.authoring.python import BranchPythonTask, PythonTask
 from ketch.authoring.tasks import BaseTask, XComArg, find_xcom_args
 
+if TYPE_CHECKING:
+    from ketch.authoring.taskgroup import TaskGroup
 
-def unique_task_id(task_id: str, existing: dict[str, BaseTask] | None) -> str:
-    """``task_id`` if free in the DAG, else ``core__N`` with N one above the highest in use."""
-    if not existing or task_id not in existing:
+
+def unique_task_id(
+    task_id: str, existing: dict[str, BaseTask] | None, group: TaskGroup | None = None
+) -> str:
+    """``task_id`` if free in the DAG, else ``core__N`` with N one above the highest in use.
+
+    Inside a task group the check is on the prefixed id (Airflow's ``get_unique_task_id``);
+    the id returned is still unprefixed (the task prefixes it when it is created).
+    """
+    full = group.child_id(task_id) if group is not None else task_id
+    if not existing or full not in existing:
         return task_id
     core = re.split(r"__\d+$", task_id)[0]
+    full_core = re.split(r"__\d+$", full)[0]
     suffixes = [
         int(m.group(1))
         for other in existing
-        if (m := re.fullmatch(rf"{re.escape(core)}__(\d+)", other))
+        if (m := re.fullmatch(rf"{re.escape(full_core)}__(\d+)", other))
     ]
     return f"{core}__{max(suffixes, default=0) + 1}"
 
@@ -46,15 +59,19 @@ class DecoratedTask:
         return DecoratedTask(self.function, self.task_class, {**self.kwargs, **kwargs})
 
     def __call__(self, *args: Any, **kwargs: Any) -> XComArg:
-        from ketch.authoring.dag import current_dag
-
         options = dict(self.kwargs)
-        dag = options.get("dag") or current_dag()
+        group = options.get("task_group")
+        dag = options.get("dag") or (group.dag if group else None) or _context.current_dag()
+        if group is None:
+            group = _context.current_group(dag)
         wanted = options.pop("task_id", None) or self.function.__name__
-        task_id = unique_task_id(wanted, dag.tasks if dag else None)
+        task_id = unique_task_id(wanted, dag.tasks if dag else None, group)
         task = self.task_class(
             task_id, python_callable=self.function, op_args=args, op_kwargs=kwargs, **options
         )
+        # Airflow: the docstring documents the task unless a doc* argument was given.
+        if self.function.__doc__ and not any(getattr(task, a, None) for a in DOC_ATTRS):
+            task.doc_md = self.function.__doc__
         for arg in find_xcom_args((args, kwargs)):
             arg.operator.set_downstream(task)
         return XComArg(task)

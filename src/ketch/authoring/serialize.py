@@ -16,8 +16,9 @@ from ketch.authoring.timetables import serialize_schedule
 
 if TYPE_CHECKING:
     from ketch.authoring.dag import DAG
+    from ketch.authoring.taskgroup import TaskGroup
     from ketch.authoring.tasks import BaseTask
-    from ketch.serialization import SerializedDag, SerializedTask
+    from ketch.serialization import SerializedDag, SerializedTask, SerializedTaskGroup
 
 
 def _relatives(dag: DAG, task_id: str, direction: Callable[[BaseTask], set[str]]) -> set[str]:
@@ -62,6 +63,38 @@ def serialize_task(dag: DAG, task: BaseTask) -> SerializedTask:
         pool_slots=task.pool_slots,
         executor_config=task.executor_config,
         doc_md=task.doc_md,
+        doc=task.doc,
+        doc_rst=task.doc_rst,
+        doc_json=task.doc_json,
+        doc_yaml=task.doc_yaml,
+        task_display_name=task._task_display_name,
+        owner=task.owner,
+        email=list(task.email),
+        email_on_failure=task.email_on_failure,
+        email_on_retry=task.email_on_retry,
+        task_group_id=task.task_group.group_id if task.task_group is not None else None,
+        label=task.label,
+    )
+
+
+def serialize_task_group(group: TaskGroup) -> SerializedTaskGroup:
+    from ketch.serialization import SerializedTaskGroup
+
+    assert group.group_id is not None and group.label is not None
+    parent = group.parent_group
+    return SerializedTaskGroup(
+        group_id=group.group_id,
+        label=group.label,
+        parent_group_id=parent.group_id if parent is not None else None,
+        prefix_group_id=group.prefix_group_id,
+        tooltip=group.tooltip,
+        ui_color=group.ui_color,
+        ui_fgcolor=group.ui_fgcolor,
+        children=list(group.children),
+        upstream_group_ids=sorted(group.upstream_group_ids),
+        downstream_group_ids=sorted(group.downstream_group_ids),
+        upstream_task_ids=sorted(group.upstream_task_ids),
+        downstream_task_ids=sorted(group.downstream_task_ids),
     )
 
 
@@ -78,7 +111,15 @@ def serialize_dag(dag: DAG, dags_folder: Path) -> SerializedDag:
         relative_fileloc=os.path.relpath(fileloc, os.path.abspath(dags_folder)),
         description=dag.description,
         doc_md=dag.doc_md,
+        doc=dag.doc,
+        doc_rst=dag.doc_rst,
+        doc_json=dag.doc_json,
+        doc_yaml=dag.doc_yaml,
         tags=list(dag.tags),
+        dag_display_name=dag._dag_display_name,
+        owner_links=dict(dag.owner_links),
+        render_template_as_native_obj=dag.render_template_as_native_obj,
+        max_consecutive_failed_dag_runs=dag.max_consecutive_failed_dag_runs,
         schedule=serialize_schedule(
             dag.schedule,
             timezone=dag.timezone,
@@ -94,4 +135,5 @@ def serialize_dag(dag: DAG, dags_folder: Path) -> SerializedDag:
         is_paused_upon_creation=dag.is_paused_upon_creation,
         params={name: p.serialize() for name, p in dag.params.items()},
         tasks={tid: serialize_task(dag, t) for tid, t in dag.tasks.items()},
+        task_groups={gid: serialize_task_group(g) for gid, g in dag.task_group_dict.items()},
     )

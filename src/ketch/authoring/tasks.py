@@ -12,16 +12,18 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ketch.authoring import _defaults
+from ketch.authoring import _context, _defaults
+from ketch.authoring._args import DOC_ATTRS, email_list, optional_str
+from ketch.authoring._args import seconds as _seconds
 from ketch.exceptions import DagDefinitionError
 from ketch.states import TriggerRule
 
 if TYPE_CHECKING:
     from ketch.authoring.context import Context
     from ketch.authoring.dag import DAG
+    from ketch.authoring.taskgroup import TaskGroup
 
 XComPull = Callable[[str, str], Any]
 
@@ -40,8 +42,17 @@ TASK_ARGS = (
     "pool",
     "pool_slots",
     "executor_config",
-    "doc_md",
+    # Descriptive: stored and shown (API, UI), never acted on (ketch sends no email).
+    *DOC_ATTRS,
+    "owner",
+    "email",
+    "email_on_failure",
+    "email_on_retry",
+    "task_display_name",
 )
+
+# Airflow's [operators] default_owner.
+DEFAULT_OWNER = "airflow"
 
 
 @dataclass
@@ -50,17 +61,6 @@ class TaskResult:
 
     return_value: Any = None
     follow_task_ids: list[str] | None = None
-
-
-def _seconds(name: str, value: Any) -> float | None:
-    """Durations may be given as timedelta or seconds (as Airflow accepts)."""
-    if value is None:
-        return None
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    raise DagDefinitionError(f"{name} must be a timedelta or a number of seconds, not {value!r}")
 
 
 def _trigger_rule(task_id: str, value: Any) -> TriggerRule:
@@ -74,40 +74,80 @@ def _trigger_rule(task_id: str, value: Any) -> TriggerRule:
 
 
 class DependencyMixin:
-    """``>>`` and ``<<`` between tasks, XComArgs and lists of them."""
+    """``>>`` and ``<<`` between tasks, XComArgs, task groups and lists of them.
 
-    def _as_tasks(self) -> list[BaseTask]:
+    ``a >> b`` links every leaf of ``a`` to every root of ``b``: a task is its own root
+    and leaf, a task group's roots and leaves are its first and last tasks.
+    """
+
+    @property
+    def roots(self) -> list[BaseTask]:
         raise NotImplementedError
 
+    @property
+    def leaves(self) -> list[BaseTask]:
+        raise NotImplementedError
+
+    def _as_tasks(self) -> list[BaseTask]:
+        return self.roots
+
+    def _note_upstream(self, nodes: list[DependencyMixin]) -> None:
+        """Told what was linked upstream of it (task groups remember it)."""
+
+    def _note_downstream(self, nodes: list[DependencyMixin]) -> None:
+        """Told what was linked downstream of it (task groups remember it)."""
+
+    def set_downstream(self, other: Any) -> None:
+        link_nodes(self, other)
+
+    def set_upstream(self, other: Any) -> None:
+        link_nodes(other, self)
+
     def __rshift__(self, other: Any) -> Any:
-        for up in self._as_tasks():
-            for down in _tasks_of(other):
-                up.set_downstream(down)
+        self.set_downstream(other)
         return other
 
     def __lshift__(self, other: Any) -> Any:
-        for down in self._as_tasks():
-            for up in _tasks_of(other):
-                up.set_downstream(down)
+        self.set_upstream(other)
         return other
 
     def __rrshift__(self, other: Any) -> Any:
         # [a, b] >> self
-        self.__lshift__(other)
+        self.set_upstream(other)
         return self
 
     def __rlshift__(self, other: Any) -> Any:
         # [a, b] << self
-        self.__rshift__(other)
+        self.set_downstream(other)
         return self
 
 
-def _tasks_of(obj: Any) -> list[BaseTask]:
+def _nodes_of(obj: Any) -> list[DependencyMixin]:
     if isinstance(obj, DependencyMixin):
-        return obj._as_tasks()
+        return [obj]
     if isinstance(obj, Iterable) and not isinstance(obj, str | bytes | dict):
-        return [t for item in obj for t in _tasks_of(item)]
-    raise TypeError(f"cannot set a dependency on {obj!r}; expected a task, XComArg or list")
+        return [n for item in obj for n in _nodes_of(item)]
+    raise TypeError(
+        f"cannot set a dependency on {obj!r}; expected a task, XComArg, task group or list"
+    )
+
+
+def _tasks_of(obj: Any) -> list[BaseTask]:
+    return [t for node in _nodes_of(obj) for t in node.roots]
+
+
+def link_nodes(upstream: Any, downstream: Any) -> None:
+    """``upstream >> downstream`` for tasks, XComArgs, task groups and lists of them."""
+    ups, downs = _nodes_of(upstream), _nodes_of(downstream)
+    leaves = [t for node in ups for t in node.leaves]
+    for node in downs:
+        node._note_upstream(ups)
+    for node in ups:
+        node._note_downstream(downs)
+    roots = [t for node in downs for t in node.roots]
+    for up in leaves:
+        for down in roots:
+            BaseTask._link(up, down)
 
 
 class BaseTask(DependencyMixin):
@@ -115,9 +155,14 @@ class BaseTask(DependencyMixin):
 
     kind: ClassVar[str] = "empty"
 
-    def __init__(self, task_id: str, *, dag: DAG | None = None, **kwargs: Any) -> None:
-        from ketch.authoring.dag import current_dag
-
+    def __init__(
+        self,
+        task_id: str,
+        *,
+        dag: DAG | None = None,
+        task_group: TaskGroup | None = None,
+        **kwargs: Any,
+    ) -> None:
         if not isinstance(task_id, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]+", task_id):
             raise DagDefinitionError(
                 f"invalid task_id {task_id!r}: use letters, digits, dashes, dots and underscores"
@@ -127,16 +172,44 @@ class BaseTask(DependencyMixin):
             raise DagDefinitionError(
                 f"task {task_id!r}: unknown argument(s) {', '.join(sorted(unknown))}"
             )
-        self.task_id = task_id
         self.upstream_task_ids: set[str] = set()
         self.downstream_task_ids: set[str] = set()
-        self.dag: DAG | None = dag or current_dag()
-        given = dict(self.dag.default_args) if self.dag else {}
+        self.dag: DAG | None = (
+            dag or (task_group.dag if task_group else None) or _context.current_dag()
+        )
+        # The innermost open task group of the DAG (its root group outside any): it prefixes
+        # the id and its default_args (merged over the DAG's, inner groups winning) apply.
+        group = task_group if task_group is not None else _context.current_group(self.dag)
+        self.task_group: TaskGroup | None = group
+        self.task_id = group.child_id(task_id) if group is not None else task_id
+        given: dict[str, Any] = dict(self.dag.default_args) if self.dag else {}
+        if group is not None:
+            given.update(group.default_args)
         given.update(kwargs)
         self._given = {k: v for k, v in given.items() if k in TASK_ARGS}
         self._validate_args()
         if self.dag is not None:
             self.dag.add_task(self)
+
+    @property
+    def node_id(self) -> str:
+        return self.task_id
+
+    @property
+    def label(self) -> str:
+        """The id without the enclosing group's prefix (what the UI shows inside the group)."""
+        group = self.task_group
+        if group is not None and group.group_id and group.prefix_group_id:
+            return self.task_id[len(group.group_id) + 1 :]
+        return self.task_id
+
+    @property
+    def task_display_name(self) -> str:
+        return self._task_display_name or self.task_id
+
+    @task_display_name.setter
+    def task_display_name(self, value: str | None) -> None:
+        self._task_display_name = value
 
     # ----- arguments -------------------------------------------------------
 
@@ -170,7 +243,20 @@ class BaseTask(DependencyMixin):
         self.retry_exponential_backoff: float = (
             (2.0 if backoff else 0.0) if isinstance(backoff, bool) else float(backoff)
         )
-        self.doc_md: str | None = g.get("doc_md")
+        where = f"task {self.task_id!r}"
+        self.doc: str | None = optional_str(f"{where}: doc", g.get("doc"))
+        self.doc_md: str | None = optional_str(f"{where}: doc_md", g.get("doc_md"))
+        self.doc_rst: str | None = optional_str(f"{where}: doc_rst", g.get("doc_rst"))
+        self.doc_json: str | None = optional_str(f"{where}: doc_json", g.get("doc_json"))
+        self.doc_yaml: str | None = optional_str(f"{where}: doc_yaml", g.get("doc_yaml"))
+        owner = g.get("owner")
+        self.owner: str = optional_str(f"{where}: owner", owner) or DEFAULT_OWNER
+        self.email: list[str] = email_list(f"{where}: email", g.get("email"))
+        self.email_on_failure = bool(g.get("email_on_failure", True))
+        self.email_on_retry = bool(g.get("email_on_retry", True))
+        self._task_display_name = optional_str(
+            f"{where}: task_display_name", g.get("task_display_name")
+        )
         if "retries" in g:
             self._int("retries", 0, minimum=0)
 
@@ -205,16 +291,13 @@ class BaseTask(DependencyMixin):
 
     # ----- dependencies ----------------------------------------------------
 
-    def _as_tasks(self) -> list[BaseTask]:
+    @property
+    def roots(self) -> list[BaseTask]:
         return [self]
 
-    def set_downstream(self, other: BaseTask | Sequence[BaseTask]) -> None:
-        for down in _tasks_of(other):
-            self._link(self, down)
-
-    def set_upstream(self, other: BaseTask | Sequence[BaseTask]) -> None:
-        for up in _tasks_of(other):
-            self._link(up, self)
+    @property
+    def leaves(self) -> list[BaseTask]:
+        return [self]
 
     @staticmethod
     def _link(up: BaseTask, down: BaseTask) -> None:
@@ -275,7 +358,12 @@ class XComArg(DependencyMixin):
         self.operator = operator
         self.key = key
 
-    def _as_tasks(self) -> list[BaseTask]:
+    @property
+    def roots(self) -> list[BaseTask]:
+        return [self.operator]
+
+    @property
+    def leaves(self) -> list[BaseTask]:
         return [self.operator]
 
     def resolve(self, xcom_pull: XComPull) -> Any:
