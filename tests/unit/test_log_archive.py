@@ -15,9 +15,11 @@ import os
 import stat
 import tracemalloc
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from botocore.config import Config
@@ -198,6 +200,25 @@ def test_iter_bytes_of_a_multi_chunk_log(archive: LogArchive) -> None:
     assert b"".join(archive.iter_bytes(KEY, offset=1234)) == data[1234:]
 
 
+def test_a_growing_log_is_read_fresh(archive: LogArchive) -> None:
+    """Reads of a log still being written see the chunks that arrive after them, and
+    completing it changes nothing in its bytes."""
+    archive.write_chunk(KEY, 0, b"first\n")
+    assert (archive.size(KEY), archive.read(KEY, 0, 100)) == (6, b"first\n")
+    assert archive.read(KEY, 2, 3) == b"rst"
+    archive.write_chunk(KEY, 6, b"second\n")
+    assert archive.size(KEY) == 13
+    assert archive.read(KEY, 3, 100) == b"st\nsecond\n"
+    archive.write_chunk(KEY, 13, b"third\n")
+    assert b"".join(archive.iter_bytes(KEY, offset=6)) == b"second\nthird\n"
+    assert archive.read(KEY, 19, 10) == b""
+    archive.write_chunk(KEY, 19, b"last\n")
+    archive.complete(KEY, Completion(size=24))
+    assert archive.read(KEY, 19, 10) == b"last\n"
+    assert archive.size(KEY) == 24
+    assert b"".join(archive.iter_bytes(KEY)) == b"first\nsecond\nthird\nlast\n"
+
+
 def test_binary_and_invalid_utf8_round_trip(archive: LogArchive) -> None:
     data = bytes(range(256)) * 3 + b"\xff\xfe\xc3\x28\xed\xa0\x80\x00\r\n\xe2\x82"
     write_in_chunks(archive, KEY, data, 100)
@@ -322,6 +343,150 @@ def test_s3_reads_fetch_only_the_needed_ranges(s3_archive: S3Archive) -> None:
         ("0000000000000004.chunk", "bytes=0-3"),
         ("0000000000000008.chunk", "bytes=0-0"),
     ]
+
+
+def s3_requests(archive: S3Archive) -> Counter[str]:
+    """Every HTTP request the archive's client sends from now on, by kind: ``LIST``
+    (ListObjectsV2), ``GET`` of an object (``GET complete.json`` for the completion
+    record), ``PUT``, ... (botocore's before-send event: retries count too)."""
+    seen: Counter[str] = Counter()
+
+    def record(request: Any, **_: Any) -> None:
+        url = urlsplit(request.url)
+        if request.method == "GET" and parse_qs(url.query).get("list-type") == ["2"]:
+            seen["LIST"] += 1
+        elif request.method == "GET" and url.path.endswith("/complete.json"):
+            seen["GET complete.json"] += 1
+        else:
+            seen[request.method] += 1
+
+    archive.client.meta.events.register("before-send.s3", record)
+    return seen
+
+
+def test_s3_a_complete_log_is_listed_once(s3_archive: S3Archive) -> None:
+    """Once complete, the log's listing cannot change: sizes, ranges and streams of it
+    never list it again (they did once per read: thousands for a 200 MB log)."""
+    data = bytes(range(256)) * 160  # 40 KiB in 10 chunks of 4 KiB
+    write_in_chunks(s3_archive, KEY, data, 4096)
+    s3_archive.complete(KEY, Completion(size=len(data)))
+    requests = s3_requests(s3_archive)
+    assert s3_archive.size(KEY) == len(data)
+    got = b""
+    for offset in range(0, len(data), 1000):  # 41 ranges, some across two chunks
+        got += s3_archive.read(KEY, offset, 1000)
+    assert got == data
+    assert s3_archive.size(KEY) == len(data)
+    assert b"".join(s3_archive.iter_bytes(KEY, offset=5000)) == data[5000:]
+    assert s3_archive.read(KEY, len(data), 10) == b""
+    assert requests["LIST"] == 1, requests
+    assert requests["GET complete.json"] == 1, requests  # its size checked, once
+    # one GET per chunk a range touches, one per chunk the stream needs
+    touched = sum(
+        len({o // 4096, (min(o + 1000, len(data)) - 1) // 4096}) for o in range(0, len(data), 1000)
+    )
+    assert requests["GET"] == touched + 9, requests
+    assert set(requests) == {"LIST", "GET", "GET complete.json"}
+
+
+def test_s3_a_running_log_is_listed_only_past_what_is_known(s3_archive: S3Archive) -> None:
+    """A log still being written: a range inside the chunks already listed is read
+    without listing; a size, a stream or a range past the known end lists afresh."""
+    s3_archive.write_chunk(KEY, 0, b"0123456789")
+    s3_archive.write_chunk(KEY, 10, b"abcdefghij")
+    requests = s3_requests(s3_archive)
+    assert s3_archive.size(KEY) == 20
+    assert s3_archive.read(KEY, 5, 10) == b"56789abcde"
+    assert s3_archive.read(KEY, 0, 20) == b"0123456789abcdefghij"
+    assert requests["LIST"] == 1, requests
+    s3_archive.write_chunk(KEY, 20, b"KLMNO")
+    assert s3_archive.read(KEY, 15, 10) == b"fghijKLMNO"  # past the known end: listed
+    assert requests["LIST"] == 2, requests
+    assert s3_archive.read(KEY, 22, 3) == b"MNO"  # known now
+    assert requests["LIST"] == 2, requests
+    s3_archive.write_chunk(KEY, 25, b"pq")
+    assert s3_archive.size(KEY) == 27  # a size is always fresh while incomplete
+    assert b"".join(s3_archive.iter_bytes(KEY, offset=24)) == b"Opq"
+    assert requests["LIST"] == 4, requests
+    s3_archive.complete(KEY, Completion(size=27))
+    assert s3_archive.size(KEY) == 27  # lists once more, and sees the completion
+    assert s3_archive.read(KEY, 20, 100) == b"KLMNOpq"
+    assert b"".join(s3_archive.iter_bytes(KEY)) == b"0123456789abcdefghijKLMNOpq"
+    assert s3_archive.size(KEY) == 27
+    assert requests["LIST"] == 5, requests
+
+
+def test_s3_a_completion_beyond_the_chunks_listed_is_not_final(s3_archive: S3Archive) -> None:
+    """complete.json listed but the chunks do not reach its size (the listing raced the
+    last writes): the listing is not kept as final."""
+    s3_archive.write_chunk(KEY, 0, b"01234")
+    s3_archive.complete(KEY, Completion(size=10))
+    assert s3_archive.size(KEY) == 5
+    s3_archive.write_chunk(KEY, 5, b"56789")
+    assert s3_archive.size(KEY) == 10
+    assert s3_archive.read(KEY, 0, 100) == b"0123456789"
+    requests = s3_requests(s3_archive)
+    assert s3_archive.size(KEY) == 10 and s3_archive.read(KEY, 3, 3) == b"345"
+    assert requests["LIST"] == 0, requests  # final now
+
+
+def test_s3_iter_bytes_lists_once_and_gets_each_chunk_once(s3_archive: S3Archive) -> None:
+    data = b"".join(f"line {n:04d}\n".encode() for n in range(1000))  # 10 000 bytes
+    write_in_chunks(s3_archive, KEY, data, 2000)
+    ranges: list[tuple[str, str]] = []
+    s3_archive.client.meta.events.register(
+        "provide-client-params.s3.GetObject",
+        lambda params, **_: ranges.append((params["Key"].rsplit("/", 1)[1], params["Range"])),
+    )
+    requests = s3_requests(s3_archive)
+    pieces = list(s3_archive.iter_bytes(KEY, offset=3500, chunk_size=300))
+    assert b"".join(pieces) == data[3500:]
+    assert max(len(piece) for piece in pieces) == 300
+    assert requests == Counter({"LIST": 1, "GET": 4}), requests
+    assert ranges == [
+        ("0000000000002000.chunk", "bytes=1500-1999"),  # the first chunk from the offset on
+        ("0000000000004000.chunk", "bytes=0-1999"),
+        ("0000000000006000.chunk", "bytes=0-1999"),
+        ("0000000000008000.chunk", "bytes=0-1999"),
+    ]
+
+
+def test_s3_a_deleted_log_is_not_served_from_the_listing(
+    s3_archive: S3Archive, bucket: str, s3_server: MotoServer
+) -> None:
+    """Retention deletes a log whose listing is kept: here or by another process."""
+    for key in (KEY, OTHER):
+        write_in_chunks(s3_archive, key, b"0123456789", 5)
+        s3_archive.complete(key, Completion(size=10))
+        assert s3_archive.size(key) == 10  # listed, final
+    assert s3_archive.delete_older_than(dt.datetime.now(dt.UTC) + dt.timedelta(days=1)) == 2
+    assert s3_archive.size(KEY) == 0 and s3_archive.read(KEY, 0, 10) == b""
+    s3_archive.write_chunk(OTHER, 0, b"again")
+    s3_archive.complete(OTHER, Completion(size=5))
+    assert s3_archive.read(OTHER, 0, 10) == b"again"
+    elsewhere = S3Archive.from_settings(s3_settings(bucket, s3_server.url).logging)
+    assert elsewhere.delete_older_than(dt.datetime.now(dt.UTC) + dt.timedelta(days=1)) == 1
+    assert s3_archive.read(OTHER, 0, 10) == b""  # its chunk is gone: the listing too
+    assert s3_archive.size(OTHER) == 0
+
+
+def test_s3_listings_kept_are_bounded(
+    s3_archive: S3Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(s3_module, "LISTING_CACHE_SIZE", 2)
+    keys = [log_key(TryKey("etl", "r", "t", n)) for n in (1, 2, 3)]
+    for key in keys:
+        s3_archive.write_chunk(key, 0, b"x")
+        s3_archive.complete(key, Completion(size=1))
+    requests = s3_requests(s3_archive)
+    for key in keys:
+        assert s3_archive.size(key) == 1
+    assert requests["LIST"] == 3
+    assert s3_archive.size(keys[2]) == s3_archive.size(keys[1]) == 1  # the newest two kept
+    assert requests["LIST"] == 3
+    assert s3_archive.size(keys[0]) == 1  # the oldest was dropped: listed again
+    assert requests["LIST"] == 4
+    assert len(s3_archive._listings) == 2
 
 
 def test_s3_overlap_is_read_once(s3_archive: S3Archive) -> None:

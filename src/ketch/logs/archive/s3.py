@@ -15,9 +15,17 @@ is the chunk's length), sort the chunks by offset and move a cursor from 0 — a
 wholly below the cursor is skipped (a repeat), one starting at or below it extends
 it (an overlap holds the same bytes), one starting above it is a gap, and the log's
 available size ends there. The bytes are then fetched with ranged GetObjects of only
-the needed parts, and streamed piece by piece for a download. Nothing is cached
-between calls but the client; boto3 is imported only when the client is made (a try
-imports this module).
+the needed parts, and streamed piece by piece for a download (one GetObject per
+chunk, its body read in pieces: memory stays flat for a log of any size).
+
+**The listing is cached** per log (an LRU of :data:`LISTING_CACHE_SIZE` logs): once
+``complete.json`` is listed and the chunks reach its ``size``, the log's listing can
+no longer change and is never asked for again (a 200 MB log read in 64 KiB ranges
+costs one LIST, not thousands). A log still being written keeps its last listing too:
+a range inside the chunks already known is read without listing again; a size, a
+download, or a range reaching past the known end lists afresh (new chunks arrive). A
+chunk that is gone when fetched (retention deleted the log) drops the log's listing.
+boto3 is imported only when the client is made (a try imports this module).
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import datetime as dt
 import json
 import re
 import threading
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,6 +50,7 @@ if TYPE_CHECKING:
 COMPLETE_NAME = "complete.json"
 _CHUNK_NAME = re.compile(r"(\d{16,})\.chunk")
 DELETE_BATCH = 1000  # DeleteObjects' limit per call
+LISTING_CACHE_SIZE = 256  # logs whose chunk listing is kept (a few KB each: one Piece a chunk)
 # Error codes worth a retry later (besides any 5xx); KMS codes come as "KMS.<code>".
 _TRANSIENT_CODES = frozenset(
     {
@@ -146,7 +155,20 @@ def join_chunks(chunks: list[tuple[int, int, str]]) -> list[Piece]:
     return pieces
 
 
-def _clip(pieces: list[Piece], start: int, stop: int | None) -> Iterator[Piece]:
+@dataclass(frozen=True)
+class Listing:
+    """One listing of a log: its joined pieces, and whether it is final (``complete.json``
+    was listed and the pieces reach the completion's size: nothing can be added)."""
+
+    pieces: tuple[Piece, ...]
+    final: bool
+
+    @property
+    def end(self) -> int:
+        return self.pieces[-1].end if self.pieces else 0
+
+
+def _clip(pieces: tuple[Piece, ...], start: int, stop: int | None) -> Iterator[Piece]:
     for piece in pieces:
         low, high = max(piece.start, start), piece.end if stop is None else min(piece.end, stop)
         if low < high:
@@ -179,6 +201,8 @@ class S3Archive:
         self._client: Any = None
         self._lock = threading.Lock()
         self._sse = self._encryption(encrypt, kms_key_id)
+        self._listings: OrderedDict[str, Listing] = OrderedDict()  # log key -> last listing
+        self._listings_lock = threading.Lock()
 
     @classmethod
     def from_settings(
@@ -331,20 +355,53 @@ class S3Archive:
                 f"{self.describe()}: {self.completion_name(key)} is not a completion record: {exc}"
             ) from None
 
-    def _pieces(self, key: str) -> list[Piece]:
-        """The log's joined pieces, from one (paginated) listing of its chunks."""
+    def _list(self, key: str) -> Listing:
+        """One (paginated) listing of the log's objects: its chunks joined, and whether
+        it is final. The completion record is read only when it is listed, to check that
+        the chunks reach its size (a listing made while the last chunks were written is
+        not final)."""
         prefix = self._log_prefix(key)
         chunks: list[tuple[int, int, str]] = []
+        completed = False
         with self._calls():
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=prefix
             )
             for page in pages:
                 for obj in page.get("Contents", []):
-                    match = _CHUNK_NAME.fullmatch(obj["Key"][len(prefix) :])
-                    if match:
+                    name = obj["Key"][len(prefix) :]
+                    if match := _CHUNK_NAME.fullmatch(name):
                         chunks.append((int(match[1]), int(obj["Size"]), obj["Key"]))
-        return join_chunks(chunks)
+                    elif name == COMPLETE_NAME:
+                        completed = True
+        listing = Listing(tuple(join_chunks(chunks)), final=False)
+        if completed:
+            completion = self.completion(key)
+            final = completion is not None and listing.end >= completion.size
+            listing = Listing(listing.pieces, final=final)
+        return listing
+
+    def _listing(self, key: str, *, reaching: int | None = None) -> Listing:
+        """The log's listing: the cached one if it is final, or if ``reaching`` (the end
+        of a range) lies within the chunks it knows; else a fresh one (then cached)."""
+        with self._listings_lock:
+            cached = self._listings.get(key)
+            if cached is not None:
+                self._listings.move_to_end(key)
+                if cached.final or (reaching is not None and reaching <= cached.end):
+                    return cached
+        listing = self._list(key)
+        with self._listings_lock:
+            self._listings[key] = listing
+            self._listings.move_to_end(key)
+            while len(self._listings) > LISTING_CACHE_SIZE:
+                self._listings.popitem(last=False)
+        return listing
+
+    def _forget(self, *keys: str) -> None:
+        with self._listings_lock:
+            for key in keys:
+                self._listings.pop(key, None)
 
     def _get(self, name: str, byte_range: str | None = None) -> Any:
         """The object's streaming Body (of the range only), or None if it is absent."""
@@ -361,28 +418,38 @@ class S3Archive:
         return None
 
     def size(self, key: str) -> int:
-        pieces = self._pieces(key)
-        return pieces[-1].end if pieces else 0
+        return self._listing(key).end
 
     def read(self, key: str, offset: int, limit: int) -> bytes:
         if offset < 0 or limit < 0:
             raise ValueError(f"negative offset {offset} or limit {limit}")
         if limit == 0:
             return b""
-        return b"".join(self._stream(key, offset, offset + limit, chunk_size=limit))
+        listing = self._listing(key, reaching=offset + limit)
+        return b"".join(self._stream(key, listing, offset, offset + limit, chunk_size=limit))
 
     def iter_bytes(self, key: str, offset: int = 0, chunk_size: int = 65536) -> Iterator[bytes]:
+        """The log from ``offset`` to its end as listed when the first piece is asked for:
+        one listing (none for a final log already listed), then one ranged GetObject per
+        chunk, streamed in pieces of ``chunk_size``."""
         if offset < 0 or chunk_size <= 0:
             raise ValueError(f"negative offset {offset} or chunk size {chunk_size}")
-        return self._stream(key, offset, None, chunk_size)
 
-    def _stream(self, key: str, start: int, stop: int | None, chunk_size: int) -> Iterator[bytes]:
+        def stream() -> Iterator[bytes]:
+            yield from self._stream(key, self._listing(key), offset, None, chunk_size)
+
+        return stream()
+
+    def _stream(
+        self, key: str, listing: Listing, start: int, stop: int | None, chunk_size: int
+    ) -> Iterator[bytes]:
         """Bytes ``[start, stop)``, one ranged GetObject per chunk, each body read in
         pieces of ``chunk_size`` (memory stays flat for a log of any size)."""
-        for piece in _clip(self._pieces(key), start, stop):
+        for piece in _clip(listing.pieces, start, stop):
             body = self._get(piece.name, piece.range_header())
             if body is None:
-                return  # deleted since the listing (retention): the log ends here
+                self._forget(key)  # deleted since the listing (retention): the log ends here
+                return
             try:
                 with self._calls():
                     yield from body.iter_chunks(chunk_size)
@@ -403,6 +470,7 @@ class S3Archive:
         doomed = [name for log in old for name in names[log]]
         for start in range(0, len(doomed), DELETE_BATCH):
             self._delete(doomed[start : start + DELETE_BATCH])
+        self._forget(*old)
         return len(old)
 
     def _objects_by_log(self) -> tuple[dict[str, dt.datetime], dict[str, list[str]]]:
