@@ -212,6 +212,29 @@ def test_ranges_and_tails(settings: Settings, archive: S3Archive, where: str) ->
     assert reader.tail_offset(source, 10**6) == 0
 
 
+def test_a_finished_s3_log_is_read_and_followed_with_one_listing(
+    settings: Settings, archive: S3Archive
+) -> None:
+    """A complete log in S3 (5 chunks, 8 reads of 64 KiB): a full read, a follow and a
+    tail list it once between them and fetch each chunk once per stream (they listed
+    it once, sometimes twice, per 64 KiB)."""
+    data = b"".join(f"row {n:06d} of a big log\n".encode() for n in range(20_000))[:500_000]
+    for offset in range(0, len(data), 100_000):
+        archive.write_chunk(log_key(KEY), offset, data[offset : offset + 100_000])
+    archive.complete(log_key(KEY), Completion(size=len(data)))
+    requests = archive_tests.s3_requests(archive)
+    reader = LogReader(settings, archive)
+    source = reader.best(KEY, False)
+    assert source.name == "archive"
+    assert b"".join(reader.pieces(source)) == data
+    assert drain(reader.follow(KEY, 0, State("success"))) == (data, "success")
+    start = reader.tail_offset(source, 10)
+    assert data[start:] == b"".join(data.splitlines(keepends=True)[-10:])
+    assert requests["LIST"] == 1, requests
+    assert requests["GET"] == 5 + 5 + 1, requests  # each chunk per stream, the tail's block
+    assert requests["GET complete.json"] == 2, requests  # the listing's, the follow's end
+
+
 def test_tail_of_a_log_without_a_final_newline(tmp_path: Path) -> None:
     settings = Settings(logging=LoggingSettings(base_log_folder=tmp_path / "logs"))
     write_live(settings, b"a\nb\nprogress 50%")

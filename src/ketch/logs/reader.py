@@ -11,7 +11,8 @@ The order (``docs/logging.md``):
 
 Every source holds the same bytes, so a follower that switches from one to the next
 carries on at the same byte offset. Reads are in ranges (at most ``limit`` bytes at a
-time): a 200 MB log is never loaded whole into the web process.
+time) or streamed (:meth:`Source.stream`: the archive's ``iter_bytes``, one listing and
+one GET per S3 chunk): a 200 MB log is never loaded whole into the web process.
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ class Source(Protocol):
     def size(self) -> int: ...
 
     def read(self, offset: int, limit: int) -> bytes: ...
+
+    def stream(self, offset: int) -> Iterator[bytes]:
+        """The log from ``offset`` to its current end, in pieces of at most
+        :data:`READ_CHUNK` bytes."""
+        ...
 
     def complete(self) -> bool: ...
 
@@ -93,6 +99,25 @@ class LiveFile:
         except OSError:
             return b""
 
+    def stream(self, offset: int) -> Iterator[bytes]:
+        real = self._real()
+        if real is None:
+            return
+        try:
+            fh = real.open("rb")
+        except OSError:
+            return
+        with fh:
+            while True:
+                try:
+                    data = os.pread(fh.fileno(), READ_CHUNK, offset)
+                except OSError:
+                    return
+                if not data:
+                    return
+                offset += len(data)
+                yield data
+
     def complete(self) -> bool:
         return Path(f"{self.path}.complete").exists()
 
@@ -115,6 +140,9 @@ class Archived:
     def read(self, offset: int, limit: int) -> bytes:
         return self.archive.read(self.key, offset, limit)
 
+    def stream(self, offset: int) -> Iterator[bytes]:
+        return self.archive.iter_bytes(self.key, offset, READ_CHUNK)
+
     def complete(self) -> bool:
         return self.archive.completion(self.key) is not None
 
@@ -134,6 +162,11 @@ class PodSource:
     def read(self, offset: int, limit: int) -> bytes:
         data: bytes = self.pod_log.read()
         return data[offset : offset + limit]
+
+    def stream(self, offset: int) -> Iterator[bytes]:
+        data: bytes = self.pod_log.read()  # the API gives it whole: read it once
+        for start in range(offset, len(data), READ_CHUNK):
+            yield data[start : start + READ_CHUNK]
 
     def complete(self) -> bool:
         return False
@@ -263,10 +296,9 @@ class LogReader:
 
     @staticmethod
     def pieces(source: Source, offset: int = 0) -> Iterator[bytes]:
-        """The log from ``offset`` to its current end in pieces (a download)."""
-        while data := source.read(offset, READ_CHUNK):
-            offset += len(data)
-            yield data
+        """The log from ``offset`` to its current end in pieces (a download): one stream
+        from the source (for S3: one listing, then a GET per chunk)."""
+        return source.stream(offset)
 
     def tail_offset(self, source: Source, lines: int) -> int:
         """The offset where the last ``lines`` lines begin (reading backwards in blocks)."""
@@ -315,15 +347,19 @@ class LogReader:
                     if progressed:
                         break
                     continue  # nothing from the pod (not started yet): wait, re-check
+                stream = source.stream(offset)
                 try:
-                    data = source.read(offset, READ_CHUNK)
+                    for data in stream:
+                        offset += len(data)
+                        progressed = True
+                        yield data
                 except ArchiveError:
-                    unreachable = True  # down since sources() looked: the next source
-                    continue
-                if data:
-                    offset += len(data)
-                    yield data
-                    progressed = True
+                    if not progressed:
+                        unreachable = True  # down since sources() looked: the next source
+                        continue
+                finally:
+                    _close(stream)  # a follower that went away: the open S3 body too
+                if progressed:
                     break
             now = time.monotonic()
             if progressed:
@@ -359,6 +395,12 @@ def _finished_writing(source: Source) -> bool:
     from ketch.logs.keeper import pump_is_writing
 
     return not pump_is_writing(path)
+
+
+def _close(stream: Iterator[bytes]) -> None:
+    close = getattr(stream, "close", None)
+    if close is not None:
+        close()
 
 
 def _complete(source: Source) -> bool:
