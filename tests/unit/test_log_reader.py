@@ -210,6 +210,11 @@ def test_ranges_and_tails(settings: Settings, archive: S3Archive, where: str) ->
         assert big[reader.tail_offset(source, count) :] == b"".join(lines[-count:]), count
     assert reader.tail_offset(source, 30_000) == 0
     assert reader.tail_offset(source, 10**6) == 0
+    last_two = b"".join(lines[-2:])
+    piece = reader.read(KEY, False, 0, 5, tail_lines=2)  # from the tail's start, 5 bytes
+    assert (piece.data, piece.offset) == (last_two[:5], len(big) - len(last_two))
+    piece = reader.read(KEY, False, len(big) - 3, 100, tail_lines=2)  # the offset is further
+    assert (piece.data, piece.offset) == (big[-3:], len(big) - 3)
 
 
 def test_a_finished_s3_log_is_read_and_followed_with_one_listing(
@@ -411,6 +416,27 @@ def test_rest_tail_lines_and_download(client: TestClient) -> None:
     download = client.get(f"{API}/extract/logs/1", params={"download": "true"})
     assert download.content == LOG
     assert download.headers["Content-Disposition"] == 'attachment; filename="etl-r1-extract-1.log"'
+
+
+def test_rest_tail_lines_with_a_limit(client: TestClient) -> None:
+    """tail_lines picks where the answer starts, limit bounds the bytes from there, and
+    X-Log-Next-Offset goes on from it; an offset further on than the tail wins."""
+    rest_log("extract", LOG, complete=True)
+    last = b"".join(LOG.splitlines(keepends=True)[-3:])
+    start = len(LOG) - len(last)
+    url = f"{API}/extract/logs/1"
+    first = client.get(url, params={"tail_lines": 3, "limit": 10})
+    assert first.status_code == 200
+    assert first.content == last[:10]
+    assert first.headers["X-Log-Offset"] == str(start)
+    assert first.headers["X-Log-Next-Offset"] == str(start + 10)
+    rest = client.get(url, params={"offset": start + 10, "limit": 1000})
+    assert first.content + rest.content == last
+    further = client.get(url, params={"tail_lines": 3, "limit": 4, "offset": len(LOG) - 5})
+    assert further.content == LOG[-5:-1]
+    assert further.headers["X-Log-Offset"] == str(len(LOG) - 5)
+    everything = client.get(url, params={"tail_lines": 1000, "limit": 100})
+    assert everything.content == LOG[:100] and everything.headers["X-Log-Offset"] == "0"
 
 
 def test_rest_follow_from_an_offset(client: TestClient) -> None:

@@ -288,9 +288,20 @@ class LogReader:
     # -- reading -----------------------------------------------------------------------
 
     def read(
-        self, key: TryKey, live: bool, offset: int, limit: int, *, state: str | None = None
+        self,
+        key: TryKey,
+        live: bool,
+        offset: int,
+        limit: int,
+        *,
+        state: str | None = None,
+        tail_lines: int | None = None,
     ) -> LogSlice:
+        """Up to ``limit`` bytes from ``offset``; with ``tail_lines``, from where the last
+        ``tail_lines`` lines begin if that is further on than ``offset``."""
         source = self.best(key, live, state=state)
+        if tail_lines is not None:
+            offset = max(offset, self.tail_offset(source, tail_lines))
         data = source.read(offset, limit)
         return LogSlice(data, offset, source.name, _complete(source))
 

@@ -5,6 +5,11 @@ archive); the ``X-Log-Source`` header names it and ``X-Log-Complete`` says wheth
 log is known to be whole. Nothing is loaded whole: a range is read, a full read or a
 download is streamed in 64 KiB pieces.
 
+``tail_lines`` picks where the answer starts (where the last N lines begin, or
+``offset`` if that is further on) and ``limit`` bounds the bytes from there, so
+``?tail_lines=100&limit=4096`` is the first 4 KiB of the last 100 lines and
+``X-Log-Next-Offset`` says where to go on.
+
 ``?follow=true`` streams ``event: log`` messages from ``offset`` and ends with one
 ``event: end`` (the try's final state) once the try is over and everything was read;
 a follower of a queued try waits for it to start. Each step runs on the thread pool and
@@ -129,7 +134,13 @@ def get_log(
         int | None, Query(ge=1, le=MAX_LIMIT, description="At most this many bytes.")
     ] = None,
     tail_lines: Annotated[
-        int | None, Query(ge=1, le=1_000_000, description="Only the last N lines.")
+        int | None,
+        Query(
+            ge=1,
+            le=1_000_000,
+            description="Only the last N lines: the answer starts where they begin (or at"
+            " offset, if that is further on); with limit, at most limit bytes from there.",
+        ),
     ] = None,
     download: bool = False,
 ) -> Response:
@@ -169,7 +180,7 @@ def _read(
     download: bool,
 ) -> Response:
     if limit is not None and not download:
-        piece = reader.read(key, live, offset, limit, state=state)
+        piece = reader.read(key, live, offset, limit, state=state, tail_lines=tail_lines)
         headers = {
             "X-Log-Offset": str(piece.offset),
             "X-Log-Next-Offset": str(piece.next_offset),
