@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import urllib.request
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import urllib3
 from kubernetes import client, watch
@@ -298,3 +300,57 @@ def test_faults_given_at_start(tmp_path: Path) -> None:
         with pytest.raises(ApiException) as exc:
             api.list_namespaced_pod(NS)
         assert exc.value.status == 403
+
+
+# A container whose processes leave its process group: a child in a session of its own (as
+# ketch's log pump is) and an orphan of a middle process that exited (reparented, no longer
+# a descendant of the container's main process). Each prints its pid.
+ESCAPERS = py(
+    """
+    import subprocess, sys, time
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    child = subprocess.Popen(sleep, start_new_session=True)
+    print("child", child.pid, flush=True)
+    spawn = f"import subprocess; p = subprocess.Popen({sleep!r}, start_new_session=True);"
+    spawn += " print('orphan', p.pid, flush=True)"
+    subprocess.run([sys.executable, "-c", spawn], check=True)
+    time.sleep(60)
+    """
+)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.parametrize("kill", ["oom_kill", "evict", "delete"])
+def test_killing_a_container_kills_every_process_of_it(
+    sim: KubeSimulator, api: client.CoreV1Api, kill: str
+) -> None:
+    """A real kubelet kills a container through its cgroup: an OOM kill, an eviction or a
+    deletion's SIGKILL leaves no process of it alive, in whatever session or group."""
+    name = f"escape-{kill.replace('_', '-')}"
+    body = pod_body(name, ESCAPERS)
+    body["spec"]["terminationGracePeriodSeconds"] = 0
+    api.create_namespaced_pod(NS, body)
+    sim.wait_for(lambda: "orphan" in sim.pod_log(NS, name))
+    pids = {
+        word: int(pid)
+        for word, pid in (line.split() for line in sim.pod_log(NS, name).splitlines())
+    }
+    assert not any(_gone(pid) for pid in pids.values())
+    procs = [psutil.Process(pid) for pid in pids.values()]  # (a pid reused later is not ours)
+    if kill == "delete":
+        api.delete_namespaced_pod(name, NS, grace_period_seconds=0)
+    else:
+        getattr(sim, kill)(NS, name)
+        sim.wait_for_phase(NS, name, "Failed")
+    try:
+        sim.wait_for(lambda: all(_gone(pid) for pid in pids.values()), timeout=10)
+    finally:
+        for proc in procs:  # what the simulator missed must not outlive the test
+            with contextlib.suppress(psutil.Error):
+                proc.kill()

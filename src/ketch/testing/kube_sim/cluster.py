@@ -23,6 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from ketch.testing.kube_sim.faults import Faults
 from ketch.testing.kube_sim.selectors import labels_match
 
@@ -37,6 +39,9 @@ _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 CLUSTER_DOMAIN = "cluster.local"
 POD_HOSTNAME_ENV = "KUBE_SIM_POD_HOSTNAME"
+# Every process of a container carries "<pod uid>/<container name>" in its environment: the
+# simulator's stand-in for the container's cgroup (see kill_container).
+CONTAINER_ENV = "KUBE_SIM_CONTAINER"
 # Put first on the PYTHONPATH of every container process: a Python process then gets its
 # pod's hostname from socket.gethostname(), as in a real pod (its own UTS namespace), and the
 # sitecustomize it shadows (if any) still runs.
@@ -450,7 +455,7 @@ class Cluster:
                 rt.wake.set()
             procs = list(rt.procs.values()) if rt else []
         for proc in procs:
-            kill_group(proc, signal.SIGKILL)
+            kill_container(proc)
         return copy.deepcopy(pod)
 
     def remove_after_grace(self, rt: PodRuntime) -> None:
@@ -469,13 +474,52 @@ class Cluster:
             rt.stop = True
             rt.wake.set()
             for proc in list(rt.procs.values()):
-                kill_group(proc, signal.SIGKILL)
+                kill_container(proc)
         for rt in runtimes:
             if rt.thread is not None:
                 rt.thread.join(timeout=2)
         if self._tmp is not None:
             with contextlib.suppress(OSError):
                 self._tmp.cleanup()
+
+
+class ContainerProcess(subprocess.Popen[bytes]):
+    """A container's main process; ``container`` is the ``$KUBE_SIM_CONTAINER`` value that
+    every process of the container inherits."""
+
+    container: str = ""
+
+
+def container_processes(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
+    """Every process of ``proc``'s container but ``proc`` itself, in any session or
+    process group: its descendants (while it lives, so that none is taken for an orphan
+    yet) and any process that carries the container's ``$KUBE_SIM_CONTAINER`` (an orphan
+    whose parent already died, a daemon that double-forked)."""
+    found: dict[int, psutil.Process] = {}
+    if proc.poll() is None:
+        with contextlib.suppress(psutil.Error):
+            found.update((p.pid, p) for p in psutil.Process(proc.pid).children(recursive=True))
+    marker = getattr(proc, "container", "")
+    if marker:
+        for p in psutil.process_iter():
+            if p.pid in found or p.pid in (proc.pid, os.getpid()):
+                continue
+            with contextlib.suppress(psutil.Error):
+                if p.environ().get(CONTAINER_ENV) == marker:
+                    found[p.pid] = p
+    return list(found.values())
+
+
+def kill_container(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL every process of ``proc``'s container, as the container runtime does
+    through its cgroup (an OOM kill, an eviction, the end of a deletion's grace period):
+    a process that left the container's process group (the try's log pump, in a session
+    of its own) dies with it. Its processes are found before any is killed."""
+    others = container_processes(proc)
+    kill_group(proc, signal.SIGKILL)
+    for other in others:
+        with contextlib.suppress(psutil.Error):
+            other.kill()
 
 
 def kill_group(proc: subprocess.Popen[bytes], sig: int) -> None:
@@ -737,6 +781,7 @@ class Kubelet:
                     env[name] = values[path]
         # socket.gethostname() in a Python process: the pod's hostname (see _SITECUSTOMIZE)
         env[POD_HOSTNAME_ENV] = hostname
+        env[CONTAINER_ENV] = f"{self.rt.uid}/{c['name']}"
         site = str(self.cluster.site_dir)
         env["PYTHONPATH"] = site + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         return env
@@ -782,7 +827,7 @@ class Kubelet:
         if not command:
             return None
         try:
-            proc = subprocess.Popen(
+            proc = ContainerProcess(
                 command,
                 cwd=self._workdir(c),
                 env=env,
@@ -794,6 +839,7 @@ class Kubelet:
         except OSError as exc:
             buf.close()
             return f"failed to create containerd task: exec: {command[0]!r}: {exc.strerror or exc}"
+        proc.container = env[CONTAINER_ENV]
         self.rt.procs[c["name"]] = proc
         threading.Thread(
             target=self._pump, args=(proc, buf), name=f"kube-sim-log-{self.rt.name}", daemon=True
@@ -931,7 +977,7 @@ class Kubelet:
             now = time.monotonic()
             if rt.stop:
                 for proc in procs.values():
-                    kill_group(proc, signal.SIGKILL)
+                    kill_container(proc)
             elif rt.delete_deadline is not None:
                 if not term_sent:
                     self._event("Normal", "Killing", "Stopping container")
@@ -940,7 +986,7 @@ class Kubelet:
                     term_sent = True
                 elif now >= rt.delete_deadline:
                     for proc in procs.values():
-                        kill_group(proc, signal.SIGKILL)
+                        kill_container(proc)
             elif main:  # OOM and eviction faults target the main containers
                 fault = self._selected(faults.oom_kill_selector)
                 victims = [
@@ -963,7 +1009,7 @@ class Kubelet:
                         " memory limit)",
                     )
                     for name in victims:
-                        kill_group(procs[name], signal.SIGKILL)
+                        kill_container(procs[name])
                 elif not self.oom_killed and (
                     rt.evict_requested
                     or (
@@ -973,7 +1019,7 @@ class Kubelet:
                 ):
                     rt.evict_requested = True
                     for proc in procs.values():
-                        kill_group(proc, signal.SIGKILL)
+                        kill_container(proc)
             self._wait(self.POLL)
 
     def _restart_policy(self, name: str, code: int) -> bool:
@@ -1051,7 +1097,7 @@ class Kubelet:
             result = self._start(c, self.statuses)
             if result == "stopped":
                 for proc in procs.values():
-                    kill_group(proc, signal.SIGKILL)
+                    kill_container(proc)
                 return
             if isinstance(result, str):
                 codes[c["name"]] = 128
