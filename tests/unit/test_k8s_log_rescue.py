@@ -228,6 +228,47 @@ def test_a_log_the_try_completed_itself_is_not_read_from_the_pod(env: Env) -> No
     assert env.archive.completion(key) == Completion(size=len(lines(2)))
 
 
+@pytest.mark.parametrize("kill", ["oom", "evict"])
+def test_a_log_its_try_completed_still_says_kubernetes_ended_the_try(env: Env, kill: str) -> None:
+    """The try's log pump survived the OOM kill or eviction and completed the log (a
+    runtime that killed the main process only): the scheduler adds the footer saying why
+    the try ended, and only that; a second capture adds nothing."""
+    executor = env.executor()  # failed pods are kept: captured again below
+    request = req(
+        f"survivor-{kill}", env={"lines": 2, "sleep": 60}, resources={"limits": {"memory": "64Mi"}}
+    )
+    key = log_key(request.key)
+    executor.launch(request)
+    name = pod_name(request.key)
+    env.sim.wait_for(lambda: "line 1" in env.sim.pod_log(env.ns, name))
+    env.archive.write_chunk(key, 0, lines(2))  # what the surviving pump shipped, complete
+    env.archive.complete(key, Completion(size=len(lines(2))))
+    reads = env.log_reads()
+    (env.sim.oom_kill if kill == "oom" else env.sim.evict)(env.ns, name)
+    done = env.sim.wait_for(
+        lambda: (
+            (c := env.archive.completion(key)) is not None and c.captured_by == "scheduler" and c
+        )
+    )
+    data = env.log(request.key)
+    assert data.startswith(lines(2)) and data.count(b"\n") == 3
+    last = data.decode().splitlines()[-1]
+    assert (
+        "ketch: the end of this log was captured by the scheduler from the pod's status: " in last
+    )
+    reason = last.split("from the pod's status: ", 1)[1]
+    if kill == "oom":
+        assert reason == "OOMKilled, memory limit 64Mi"
+    else:
+        assert reason.startswith("Evicted: The node was low on resource: memory.")
+    assert done.reason == reason and done.size == len(data)
+    assert env.log_reads() == reads  # the pod's log was not needed
+    pod = env.pod(request.key)
+    assert pod is not None
+    capture_pod_log(executor.api, env.archive, pod, reasons.capture_reason(pod), False)
+    assert env.log(request.key) == data
+
+
 def test_pods_that_ended_while_no_scheduler_ran_are_captured_at_adoption(env: Env) -> None:
     first = env.executor()  # keeps failed pods, should it see this one end
     first.log_capture = None

@@ -21,13 +21,15 @@ from typing import Any
 
 from ketch.executors.kubernetes.client import KubeApi, KubeApiError
 from ketch.executors.kubernetes.pod import BASE_CONTAINER, key_of
+from ketch.executors.kubernetes.reasons import killed_by_kubernetes
 from ketch.logs.archive.base import LogArchive, log_key
 from ketch.logs.metrics import LOG_RESCUES
-from ketch.logs.rescue import rescue_from_bytes
+from ketch.logs.rescue import add_footer, rescue_from_bytes
 
 log = logging.getLogger(__name__)
 
 SOURCE = "the pod's log"
+STATUS_SOURCE = "the pod's status"  # the try completed its log, Kubernetes ended the try
 _IDLE_TIMEOUT = 300.0  # a follow stream silent this long is reopened (if the pod still runs)
 _REOPENS = 3  # reopened streams in a row that bring nothing new before following stops
 _OVERLAP = 4096  # archived bytes compared with the pod's log to find where it carries on
@@ -152,7 +154,9 @@ def capture_pod_log(
 ) -> None:
     """Rescue a finished pod's log into the archive unless its try completed it itself.
 
-    One archive request when the log is complete (the usual case). Otherwise the base
+    One archive request when the log is complete (the usual case); a pod that Kubernetes
+    OOM-killed, evicted or killed at its deadline gets the footer naming ``reason`` added
+    to its complete log (its log pump survived the kill). Otherwise the base
     container's log is read (the previous run's first if it restarted), decoded from
     JSON lines when ``json_format``, and :func:`~ketch.logs.rescue.rescue_from_bytes`
     archives what the archive lacks with a footer naming ``reason``. Raises
@@ -168,7 +172,10 @@ def capture_pod_log(
     except ValueError as exc:  # UnsafeLogPath: ids that cannot name a file have no log
         log.warning("pod %s: try %s has no log to capture: %s", name, key, exc)
         return
-    if archive.completion(archive_key) is not None:
+    done = archive.completion(archive_key)
+    if done is not None:
+        if killed_by_kubernetes(pod):
+            add_footer(archive, archive_key, done, source=STATUS_SOURCE, reason=reason)
         return
     parts = []
     present = True

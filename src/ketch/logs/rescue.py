@@ -52,6 +52,18 @@ def rescue_from_bytes(
     return _close_with_footer(archive, key, have, source=source, reason=reason)
 
 
+def add_footer(
+    archive: LogArchive, key: str, done: Completion, *, source: str, reason: str
+) -> Completion:
+    """Add the footer to a log its try completed itself although it did not end by
+    itself (Kubernetes OOM-killed or evicted it and its log pump survived long enough to
+    write everything): the log says why it ended. Nothing when the scheduler already
+    closed the log."""
+    if done.captured_by == "scheduler":
+        return done
+    return _close_with_footer(archive, key, done.size, source=source, reason=reason)
+
+
 def _close_with_footer(
     archive: LogArchive, key: str, have: int, *, source: str, reason: str
 ) -> Completion:

@@ -95,6 +95,18 @@ def ended(pod: dict[str, Any]) -> Outcome | None:
     return None
 
 
+def killed_by_kubernetes(pod: dict[str, Any]) -> bool:
+    """Whether Kubernetes ended the try rather than the try itself: its container was
+    OOM-killed, the pod evicted or killed at its ``activeDeadlineSeconds``. The try's log
+    then says so (a footer) even when the try's log pump managed to complete it."""
+    status = pod.get("status") or {}
+    if phase(pod) == "Failed" and status.get("reason") in ("Evicted", "DeadlineExceeded"):
+        return True
+    base = _base_status(pod) or {}
+    term = (base.get("state") or {}).get("terminated") or {}
+    return term.get("reason") == "OOMKilled"
+
+
 def pending_reason(pod: dict[str, Any], events: list[dict[str, Any]], waited: float) -> str:
     """Why a pod stayed Pending too long, with its conditions and Kubernetes events."""
     parts = [f"pod Pending for {waited:.0f}s (worker_pods_pending_timeout)"]
