@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,10 @@ from ketch.executors.base import TryKey
 from ketch.logs import keeper as keeper_module
 from ketch.logs.archive import LocalFolderArchive, LogArchive, S3Archive, log_key, open_archive
 from ketch.logs.keeper import PUMP_GONE_REASON, LogKeeper
-from ketch.logs.pump import PumpConfig
+from ketch.logs.pump import PumpConfig, add_note, note_line
 from ketch.worker.task_log import log_path
 from tests.support.moto_server import REGION, MotoServer
+from tests.support.tcp_proxy import TcpProxy
 from tests.unit import test_log_archive as archive_tests
 from tests.unit.test_log_archive import admin
 from tests.unit.test_log_pump import completion_of, gone, launch, wait_for
@@ -259,6 +261,121 @@ def test_a_restarted_keeper_resumes_and_finishes_a_try_that_ended_meanwhile(
     completion = archive.completion(log_key(try_key("report")))
     assert completion is not None and completion.size == len(data)
     assert completion.captured_by == "try"
+
+
+# -- an S3 outage, told in the try's log ---------------------------------------------------
+
+STAMP = re.compile(r"^\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\] ", re.MULTILINE)
+
+
+@pytest.fixture
+def proxy(s3_server: MotoServer) -> Iterator[TcpProxy]:
+    with TcpProxy(s3_server.port) as made:
+        yield made
+
+
+def proxied_settings(tmp_path: Path, bucket: str, proxy: TcpProxy) -> Settings:
+    """The keeper's settings: S3 (moto) reached through ``proxy``, which the test resets."""
+    return Settings(
+        core=CoreSettings(executor="local"),
+        logging=LoggingSettings(
+            base_log_folder=tmp_path / "logs",
+            remote_logging=True,
+            remote_base_log_folder=f"s3://{bucket}/logs",
+            s3_endpoint_url=f"http://127.0.0.1:{proxy.port}",
+            s3_region=REGION,
+        ),
+    )
+
+
+def own_lines(data: bytes) -> list[str]:
+    return STAMP.sub("[T] ", data.decode()).splitlines()
+
+
+def test_an_outage_is_told_in_the_running_try_s_log_once_by_its_pump(
+    tmp_path: Path, database: Engine, bucket: str, s3_server: MotoServer, proxy: TcpProxy
+) -> None:
+    """The pod's pump tells an outage in the log; with the local executor the keeper ships,
+    and the log of the try gets the same lines (written by the try's pump, between lines)."""
+    settings = proxied_settings(tmp_path, bucket, proxy)
+    direct = open_archive(s3_folder_settings(tmp_path, bucket, s3_server))
+    keeper = LogKeeper(settings, database, open_archive(settings))
+    key = log_key(try_key("extract"))
+    running = start_try(tmp_path, settings, "extract")
+    running.send("print before the outage")
+    keeper.run_once()
+    assert whole(direct, "extract") == b"before the outage\n"
+    proxy.reset()  # S3 refuses every connection
+    running.send("print during the outage")
+    keeper.run_once()
+    assert keeper.last_error is not None
+    wait_for(lambda: b"log archive unavailable" in running.log.read_bytes(), "the outage line")
+    keeper.run_once()  # still failing: told once
+    running.send("print still down")
+    proxy.heal()
+    keeper.run_once()
+    wait_for(lambda: b"reachable again" in running.log.read_bytes(), "the line saying it is back")
+    running.send("print after the outage")
+    assert running.finish()
+    end_try(database, "extract", "success")
+    keeper.run_once()
+    data = running.log.read_bytes()
+    assert whole(direct, "extract") == data
+    completion = direct.completion(key)
+    assert completion is not None and completion.size == len(data)
+    where = f"s3://{bucket}/logs"
+    lines = own_lines(data)
+    assert lines[:3] == ["before the outage", "during the outage", lines[2]]
+    assert lines[2].startswith(f"[T] ketch: log archive unavailable: {where}: ")
+    assert lines[2].endswith(
+        "the log waits on this machine's disk and is retried (the task keeps running)"
+    )
+    assert lines[3:] == [
+        "still down",
+        f"[T] ketch: log archive {where} reachable again",
+        "after the outage",
+    ]
+    assert not Path(f"{running.log}.notes").exists()
+
+
+def test_once_the_pump_is_gone_the_keeper_writes_its_lines_itself(
+    tmp_path: Path, database: Engine, bucket: str, s3_server: MotoServer, proxy: TcpProxy
+) -> None:
+    """The try ended (its pump too) and S3 is down: the keeper appends the lines itself,
+    after a newline if the try's last line had none, with a line the pump was left but
+    did not take; the pump's record and the archive's completion have the new size."""
+    settings = proxied_settings(tmp_path, bucket, proxy)
+    direct = open_archive(s3_folder_settings(tmp_path, bucket, s3_server))
+    keeper = LogKeeper(settings, database, open_archive(settings))
+    key = log_key(try_key("load"))
+    running = start_try(tmp_path, settings, "load")
+    running.send("print the try's output")
+    running.send("partial without a newline")
+    assert running.finish()
+    add_note(running.log, note_line("a line the pump was left as it ended"))
+    end_try(database, "load", "success")
+    proxy.reset()
+    keeper.run_once()
+    assert direct.completion(key) is None
+    keeper.run_once()  # still failing: told once
+    proxy.heal()
+    keeper.run_once()
+    data = running.log.read_bytes()
+    assert whole(direct, "load") == data
+    completion = direct.completion(key)
+    assert completion is not None and completion.size == len(data)
+    assert completion.captured_by == "try"
+    assert completion_of(running.log).size == len(data)
+    lines = own_lines(data)
+    assert lines[:3] == [
+        "the try's output",
+        "without a newline",
+        "[T] ketch: a line the pump was left as it ended",
+    ]
+    assert lines[3].startswith(f"[T] ketch: log archive unavailable: s3://{bucket}/logs: ")
+    assert lines[3].endswith("the log waits on this machine's disk and is retried")
+    assert lines[4:] == [f"[T] ketch: log archive s3://{bucket}/logs reachable again"]
+    assert not Path(f"{running.log}.notes").exists()
 
 
 # -- retention -------------------------------------------------------------------------------

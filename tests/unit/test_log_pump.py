@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,7 +29,7 @@ import pytest
 
 from ketch.logs.archive.base import Completion
 from ketch.logs.json_lines import decode_stream
-from ketch.logs.pump import PumpConfig
+from ketch.logs.pump import NOTES_SUFFIX, PumpConfig, add_note, note_line, take_notes
 
 TRY_HEADER = r'''
 import json, os, signal, subprocess, sys, time
@@ -464,3 +465,49 @@ os._exit(0)
         assert completion_of(started.log).size == 20
     finally:
         os.kill(sleeper, signal.SIGKILL)
+
+
+# -- lines of ketch's own ----------------------------------------------------------------------
+
+STAMP = re.compile(rb"^\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\] ", re.MULTILINE)
+
+
+def test_the_schedulers_notes_are_written_between_the_trys_lines(tmp_path: Path) -> None:
+    """Lines the scheduler's log keeper leaves in ``{live file}.notes`` are written by the
+    pump, never inside a line of the try's: a note waits for the line it came in to end,
+    and at the pump's end a line left unfinished gets a newline before them."""
+    from tests.unit.test_log_shipper import COMMANDED, Commanded
+
+    running = Commanded(launch(tmp_path, COMMANDED, PumpConfig(), stdin=subprocess.PIPE))
+    notes = Path(f"{running.log}{NOTES_SUFFIX}")
+    running.send("print first")
+    add_note(running.log, note_line("one"))
+    wait_for(lambda: b"ketch: one\n" in running.log.read_bytes(), "the pump to write a note")
+    assert not notes.exists()
+    running.send("partial half a line")
+    add_note(running.log, note_line("two"))
+    wait_for(lambda: not notes.exists(), "the pump to take the note")
+    assert b"two" not in running.log.read_bytes()  # the line is not over
+    running.send("print  and its end")
+    wait_for(lambda: b"ketch: two\n" in running.log.read_bytes(), "the note after the line")
+    running.send("partial cut short")
+    add_note(running.log, note_line("three"))
+    wait_for(lambda: not notes.exists(), "the pump to take the last note")
+    assert running.finish()
+    data = running.log.read_bytes()
+    assert STAMP.sub(b"[T] ", data) == (
+        b"first\n[T] ketch: one\nhalf a line and its end\n[T] ketch: two\n"
+        b"cut short\n[T] ketch: three\n"
+    )
+    assert completion_of(running.log).size == len(data)
+
+
+def test_notes_are_taken_once_and_a_taken_file_is_not_written_to(tmp_path: Path) -> None:
+    live = tmp_path / "attempt=1.log"
+    assert take_notes(live) == b""
+    add_note(live, b"a\n")
+    add_note(live, b"b\n")
+    assert take_notes(live) == b"a\nb\n"
+    assert take_notes(live) == b""
+    add_note(live, b"c\n")  # a new file after the taken one was removed
+    assert take_notes(live) == b"c\n"

@@ -231,3 +231,24 @@ def test_a_final_flush_that_cannot_reach_s3_gives_up_in_time(
     data = running.log.read_bytes()
     assert data.startswith(archived(archive)) and len(archived(archive)) < len(data)
     assert completion_of(running.log).size == len(data)  # the scheduler's rescue uses it
+
+
+def test_s3_back_for_the_final_flush_is_told_in_the_log(
+    tmp_path: Path, bucket: str, proxy: TcpProxy, archive: S3Archive
+) -> None:
+    """S3 answers again only when the try ends (the shipping thread waits ``interval``
+    before its next attempt): the final flush says it is back, and ships that line too."""
+    running = start_try(tmp_path, bucket, proxy, interval=60.0, size_bytes=1 << 20)
+    proxy.reset()
+    running.send("print during the outage")
+    wait_for(lambda: "log archive unavailable" in running.text(), "the pump to tell")
+    proxy.heal()
+    assert running.finish()
+    data = running.log.read_bytes()
+    assert archived(archive) == data
+    completion = archive.completion(KEY)
+    assert completion is not None and completion.size == len(data)
+    lines = data.decode().splitlines()
+    assert len(lines) == 3 and lines[0] == "during the outage"
+    assert "ketch: log archive unavailable: " in lines[1]
+    assert lines[2].endswith(f"ketch: log archive s3://{bucket}/logs reachable again")

@@ -5,7 +5,11 @@ One thread in the scheduler process, every ``[logging] chunk_interval_seconds``:
 - **Local executor with an S3 archive.** Local tries never hold S3 credentials: the
   scheduler, on the machine where their live files are, ships new bytes of every
   running try, and once a try's log pump is gone (it holds a shared ``flock`` on the
-  live file while it writes) ships the rest and marks the log complete.
+  live file while it writes) ships the rest and marks the log complete. When the
+  archive starts failing, and when it answers again, the try's log gets the same line a
+  pod's pump writes (``ketch: log archive unavailable: ...``, ``... reachable again``),
+  once per outage: the keeper leaves it in ``{live file}.notes`` for the pump to write
+  between two lines, or appends it itself once the pump is gone (``ketch.logs.pump``).
 - **Rescue.** A try whose pump ended without writing ``{live file}.complete`` (it was
   killed) gets its log completed by the scheduler, with a footer saying so
   (``ketch.logs.rescue``). Pods are rescued by the Kubernetes executor before deletion.
@@ -20,6 +24,7 @@ only in memory that the database and the files cannot rebuild.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import fcntl
 import json
@@ -39,8 +44,9 @@ from ketch.config import Settings
 from ketch.executors.base import TryKey
 from ketch.logs.archive.base import ArchiveError, Completion, LogArchive, log_key
 from ketch.logs.metrics import LOG_RESCUES, LOG_SHIP_ERRORS
+from ketch.logs.pump import add_note, note_line, take_notes
 from ketch.logs.rescue import rescue_from_file
-from ketch.logs.shipper import ship_new_bytes
+from ketch.logs.shipper import reachable_message, ship_new_bytes, unavailable_message
 from ketch.states import TaskInstanceState
 from ketch.worker.task_log import UnsafeLogPath, log_path
 
@@ -60,6 +66,7 @@ class _Tracked:
     archive_key: str
     sent: int = -1  # -1: ask the archive first (a restart resumes where it stopped)
     live: bool = True
+    failing: str | None = None  # the archive's error while it fails for this log
 
 
 def pump_is_writing(path: Path) -> bool:
@@ -77,6 +84,44 @@ def pump_is_writing(path: Path) -> bool:
     finally:
         os.close(fd)  # closing drops our lock, if we got it
     return False
+
+
+def append_if_pump_gone(path: Path, lines: bytes = b"") -> bool:
+    """Append the lines left for the pump (``{path}.notes``) and ``lines`` to the live
+    file, if no pump holds its lock (taken here exclusively for the write, so a pump
+    that starts meanwhile waits); False, writing nothing, while a pump writes. Starts
+    a new line first if the log ends inside one, and keeps the pump's ``.complete``
+    record's size true."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        data = take_notes(path) + lines
+        if not data:
+            return True
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        own = local_completion(path)
+        if own is not None:
+            _write_record(path, dataclasses.replace(own, size=os.fstat(fd).st_size))
+        return True
+    finally:
+        os.close(fd)  # and with it our lock
+
+
+def _write_record(path: Path, completion: Completion) -> None:
+    temp = Path(f"{path}.complete.tmp")
+    temp.write_text(json.dumps(completion.to_json()))
+    os.replace(temp, f"{path}.complete")
 
 
 def local_completion(path: Path) -> Completion | None:
@@ -185,7 +230,14 @@ class LogKeeper:
             # those bytes missing (the next pass ships them, then completes).
             ended = not tracked.live and not pump_is_writing(tracked.path)
             if self.ships:
+                if Path(f"{tracked.path}.notes").exists():  # left for a pump that ended
+                    append_if_pump_gone(tracked.path)
                 self._ship(tracked)
+                if tracked.failing is not None:
+                    tracked.failing = None
+                    self._note(tracked, reachable_message(self.archive.describe()))
+                    if ended:
+                        self._ship(tracked)  # that line, before the log is complete
             if ended:
                 self._complete(tracked)
                 self._finish(tracked)
@@ -195,6 +247,18 @@ class LogKeeper:
             if self.last_error != str(exc):
                 log.warning("cannot archive the log of %s: %s (retrying)", tracked.key, exc)
             self.last_error = str(exc)
+            if self.ships and tracked.failing is None:
+                tracked.failing = str(exc)
+                self._note(tracked, unavailable_message(exc, backoff=False, running=tracked.live))
+
+    def _note(self, tracked: _Tracked, message: str) -> None:
+        """A line in the try's log: by its pump while it runs, else appended here."""
+        line = note_line(message)
+        try:
+            if not append_if_pump_gone(tracked.path, line):
+                add_note(tracked.path, line)
+        except OSError as exc:
+            log.warning("cannot note %r in the log of %s: %s", message, tracked.key, exc)
 
     def _ship(self, tracked: _Tracked) -> None:
         if tracked.sent < 0:

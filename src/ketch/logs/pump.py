@@ -19,6 +19,14 @@ The try talks to its pump over a socket pair (:class:`PumpHandle`):
 - ``Q``: the pump first processes every byte already in the pipe, then answers with
   the first error it had writing the live file (the runner fails the try with it).
 
+Lines of ketch's own in the log (``[<time>] ketch: log archive unavailable: ...``) are
+written by the pump only, between two lines of the try's output (a line the try left
+unfinished keeps them waiting until it ends, or until the pump's end, where a newline is
+added first). The pod's shipper hands them over in memory; the scheduler's log keeper,
+which ships a local try's log, leaves them in ``{live file}.notes`` (:func:`add_note`),
+which the pump takes every 0.2 s and at its end (:func:`take_notes`). Once the pump is
+gone the keeper appends its lines itself, holding the live file's ``flock`` exclusively.
+
 Stdlib only (a try imports it); the shipper imports boto3 lazily, in pods with S3 only.
 """
 
@@ -45,6 +53,8 @@ _READ_SIZE = 65536
 _PARTIAL_AFTER = 0.2  # a line without newline is echoed (JSON: as partial) after this
 _ORPHAN_GRACE = 5.0  # the try died but a child still holds the pipe: wait this long
 _ACK_TIMEOUT = 5.0
+NOTES_SUFFIX = ".notes"  # lines the scheduler asks the pump to write: {live file}.notes
+_NOTES_EVERY = 0.2  # how often the pump looks for them
 
 
 @dataclass
@@ -244,6 +254,53 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes | None:
     return data
 
 
+# -- lines of ketch's own ----------------------------------------------------------------
+
+
+def note_line(message: str) -> bytes:
+    """``[<UTC time>] ketch: <message>`` and a newline: a line of ketch's own in a log."""
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return f"[{stamp}] ketch: {message}\n".encode()
+
+
+def add_note(live_file: str | os.PathLike[str], line: bytes) -> None:
+    """Leave ``line`` (whole lines) in ``{live_file}.notes`` for the try's pump to write.
+
+    Appended under an exclusive ``flock``; a file that :func:`take_notes` took (and
+    unlinked) while we waited for the lock is not written to: a new one is made."""
+    path = os.fspath(live_file) + NOTES_SUFFIX
+    while True:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_nlink == 0:
+                continue
+            _write_all(fd, line)
+            return
+        finally:
+            os.close(fd)
+
+
+def take_notes(live_file: str | os.PathLike[str]) -> bytes:
+    """The lines left in ``{live_file}.notes`` (b"" when none), removing the file."""
+    path = os.fspath(live_file) + NOTES_SUFFIX
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return b""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_nlink == 0:
+            return b""  # someone else took them
+        data = b""
+        while part := os.read(fd, _READ_SIZE):
+            data += part
+        os.unlink(path)
+        return data
+    finally:
+        os.close(fd)
+
+
 # -- the pump process --------------------------------------------------------------------
 
 
@@ -269,6 +326,10 @@ class Pump:
         self.problem: str | None = None
         self.written = 0
         self.try_pid = os.getppid()
+        self.notes: list[bytes] = []  # lines of ketch's own waiting for a line boundary
+        self.line_open = False  # the log ends inside a line of the try's output
+        self.ending = False  # after the pipe's end: lines of ketch's own go at once
+        self._notes_due = 0.0
         self.file_fd = self._open_live_file()
         self.shipper = self._make_shipper()
 
@@ -281,6 +342,7 @@ class Pump:
             self.problem = describe_write_error(exc, self.live_file)
             return None
         self.written = os.fstat(fd).st_size  # a relaunched try appends to its own log
+        self.line_open = _ends_inside_a_line(self.live_file, self.written)
         with suppress(OSError):  # "the pump is still writing" for the scheduler's shipper
             fcntl.flock(fd, fcntl.LOCK_SH)
         # A relaunched try's log is not complete while this pump writes to it: the record
@@ -320,6 +382,7 @@ class Pump:
             if self.shipper is not None:
                 for line in self.shipper.pop_messages():
                     self._say(line)
+            self._take_notes()
             if open_ and os.getppid() != self.try_pid:
                 # The try is gone; a child that kept the pipe open must not keep the log
                 # (and the pod) open forever.
@@ -327,6 +390,9 @@ class Pump:
                 if time.monotonic() - orphaned_at > _ORPHAN_GRACE:
                     open_ = False
         self._emit(self.masker.flush())
+        self.ending = True
+        self._take_notes(now=True)
+        self._write_notes()
         if self.stdout is not None:
             self.stdout.close()
         if self.shipper is not None:
@@ -398,6 +464,7 @@ class Pump:
             try:
                 _write_all(self.file_fd, data)
                 self.written += len(data)
+                self.line_open = not data.endswith(b"\n")
             except OSError as exc:
                 from ketch.worker.task_log import describe_write_error
 
@@ -408,9 +475,38 @@ class Pump:
             self.shipper.notify(self.written)
 
     def _say(self, message: str) -> None:
-        """A line of the pump's own in the log (the archive became unreachable...)."""
-        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        self._emit(f"[{stamp}] ketch: {message}\n".encode())
+        """A line of ketch's own in the log (the archive became unreachable...)."""
+        self.notes.append(note_line(message))
+        self._write_notes()
+
+    def _take_notes(self, now: bool = False) -> None:
+        """The scheduler's lines for this log (``{live file}.notes``), every 0.2 s."""
+        if self.file_fd is None:
+            return
+        moment = time.monotonic()
+        if not now and moment < self._notes_due:
+            self._write_notes()
+            return
+        self._notes_due = moment + _NOTES_EVERY
+        try:
+            data = take_notes(self.live_file)
+        except OSError:
+            data = b""  # the scheduler appends them itself once we are gone
+        if data:
+            if not data.endswith(b"\n"):
+                data += b"\n"
+            self.notes.append(data)
+        self._write_notes()
+
+    def _write_notes(self) -> None:
+        """Write the waiting lines of ketch's own, never inside a line of the try's."""
+        if not self.notes or (self.line_open and not self.ending):
+            return
+        if self.line_open:
+            self._emit(b"\n")  # the try's last line ended without one
+        notes, self.notes = self.notes, []
+        for line in notes:
+            self._emit(line)
 
 
 class _StdoutEcho:
@@ -454,6 +550,16 @@ class _StdoutEcho:
             _write_all(self.fd, data)
         except OSError:
             self.failed = True  # the pod's stdout is best effort; the file is the record
+
+
+def _ends_inside_a_line(path: str, size: int) -> bool:
+    if not size:
+        return False
+    try:
+        with open(path, "rb") as fh:
+            return os.pread(fh.fileno(), 1, size - 1) != b"\n"
+    except OSError:
+        return False
 
 
 def _write_all(fd: int, data: bytes) -> None:

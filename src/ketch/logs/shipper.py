@@ -77,6 +77,21 @@ def ship_new_bytes(archive: LogArchive, key: str, path: str, sent: int, upto: in
     return sent
 
 
+def unavailable_message(exc: ArchiveError, *, backoff: bool = True, running: bool = True) -> str:
+    """The log's line when its archive starts failing (the pod's pump and the scheduler's
+    keeper write the same words)."""
+    retry = "retried with backoff" if backoff and isinstance(exc, ArchiveUnavailable) else "retried"
+    tail = " (the task keeps running)" if running else ""
+    return (
+        f"log archive unavailable: {exc}; the log waits on this machine's disk and is {retry}{tail}"
+    )
+
+
+def reachable_message(where: str) -> str:
+    """The log's line when its archive answers again."""
+    return f"log archive {where} reachable again"
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -94,6 +109,8 @@ class Shipper:
         self._messages: list[str] = []
         self._failing: str | None = None
         self._archive: LogArchive | None = None
+        self._flush_lock = threading.Lock()
+        self._flush_open = True  # the final flush may still add a line to the log
         self._thread = threading.Thread(target=self._loop, name="ketch-log-shipper", daemon=True)
         self.requests = 0
 
@@ -134,15 +151,17 @@ class Shipper:
             say(line)
         result: list[bool] = []
         flush = threading.Thread(
-            target=lambda: result.append(self._final_flush(deadline)),
+            target=lambda: result.append(self._final_flush(deadline, say)),
             name="ketch-log-final-flush",
             daemon=True,
         )
         flush.start()
         flush.join(timeout=max(0.0, deadline - time.monotonic()))
+        with self._flush_lock:  # an abandoned flush writes nothing more to the log
+            self._flush_open = False
         return bool(result and result[0])
 
-    def _final_flush(self, deadline: float) -> bool:
+    def _final_flush(self, deadline: float, say: Any) -> bool:
         sent = self.sent  # a still running shipping thread may move self.sent: our own
         backoff = 0.25
         while True:
@@ -150,6 +169,8 @@ class Shipper:
             try:
                 archive = self._get_archive()
                 sent = ship_new_bytes(archive, self.config.key, self.live_file, sent, size)
+                if self._failing is not None and self._say_while_flushing(say):
+                    continue  # the archive is back: that line is shipped too, then complete
                 archive.complete(self.config.key, Completion(size=size, ended_at=now_iso()))
                 self.sent = sent
                 return True
@@ -158,6 +179,17 @@ class Shipper:
                     return False  # the scheduler rescues the rest
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    def _say_while_flushing(self, say: Any) -> bool:
+        """The archive answered the final flush after an outage: its "reachable again"
+        line (the shipping thread, already stopped, could not say it). False once
+        :meth:`finish` has given up on the flush."""
+        with self._flush_lock:
+            if not self._flush_open:
+                return False
+            self._failing = None
+            say(reachable_message(self.config.remote_base_log_folder))
+            return True
 
     # -- the thread --------------------------------------------------------------------
 
@@ -203,7 +235,7 @@ class Shipper:
             return min(max(backoff * 2, _BACKOFF_FIRST), _BACKOFF_MAX)
         if self._failing is not None:
             self._failing = None
-            self._add_message(f"log archive {self.config.remote_base_log_folder} reachable again")
+            self._add_message(reachable_message(self.config.remote_base_log_folder))
         return 0.0
 
     def _note_failure(self, exc: ArchiveError) -> None:
@@ -211,11 +243,7 @@ class Shipper:
         if self._failing == text:
             return
         self._failing = text
-        retry = "retried with backoff" if isinstance(exc, ArchiveUnavailable) else "retried"
-        self._add_message(
-            f"log archive unavailable: {text}; the log waits on this machine's disk and"
-            f" is {retry} (the task keeps running)"
-        )
+        self._add_message(unavailable_message(exc))
 
     def _add_message(self, line: str) -> None:
         with self._wake:
