@@ -532,18 +532,9 @@ def test_following_a_try_that_fails_ends_with_its_state(
     assert result.text == archived.decode(), "follower != archived log"
 
 
-SIM_OOM_SPARES_THE_PUMP = pytest.mark.xfail(
-    strict=True,
-    reason="the simulator's OOM kill SIGKILLs the container's process group only: the log pump "
-    "(its own session) survives, completes the log itself, and no footer says the try was "
-    "OOMKilled (/tmp/log_suite_bugs.md #3)",
-)
-
-
 @combos(*[c for c in COMBOS if c.executor == KUBERNETES])
 @pytest.mark.parametrize(
-    "whole_container",
-    [pytest.param(True, id="cgroup"), pytest.param(False, id="sim", marks=SIM_OOM_SPARES_THE_PUMP)],
+    "whole_container", [pytest.param(True, id="cgroup"), pytest.param(False, id="sim")]
 )
 def test_an_oom_killed_pod_log_is_captured_by_the_scheduler(
     stack: LogStack, whole_container: bool
@@ -598,16 +589,8 @@ def test_s3_outage_mid_run_loses_nothing(stack: LogStack) -> None:
 
 
 @combos(*S3_COMBOS)
-def test_s3_outage_is_noted_in_the_log(stack: LogStack, request: pytest.FixtureRequest) -> None:
+def test_s3_outage_is_noted_in_the_log(stack: LogStack) -> None:
     only(stack, archive=S3)
-    if stack.combo.executor == LOCAL:
-        request.node.add_marker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="the scheduler's log keeper (which ships local tries' logs) notes an "
-                "outage in its own output only, not in the try's log (/tmp/log_suite_bugs.md #2)",
-            )
-        )
     run_id = stack.runs.get("logt_outage")
     assert run_id is not None, "needs test_s3_outage_mid_run_loses_nothing's run (runs first)"
     text = stack.wait_archived(TryKey("logt_outage", run_id, "steady", 1)).decode()
