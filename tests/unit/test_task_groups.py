@@ -21,13 +21,14 @@ from sqlalchemy.orm import Session
 
 from ketch import DAG, EmptyTask, TaskGroup, XComArg, dag, task, task_group
 from ketch.api.app import create_app
+from ketch.authoring.context import build_context
 from ketch.authoring.serialize import serialize_dag
 from ketch.config import get_settings
 from ketch.exceptions import DagDefinitionError
 from ketch.serialization import SerializedDag
 from tests.support.ketch_process import Api, KetchEnv, running, wait_for
 from tests.support.web import local_client
-from tests.unit.test_authoring import run
+from tests.unit.test_authoring import PAYLOAD, run
 from tests.unit.test_operations import add_dag
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -433,6 +434,19 @@ with DAG("e2e_groups", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=tim
             EmptyTask(task_id="verify")
 
     load >> EmptyTask(task_id="done")
+
+
+with DAG("e2e_group_branch", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+         is_paused_upon_creation=False):
+    @task.branch
+    def choose():
+        return "chosen"  # a task group id: its root tasks are followed
+
+    with TaskGroup("chosen") as chosen:
+        EmptyTask(task_id="a") >> EmptyTask(task_id="b")
+    with TaskGroup("other") as other:
+        EmptyTask(task_id="c")
+    choose() >> [chosen, other]
 """
 
 
@@ -451,6 +465,10 @@ def test_a_dag_with_groups_runs_end_to_end_on_the_local_executor(
         finished = api.wait_run_finished("e2e_groups", run_["dag_run_id"], 120)
         tis = api.task_instances("e2e_groups", run_["dag_run_id"])
         tasks = api.http.get("/api/v1/dags/e2e_groups/tasks").json()["tasks"]
+        wait_for(lambda: api.dag("e2e_group_branch"), 60, 0.1, "e2e_group_branch parsed")
+        branch_run = api.trigger("e2e_group_branch")
+        branch_finished = api.wait_run_finished("e2e_group_branch", branch_run["dag_run_id"], 120)
+        branch_tis = api.task_instances("e2e_group_branch", branch_run["dag_run_id"])
     assert finished["state"] == "success", tis
     assert {tid: ti["state"] for tid, ti in tis.items()} == {
         "source": "success",
@@ -467,3 +485,49 @@ def test_a_dag_with_groups_runs_end_to_end_on_the_local_executor(
     # done waited for the whole load group (its leaves), nothing else.
     upstream = {t["task_id"]: t["upstream_task_ids"] for t in tasks}
     assert sorted(upstream["done"]) == ["load.checks.verify", "load.save"]
+    assert branch_finished["state"] == "success", branch_tis
+    assert {tid: ti["state"] for tid, ti in branch_tis.items()} == {
+        "choose": "success",
+        "chosen.a": "success",
+        "chosen.b": "success",
+        "other.c": "skipped",
+    }
+
+
+def build_branching() -> DAG:
+    with DAG("branching", schedule=None, start_date=START) as d:
+
+        @task.branch
+        def pick(params: dict[str, Any]) -> Any:
+            return params["choice"]
+
+        with TaskGroup("left") as left:
+            EmptyTask(task_id="a") >> EmptyTask(task_id="b")
+            EmptyTask(task_id="c")
+        with TaskGroup("right") as right:
+            EmptyTask(task_id="x")
+            with TaskGroup("deep"):
+
+                @task.branch
+                def inner_pick(params: dict[str, Any]) -> Any:
+                    return params["choice"]
+
+                inner_pick() >> EmptyTask(task_id="y")
+        pick() >> [left, right]
+    return d
+
+
+def follow(d: DAG, task_id: str, choice: Any) -> list[str] | None:
+    ctx = build_context({**PAYLOAD, "params": {"choice": choice}})
+    return d.get_task(task_id).execute(ctx, lambda *_: None).follow_task_ids
+
+
+def test_a_branch_may_return_a_task_group_id_meaning_its_roots() -> None:
+    d = build_branching()
+    assert follow(d, "pick", "left") == ["left.a", "left.c"]
+    assert follow(d, "pick", ["right.deep", "left.b"]) == ["right.deep.inner_pick", "left.b"]
+    # Relative to the branch task's own group, when nothing has that id itself.
+    assert follow(d, "right.deep.inner_pick", "y") == ["right.deep.y"]
+    assert follow(d, "right.deep.inner_pick", "left") == ["left.a", "left.c"]
+    with pytest.raises(ValueError, match=r"returned \['nope'\]"):
+        follow(d, "pick", "nope")

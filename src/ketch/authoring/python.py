@@ -85,6 +85,10 @@ class BranchPythonTask(PythonTask):
     descendants and skips the direct downstream tasks outside that set; what happens to tasks
     further away (including a chosen task that is not a direct downstream) is left to the
     usual skip propagation of trigger rules. An id that is not a task of the DAG fails the try.
+
+    Task groups as in Airflow's ``BranchMixIn``: a returned task group id stands for the
+    group's root tasks, and an id relative to the branch task's own group (``"b"`` for
+    ``"group.b"``) is resolved when no task or group has that id itself.
     """
 
     kind = "branch"
@@ -106,6 +110,8 @@ class BranchPythonTask(PythonTask):
                 f"branch task {self.task_id!r} must return a task id, a list of task ids or None, "
                 f"not {chosen!r}"
             )
+        if self.dag is not None:
+            ids = self._expand_task_groups(ids)
         known = set(self.dag.tasks) if self.dag is not None else self.downstream_task_ids
         invalid = sorted(set(ids) - known)
         if invalid:
@@ -114,3 +120,21 @@ class BranchPythonTask(PythonTask):
                 f"branch task {self.task_id!r} returned {invalid}, which are not tasks of {where}"
             )
         return ids
+
+    def _expand_task_groups(self, ids: list[str]) -> list[str]:
+        assert self.dag is not None
+        groups = self.dag.task_group_dict
+        out: list[str] = []
+        for branch in ids:
+            resolved = branch
+            group = self.task_group
+            if branch not in groups and branch not in self.dag.tasks:
+                if group is not None and group.group_id and group.prefix_group_id:
+                    candidate = f"{group.group_id}.{branch}"
+                    if candidate in groups or candidate in self.dag.tasks:
+                        resolved = candidate
+            if resolved in groups:
+                out.extend(t.task_id for t in groups[resolved].roots)
+            else:
+                out.append(resolved)
+        return out
