@@ -128,11 +128,17 @@ class BranchPythonTask(PythonTask):
         for branch in ids:
             resolved = branch
             group = self.task_group
-            if branch not in groups and branch not in self.dag.tasks:
-                if group is not None and group.group_id and group.prefix_group_id:
-                    candidate = f"{group.group_id}.{branch}"
-                    if candidate in groups or candidate in self.dag.tasks:
-                        resolved = candidate
+            relative = (
+                branch not in groups
+                and branch not in self.dag.tasks
+                and group is not None
+                and group.group_id
+                and group.prefix_group_id
+            )
+            if relative and group is not None:
+                candidate = f"{group.group_id}.{branch}"
+                if candidate in groups or candidate in self.dag.tasks:
+                    resolved = candidate
             if resolved in groups:
                 out.extend(t.task_id for t in groups[resolved].roots)
             else:
