@@ -87,6 +87,10 @@ def test_explicit_task_group_and_dag_arguments() -> None:
     g = TaskGroup("g", dag=d)
     t = EmptyTask(task_id="t", task_group=g)
     assert t.task_id == "g.t" and t.dag is d and d.tasks["g.t"] is t
+    child = TaskGroup("child", parent_group=g, default_args={"retries": 5})
+    u = EmptyTask(task_id="u", task_group=child)
+    assert (child.group_id, u.task_id, u.retries) == ("g.child", "g.child.u", 5)
+    assert list(g.children) == ["g.t", "g.child"] and child.parent_group is g
 
 
 # ----- dependencies ------------------------------------------------------------------------
