@@ -338,6 +338,41 @@ def test_an_outage_is_told_in_the_running_try_s_log_once_by_its_pump(
     assert not Path(f"{running.log}.notes").exists()
 
 
+def test_the_keeper_s_line_waits_for_the_try_s_line_to_end(
+    tmp_path: Path, database: Engine, bucket: str, s3_server: MotoServer, proxy: TcpProxy
+) -> None:
+    """The try's line is unfinished: the keeper's line waits with the pump until it ends,
+    and further failing passes add nothing (no second line, no "reachable again")."""
+    settings = proxied_settings(tmp_path, bucket, proxy)
+    direct = open_archive(s3_folder_settings(tmp_path, bucket, s3_server))
+    keeper = LogKeeper(settings, database, open_archive(settings))
+    running = start_try(tmp_path, settings, "transform")
+    running.send("partial a line")
+    keeper.run_once()
+    proxy.reset()
+    running.send("partial  still unfinished")
+    keeper.run_once()  # fails: its line goes to the pump, which holds it
+    notes = Path(f"{running.log}.notes")
+    wait_for(lambda: not notes.exists(), "the pump to take the keeper's line")
+    keeper.run_once()
+    keeper.run_once()
+    assert not notes.exists(), notes.read_text()  # no "reachable again": S3 is still down
+    running.send("print  ends")
+    wait_for(lambda: b"unavailable" in running.log.read_bytes(), "the line after the try's")
+    proxy.heal()
+    keeper.run_once()
+    wait_for(lambda: b"reachable again" in running.log.read_bytes(), "the line saying it is back")
+    assert running.finish()
+    end_try(database, "transform", "success")
+    keeper.run_once()
+    data = running.log.read_bytes()
+    assert whole(direct, "transform") == data
+    lines = own_lines(data)
+    assert lines[0] == "a line still unfinished ends"
+    assert "ketch: log archive unavailable: " in lines[1]
+    assert lines[2:] == [f"[T] ketch: log archive s3://{bucket}/logs reachable again"]
+
+
 def test_once_the_pump_is_gone_the_keeper_writes_its_lines_itself(
     tmp_path: Path, database: Engine, bucket: str, s3_server: MotoServer, proxy: TcpProxy
 ) -> None:

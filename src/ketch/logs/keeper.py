@@ -119,8 +119,11 @@ def append_if_pump_gone(path: Path, lines: bytes = b"") -> bool:
 
 
 def _write_record(path: Path, completion: Completion) -> None:
-    temp = Path(f"{path}.complete.tmp")
-    temp.write_text(json.dumps(completion.to_json()))
+    """Rewrite the pump's ``.complete`` record, atomically and owner-only as it does."""
+    temp = f"{path}.complete.tmp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        json.dump(completion.to_json(), file)
     os.replace(temp, f"{path}.complete")
 
 
@@ -232,8 +235,10 @@ class LogKeeper:
             if self.ships:
                 if Path(f"{tracked.path}.notes").exists():  # left for a pump that ended
                     append_if_pump_gone(tracked.path)
-                self._ship(tracked)
+                asked = self._ship(tracked)
                 if tracked.failing is not None:
+                    if not asked:  # nothing new to send: is it back? (one request)
+                        self.archive.size(tracked.archive_key)
                     tracked.failing = None
                     self._note(tracked, reachable_message(self.archive.describe()))
                     if ended:
@@ -260,14 +265,19 @@ class LogKeeper:
         except OSError as exc:
             log.warning("cannot note %r in the log of %s: %s", message, tracked.key, exc)
 
-    def _ship(self, tracked: _Tracked) -> None:
+    def _ship(self, tracked: _Tracked) -> bool:
+        """Send the live file's new bytes; whether the archive was asked anything."""
+        asked = False
         if tracked.sent < 0:
             tracked.sent = self.archive.size(tracked.archive_key)
+            asked = True
         size = tracked.path.stat().st_size
         if size > tracked.sent:
             tracked.sent = ship_new_bytes(
                 self.archive, tracked.archive_key, str(tracked.path), tracked.sent, size
             )
+            asked = True
+        return asked
 
     def _complete(self, tracked: _Tracked) -> None:
         if self.archive.completion(tracked.archive_key) is not None:
