@@ -571,6 +571,33 @@ def test_s3_outage_then_recovery(bucket: str, s3_server: MotoServer, failure: st
         assert archive.read(KEY, 0, 100) == b"before the outage\nduring\nafter\n"
 
 
+def test_s3_a_stream_cut_mid_chunk_carries_on(bucket: str, s3_server: MotoServer) -> None:
+    """A download's connection is dropped in the middle of a chunk's body (a slow client
+    kept it waiting): the rest of that chunk is fetched again from where it broke."""
+    chunk = 4 * 1024 * 1024  # well past what the sockets buffer
+    data = b"".join(bytes([65 + n]) * chunk for n in range(2))
+    quick = Config(connect_timeout=2, read_timeout=2, retries={"total_max_attempts": 1})
+    with TcpProxy(s3_server.port) as proxy:
+        settings = s3_settings(bucket, f"http://127.0.0.1:{proxy.port}")
+        archive = S3Archive.from_settings(settings.logging, config=quick)
+        write_in_chunks(archive, KEY, data, chunk)
+        ranges: list[str] = []
+        archive.client.meta.events.register(
+            "provide-client-params.s3.GetObject",
+            lambda params, **_: ranges.append(params["Range"]),
+        )
+        stream = archive.iter_bytes(KEY, offset=100)
+        got = next(stream)
+        proxy.reset()  # the open body's connection goes
+        proxy.heal()
+        got += b"".join(stream)
+    assert got == data[100:]
+    assert ranges[0] == f"bytes=100-{chunk - 1}"
+    assert len(ranges) == 3, ranges  # the first chunk twice (from where it broke), the second
+    resumed_from = int(ranges[1].removeprefix("bytes=").split("-")[0])
+    assert 100 < resumed_from < chunk and ranges[2] == f"bytes=0-{chunk - 1}"
+
+
 def test_s3_endpoint_from_the_environment(
     bucket: str, s3_server: MotoServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

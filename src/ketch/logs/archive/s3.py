@@ -444,17 +444,30 @@ class S3Archive:
         self, key: str, listing: Listing, start: int, stop: int | None, chunk_size: int
     ) -> Iterator[bytes]:
         """Bytes ``[start, stop)``, one ranged GetObject per chunk, each body read in
-        pieces of ``chunk_size`` (memory stays flat for a log of any size)."""
+        pieces of ``chunk_size`` (memory stays flat for a log of any size).
+
+        A body cut mid-way (the connection of a slow reader's stream dropped while it
+        waited) is fetched again from where it broke, once per chunk."""
         for piece in _clip(listing.pieces, start, stop):
-            body = self._get(piece.name, piece.range_header())
-            if body is None:
-                self._forget(key)  # deleted since the listing (retention): the log ends here
-                return
-            try:
-                with self._calls():
-                    yield from body.iter_chunks(chunk_size)
-            finally:
-                body.close()
+            at, resumed = piece.start, False
+            while True:
+                rest = Piece(piece.name, piece.base, at, piece.end)
+                body = self._get(piece.name, rest.range_header())
+                if body is None:
+                    self._forget(key)  # deleted since the listing (retention): the log ends
+                    return
+                try:
+                    with self._calls():
+                        for data in body.iter_chunks(chunk_size):
+                            at += len(data)
+                            yield data
+                    break
+                except ArchiveUnavailable:
+                    if resumed or at >= piece.end:
+                        raise
+                    resumed = True
+                finally:
+                    body.close()
 
     # -- retention ---------------------------------------------------------------------
 
