@@ -240,6 +240,22 @@ def test_any_split_gives_the_text_masked_in_one_go(seed: int) -> None:
         assert not any(p in out for p in every)
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_overlapping_and_periodic_secrets_in_long_pieces_match_the_reference(seed: int) -> None:
+    """Secrets that overlap themselves and each other (``abab``, ``bab a``), in pieces
+    long enough for the needle check: the masker's search per pattern chooses exactly
+    the spans of one regex alternation."""
+    rng = random.Random(seed)
+    secrets = ["".join(rng.choice("ab ") for _ in range(rng.randint(3, 7))) for _ in range(3)]
+    secrets = [s if len(s.strip()) >= 3 else "aba" for s in secrets]
+    text = "".join(rng.choice("ab ") for _ in range(rng.randint(2000, 6000))).encode()
+    masker = StreamMasker()
+    for secret in secrets:
+        masker.add(secret)
+    cuts = [rng.randint(0, len(text)) for _ in range(rng.randint(0, 4))]
+    assert stream(masker, split_at(text, cuts)) == masked_in_one_go(text, secrets), secrets
+
+
 # -- the in-process registry ------------------------------------------------------------
 
 
