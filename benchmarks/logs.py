@@ -14,12 +14,14 @@ request (web, scheduler, pod). Scenarios (all of them without arguments):
   try whose pod stays Pending, and the web's Kubernetes API and S3 requests per second
   before it connects, while it is connected, and after it has gone.
 - ``overhead``: a task writes 100k lines of ~80 bytes (1% hold one of 3 secrets
-  registered with ``secrets_mask.mask_secret``) to stdout (the log pump's pipe), vs the
+  registered with ``secrets_mask.mask_secret``) to stdout (the log pump's pipe, line
+  buffered except during a burst: ``ketch.worker.stdout_pacing``), vs the
   same prints to ``os.devnull`` opened line buffered (the same write calls: what the pipe
   and the pump cost) and block buffered (a script's stdout to /dev/null); the task times
   its own writes; local executor, repetitions in alternating order. Target overhead
   <= 10%. Two more targets split the figure: a line-buffered pipe read by ``cat`` (what
-  any pipe costs) and the same stdout block buffered. Also the pump's CPU time and when
+  any pipe costs), the same stdout block buffered, and never coalesced (``[logging]
+  coalesce_print_bursts = false``). Also the pump's CPU time and when
   it has caught up with the writes.
 - ``s3``: S3 requests per try-minute at the default chunking (5 s / 1024 KiB) of a try
   printing a line every 0.1 s and of one that only sleeps, both for 60 s (``--quick``:
@@ -577,7 +579,14 @@ def scenario_follow(bench: Bench) -> dict[str, Any]:
 # -- 2. logging overhead ------------------------------------------------------------------
 
 OVERHEAD_LINE = re.compile(r"BENCH_OVERHEAD (\{.*\})")
-MODES = ["stdout", "devnull_line", "devnull_buffered", "pipe_line", "stdout_block"]
+MODES = [
+    "stdout",
+    "devnull_line",
+    "devnull_buffered",
+    "pipe_line",
+    "stdout_block",
+    "stdout_unpaced",
+]
 
 
 def scenario_overhead(bench: Bench) -> dict[str, Any]:
@@ -620,6 +629,8 @@ def scenario_overhead(bench: Bench) -> dict[str, Any]:
         # its parts: any pipe (read by cat), then what ketch's pump adds to a pipe
         "pipe_line_pct_vs_devnull_line_buffered": pct("devnull_line", "pipe_line"),
         "overhead_pct_vs_pipe_line": pct("pipe_line"),
+        # [logging] coalesce_print_bursts = false: one pipe write per line
+        "unpaced_overhead_pct_vs_devnull_line_buffered": pct("devnull_line", "stdout_unpaced"),
         "stdout_block_pct_vs_devnull_block_buffered": pct("devnull_buffered", "stdout_block"),
         "until_pump_caught_up_s_median": {
             m: med(m, "until_pump_caught_up_s") for m in ("stdout", "stdout_block")
@@ -939,7 +950,9 @@ def table(results: dict[str, Any]) -> str:
                 f" ({o['pipe_line_pct_vs_devnull_line_buffered']:+}% vs devnull), the pump on top"
                 f" {o['overhead_pct_vs_pipe_line']:+}%; stdout block-buffered"
                 f" {w['stdout_block']:.3f} s ({o['stdout_block_pct_vs_devnull_block_buffered']:+}%"
-                " vs devnull block-buffered)",
+                " vs devnull block-buffered); never coalesced (coalesce_print_bursts = false)"
+                f" {w['stdout_unpaced']:.3f} s"
+                f" ({o['unpaced_overhead_pct_vs_devnull_line_buffered']:+}% vs devnull line-buffered)",
                 "",
             )
         )

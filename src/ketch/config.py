@@ -405,6 +405,14 @@ class LoggingSettings(BaseModel):
         "try_number; the scheduler's and web's own log) for collectors such as Fluent Bit "
         "or Loki. The archived log stays plain text.",
     )
+    coalesce_print_bursts: bool = Field(
+        default=True,
+        description="During a burst of prints (over ~2,000 writes/s) a try's stdout and "
+        "stderr are block buffered and flushed every 25 ms, so printing 100k lines costs "
+        "a fraction of one pipe write per line; a try SIGKILLed in the middle of a burst "
+        "can lose the prints of its last 25 ms. false: every line is written at once, as "
+        "in Airflow.",
+    )
     log_retention_days: int = Field(
         default=0,
         ge=0,

@@ -48,3 +48,15 @@ def describe_dag(argv: list[str]) -> int:
     dag = loader.load_dag(path, dag_id)
     print(f"inherited={inherited} tasks={sorted(dag.tasks)}")
     return 0
+
+
+def print_a_burst(argv: list[str]) -> int:
+    """Print until stdout leaves line buffering (or 200k lines), then say whether it did
+    and how many lines were printed."""
+    printed = 0
+    while sys.stdout.line_buffering and printed < 200_000:
+        print(f"burst {printed}")
+        printed += 1
+    coalesced = not sys.stdout.line_buffering
+    print(f"coalesced={coalesced} printed={printed}", flush=True)
+    return 0

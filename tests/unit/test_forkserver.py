@@ -169,3 +169,22 @@ def test_server_exits_when_its_parent_is_killed() -> None:
         if child_pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child_pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("coalesce", [True, False])
+def test_a_burst_of_prints_is_coalesced_unless_the_setting_says_no(
+    server: ForkServer, events: Events, tmp_path: Path, coalesce: bool
+) -> None:
+    """``[logging] coalesce_print_bursts`` reaches the try as the local executor passes it
+    (``$KETCH_LOG_PUMP``); either way every printed line is in the log, in order."""
+    from ketch.logs.pump import CONFIG_ENV, PumpConfig
+
+    log = tmp_path / "burst.log"
+    env = {} if coalesce else {CONFIG_ENV: PumpConfig(coalesce=False).to_env()}
+    server.spawn([], env=env, log_file=str(log), target=f"{TARGETS}:print_a_burst")
+    assert events.next_exits(1)[0].exit_code == 0
+    lines = log.read_text().splitlines()
+    summary = re.fullmatch(r"coalesced=(\w+) printed=(\d+)", lines[-1])
+    assert summary is not None, lines[-3:]
+    assert summary[1] == str(coalesce)
+    assert lines[:-1] == [f"burst {i}" for i in range(int(summary[2]))]

@@ -156,6 +156,21 @@ def test_passthrough_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     }
 
 
+def test_coalescing_print_bursts_is_a_setting_the_try_receives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ketch.logs.pump import CONFIG_ENV, PumpConfig
+
+    env, _ = try_environment(get_settings(), {})
+    assert CONFIG_ENV not in env  # the default: the try coalesces
+    monkeypatch.setenv("KETCH__LOGGING__COALESCE_PRINT_BURSTS", "false")
+    get_settings.cache_clear()
+    env, _ = try_environment(get_settings(), {})
+    assert PumpConfig.from_env({}).coalesce is True
+    monkeypatch.setenv(CONFIG_ENV, env[CONFIG_ENV])
+    assert PumpConfig.from_env({}).coalesce is False
+
+
 def test_scheduler_secrets_include_generated_keys(ketch_home: Path) -> None:
     (ketch_home / "jwt_secret").write_text("generated-jwt-key\n")
     (ketch_home / "fernet_key").write_text(FERNET + "\n")

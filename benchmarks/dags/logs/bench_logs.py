@@ -41,7 +41,14 @@ def idle() -> None:
     time.sleep(float(_conf("seconds", 10)))
 
 
-OVERHEAD_MODES = ("stdout", "devnull_line", "devnull_buffered", "pipe_line", "stdout_block")
+OVERHEAD_MODES = (
+    "stdout",
+    "devnull_line",
+    "devnull_buffered",
+    "pipe_line",
+    "stdout_block",
+    "stdout_unpaced",
+)
 
 
 @task
@@ -49,11 +56,14 @@ def overhead_writer(mode: str) -> None:
     """100k lines of ~80 bytes (1% hold a registered secret) printed to one target; the
     wall time of the prints, measured here, is the figure. Targets:
 
-    - ``stdout``: the try's stdout as ketch sets it (line buffered, the log pump's pipe);
+    - ``stdout``: the try's stdout as ketch sets it (the log pump's pipe, line buffered
+      except during a burst: ``ketch.worker.stdout_pacing``);
     - ``devnull_line`` / ``devnull_buffered``: ``os.devnull`` opened line / block buffered;
     - ``pipe_line``: line buffered into a pipe read by ``cat > /dev/null`` (what any pipe
       costs, whoever reads it);
-    - ``stdout_block``: the same stdout switched to block buffering.
+    - ``stdout_block``: the same stdout switched to block buffering;
+    - ``stdout_unpaced``: the same stdout always line buffered (``[logging]
+      coalesce_print_bursts = false``).
     """
     import json
     import subprocess
@@ -85,6 +95,10 @@ def overhead_writer(mode: str) -> None:
         target = open(cat.stdin.fileno(), "w", buffering=1, closefd=False)  # noqa: SIM115
     elif mode == "stdout_block":
         sys.stdout.reconfigure(line_buffering=False)  # type: ignore[union-attr]
+    elif mode == "stdout_unpaced":
+        from ketch.worker import stdout_pacing
+
+        stdout_pacing.stop()
     cpu0, t0 = time.process_time(), time.perf_counter()
     for line in lines:
         print(line, file=target)

@@ -98,8 +98,9 @@ def _redirect_output(log_file: str | None, argv: list[str]) -> None:
     from ketch.logs import pump
     from ketch.worker import task_log
 
-    pump.start(log_file, pump.PumpConfig.from_env(pump.meta_from_argv(argv)))
-    task_log.guard_output(log_file)
+    config = pump.PumpConfig.from_env(pump.meta_from_argv(argv))
+    pump.start(log_file, config)
+    task_log.guard_output(log_file, coalesce=config.coalesce)
 
 
 def _finish_log() -> None:

@@ -50,6 +50,8 @@ from ketch.executors.base import (
     TryKey,
 )
 from ketch.executors.forkserver import ChildExit, ForkServer, ForkServerError, Spawned
+from ketch.logs.pump import CONFIG_ENV as PUMP_CONFIG_ENV
+from ketch.logs.pump import PumpConfig
 from ketch.worker.client import ENV_RETRY_TIMEOUT, ENV_TOKEN, ENV_URL
 from ketch.worker.secrets_mask import looks_sensitive
 from ketch.worker.task_log import log_path, make_private_dirs
@@ -195,6 +197,8 @@ def try_environment(
     # The DAG defaults the scheduler parsed with: the try needs neither the settings
     # module nor the configuration they came from.
     env[PARSE_DEFAULTS_ENV] = json.dumps(defaults_from_settings(settings))
+    if not settings.logging.coalesce_print_bursts:
+        env[PUMP_CONFIG_ENV] = PumpConfig(coalesce=False).to_env()
     return env, sorted(refused)
 
 

@@ -48,7 +48,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-CONFIG_ENV = "KETCH_LOG_PUMP"  # JSON: {"echo": bool, "json": bool, "ship": {...} | null}
+# JSON: {"echo": bool, "json": bool, "ship": {...} | null, "coalesce": bool}
+CONFIG_ENV = "KETCH_LOG_PUMP"
 _READ_SIZE = 65536
 _PARTIAL_AFTER = 0.2  # a line without newline is echoed (JSON: as partial) after this
 _ORPHAN_GRACE = 5.0  # the try died but a child still holds the pipe: wait this long
@@ -64,6 +65,7 @@ class PumpConfig:
     echo_stdout: bool = False
     json_format: bool = False
     ship: dict[str, Any] | None = None  # ShipperConfig fields (pods with an S3 archive)
+    coalesce: bool = True  # [logging] coalesce_print_bursts (ketch.worker.stdout_pacing)
     meta: dict[str, Any] = field(default_factory=dict)  # dag_id, run_id, task_id, try_number
 
     @classmethod
@@ -74,11 +76,19 @@ class PumpConfig:
             echo_stdout=bool(data.get("echo")),
             json_format=bool(data.get("json")),
             ship=data.get("ship") or None,
+            coalesce=bool(data.get("coalesce", True)),
             meta=meta,
         )
 
     def to_env(self) -> str:
-        return json.dumps({"echo": self.echo_stdout, "json": self.json_format, "ship": self.ship})
+        return json.dumps(
+            {
+                "echo": self.echo_stdout,
+                "json": self.json_format,
+                "ship": self.ship,
+                "coalesce": self.coalesce,
+            }
+        )
 
 
 # -- the try's side ----------------------------------------------------------------------

@@ -571,7 +571,7 @@ def main(argv: list[str]) -> int:
     config = pump.PumpConfig.from_env(pump.meta_from_argv(argv))
     config.echo_stdout = True  # a pod: kubectl logs and log collectors read its stdout
     handle = pump.start(str(args.log_file), config)
-    guard_output(str(args.log_file))
+    guard_output(str(args.log_file), coalesce=config.coalesce)
     try:
         return run_try(args)
     finally:

@@ -18,11 +18,13 @@ import io
 import os
 import sys
 import threading
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ketch.executors.base import TryKey
+from ketch.worker.stdout_pacing import WAKE_EVERY
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -150,25 +152,45 @@ class _GuardedFileIO(io.FileIO):
     def __init__(self, fd: int, log_file: str) -> None:
         super().__init__(fd, "w", closefd=False)
         self._log_file = log_file
+        self.writes = 0  # read by the stdout pacer
+        self.written = 0
+        self.on_busy: Callable[[], None] | None = None
 
     def write(self, data: ReadableBuffer, /) -> int:
+        self.writes += 1
+        if not self.writes % WAKE_EVERY and self.on_busy is not None:
+            self.on_busy()
         try:
-            return super().write(data)
+            count = super().write(data)
+            self.written += count or 0
+            return count
         except OSError as exc:
             note_write_error(exc, self._log_file)
             return len(memoryview(data))
 
 
-def guard_output(log_file: str) -> None:
+def guard_output(log_file: str, *, coalesce: bool = True) -> None:
     """Replace ``sys.stdout``/``sys.stderr`` (fds 1 and 2, the log pump's pipe) with
     streams whose failing writes (the pump is gone: EPIPE) are noted instead of raised
-    into the task's own prints."""
+    into the task's own prints. They are line buffered, except during a burst of prints
+    with ``coalesce`` (:mod:`ketch.worker.stdout_pacing`)."""
+    from ketch.worker import stdout_pacing
+
+    paced = []
     for name, fd in (("stdout", 1), ("stderr", 2)):
         old = getattr(sys, name)
+        raw = _GuardedFileIO(fd, log_file)
         stream = io.TextIOWrapper(
-            io.BufferedWriter(_GuardedFileIO(fd, log_file)),
+            io.BufferedWriter(raw, buffer_size=_BURST_BUFFER_BYTES),
             encoding=getattr(old, "encoding", None) or "utf-8",
             errors=getattr(old, "errors", None) or "strict",
             line_buffering=True,
         )
         setattr(sys, name, stream)
+        paced.append((stream, raw))
+    if coalesce:
+        stdout_pacing.pace(paced)
+
+
+# During a burst, a write to the pipe carries up to this much (the pipe holds 64 KiB).
+_BURST_BUFFER_BYTES = 32 * 1024

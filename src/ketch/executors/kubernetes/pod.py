@@ -428,4 +428,9 @@ def pump_config(settings: Settings, key: TryKey) -> PumpConfig:
             kms_key_id=logs.s3_kms_key_id,
             conn_id=logs.remote_log_conn_id,
         ).to_json()
-    return PumpConfig(echo_stdout=True, json_format=logs.json_format, ship=ship)
+    return PumpConfig(
+        echo_stdout=True,
+        json_format=logs.json_format,
+        ship=ship,
+        coalesce=logs.coalesce_print_bursts,
+    )
