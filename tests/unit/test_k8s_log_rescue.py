@@ -607,7 +607,12 @@ def test_the_try_container_gets_its_pump_config(tmp_path: Path) -> None:
 
     plain = Settings(kubernetes={"pod_template_file": str(template)})
     pod = build_pod(plain, request)
-    assert pump_env(pod) == {"echo": True, "json": False, "ship": None}
+    assert pump_env(pod) == {"echo": True, "json": False, "ship": None, "coalesce": True}
+    unpaced = Settings(
+        kubernetes={"pod_template_file": str(template)},
+        logging={"coalesce_print_bursts": False},
+    )
+    assert pump_env(build_pod(unpaced, request))["coalesce"] is False
     assert pod["spec"]["terminationGracePeriodSeconds"] == 30  # nothing to flush
     remote = Settings(
         kubernetes={"pod_template_file": str(template)},

@@ -252,23 +252,15 @@ class KubeApi:
         """A container's log so far, the exact bytes (``previous``: its run before its last
         restart). Raises :class:`KubeApiError`: 404 when the pod is gone, 400 when the
         container has not started (or has no previous run)."""
-        try:
-            _, data = self.call(
-                "get",
-                "pods/log",
-                lambda: self.core.read_namespaced_pod_log(
-                    name,
-                    self.namespace,
-                    container=container,
-                    previous=previous or None,
-                    limit_bytes=limit_bytes,
-                    _preload_content=False,
-                    _request_timeout=REQUEST_TIMEOUT,
-                ),
-                body=lambda resp: bytes(resp.data or b""),
-            )
-        except KubeApiError as exc:
-            raise _log_error(exc, name, container, previous) from exc
+        data = self._pod_log_request(
+            name,
+            container,
+            previous,
+            lambda resp: bytes(resp.data or b""),
+            previous=previous or None,
+            limit_bytes=limit_bytes,
+            _request_timeout=REQUEST_TIMEOUT,
+        )
         return bytes(data)
 
     def stream_pod_log(
@@ -282,22 +274,14 @@ class KubeApi:
 
         Opening the stream is retried as every call is; an interrupted stream raises
         :class:`KubeApiError` with status 0 and the caller decides whether to reopen it."""
-        try:
-            _, resp = self.call(
-                "get",
-                "pods/log",
-                lambda: self.core.read_namespaced_pod_log(
-                    name,
-                    self.namespace,
-                    container=container,
-                    follow=True,
-                    _preload_content=False,
-                    _request_timeout=(REQUEST_TIMEOUT[0], read_timeout),
-                ),
-                body=lambda resp: resp,  # read as it arrives, below
-            )
-        except KubeApiError as exc:
-            raise _log_error(exc, name, container, False) from exc
+        resp = self._pod_log_request(
+            name,
+            container,
+            False,
+            lambda resp: resp,  # read as it arrives, below
+            follow=True,
+            _request_timeout=(REQUEST_TIMEOUT[0], read_timeout),
+        )
         try:
             for chunk in resp.stream(65536, decode_content=True):
                 if chunk:
@@ -309,6 +293,32 @@ class KubeApi:
         finally:
             resp.close()
             resp.release_conn()
+
+    def _pod_log_request(
+        self,
+        name: str,
+        container: str,
+        of_previous: bool,
+        body: Callable[[Any], Any],
+        **params: Any,
+    ) -> Any:
+        """One ``GET pods/log`` (retried as every call), its errors said for a log."""
+        try:
+            _, result = self.call(
+                "get",
+                "pods/log",
+                lambda: self.core.read_namespaced_pod_log(
+                    name,
+                    self.namespace,
+                    container=container,
+                    _preload_content=False,
+                    **params,
+                ),
+                body=body,
+            )
+        except KubeApiError as exc:
+            raise _log_error(exc, name, container, of_previous) from exc
+        return result
 
     def watch_pods(
         self,
