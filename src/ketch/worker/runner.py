@@ -416,6 +416,9 @@ def _success(task_id: str, result: Any, payload: dict[str, Any]) -> Outcome:
     task that needs its value with a message naming both (:mod:`ketch.worker.upstream`)."""
     value = getattr(result, "return_value", None)
     follow = getattr(result, "follow_task_ids", None)
+    if getattr(result, "push_return_value", True) is False:
+        # A short-circuit that skips stores no value (Airflow raises before pushing it).
+        return Outcome("success", follow_task_ids=list(follow) if follow is not None else None)
     encoded, problem = encode_return_value(task_id, value, int(payload["max_xcom_size"]))
     if problem:
         say(problem)
