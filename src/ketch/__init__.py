@@ -14,6 +14,8 @@ from ketch.authoring.context import get_current_context
 from ketch.authoring.dag import DAG, dag
 from ketch.authoring.decorators import task
 from ketch.authoring.params import Param
+from ketch.authoring.python import BranchPythonTask, PythonTask
+from ketch.authoring.short_circuit import ShortCircuitTask
 from ketch.authoring.taskgroup import TaskGroup, task_group
 from ketch.authoring.tasks import BaseTask, EmptyTask, TaskResult, XComArg
 from ketch.authoring.variable import Variable
@@ -24,6 +26,10 @@ from ketch.states import TriggerRule
 # becomes ``from ketch import X`` whatever X is (the exception aliases live in exceptions.py).
 BashOperator = BashTask
 EmptyOperator = EmptyTask
+DummyOperator = EmptyTask  # Airflow 2's old name of EmptyOperator
+PythonOperator = PythonTask
+BranchPythonOperator = BranchPythonTask
+ShortCircuitOperator = ShortCircuitTask
 
 __all__ = [
     "DAG",
@@ -32,11 +38,18 @@ __all__ = [
     "BaseTask",
     "BashOperator",
     "BashTask",
+    "BranchPythonOperator",
+    "BranchPythonTask",
     "Connection",
+    "DummyOperator",
     "EmptyOperator",
     "EmptyTask",
     "FailTask",
     "Param",
+    "PythonOperator",
+    "PythonTask",
+    "ShortCircuitOperator",
+    "ShortCircuitTask",
     "SkipTask",
     "TaskGroup",
     "TaskResult",

@@ -80,7 +80,7 @@ class SerializedTaskGroup(BaseModel):
 
 class SerializedTask(BaseModel):
     task_id: str
-    kind: Literal["python", "bash", "branch", "empty"]
+    kind: Literal["python", "bash", "branch", "short_circuit", "empty"]
     upstream_task_ids: list[str] = Field(default_factory=list)
     downstream_task_ids: list[str] = Field(default_factory=list)
     trigger_rule: TriggerRule = TriggerRule.ALL_SUCCESS
@@ -94,6 +94,13 @@ class SerializedTask(BaseModel):
     pool: str = "default_pool"
     pool_slots: int = 1
     executor_config: dict[str, Any] = Field(default_factory=dict)
+    # Airflow's task concurrency limits (None: none): queued + running tries of this task
+    # across all runs of the DAG, and within one run.
+    max_active_tis_per_dag: int | None = None
+    max_active_tis_per_dagrun: int | None = None
+    # short_circuit only: a falsy result skips every descendant (True) or only the direct
+    # downstream tasks, leaving the rest to trigger rules (False).
+    ignore_downstream_trigger_rules: bool = True
     # Descriptive: shown, never acted on.
     doc_md: str | None = None
     doc: str | None = None

@@ -1,4 +1,4 @@
-"""``@task``, ``@task.branch``, ``@task.bash``: functions that become tasks when called.
+"""``@task``, ``@task.branch``, ``@task.short_circuit``, ``@task.bash``: functions that become tasks when called.
 
 Calling a decorated function inside a DAG creates the task and returns an
 :class:`XComArg`; passing that XComArg (also inside lists and dicts) to another
@@ -17,6 +17,7 @@ from ketch.authoring import _context
 from ketch.authoring._args import DOC_ATTRS
 from ketch.authoring.bash import BashDecoratedTask
 from ketch.authoring.python import BranchPythonTask, PythonTask
+from ketch.authoring.short_circuit import ShortCircuitTask
 from ketch.authoring.tasks import BaseTask, XComArg, find_xcom_args
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ def _decorator(
 
 
 class TaskDecoratorFactory:
-    """``task`` itself: ``@task``, ``@task(...)``, ``@task.python``, ``@task.branch``, ``@task.bash``."""
+    """``task`` itself: ``@task``, ``@task(...)``, ``.python``, ``.branch``, ``.short_circuit``, ``.bash``."""
 
     @overload
     def __call__(self, python_callable: Callable[..., Any]) -> DecoratedTask: ...
@@ -103,6 +104,12 @@ class TaskDecoratorFactory:
 
     def branch(self, python_callable: Callable[..., Any] | None = None, **kwargs: Any) -> Any:
         return _decorator(BranchPythonTask, python_callable, kwargs)
+
+    def short_circuit(
+        self, python_callable: Callable[..., Any] | None = None, **kwargs: Any
+    ) -> Any:
+        """Airflow's ``@task.short_circuit`` (takes ``ignore_downstream_trigger_rules``)."""
+        return _decorator(ShortCircuitTask, python_callable, kwargs)
 
     def bash(self, python_callable: Callable[..., Any] | None = None, **kwargs: Any) -> Any:
         return _decorator(BashDecoratedTask, python_callable, kwargs)

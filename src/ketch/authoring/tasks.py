@@ -27,6 +27,14 @@ if TYPE_CHECKING:
 
 XComPull = Callable[[str, str], Any]
 
+CALLBACK_ARGS = (
+    "on_success_callback",
+    "on_failure_callback",
+    "on_retry_callback",
+    "on_execute_callback",
+    "on_skipped_callback",
+)
+
 WEIGHT_RULES = ("downstream", "upstream", "absolute")
 
 # Arguments every task accepts (and default_args may carry).
@@ -42,6 +50,12 @@ TASK_ARGS = (
     "pool",
     "pool_slots",
     "executor_config",
+    # Airflow's task concurrency knobs: tries of this task queued or running at once across
+    # every run of the DAG / within one run (None: no limit); the scheduler enforces them.
+    "max_active_tis_per_dag",
+    "max_active_tis_per_dagrun",
+    # Airflow's task callbacks: called in the try (see docs/airflow-compat.md).
+    *CALLBACK_ARGS,
     # Descriptive: stored and shown (API, UI), never acted on (ketch sends no email).
     *DOC_ATTRS,
     "owner",
@@ -61,6 +75,8 @@ class TaskResult:
 
     return_value: Any = None
     follow_task_ids: list[str] | None = None
+    # False: store no return value at all (a short-circuit that skips, as in Airflow).
+    push_return_value: bool = True
 
 
 def _trigger_rule(task_id: str, value: Any) -> TriggerRule:
@@ -71,6 +87,17 @@ def _trigger_rule(task_id: str, value: Any) -> TriggerRule:
         raise DagDefinitionError(
             f"task {task_id!r}: invalid trigger_rule {value!r}; expected one of {allowed}"
         ) from None
+
+
+def _callbacks(where: str, name: str, value: Any) -> list[Callable[..., Any]]:
+    """A callback argument as a list: Airflow takes one callable or a list of them."""
+    if value is None:
+        return []
+    items = list(value) if isinstance(value, list | tuple) else [value]
+    for item in items:
+        if not callable(item):
+            raise DagDefinitionError(f"{where}: {name} must be a callable or a list of callables")
+    return items
 
 
 class DependencyMixin:
@@ -259,6 +286,24 @@ class BaseTask(DependencyMixin):
         )
         if "retries" in g:
             self._int("retries", 0, minimum=0)
+        self.max_active_tis_per_dag = self._optional_int("max_active_tis_per_dag")
+        self.max_active_tis_per_dagrun = self._optional_int("max_active_tis_per_dagrun")
+        callbacks = {name: _callbacks(where, name, g.get(name)) for name in CALLBACK_ARGS}
+        self.on_success_callback: list[Callable[..., Any]] = callbacks["on_success_callback"]
+        self.on_failure_callback: list[Callable[..., Any]] = callbacks["on_failure_callback"]
+        self.on_retry_callback: list[Callable[..., Any]] = callbacks["on_retry_callback"]
+        self.on_execute_callback: list[Callable[..., Any]] = callbacks["on_execute_callback"]
+        self.on_skipped_callback: list[Callable[..., Any]] = callbacks["on_skipped_callback"]
+
+    def _optional_int(self, name: str) -> int | None:
+        value = self._given.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise DagDefinitionError(
+                f"task {self.task_id!r}: {name} must be an integer >= 0 or None, not {value!r}"
+            )
+        return value
 
     def _int(self, name: str, fallback: int, *, minimum: int | None) -> int:
         value = self._given.get(name, fallback)
@@ -402,6 +447,7 @@ _LAZY = {
     "BashOperator": "ketch.authoring.bash",
     "PythonTask": "ketch.authoring.python",
     "BranchPythonTask": "ketch.authoring.python",
+    "ShortCircuitTask": "ketch.authoring.short_circuit",
 }
 
 

@@ -38,7 +38,22 @@ class DagInfo:
 
     @cached_property
     def branch_ids(self) -> frozenset[str]:
-        return frozenset(t.task_id for t in self.dag.tasks.values() if t.kind == "branch")
+        """Tasks that record which direct downstream tasks they follow (``__branch__``):
+        branch tasks and short-circuit tasks."""
+        return frozenset(
+            t.task_id for t in self.dag.tasks.values() if t.kind in ("branch", "short_circuit")
+        )
+
+    @cached_property
+    def short_circuit_ancestors(self) -> dict[str, frozenset[str]]:
+        """For each task below a short-circuit task that skips every descendant
+        (``ignore_downstream_trigger_rules``), those short-circuit tasks."""
+        out: dict[str, set[str]] = {}
+        for t in self.dag.tasks.values():
+            if t.kind == "short_circuit" and t.ignore_downstream_trigger_rules:
+                for down in self.descendants(t.task_id):
+                    out.setdefault(down, set()).add(t.task_id)
+        return {tid: frozenset(ids) for tid, ids in out.items()}
 
     @cached_property
     def topological_order(self) -> list[str]:

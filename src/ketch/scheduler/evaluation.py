@@ -95,6 +95,8 @@ class RunTally:
         task = self.info.task(task_id)
         if task is None:
             return Decision.WAIT
+        if self._short_circuited(task_id):
+            return Decision.SKIPPED
         branch_parents = self.info.branch_ids.intersection(task.upstream_task_ids)
         if branch_parents and skipped_by_branch(
             task_id, (self.follow.get(p) for p in branch_parents if self.states.get(p) in _FINISHED)
@@ -102,6 +104,17 @@ class RunTally:
             return Decision.SKIPPED
         counts = UpstreamCounts.from_tally(self.counts[task_id], len(task.upstream_task_ids))
         return decide(task.trigger_rule, counts)
+
+    def _short_circuited(self, task_id: str) -> bool:
+        """A short-circuit task above it (ignoring trigger rules) succeeded and followed
+        nothing: Airflow's ShortCircuitOperator skips all its descendants at once."""
+        circuits = self.info.short_circuit_ancestors.get(task_id)
+        if not circuits:
+            return False
+        return any(
+            self.states.get(sc) == TaskInstanceState.SUCCESS.value and self.follow.get(sc) == set()
+            for sc in circuits
+        )
 
 
 def cascade(tally: RunTally, candidates: Iterable[str]) -> dict[str, Decision]:
