@@ -1,9 +1,12 @@
 """Queueing scheduled task instances within the limits, then handing them to the executor.
 
 Limits, as in Airflow 3: ``[core] parallelism`` (queued + running over all DAGs), the DAG's
-``max_active_tasks`` (counted per DAG *run* since Airflow 3.0), and pool slots. Work is
-bounded by the free slots: candidates come from an indexed query ordered by priority,
-and runs or pools found full are excluded from the next page (Airflow's "starved" sets).
+``max_active_tasks`` (counted per DAG *run* since Airflow 3.0), pool slots, and a task's
+``max_active_tis_per_dag`` (its queued + running tries across every run of the DAG) and
+``max_active_tis_per_dagrun`` (within one run), checked in Airflow's order. A try over a
+limit stays ``scheduled``. Work is bounded by the free slots: candidates come from an indexed
+query ordered by priority, every current use comes from one grouped query per loop, and runs,
+pools and tasks found full are excluded from the next page (Airflow's "starved" sets).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session
 
 from ketch.db.models import DagModel, DagRun, Pool, TaskInstance, TaskInstanceTry
@@ -35,35 +38,58 @@ class _Limits:
     pool_slots: dict[str, int]
     pool_used: dict[str, int]
     run_active: dict[int, int] = field(default_factory=dict)
+    # Active tries per (dag_id, task_id) and per (dag_run_id, task_id) (absent means zero).
+    task_active: dict[tuple[str, str], int] = field(default_factory=dict)
+    task_run_active: dict[tuple[int, str], int] = field(default_factory=dict)
     starved_runs: set[int] = field(default_factory=set)
     starved_pools: set[str] = field(default_factory=set)
+    starved_tasks: set[tuple[str, str]] = field(default_factory=set)
+    starved_task_runs: set[tuple[int, str]] = field(default_factory=set)
     # True when run_active holds every run with active TIs (absent means zero).
     complete_run_counts: bool = False
+
+    def starved(self) -> int:
+        return (
+            len(self.starved_runs)
+            + len(self.starved_pools)
+            + len(self.starved_tasks)
+            + len(self.starved_task_runs)
+        )
 
 
 def _load_limits(ctx: SchedulerContext, session: Session) -> _Limits:
     """Every limit's current use from one grouped query over the active TIs (at most
-    ``parallelism`` rows: it grows with what runs, not with what exists)."""
+    ``parallelism`` rows: it grows with what runs, not with what exists), like Airflow's
+    ``ConcurrencyMap``."""
     pools = {p.pool: p.slots for p in session.scalars(select(Pool))}
     rows = session.execute(
         select(
             TaskInstance.pool,
             TaskInstance.dag_run_id,
+            TaskInstance.dag_id,
+            TaskInstance.task_id,
             func.count(TaskInstance.id),
             func.sum(TaskInstance.pool_slots),
         )
         .where(TaskInstance.state.in_(_ACTIVE))
-        .group_by(TaskInstance.pool, TaskInstance.dag_run_id)
+        .group_by(
+            TaskInstance.pool, TaskInstance.dag_run_id, TaskInstance.dag_id, TaskInstance.task_id
+        )
     ).all()
     limits = _Limits(
-        free=ctx.settings.core.parallelism - sum(int(n) for _, _, n, _ in rows),
+        free=ctx.settings.core.parallelism - sum(int(row[4]) for row in rows),
         pool_slots=pools,
         pool_used={},
         complete_run_counts=True,
     )
-    for pool, run_id, count, slots in rows:
+    for pool, run_id, dag_id, task_id, count, slots in rows:
+        n = int(count)
         limits.pool_used[pool] = limits.pool_used.get(pool, 0) + int(slots or 0)
-        limits.run_active[run_id] = limits.run_active.get(run_id, 0) + int(count)
+        limits.run_active[run_id] = limits.run_active.get(run_id, 0) + n
+        key = (dag_id, task_id)
+        limits.task_active[key] = limits.task_active.get(key, 0) + n
+        run_key = (run_id, task_id)
+        limits.task_run_active[run_key] = limits.task_run_active.get(run_key, 0) + n
     return limits
 
 
@@ -84,6 +110,16 @@ def _candidates(session: Session, limits: _Limits, page: int) -> list[tuple[Task
         stmt = stmt.where(TaskInstance.dag_run_id.not_in(limits.starved_runs))
     if limits.starved_pools:
         stmt = stmt.where(TaskInstance.pool.not_in(limits.starved_pools))
+    if limits.starved_tasks:
+        stmt = stmt.where(
+            tuple_(TaskInstance.dag_id, TaskInstance.task_id).not_in(list(limits.starved_tasks))
+        )
+    if limits.starved_task_runs:
+        stmt = stmt.where(
+            tuple_(TaskInstance.dag_run_id, TaskInstance.task_id).not_in(
+                list(limits.starved_task_runs)
+            )
+        )
     return [(ti, dag_hash) for ti, dag_hash in session.execute(stmt).all()]
 
 
@@ -121,7 +157,7 @@ def _select(
         if not page:
             break
         _count_run_active(session, limits, {ti.dag_run_id for ti, _ in page})
-        starved_before = len(limits.starved_runs) + len(limits.starved_pools)
+        starved_before = limits.starved()
         for ti, dag_hash in page:
             if limits.free <= 0:
                 break
@@ -130,7 +166,7 @@ def _select(
                 bad_pool.append(ti)
             elif verdict == "ok":
                 chosen.append((ti, dag_hash))
-        if len(limits.starved_runs) + len(limits.starved_pools) == starved_before:
+        if limits.starved() == starved_before:
             break
     return chosen, bad_pool
 
@@ -140,7 +176,13 @@ def _fits(
 ) -> str:
     if ti.pool not in limits.pool_slots:
         return "bad_pool"
-    if ti.dag_run_id in limits.starved_runs or ti.pool in limits.starved_pools:
+    task_key, task_run_key = (ti.dag_id, ti.task_id), (ti.dag_run_id, ti.task_id)
+    if (
+        ti.dag_run_id in limits.starved_runs
+        or ti.pool in limits.starved_pools
+        or task_key in limits.starved_tasks
+        or task_run_key in limits.starved_task_runs
+    ):
         return "full"
     used = limits.pool_used.get(ti.pool, 0)
     if used + ti.pool_slots > limits.pool_slots[ti.pool]:
@@ -151,9 +193,20 @@ def _fits(
     if limits.run_active[ti.dag_run_id] >= max_tasks:
         limits.starved_runs.add(ti.dag_run_id)
         return "full"
+    task = info.task(ti.task_id) if info else None
+    if task is not None:
+        per_dag, per_run = task.max_active_tis_per_dag, task.max_active_tis_per_dagrun
+        if per_dag is not None and limits.task_active.get(task_key, 0) >= per_dag:
+            limits.starved_tasks.add(task_key)
+            return "full"
+        if per_run is not None and limits.task_run_active.get(task_run_key, 0) >= per_run:
+            limits.starved_task_runs.add(task_run_key)
+            return "full"
     limits.free -= 1
     limits.pool_used[ti.pool] = used + ti.pool_slots
     limits.run_active[ti.dag_run_id] += 1
+    limits.task_active[task_key] = limits.task_active.get(task_key, 0) + 1
+    limits.task_run_active[task_run_key] = limits.task_run_active.get(task_run_key, 0) + 1
     return "ok"
 
 
