@@ -9,6 +9,7 @@ so the task-try process does not pay for them.
 from __future__ import annotations
 
 import functools
+import inspect
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ketch.authoring import _context, _defaults
 from ketch.authoring._args import optional_str, seconds
 from ketch.authoring._context import current_dag
+from ketch.authoring.params import NOTSET
 from ketch.authoring.taskgroup import TaskGroup
 from ketch.exceptions import DagDefinitionError
 
@@ -207,6 +209,24 @@ class DAG:
             )
         return value
 
+    def param(self, name: str, default: Any = NOTSET) -> Any:
+        """Airflow's ``DAG.param``: a reference to the param ``name``, resolved in the try."""
+        from ketch.authoring.tasks import DagParam
+
+        return DagParam(self, name, default)
+
+    def set_param(self, name: str, value: Any) -> None:
+        """Airflow's ``dag.params[name] = value``: a Param replaces, a plain value becomes
+        the existing param's value (its schema kept) or a new param."""
+        from ketch.authoring.params import Param
+
+        if isinstance(value, Param):
+            self.params[name] = value
+        elif name in self.params:
+            self.params[name].value = value
+        else:
+            self.params[name] = Param(value)
+
     def _convert_params(self, params: dict[str, Any] | None) -> dict[str, Param]:
         from ketch.authoring.params import Param
 
@@ -373,10 +393,17 @@ class _DagFactory:
         self.kwargs = kwargs
 
     def __call__(self, *args: Any, **kwargs: Any) -> DAG:
+        from ketch.authoring.tasks import DagParam
+
+        # Airflow: each argument of the function (its default applied) becomes a DAG param,
+        # and the function receives references to the params, resolved in the try.
+        bound = inspect.signature(self.function).bind(*args, **kwargs)
+        bound.apply_defaults()
         the_dag = DAG(self.dag_id, **self.kwargs)
         the_dag.fileloc = self.function.__code__.co_filename
         with the_dag:
-            self.function(*args, **kwargs)
+            refs = {name: DagParam(the_dag, name, value) for name, value in bound.arguments.items()}
+            self.function(**refs)
         # Airflow: the function's docstring documents the DAG unless doc_md was given.
         if self.function.__doc__ and not the_dag.doc_md:
             the_dag.doc_md = self.function.__doc__

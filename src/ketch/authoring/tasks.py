@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ketch.authoring import _context, _defaults
 from ketch.authoring._args import DOC_ATTRS, email_list, optional_str
 from ketch.authoring._args import seconds as _seconds
+from ketch.authoring.params import NOTSET
 from ketch.exceptions import DagDefinitionError
 from ketch.states import TriggerRule
 
@@ -418,8 +419,56 @@ class XComArg(DependencyMixin):
         return f"XComArg({self.operator.task_id!r}, {self.key!r})"
 
 
+class DagParam(XComArg):
+    """An argument of a ``@dag`` function: the run's value of the DAG param of that name.
+
+    Airflow's ``DagParam``: passed on to a task (``op_args``/``op_kwargs``), it resolves in
+    the try to the run's ``conf`` value, else the function's default, else the param's value.
+    It resolves wherever an upstream value does (it is an XComArg without an upstream task,
+    so it links nothing).
+    """
+
+    def __init__(self, dag: DAG, name: str, default: Any = NOTSET) -> None:
+        if default is not NOTSET:
+            dag.set_param(name, default)
+        self.dag = dag
+        self.name = name
+        self.default = default
+        self.key = name
+
+    @property
+    def roots(self) -> list[BaseTask]:
+        return []
+
+    @property
+    def leaves(self) -> list[BaseTask]:
+        return []
+
+    def resolve(self, xcom_pull: XComPull | None = None) -> Any:
+        from ketch.authoring.context import get_current_context
+
+        return self.resolve_in(get_current_context())
+
+    def resolve_in(self, context: Context) -> Any:
+        conf = getattr(context.get("dag_run"), "conf", None) or {}
+        if self.name in conf:
+            return conf[self.name]
+        if self.default is not NOTSET:
+            return self.default
+        params = context.get("params") or {}
+        if self.name in params:
+            return params[self.name]
+        raise KeyError(f"no value could be resolved for parameter {self.name!r}")
+
+    def __repr__(self) -> str:
+        return f"DagParam({self.name!r})"
+
+
 def find_xcom_args(value: Any) -> list[XComArg]:
-    """Every XComArg inside ``value`` (nested lists, tuples, sets, dicts)."""
+    """Every XComArg inside ``value`` (nested lists, tuples, sets, dicts); a
+    :class:`DagParam` is none (it comes from no task)."""
+    if isinstance(value, DagParam):
+        return []
     if isinstance(value, XComArg):
         return [value]
     if isinstance(value, dict):
@@ -430,7 +479,8 @@ def find_xcom_args(value: Any) -> list[XComArg]:
 
 
 def resolve_xcom_args(value: Any, xcom_pull: XComPull) -> Any:
-    """``value`` with every XComArg replaced by the upstream task's value."""
+    """``value`` with every XComArg replaced by the upstream task's value (and every
+    :class:`DagParam` by the run's value of that param)."""
     if isinstance(value, XComArg):
         return value.resolve(xcom_pull)
     if isinstance(value, dict):
