@@ -92,6 +92,13 @@ class CoreSettings(BaseModel):
     dagbag_import_timeout: float = Field(
         default=30.0, gt=0, description="Seconds a DAG file may take to import before it fails."
     )
+    airflow_compat: bool = Field(
+        default=False,
+        description="Let DAG files written for Airflow 2.x/3.x import unchanged: `import airflow...` "
+        "resolves to ketch's objects for the common subset (docs/airflow-compat.md), anything else "
+        "is an import error saying what to use instead, and the DAG processor also parses files "
+        "that mention `airflow`. Never shadows a real Airflow installed in the same environment.",
+    )
     max_xcom_size: int = Field(
         default=1_048_576,
         ge=1,

@@ -36,6 +36,8 @@ def defaults_from_settings(settings: Settings) -> dict[str, Any]:
         "max_task_retry_delay": core.max_task_retry_delay,
         "default_task_execution_timeout": core.default_task_execution_timeout,
         "executor": core.executor,
+        # The try, the fork server and the parse child install the airflow import shim.
+        "airflow_compat": core.airflow_compat,
     }
 
 

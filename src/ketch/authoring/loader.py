@@ -6,6 +6,10 @@ a module, and the file's folder is on ``sys.path`` so sibling helper modules
 import. DAGs are collected both from the registry active during the import
 (Airflow 3 auto-registers ``with DAG`` blocks and ``@dag`` calls) and from
 module-level globals.
+
+With ``[core] airflow_compat`` on, the Airflow import shim (:mod:`ketch.airflow_compat`)
+is installed before the first DAG file is imported, in whichever process imports it (the
+parse child, the task try, the fork server, the CLI).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ def module_name(fileloc: str) -> str:
 def import_file(fileloc: str) -> tuple[ModuleType, list[DAG]]:
     """Import ``fileloc``; return the module and the DAGs registered while importing."""
     path = os.path.abspath(fileloc)
+    _install_airflow_compat()
     name = module_name(path)
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
@@ -50,6 +55,12 @@ def import_file(fileloc: str) -> tuple[ModuleType, list[DAG]]:
         sys.modules.pop(name, None)
         raise
     return module, registered
+
+
+def _install_airflow_compat() -> None:
+    from ketch import airflow_compat
+
+    airflow_compat.install_if_enabled()
 
 
 def collect_dags(fileloc: str) -> list[DAG]:

@@ -1,10 +1,12 @@
-"""``ketch dags``: list, trigger (and follow), pause DAGs; their runs and import errors."""
+"""``ketch dags``: list, trigger (and follow), pause DAGs; their runs and import errors;
+``check-airflow``: whether Airflow DAG files will run on ketch."""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -208,3 +210,49 @@ def dags_cancel(dag_id: str, run_id: str) -> None:
     running = sum(1 for ti in tis if ti["state"] == TaskInstanceState.RUNNING)
     backend.set_run_state(dag_id, run_id, DagRunState.FAILED.value)
     click.echo(f"run {run_id} of DAG {dag_id} cancelled (failed); {running} running tries stopped")
+
+
+@dags.command("check-airflow")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@output_option
+def dags_check_airflow(path: Path, output: str) -> None:
+    """Whether Airflow DAG files (a file, or a folder's DAG files) will run on ketch.
+
+    Each file is checked for imports outside ketch's Airflow subset (with what to use
+    instead), then imported with the Airflow compatibility layer as the DAG processor
+    would ([core] airflow_compat = true), in its own process. Needs no scheduler and no
+    database. Exit code 0 when every file will run, 1 otherwise.
+    """
+    from ketch.airflow_compat.check import check
+    from ketch.authoring._defaults import defaults_from_settings
+    from ketch.cli._common import load_settings
+
+    settings = load_settings()
+    reports = check(
+        path,
+        import_timeout=settings.core.dagbag_import_timeout,
+        defaults=defaults_from_settings(settings),
+    )
+    running = sum(r.will_run for r in reports)
+    if not reports:
+        # A wrong path is the likely cause: nothing checked is not "everything runs".
+        raise CliError(
+            f"no DAG files under {path} (files mentioning 'airflow' or 'ketch', and 'dag')"
+        )
+    if output == "json":
+        click.echo(json.dumps([r.as_dict() for r in reports], indent=2))
+    else:
+        base = path.resolve() if path.is_dir() else path.resolve().parent
+        for report in reports:
+            name = (
+                report.path.relative_to(base) if report.path.is_relative_to(base) else report.path
+            )
+            if report.will_run:
+                found = ", ".join(report.dag_ids) if report.dag_ids else "none (no DAG defined)"
+                click.echo(f"{name}: will run (DAGs: {found})")
+            else:
+                click.echo(f"{name}: will not run")
+                for problem in report.problems:
+                    click.echo(f"  {problem}")
+        click.echo(f"{running} of {len(reports)} files will run on ketch")
+    sys.exit(0 if running == len(reports) else 1)

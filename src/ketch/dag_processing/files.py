@@ -1,7 +1,8 @@
 """Which files of a DAGs folder are DAG files.
 
 Like Airflow's safe mode, a ``.py`` file is parsed only if it mentions both
-"dag" and "ketch" (case-insensitive). A ``.ketchignore`` file holds regular
+"dag" and "ketch" (case-insensitive). With ``[core] airflow_compat`` a file that passes
+Airflow's own heuristic (it mentions "airflow", and "dag" or "asset") is parsed too. A ``.ketchignore`` file holds regular
 expressions (one per line, ``#`` comments) matched against paths relative to
 the folder containing the ``.ketchignore``, as ``.airflowignore`` does.
 """
@@ -31,20 +32,24 @@ def _ignore_patterns(folder: Path) -> list[re.Pattern[str]]:
     return patterns
 
 
-def might_contain_dag(path: Path) -> bool:
+def might_contain_dag(path: Path, airflow_compat: bool = False) -> bool:
     try:
         content = path.read_bytes().lower()
     except OSError:
         return False
-    return b"dag" in content and b"ketch" in content
+    if b"dag" in content and b"ketch" in content:
+        return True
+    # Airflow's might_contain_dag_via_default_heuristic.
+    return airflow_compat and b"airflow" in content and (b"dag" in content or b"asset" in content)
 
 
 def _ignored(path: Path, patterns: list[tuple[Path, re.Pattern[str]]]) -> bool:
     return any(p.search(str(path.relative_to(base))) for base, p in patterns)
 
 
-def list_dag_files(root: Path) -> list[Path]:
-    """The DAG files under ``root``, sorted, honouring ``.ketchignore`` files on the way down."""
+def list_dag_files(root: Path, airflow_compat: bool = False) -> list[Path]:
+    """The DAG files under ``root``, sorted, honouring ``.ketchignore`` files on the way down
+    (with ``airflow_compat``, Airflow DAG files too)."""
     if not root.is_dir():
         return []
     found: list[Path] = []
@@ -61,12 +66,16 @@ def list_dag_files(root: Path) -> list[Path]:
         )
         for name in sorted(filenames):
             path = folder / name
-            if name.endswith(".py") and not _ignored(path, inherited) and might_contain_dag(path):
+            if (
+                name.endswith(".py")
+                and not _ignored(path, inherited)
+                and might_contain_dag(path, airflow_compat)
+            ):
                 found.append(path)
     return found
 
 
-def is_dag_file(path: Path, root: Path) -> bool:
+def is_dag_file(path: Path, root: Path, airflow_compat: bool = False) -> bool:
     """Whether one changed file would be listed by :func:`list_dag_files` (no folder walk)."""
     if path.suffix != ".py" or not path.is_file() or not path.is_relative_to(root):
         return False
@@ -80,4 +89,4 @@ def is_dag_file(path: Path, root: Path) -> bool:
             if part.startswith((".", "__")):
                 return False
             folder = folder / part
-    return might_contain_dag(path)
+    return might_contain_dag(path, airflow_compat)

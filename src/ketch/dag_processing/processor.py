@@ -186,7 +186,11 @@ class DagProcessor:
         return roots
 
     def list_files(self) -> list[tuple[Path, Path]]:
-        return [(path, root) for root in self.roots() for path in list_dag_files(root)]
+        return [
+            (path, root)
+            for root in self.roots()
+            for path in list_dag_files(root, self.settings.core.airflow_compat)
+        ]
 
     def _root_of(self, path: Path) -> Path | None:
         for root in self.roots():
@@ -218,7 +222,7 @@ class DagProcessor:
             changed = False
             for path in sorted(set(paths)):
                 root = self._root_of(path)
-                if root is not None and is_dag_file(path, root):
+                if root is not None and is_dag_file(path, root, self.settings.core.airflow_compat):
                     to_parse.append((path, root))
                 else:
                     changed |= forget_file(self.engine, str(path))
