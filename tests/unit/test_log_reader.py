@@ -446,3 +446,29 @@ def test_rest_follow_from_an_offset(client: TestClient) -> None:
         assert response.headers["content-type"].startswith("text/event-stream")
         body = "".join(response.iter_text())
     assert body == "event: log\ndata: line two\ndata: \n\nevent: end\ndata: success\n\n"
+
+
+def test_a_pod_source_reads_the_pod_log_once_per_request_not_per_call() -> None:
+    """The API gives a pod's log whole: a request's size-then-range (a tail) reuses one
+    read; a later request (after the snapshot's age) reads again and sees new bytes."""
+    from ketch.logs.reader import PodSource
+
+    class CountingPodLog:
+        def __init__(self) -> None:
+            self.reads = 0
+            self.data = b"one\ntwo\nthree\n"
+
+        def read(self) -> bytes:
+            self.reads += 1
+            return self.data
+
+    pod_log = CountingPodLog()
+    source = PodSource(pod_log)
+    size = source.size()
+    assert source.read(size - 6, 6) == b"three\n"
+    assert b"".join(source.stream(4)) == b"two\nthree\n"
+    assert pod_log.reads == 1
+    pod_log.data += b"four\n"
+    source._snapshot = (source._snapshot[0] - PodSource.SNAPSHOT_SECONDS - 1, b"")  # type: ignore[index]
+    assert source.read(14, 100) == b"four\n"
+    assert pod_log.reads == 2

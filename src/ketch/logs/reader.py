@@ -153,18 +153,28 @@ class PodSource:
     name = "pod"
     poll = POLL_SECONDS
 
+    # The API gives a pod's log whole: one request's size-then-read (a tail, a range)
+    # reuses a read made this recently instead of fetching the log again.
+    SNAPSHOT_SECONDS = 0.5
+
     def __init__(self, pod_log: Any) -> None:
         self.pod_log = pod_log
+        self._snapshot: tuple[float, bytes] | None = None
+
+    def _data(self) -> bytes:
+        now = time.monotonic()
+        if self._snapshot is None or now - self._snapshot[0] > self.SNAPSHOT_SECONDS:
+            self._snapshot = (now, bytes(self.pod_log.read()))
+        return self._snapshot[1]
 
     def size(self) -> int:
-        return len(self.pod_log.read())
+        return len(self._data())
 
     def read(self, offset: int, limit: int) -> bytes:
-        data: bytes = self.pod_log.read()
-        return data[offset : offset + limit]
+        return self._data()[offset : offset + limit]
 
     def stream(self, offset: int) -> Iterator[bytes]:
-        data: bytes = self.pod_log.read()  # the API gives it whole: read it once
+        data = self._data()
         for start in range(offset, len(data), READ_CHUNK):
             yield data[start : start + READ_CHUNK]
 
