@@ -81,6 +81,8 @@ class DAG:
         catchup: bool | None = None,
         max_active_runs: int | None = None,
         max_active_tasks: int | None = None,
+        on_success_callback: Any = None,
+        on_failure_callback: Any = None,
         default_args: dict[str, Any] | None = None,
         params: dict[str, Any] | None = None,
         tags: list[str] | tuple[str, ...] | set[str] | None = None,
@@ -110,6 +112,10 @@ class DAG:
         self._catchup = catchup
         self._max_active_runs = max_active_runs
         self._max_active_tasks = max_active_tasks
+        # Accepted and kept, never called: Airflow 3 runs DAG callbacks in its DAG processor;
+        # ketch's scheduler does not import DAG code (docs/airflow-compat.md).
+        self.on_success_callback = on_success_callback
+        self.on_failure_callback = on_failure_callback
         self.params: dict[str, Param] = self._convert_params(params)
         self.tags = self._check_tags(tags)
         where = f"DAG {dag_id!r}"

@@ -10,6 +10,7 @@ lazily, see ``_defaults``).
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -370,14 +371,57 @@ class BaseTask(DependencyMixin):
         ti = context.get("ti")
         if ti is not None and not hasattr(ti, "xcom_pull"):
             ti.xcom_pull = _ti_xcom_pull(xcom_pull)
+        global _last_executed
+        executed = _last_executed = ExecutedTask(self, context)
         with running_context(context):
-            return self._run(context, xcom_pull)
+            # Airflow 3's task runner: on_execute_callback right before the task runs.
+            run_callbacks(self.on_execute_callback, "on_execute_callback", context)
+            try:
+                return self._run(context, xcom_pull)
+            except BaseException as exc:
+                executed.error = exc
+                raise
 
     def _run(self, context: Context, xcom_pull: XComPull) -> TaskResult:
         return TaskResult()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.task_id}>"
+
+
+@dataclass
+class ExecutedTask:
+    """The task this process ran last, its context and the exception it ended with: what
+    the try's state callbacks receive once the outcome is known."""
+
+    task: BaseTask
+    context: Context
+    error: BaseException | None = None
+
+
+_last_executed: ExecutedTask | None = None
+
+
+def take_last_executed() -> ExecutedTask | None:
+    """The last :class:`ExecutedTask` of this process (forgotten once taken)."""
+    global _last_executed
+    executed, _last_executed = _last_executed, None
+    return executed
+
+
+def run_callbacks(callbacks: Sequence[Callable[..., Any]], kind: str, context: Context) -> None:
+    """Call each callback with the context, as Airflow's task runner does: an exception
+    is printed to the try's log and the next callback still runs."""
+    import traceback
+
+    for i, callback in enumerate(callbacks):
+        try:
+            callback(context)
+        except Exception:
+            name = getattr(callback, "__qualname__", repr(callback))
+            print(f"Failed to run task callback {kind}[{i}] ({name}):", flush=True)
+            traceback.print_exc(file=sys.stdout)
+            sys.stdout.flush()
 
 
 def _ti_xcom_pull(xcom_pull: XComPull) -> Callable[..., Any]:

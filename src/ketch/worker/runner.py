@@ -485,6 +485,8 @@ def with_log_problem(outcome: Outcome) -> Outcome:
 
 def run_try(args: argparse.Namespace) -> int:
     """Start, run, finish one try; the exit code says whether the task succeeded."""
+    from ketch.worker.callbacks import run_state_callbacks
+
     hostname = socket.gethostname()
     say(
         f"dag={args.dag_id} task={args.task_id} run={args.run_id} try={args.try_number} "
@@ -514,6 +516,7 @@ def run_try(args: argparse.Namespace) -> int:
         if outcome.kill_children:
             kill_children()
         outcome = with_log_problem(outcome)
+        run_state_callbacks(payload, outcome)
     try:
         recorded = report(client, outcome)
     except Cancelled as exc:
