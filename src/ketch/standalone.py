@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 
     from ketch.config import Settings
     from ketch.executors.base import Executor
+    from ketch.logs.access import LogAccess
 
 log = logging.getLogger("ketch.standalone")
 
@@ -108,42 +109,28 @@ def make_executor(settings: Settings) -> Executor:
     return LocalExecutor(settings)
 
 
-def set_log_capture(settings: Settings, engine: Engine, executor: Executor) -> None:
+def set_log_capture(settings: Settings, executor: Executor, logs: LogAccess) -> None:
     """With the Kubernetes executor: every finished pod's log is rescued into the archive
     (unless its try completed it itself) before the pod is deleted; a failure keeps the pod
-    and is retried (``KubernetesExecutor.log_capture``)."""
+    and is retried (``KubernetesExecutor.log_capture``). The archive is the scheduler's
+    one (``logs``, shared with the log keeper), opened at the first capture: a failure
+    there is retried too."""
     if settings.core.executor != "kubernetes":
         return
-    from ketch.logs.archive import open_archive
     from ketch.logs.pod_log import capture_pod_log
 
-    def lookup(conn_id: str) -> dict[str, Any]:  # [logging] remote_log_conn_id
-        from ketch.db.engine import session_scope
-        from ketch.variables.store import get_connection
-
-        with session_scope(engine) as session:
-            conn = get_connection(session, settings, conn_id)
-        return {"login": conn.login, "password": conn.password, "extra": conn.extra_dejson}
-
-    archives: list[Any] = []  # made at the first capture: a failure there is retried too
-    lock = threading.Lock()
-
     def capture(pod: dict[str, Any], reason: str) -> None:
-        with lock:
-            if not archives:
-                archives.append(open_archive(settings, connection_lookup=lookup))
         kube = executor.api  # type: ignore[attr-defined]
-        capture_pod_log(kube, archives[0], pod, reason, settings.logging.json_format)
+        capture_pod_log(kube, logs.archive, pod, reason, settings.logging.json_format)
 
     executor.log_capture = capture  # type: ignore[attr-defined]
 
 
-def make_log_keeper(settings: Settings, engine: Engine) -> Any:
+def make_log_keeper(settings: Settings, engine: Engine, logs: LogAccess) -> Any:
     """The scheduler's :class:`~ketch.logs.keeper.LogKeeper` over the configured archive."""
-    from ketch.logs.access import LogAccess
     from ketch.logs.keeper import LogKeeper
 
-    return LogKeeper(settings, engine, LogAccess(settings).archive)
+    return LogKeeper(settings, engine, logs.archive)
 
 
 class SchedulerStack:
@@ -153,16 +140,18 @@ class SchedulerStack:
     def __init__(self, settings: Settings, engine: Engine) -> None:
         from ketch import operations
         from ketch.dag_processing.processor import DagProcessor
+        from ketch.logs.access import LogAccess
         from ketch.scheduler.loop import Scheduler
         from ketch.variables.sync import SyncService
 
         self.stop_event = threading.Event()
         self.executor = make_executor(settings)
-        set_log_capture(settings, engine, self.executor)  # pods' logs, before deletion
+        self.logs = LogAccess(settings)  # the archive, shared by log capture and keeper
+        set_log_capture(settings, self.executor, self.logs)  # pods' logs, before deletion
         self.processor = DagProcessor(settings, engine, on_change=self._wake)
         self.scheduler = Scheduler(settings, engine, self.executor, dag_processor=self.processor)
         self.variable_sync = SyncService(settings, engine)  # [variables] sync_sources, a thread
-        self.log_keeper = make_log_keeper(settings, engine)  # ships/rescues logs, retention
+        self.log_keeper = make_log_keeper(settings, engine, self.logs)  # ships, rescues, retention
         self._operations_hook = self.scheduler.wake
         operations.on_change.append(self._operations_hook)
 
