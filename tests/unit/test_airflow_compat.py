@@ -547,3 +547,12 @@ def test_an_airflow_2_dag_file_runs_end_to_end_on_the_local_executor(
         "transform": "success",
         "load": "success",
     }
+
+
+def test_check_airflow_says_when_a_real_airflow_is_importable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    fake_airflow(tmp_path, monkeypatch)
+    result = check_airflow(str(FIXTURES / "tutorial.py"))
+    assert "a real Airflow is importable in this environment" in result.stderr
+    assert "a real Airflow" not in result.stdout

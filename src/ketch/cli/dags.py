@@ -223,11 +223,18 @@ def dags_check_airflow(path: Path, output: str) -> None:
     would ([core] airflow_compat = true), in its own process. Needs no scheduler and no
     database. Exit code 0 when every file will run, 1 otherwise.
     """
+    from ketch.airflow_compat import real_airflow_importable
     from ketch.airflow_compat.check import check
     from ketch.authoring._defaults import defaults_from_settings
     from ketch.cli._common import load_settings
 
     settings = load_settings()
+    if real_airflow_importable():
+        click.echo(
+            "ketch: a real Airflow is importable in this environment: the files are imported "
+            "with it, not with ketch's Airflow layer (which never shadows it)",
+            err=True,
+        )
     reports = check(
         path,
         import_timeout=settings.core.dagbag_import_timeout,
