@@ -556,3 +556,13 @@ def test_check_airflow_says_when_a_real_airflow_is_importable(
     result = check_airflow(str(FIXTURES / "tutorial.py"))
     assert "a real Airflow is importable in this environment" in result.stderr
     assert "a real Airflow" not in result.stdout
+
+
+def test_tries_and_the_fork_server_are_told_the_setting() -> None:
+    """A try gets no KETCH__ settings: the flag reaches it in the DAG defaults' JSON."""
+    from ketch.config import Settings
+    from ketch.executors.local import try_environment
+
+    for on in (True, False):
+        env, _ = try_environment(Settings(core={"airflow_compat": on}))  # type: ignore[arg-type]
+        assert json.loads(env[PARSE_DEFAULTS_ENV])["airflow_compat"] is on
