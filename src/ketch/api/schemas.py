@@ -255,6 +255,8 @@ class TaskInstanceTryResponse(BaseModel):
     hostname: str | None
     pid: int | None
     error: str | None
+    # The try's templated fields as rendered (masked), null until the try rendered them.
+    rendered_fields: dict[str, Any] | None = None
 
     @classmethod
     def from_model(cls, row: TaskInstanceTry) -> TaskInstanceTryResponse:
@@ -267,6 +269,7 @@ class TaskInstanceTryResponse(BaseModel):
             hostname=row.hostname,
             pid=row.pid,
             error=row.error,
+            rendered_fields=row.rendered_fields,
         )
 
 
@@ -290,6 +293,8 @@ class TaskInstanceResponse(BaseModel):
     pool_slots: int
     error: str | None
     tries: list[TaskInstanceTryResponse] | None = None
+    # Airflow 3's rendered_fields: those of the current try (each try's are in ``tries``).
+    rendered_fields: dict[str, Any] | None = None
 
     @classmethod
     def from_model(
@@ -315,6 +320,9 @@ class TaskInstanceResponse(BaseModel):
             pool_slots=ti.pool_slots,
             error=ti.error,
             tries=None if tries is None else [TaskInstanceTryResponse.from_model(t) for t in tries],
+            rendered_fields=next(
+                (t.rendered_fields for t in tries or () if t.try_number == ti.try_number), None
+            ),
         )
 
 

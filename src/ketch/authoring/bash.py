@@ -4,6 +4,12 @@
 tree), output merged and streamed line by line to ``sys.stdout`` (the worker tees
 it into the try's log), the last line returned as the XCom value. Exit code 99
 skips the task (Airflow's ``skip_on_exit_code`` default).
+
+``bash_command``, ``env`` and ``cwd`` are templated (rendered with the try's context
+just before the command runs); a ``bash_command`` ending in ``.sh`` or ``.bash`` is a
+template file (next to the DAG file, or in the DAG's ``template_searchpath``) whose
+rendered text is written to a temporary script and run with ``bash SCRIPT``, as
+Airflow's BashOperator does.
 """
 
 from __future__ import annotations
@@ -61,6 +67,18 @@ def _working_directory(cwd: str | None) -> Iterator[str]:
     yield cwd
 
 
+@contextmanager
+def _script_file(command: str, workdir: str, script: bool) -> Iterator[list[str]]:
+    """The argv that runs ``command``: ``bash -c``, or ``bash FILE`` for a script."""
+    if not script:
+        yield ["bash", "-c", command]
+        return
+    with tempfile.NamedTemporaryFile("w", dir=workdir, suffix=".sh") as fh:
+        fh.write(command)
+        fh.flush()
+        yield ["bash", os.path.basename(fh.name)]
+
+
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     """Stop the command and everything it started: TERM, then KILL if it lingers."""
     for sig, wait in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
@@ -83,12 +101,17 @@ def run_bash(
     cwd: str | None,
     context: Context,
     skip_on_exit_code: int | None = SKIP_EXIT_CODE,
+    script: bool = False,
 ) -> str:
-    """Run ``command``; return its last output line or raise SkipTask / RuntimeError."""
+    """Run ``command``; return its last output line or raise SkipTask / RuntimeError.
+
+    ``script``: ``command`` is the text of a script (a rendered template file), written
+    to a temporary file in the working folder and run as ``bash FILE``.
+    """
     last_line = ""
-    with _working_directory(cwd) as workdir:
+    with _working_directory(cwd) as workdir, _script_file(command, workdir, script) as argv:
         proc = subprocess.Popen(
-            ["bash", "-c", command],
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -119,6 +142,8 @@ class BashTask(BaseTask):
     """Runs a bash command (Airflow's BashOperator)."""
 
     kind = "bash"
+    template_fields: tuple[str, ...] = ("bash_command", "env", "cwd")
+    template_ext: tuple[str, ...] = (".sh", ".bash")
 
     def __init__(
         self,
@@ -141,25 +166,50 @@ class BashTask(BaseTask):
     def command(self, context: Context, xcom_pull: XComPull) -> str:
         return self.bash_command
 
+    def rendered_inputs(self) -> dict[str, Any]:
+        """Templated fields rendered before the command is known (``@task.bash``'s args)."""
+        return {}
+
     def _run(self, context: Context, xcom_pull: XComPull) -> TaskResult:
+        from ketch.authoring.templating import render_fields, report_rendered
+
         command = self.command(context, xcom_pull)
+        self._check_command(command)
+        rendered = render_fields(
+            self,
+            context,
+            {"bash_command": command, "env": self.env, "cwd": self.cwd},
+            xcom_pull=xcom_pull,
+        )
+        report_rendered({**self.rendered_inputs(), **rendered})
+        self._check_command(rendered["bash_command"])
+        output = run_bash(
+            rendered["bash_command"],
+            env=rendered["env"],
+            append_env=self.append_env,
+            cwd=rendered["cwd"],
+            context=context,
+            skip_on_exit_code=self.skip_on_exit_code,
+            script=command.endswith(self.template_ext),
+        )
+        return TaskResult(return_value=output)
+
+    def _check_command(self, command: Any) -> None:
         if not isinstance(command, str) or not command.strip():
             raise TypeError(
                 f"task {self.task_id!r}: the bash command must be a non-empty string, got {command!r}"
             )
-        output = run_bash(
-            command,
-            env=self.env,
-            append_env=self.append_env,
-            cwd=self.cwd,
-            context=context,
-            skip_on_exit_code=self.skip_on_exit_code,
-        )
-        return TaskResult(return_value=output)
 
 
 class BashDecoratedTask(BashTask):
-    """``@task.bash``: the decorated callable returns the command to run."""
+    """``@task.bash``: the decorated callable returns the command to run.
+
+    As Airflow's ``_BashDecoratedOperator``: ``op_args`` and ``op_kwargs`` are rendered
+    before the call, the command it returns is rendered after it (with ``env`` and
+    ``cwd``), and a returned command ending in ``.sh``/``.bash`` is a template file.
+    """
+
+    template_fields: tuple[str, ...] = ("op_args", "op_kwargs", "bash_command", "env", "cwd")
 
     def __init__(
         self,
@@ -174,13 +224,23 @@ class BashDecoratedTask(BashTask):
         self.python_callable = python_callable
         self.op_args = tuple(op_args)
         self.op_kwargs = dict(op_kwargs or {})
+        self._rendered_inputs: dict[str, Any] = {}
+
+    def rendered_inputs(self) -> dict[str, Any]:
+        return self._rendered_inputs
 
     def command(self, context: Context, xcom_pull: XComPull) -> str:
         from ketch.authoring.python import context_kwargs
-        from ketch.authoring.tasks import resolve_xcom_args
+        from ketch.authoring.templating import render_fields
 
-        args = resolve_xcom_args(self.op_args, xcom_pull)
-        kwargs = resolve_xcom_args(self.op_kwargs, xcom_pull)
+        inputs = render_fields(
+            self,
+            context,
+            {"op_args": self.op_args, "op_kwargs": self.op_kwargs},
+            xcom_pull=xcom_pull,
+        )
+        self._rendered_inputs = inputs
+        args, kwargs = tuple(inputs["op_args"]), dict(inputs["op_kwargs"])
         result: str = self.python_callable(
             *args, **context_kwargs(self.python_callable, args, kwargs, context)
         )

@@ -25,11 +25,33 @@ def _parse_dt(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _date_keys(logical_date: datetime | None) -> dict[str, Any]:
-    """``ds``/``ts`` and friends exist only when the run has a logical date (Airflow 3)."""
+# The keys a run without a logical date does not have (Airflow 3's task runner adds them
+# only when ``dag_run.logical_date`` is set): a template using one fails naming it.
+DATE_KEYS = frozenset(
+    {
+        "logical_date",
+        "data_interval_start",
+        "data_interval_end",
+        "ds",
+        "ds_nodash",
+        "ts",
+        "ts_nodash",
+        "ts_nodash_with_tz",
+    }
+)
+
+
+def _date_keys(
+    logical_date: datetime | None, start: datetime | None, end: datetime | None
+) -> dict[str, Any]:
+    """``logical_date``, ``ds``, ``ts``, the data interval and friends exist only when the
+    run has a logical date (Airflow 3)."""
     if logical_date is None:
         return {}
     return {
+        "logical_date": logical_date,
+        "data_interval_start": start,
+        "data_interval_end": end,
         "ds": logical_date.strftime("%Y-%m-%d"),
         "ds_nodash": logical_date.strftime("%Y%m%d"),
         "ts": logical_date.isoformat(),
@@ -39,7 +61,13 @@ def _date_keys(logical_date: datetime | None) -> dict[str, Any]:
 
 
 def build_context(start_payload: dict[str, Any]) -> Context:
-    """The context of one try, from the JSON returned by ``POST /execution/try/start``."""
+    """The context of one try, from the JSON returned by ``POST /execution/try/start``.
+
+    Besides the run's keys: ``var``, ``conn`` and ``macros`` for templates (see
+    :mod:`ketch.authoring.templating`), and ``map_index`` when the payload has one.
+    """
+    from ketch.authoring.templating import template_context
+
     p = start_payload
     logical_date = _parse_dt(p.get("logical_date"))
     conf = p.get("conf") or {}
@@ -58,20 +86,22 @@ def build_context(start_payload: dict[str, Any]) -> Context:
         try_number=p.get("try_number"),
         max_tries=p.get("max_tries"),
     )
+    extra: dict[str, Any] = {}
+    if "map_index" in p:
+        extra["map_index"] = ti.map_index = p["map_index"]
     return {
         "dag_id": p.get("dag_id"),
         "task_id": p.get("task_id"),
         "run_id": p.get("run_id"),
         "try_number": p.get("try_number"),
         "max_tries": p.get("max_tries"),
-        "logical_date": logical_date,
-        "data_interval_start": dag_run.data_interval_start,
-        "data_interval_end": dag_run.data_interval_end,
         "params": dict(p.get("params") or {}),
         "dag_run": dag_run,
         "ti": ti,
         "task_instance": ti,
-        **_date_keys(logical_date),
+        **_date_keys(logical_date, dag_run.data_interval_start, dag_run.data_interval_end),
+        **template_context(),
+        **extra,
     }
 
 

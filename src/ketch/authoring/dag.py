@@ -98,6 +98,11 @@ class DAG:
         dag_display_name: str | None = None,
         render_template_as_native_obj: bool = False,
         max_consecutive_failed_dag_runs: int | None = None,
+        template_searchpath: str | list[str] | tuple[str, ...] | None = None,
+        template_undefined: type | None = None,
+        user_defined_macros: dict[str, Any] | None = None,
+        user_defined_filters: dict[str, Callable[..., Any]] | None = None,
+        jinja_environment_kwargs: dict[str, Any] | None = None,
     ) -> None:
         if not isinstance(dag_id, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]{1,250}", dag_id):
             raise DagDefinitionError(
@@ -128,8 +133,16 @@ class DAG:
         self.doc_yaml = optional_str(f"{where}: doc_yaml", doc_yaml)
         self.owner_links = self._check_owner_links(owner_links)
         self._dag_display_name = optional_str(f"{where}: dag_display_name", dag_display_name)
-        # Stored and shown; ketch does not render templates yet.
+        # Templating (used by ketch.authoring.templating when a try renders its fields);
+        # template_undefined None means jinja2.StrictUndefined, as in Airflow.
         self.render_template_as_native_obj = bool(render_template_as_native_obj)
+        if isinstance(template_searchpath, str):
+            template_searchpath = [template_searchpath]
+        self.template_searchpath: list[str] = list(template_searchpath or [])
+        self.template_undefined = template_undefined
+        self.user_defined_macros = dict(user_defined_macros or {})
+        self.user_defined_filters = dict(user_defined_filters or {})
+        self.jinja_environment_kwargs = dict(jinja_environment_kwargs or {})
         self.max_consecutive_failed_dag_runs = self._check_max_failed(
             max_consecutive_failed_dag_runs
         )

@@ -2,7 +2,12 @@
 
 Context injection follows Airflow: a parameter named like a context key
 (``params``, ``logical_date``, ``ti``...) receives that value unless the caller
-passed it, and a ``**kwargs``/``**context`` parameter receives the whole context.
+passed it (``None`` for a date key of a run without a logical date), and a ``**kwargs``/``**context`` parameter receives the whole context.
+
+``templates_dict``, ``op_args`` and ``op_kwargs`` are templated (Airflow's
+PythonOperator): rendered with the try's context just before the call; the rendered
+``templates_dict`` is the context's ``templates_dict`` (a parameter of that name receives
+it). ``templates_exts`` (e.g. ``[".sql"]``) makes strings ending so template files.
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ketch.authoring.tasks import BaseTask, TaskResult, XComPull, resolve_xcom_args
+from ketch.authoring.context import DATE_KEYS
+from ketch.authoring.tasks import BaseTask, TaskResult, XComPull
 
 if TYPE_CHECKING:
     from ketch.authoring.context import Context
@@ -30,10 +36,16 @@ def context_kwargs(
     positional = _bound_positional(sig, args)
     out = dict(kwargs)
     for name, p in params.items():
-        if name in out or name in positional or name not in context:
+        if name in out or name in positional:
             continue
-        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
+        if p.kind not in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
+            continue
+        if name in context:
             out[name] = context[name]
+        elif name in DATE_KEYS and p.default is inspect.Parameter.empty:
+            # A run without a logical date has no such key; Airflow's decorator gives
+            # context-key parameters a None default, so the function receives None.
+            out[name] = None
     return out
 
 
@@ -50,6 +62,8 @@ class PythonTask(BaseTask):
     """Calls ``python_callable(*op_args, **op_kwargs)``; its return value is the task's XCom."""
 
     kind = "python"
+    template_fields: tuple[str, ...] = ("templates_dict", "op_args", "op_kwargs")
+    template_ext: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -58,6 +72,8 @@ class PythonTask(BaseTask):
         *,
         op_args: tuple[Any, ...] | list[Any] = (),
         op_kwargs: dict[str, Any] | None = None,
+        templates_dict: dict[str, Any] | None = None,
+        templates_exts: list[str] | tuple[str, ...] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(task_id, **kwargs)
@@ -66,11 +82,24 @@ class PythonTask(BaseTask):
         self.python_callable = python_callable
         self.op_args = tuple(op_args)
         self.op_kwargs = dict(op_kwargs or {})
+        self.templates_dict = templates_dict
+        if templates_exts:
+            self.template_ext = tuple(templates_exts)
 
     def call(self, context: Context, xcom_pull: XComPull) -> Any:
-        args = resolve_xcom_args(self.op_args, xcom_pull)
-        kwargs = resolve_xcom_args(self.op_kwargs, xcom_pull)
-        kwargs = context_kwargs(self.python_callable, args, kwargs, context)
+        from ketch.authoring.templating import render_fields, report_rendered
+
+        fields = {
+            "templates_dict": self.templates_dict,
+            "op_args": self.op_args,
+            "op_kwargs": self.op_kwargs,
+        }
+        rendered = render_fields(self, context, fields, xcom_pull=xcom_pull)
+        if self.templates_dict is not None or self.op_args or self.op_kwargs:
+            report_rendered(rendered)
+        context["templates_dict"] = rendered["templates_dict"]
+        args = tuple(rendered["op_args"])
+        kwargs = context_kwargs(self.python_callable, args, dict(rendered["op_kwargs"]), context)
         return self.python_callable(*args, **kwargs)
 
     def _run(self, context: Context, xcom_pull: XComPull) -> TaskResult:

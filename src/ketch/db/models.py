@@ -210,6 +210,9 @@ class TaskInstanceTry(Base):
     pid: Mapped[int | None] = mapped_column(Integer, default=None)
     external_executor_id: Mapped[str | None] = mapped_column(String(250), default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
+    # The try's rendered template fields (masked): what Airflow keeps in
+    # rendered_task_instance_fields, here one JSON object per try.
+    rendered_fields: Mapped[Any] = mapped_column(JSON, default=None, nullable=True)
 
 
 class XCom(Base):

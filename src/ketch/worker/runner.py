@@ -328,6 +328,21 @@ def _xcom_puller(client: ExecutionApiClient) -> Any:
     return xcom_puller(client)
 
 
+def _rendered_fields_reporter(client: ExecutionApiClient) -> Any:
+    """Sends a task's rendered template fields (already masked) to the execution API, so
+    the API shows them for this try; a refusal other than the try's end is only logged."""
+
+    def send(fields: dict[str, Any]) -> None:
+        try:
+            client._call("PUT", "/try/rendered-fields", {"rendered_fields": fields})
+        except TryStateConflict:
+            raise
+        except ExecutionApiError as exc:
+            say(f"rendered template fields not recorded: {exc}")
+
+    return send
+
+
 def _failure(exc: BaseException, *, retry: bool = True, show: bool = True) -> Outcome:
     if show:
         traceback.print_exception(exc, file=sys.stdout)
@@ -375,6 +390,7 @@ def run_task(payload: dict[str, Any], client: ExecutionApiClient) -> Outcome:
     """Load the DAG and run the task here, turning every way it can end into an Outcome."""
     from ketch.authoring.context import build_context
     from ketch.authoring.loader import load_dag
+    from ketch.authoring.templating import reporting_to
 
     task_id = payload["task_id"]
     began = time.monotonic()
@@ -387,7 +403,10 @@ def run_task(payload: dict[str, Any], client: ExecutionApiClient) -> Outcome:
             task = load_dag(dag_file(payload), payload["dag_id"]).get_task(task_id)
             # From the serialized task (defaults resolved at parse time): reading the task's
             # own property could import the settings stack into the try.
-            with execution_timeout(payload.get("execution_timeout")):
+            with (
+                execution_timeout(payload.get("execution_timeout")),
+                reporting_to(_rendered_fields_reporter(client)),
+            ):
                 result = task.execute(context, _xcom_puller(client))
         finally:
             signal.signal(signal.SIGTERM, _note_sigterm)
