@@ -15,6 +15,10 @@ class FailTask(KetchException):
     """Raise inside a task to fail it without using its remaining retries (AirflowFailException)."""
 
 
+class SensorTimeout(FailTask):
+    """A sensor waited longer than its ``timeout``: fails without retry, as in Airflow."""
+
+
 class TaskTimeout(KetchException):
     """The task ran longer than its execution_timeout."""
 
@@ -35,3 +39,4 @@ class ParamValidationError(KetchException):
 # Airflow spellings, so moved DAGs keep working with a changed import only.
 AirflowSkipException = SkipTask
 AirflowFailException = FailTask
+AirflowSensorTimeout = SensorTimeout
