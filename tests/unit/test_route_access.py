@@ -88,6 +88,12 @@ EXPECTED_ROLE: dict[tuple[str, str], str | None] = {
     ("GET", "/openapi.json"): "viewer",
     ("GET", "/docs"): "viewer",
     ("GET", "/"): "viewer",  # a page: anonymous is sent to sign in
+    ("GET", "/dags"): "viewer",
+    ("GET", "/dags/{dag_id}"): "viewer",
+    ("GET", "/dags/{dag_id}/grid"): "viewer",
+    ("GET", "/dags/{dag_id}/runs/{run_id}/tasks/{task_id}"): "viewer",
+    # The UI's stylesheet, scripts and vendored htmx: public, no data and no secret in them.
+    ("GET", "/static/{path}"): None,
     # Sign-in routes are open by nature; /logout checks the session's CSRF token itself.
     ("GET", "/login"): None,
     ("GET", "/oauth2callback"): None,

@@ -27,7 +27,7 @@ from ketch.auth.install import install_auth
 from ketch.auth.principal import authorize
 from ketch.config import Settings
 from ketch.db.outage import OutageTracker, is_db_unavailable, reason
-from ketch.web import pages
+from ketch.web.routes import router as web_router
 
 log = logging.getLogger("ketch.api")
 
@@ -66,7 +66,7 @@ def create_app(settings: Settings, *, include_execution: bool = True) -> FastAPI
         variable_sync_metrics_router, dependencies=[Depends(authorize)]
     )
     oidc.install(app, settings)  # /login, the callback, /logout (raises OidcConfigError)
-    app.include_router(pages.router)  # the signed-in pages
+    app.include_router(web_router)  # the UI's pages (signed in) and /static (public)
     install_auth(app, settings)
     return app
 

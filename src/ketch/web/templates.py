@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 import jinja2
 from starlette.requests import Request
@@ -16,6 +17,7 @@ from starlette.responses import HTMLResponse
 from starlette.templating import Jinja2Templates
 
 from ketch.auth.sessions import CSRF_FORM_FIELD, CSRF_HEADER
+from ketch.web import format as fmt
 
 templates = Jinja2Templates(
     env=jinja2.Environment(
@@ -24,6 +26,15 @@ templates = Jinja2Templates(
         undefined=jinja2.StrictUndefined,
     )
 )
+_FILTERS: dict[str, Any] = {
+    # one path segment of a URL: a dag, run or task id may hold any character
+    "seg": lambda value: quote(str(value), safe=""),
+    "state_key": fmt.state_key,
+    "when": fmt.when,
+    "iso": fmt.iso,
+}
+templates.env.filters.update(_FILTERS)
+templates.env.globals["duration"] = fmt.duration
 
 
 def render(

@@ -1,0 +1,163 @@
+// ketch UI actions: pause toggles and the trigger form call the REST API with the
+// session's CSRF token; the grid's live region follows htmx swaps. No log text or
+// server message is ever inserted as HTML: textContent only.
+(function () {
+  "use strict";
+
+  function csrfToken() {
+    var meta = document.querySelector('meta[name="csrf-token"]');
+    return meta ? meta.getAttribute("content") : null;
+  }
+
+  function callApi(method, url, body) {
+    var headers = { "Content-Type": "application/json", Accept: "application/json" };
+    var token = csrfToken();
+    if (token) headers["X-CSRF-Token"] = token;
+    return fetch(url, {
+      method: method,
+      headers: headers,
+      credentials: "same-origin",
+      body: JSON.stringify(body),
+    }).then(function (response) {
+      return response
+        .json()
+        .catch(function () { return {}; })
+        .then(function (data) { return { ok: response.ok, status: response.status, data: data }; });
+    });
+  }
+
+  function detailText(result) {
+    var detail = result.data && result.data.detail;
+    if (typeof detail === "string") return detail;
+    if (Array.isArray(detail)) {
+      return detail.map(function (d) { return (d.loc || []).slice(1).join(".") + ": " + d.msg; }).join("; ");
+    }
+    return "the server answered " + result.status;
+  }
+
+  function say(text) {
+    var status = document.getElementById("action-status");
+    if (status) status.textContent = text;
+  }
+
+  // --- pause / unpause ------------------------------------------------------------------
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest ? event.target.closest("button.pause-toggle") : null;
+    if (!button) return;
+    var paused = button.dataset.paused === "true";
+    var dagId = button.dataset.dagId;
+    button.disabled = true;
+    callApi("PATCH", button.dataset.url, { is_paused: !paused })
+      .then(function (result) {
+        if (!result.ok) {
+          say("Could not " + (paused ? "unpause " : "pause ") + dagId + ": " + detailText(result));
+          return;
+        }
+        var now = !!result.data.is_paused;
+        button.dataset.paused = now ? "true" : "false";
+        button.textContent = now ? "Unpause" : "Pause";
+        button.setAttribute("aria-label", (now ? "Unpause " : "Pause ") + dagId);
+        var state = button.parentNode.querySelector(".paused-state");
+        if (state) state.textContent = now ? "Paused" : "Active";
+        say(dagId + " is " + (now ? "paused" : "active") + ".");
+      })
+      .catch(function (error) { say("Could not reach the server: " + error); })
+      .finally(function () { button.disabled = false; });
+  });
+
+  // --- trigger with conf from the params form --------------------------------------------
+  function fieldValue(input) {
+    var kind = input.dataset.kind;
+    if (kind === "boolean") return { value: input.checked };
+    var text = input.value;
+    if (text.trim() === "") return { skip: true }; // the param's default applies
+    if (kind === "integer" && /^-?\d+$/.test(text.trim())) return { value: parseInt(text, 10) };
+    if (kind === "number" && text.trim() !== "" && !isNaN(Number(text))) return { value: Number(text) };
+    if (kind === "json") {
+      try {
+        return { value: JSON.parse(text) };
+      } catch (e) {
+        return { error: "not valid JSON (" + e.message + ")" };
+      }
+    }
+    return { value: text }; // strings, and numbers that are not: the API says why
+  }
+
+  function errorBox(form, name) {
+    var boxes = form.querySelectorAll(".error[data-param]");
+    for (var i = 0; i < boxes.length; i++) if (boxes[i].dataset.param === name) return boxes[i];
+    return null;
+  }
+
+  function markInvalid(form, name, message) {
+    var box = errorBox(form, name);
+    if (!box) return false;
+    box.textContent = message;
+    var input = document.getElementById(box.id.replace(/^err-/, "param-"));
+    if (input) input.setAttribute("aria-invalid", "true");
+    return true;
+  }
+
+  function clearErrors(form) {
+    form.querySelectorAll(".error").forEach(function (box) { box.textContent = ""; });
+    form.querySelectorAll("[aria-invalid]").forEach(function (el) { el.removeAttribute("aria-invalid"); });
+  }
+
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (form.id !== "trigger-form") return;
+    event.preventDefault();
+    clearErrors(form);
+    var conf = {};
+    var firstBad = null;
+    form.querySelectorAll("[data-kind]").forEach(function (input) {
+      var got = fieldValue(input);
+      if (got.error) {
+        markInvalid(form, input.name, got.error);
+        firstBad = firstBad || input;
+      } else if (!got.skip) {
+        conf[input.name] = got.value;
+      }
+    });
+    if (firstBad) { firstBad.focus(); return; }
+    var button = form.querySelector("button[type=submit]");
+    button.disabled = true;
+    callApi("POST", form.dataset.url, { conf: conf })
+      .then(function (result) {
+        if (result.ok) {
+          say("Triggered run " + result.data.dag_run_id + ".");
+          document.body.dispatchEvent(new CustomEvent("ketch:refresh"));
+          return;
+        }
+        var detail = result.data && result.data.detail;
+        var shown = false;
+        if (result.status === 422 && Array.isArray(detail)) {
+          detail.forEach(function (d) {
+            var loc = d.loc || [];
+            if (loc[1] === "conf" && loc.length > 2) {
+              shown = markInvalid(form, String(loc[2]), d.msg) || shown;
+            }
+          });
+        }
+        if (!shown) {
+          document.getElementById("trigger-error").textContent = "Not triggered: " + detailText(result);
+        } else {
+          var bad = form.querySelector("[aria-invalid]");
+          if (bad) bad.focus();
+        }
+      })
+      .catch(function (error) {
+        document.getElementById("trigger-error").textContent = "Could not reach the server: " + error;
+      })
+      .finally(function () { button.disabled = false; });
+  });
+
+  // --- the grid's live region: one sentence per change --------------------------------
+  document.addEventListener("htmx:afterSwap", function () {
+    var grid = document.getElementById("grid");
+    var status = document.getElementById("grid-status");
+    if (grid && status && status.textContent !== grid.dataset.summary) {
+      status.textContent = grid.dataset.summary;
+    }
+  });
+})();

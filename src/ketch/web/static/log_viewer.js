@@ -1,0 +1,79 @@
+// The log viewer of a try page: follows the REST log API's event stream
+// (?follow=true&offset=N), appends each line as text (textContent, never HTML), keeps
+// the view at the bottom unless the reader scrolled up, and resumes from the bytes it
+// already has when the connection drops. A finished try's stream ends at once.
+(function () {
+  "use strict";
+
+  var view = document.getElementById("log");
+  var status = document.getElementById("log-status");
+  if (!view || !window.EventSource) {
+    if (status) status.textContent = "This browser cannot follow the log; use the download link.";
+    return;
+  }
+  var url = view.dataset.url;
+  var encoder = new TextEncoder();
+  var offset = 0; // bytes received so far (the API's offsets are in bytes)
+  var pending = ""; // the last line, until its newline arrives
+  var partial = null; // the element showing `pending`
+  var stick = true; // follow the end unless the reader scrolled up
+  var ended = false;
+  var failures = 0;
+  var lineCount = 0;
+  var source = null;
+
+  view.addEventListener("scroll", function () {
+    stick = view.scrollTop + view.clientHeight >= view.scrollHeight - 8;
+  });
+
+  function lineElement(text) {
+    lineCount += 1;
+    var line = document.createElement("div");
+    line.className = "line";
+    line.id = "L" + lineCount;
+    line.textContent = text;
+    return line;
+  }
+
+  function append(text) {
+    offset += encoder.encode(text).length;
+    pending += text;
+    var parts = pending.split("\n");
+    pending = parts.pop();
+    var fragment = document.createDocumentFragment();
+    parts.forEach(function (part) { fragment.appendChild(lineElement(part)); });
+    if (partial) { partial.remove(); partial = null; }
+    view.appendChild(fragment);
+    if (pending) {
+      partial = document.createElement("div");
+      partial.className = "line partial";
+      partial.textContent = pending;
+      view.appendChild(partial);
+    }
+    if (stick) view.scrollTop = view.scrollHeight;
+  }
+
+  function connect() {
+    source = new EventSource(url + "?follow=true&offset=" + offset);
+    source.addEventListener("open", function () {
+      failures = 0;
+      status.textContent = "Following the log…";
+    });
+    source.addEventListener("log", function (event) { append(event.data); });
+    source.addEventListener("end", function (event) {
+      ended = true;
+      source.close();
+      status.textContent = "End of the log: the try is " + event.data + ".";
+    });
+    source.addEventListener("error", function () {
+      source.close();
+      if (ended) return;
+      failures += 1;
+      var wait = Math.min(1000 * failures, 5000);
+      status.textContent = "Connection to the log lost; trying again in " + wait / 1000 + " s…";
+      window.setTimeout(connect, wait);
+    });
+  }
+
+  connect();
+})();

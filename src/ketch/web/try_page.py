@@ -1,0 +1,67 @@
+"""``GET /dags/{dag_id}/runs/{run_id}/tasks/{task_id}[?try=N]``: a task instance's tries
+(state, start, end, duration, error) and the log viewer of one try (default: the latest).
+
+The log viewer (``static/log_viewer.js``) reads the REST log API itself: it follows a
+live try through its ``follow=true`` event stream and reads a finished one the same way
+(the stream ends at once with the try's state).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import quote
+
+from fastapi import APIRouter, Query, Request
+from starlette.responses import HTMLResponse
+
+from ketch import operations
+from ketch.web.access import api_dag_path
+from ketch.web.common import PrincipalDep, SessionDep, not_found, page
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}", response_class=HTMLResponse)
+def try_page(
+    request: Request,
+    dag_id: str,
+    run_id: str,
+    task_id: str,
+    principal: PrincipalDep,
+    session: SessionDep,
+    try_number: Annotated[int | None, Query(alias="try", ge=1, le=2**31 - 1)] = None,
+) -> HTMLResponse:
+    try:
+        ti = operations.get_task_instance(session, dag_id, run_id, task_id)
+    except operations.NotFound as exc:
+        return not_found(request, principal, str(exc))
+    tries = operations.list_task_instance_tries(session, ti)
+    shown = try_number if try_number is not None else ti.try_number
+    if shown > ti.try_number or (try_number is not None and shown < 1):
+        message = f"task {task_id!r} of run {run_id!r} has no try {shown} (tries: {ti.try_number})"
+        return not_found(request, principal, message)
+    run = operations.get_dag_run(session, dag_id, run_id)
+    log_url = None
+    if shown >= 1:
+        log_url = (
+            f"{api_dag_path(dag_id)}/dagRuns/{_seg(run_id)}/taskInstances/{_seg(task_id)}"
+            f"/logs/{shown}"
+        )
+    return page(
+        request,
+        principal,
+        "try.html",
+        {
+            "title": f"{task_id} · {run_id}",
+            "dag_id": dag_id,
+            "run": run,
+            "ti": ti,
+            "tries": tries,
+            "shown": shown,
+            "log_url": log_url,
+        },
+    )
+
+
+def _seg(value: str) -> str:
+    return quote(value, safe="")
