@@ -8,6 +8,9 @@ and reads the rendered fields back from the REST API.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 from collections import namedtuple
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -554,3 +557,42 @@ def test_rendered_fields_route_stores_on_the_running_try_only(
         headers=t.headers(),
     )
     assert too_big.status_code == 413
+
+
+def test_fields_without_template_syntax_do_not_import_jinja2() -> None:
+    probe = textwrap.dedent(
+        """
+        import sys
+        from datetime import datetime, timezone
+        from ketch import DAG, BashTask, task
+        from ketch.authoring.context import build_context
+        from tests.unit.test_authoring import PAYLOAD
+
+        with DAG("plain", start_date=datetime(2024, 1, 1, tzinfo=timezone.utc)) as d:
+            BashTask(task_id="b", bash_command="echo plain", env={"A": "1"})
+
+            @task
+            def p(x, y):
+                return [x, y]
+
+            p("a", {"k": ["v"]})
+        for tid in ("b", "p"):
+            ctx = build_context({**PAYLOAD, "dag_id": "plain", "task_id": tid})
+            print(d.get_task(tid).execute(ctx, lambda t, k: None).return_value)
+        print("jinja2 imported:", "jinja2" in sys.modules)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-3:] == [
+        "plain",
+        "['a', {'k': ['v']}]",
+        "jinja2 imported: False",
+    ]

@@ -195,23 +195,36 @@ def search_path(dag: DAG | None) -> list[str]:
     return [p for p in [folder, *getattr(dag, "template_searchpath", [])] if p]
 
 
+_env_classes: tuple[type, type] | None = None
+
+
+def _environment_classes() -> tuple[type, type]:
+    """Airflow's NativeEnvironment and SandboxedEnvironment (built once per process)."""
+    global _env_classes
+    if _env_classes is None:
+        import jinja2.nativetypes
+        import jinja2.sandbox
+
+        class _Safe:
+            def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+                # Airflow: "_private" attributes are allowed, "__dunder__" ones are not.
+                return not jinja2.sandbox.is_internal_attribute(obj, attr)
+
+        class NativeEnvironment(_Safe, jinja2.nativetypes.NativeEnvironment):
+            pass
+
+        class SandboxedEnvironment(_Safe, jinja2.sandbox.SandboxedEnvironment):
+            pass
+
+        _env_classes = (NativeEnvironment, SandboxedEnvironment)
+    return _env_classes
+
+
 def environment(dag: DAG | None) -> jinja2.Environment:
     """The DAG's Jinja environment (Airflow's ``DAG.get_template_env``)."""
     import jinja2
-    import jinja2.nativetypes
-    import jinja2.sandbox
 
-    class _Safe:
-        def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
-            # Airflow: "_private" attributes are allowed, "__dunder__" ones are not.
-            return not jinja2.sandbox.is_internal_attribute(obj, attr)
-
-    class NativeEnvironment(_Safe, jinja2.nativetypes.NativeEnvironment):
-        pass
-
-    class SandboxedEnvironment(_Safe, jinja2.sandbox.SandboxedEnvironment):
-        pass
-
+    native_class, sandboxed_class = _environment_classes()
     options: dict[str, Any] = {
         "loader": jinja2.FileSystemLoader(search_path(dag)),
         "undefined": getattr(dag, "template_undefined", None) or jinja2.StrictUndefined,
@@ -220,9 +233,7 @@ def environment(dag: DAG | None) -> jinja2.Environment:
     }
     options.update(getattr(dag, "jinja_environment_kwargs", None) or {})
     native = bool(getattr(dag, "render_template_as_native_obj", False))
-    env: jinja2.Environment = (
-        NativeEnvironment(**options) if native else SandboxedEnvironment(**options)
-    )
+    env: jinja2.Environment = (native_class if native else sandboxed_class)(**options)
     env.filters.update(FILTERS)
     env.globals.update(getattr(dag, "user_defined_macros", None) or {})
     env.filters.update(getattr(dag, "user_defined_filters", None) or {})
