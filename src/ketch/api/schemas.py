@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from ketch.db.models import DagModel, DagRun, ImportError_, TaskInstance, TaskInstanceTry
-from ketch.serialization import SerializedDag, SerializedSchedule, SerializedTask
+from ketch.serialization import (
+    SerializedDag,
+    SerializedSchedule,
+    SerializedTask,
+    SerializedTaskGroup,
+)
 
 if TYPE_CHECKING:
     from ketch.operations import PoolStats
@@ -49,10 +54,21 @@ class HealthResponse(BaseModel):
 # --- DAGs ------------------------------------------------------------------------------
 
 
+def _owners(serialized: dict[str, Any]) -> list[str]:
+    """The owners of a stored DAG's tasks, read from its JSON without validating all of it."""
+    tasks = serialized.get("tasks") or {}
+    return sorted({str(t.get("owner") or "airflow") for t in tasks.values()})
+
+
 class DagResponse(BaseModel):
+    """A DAG as the list shows it, with what its file describes for people (Airflow's
+    field names: ``dag_display_name``, ``owners``)."""
+
     dag_id: str
+    dag_display_name: str = Field(description="The DAG's display name (its dag_id if none)")
     description: str | None
     tags: list[str]
+    owners: list[str] = Field(description="The owners of its tasks (Airflow's DAG.owner)")
     is_paused: bool
     is_active: bool
     fileloc: str
@@ -69,10 +85,13 @@ class DagResponse(BaseModel):
 
     @classmethod
     def from_model(cls, dag: DagModel, last_run: DagRun | None = None) -> DagResponse:
+        serialized = dag.serialized or {}
         return cls(
             dag_id=dag.dag_id,
+            dag_display_name=serialized.get("dag_display_name") or dag.dag_id,
             description=dag.description,
             tags=list(dag.tags or []),
+            owners=_owners(serialized),
             is_paused=dag.is_paused,
             is_active=dag.is_active,
             fileloc=dag.fileloc,
@@ -102,7 +121,16 @@ class ParamResponse(BaseModel):
 
 
 class TaskResponse(BaseModel):
+    """A task of a DAG, with its task group (``task_group_id``, ``task_group_path``) and
+    what its file describes for people (``task_display_name``, ``owner``, ``doc*``)."""
+
     task_id: str
+    task_display_name: str = Field(description="The task's display name (its task_id if none)")
+    label: str = Field(description="The task id without its group's prefix")
+    task_group_id: str | None = Field(description="The full id of the task's innermost group")
+    task_group_path: list[str] = Field(
+        description="The full ids of the task's groups, outermost first ([] outside any group)"
+    )
     kind: str
     upstream_task_ids: list[str]
     downstream_task_ids: list[str]
@@ -115,11 +143,23 @@ class TaskResponse(BaseModel):
     priority_weight: int
     pool: str
     pool_slots: int
+    owner: str
+    email: list[str]
+    email_on_failure: bool
+    email_on_retry: bool
     doc_md: str | None
+    doc: str | None
+    doc_rst: str | None
+    doc_json: str | None
+    doc_yaml: str | None
 
     @classmethod
-    def from_serialized(cls, task: SerializedTask) -> TaskResponse:
-        return cls.model_validate(task.model_dump(mode="json"))
+    def from_task(cls, task: SerializedTask, dag: SerializedDag) -> TaskResponse:
+        data = task.model_dump(mode="json")
+        data["task_display_name"] = task.task_display_name or task.task_id
+        data["label"] = task.label or task.task_id
+        data["task_group_path"] = dag.task_group_path(task.task_id)
+        return cls.model_validate(data)
 
 
 class TaskCollectionResponse(BaseModel):
@@ -134,10 +174,23 @@ class DagDetailsResponse(DagResponse):
     catchup: bool
     max_active_runs: int
     max_active_tasks: int
+    max_consecutive_failed_dag_runs: int = Field(
+        description="Stored and shown; ketch does not pause a DAG after failed runs"
+    )
     dagrun_timeout: float | None
+    is_paused_upon_creation: bool | None
     doc_md: str | None
+    doc: str | None
+    doc_rst: str | None
+    doc_json: str | None
+    doc_yaml: str | None
+    owner_links: dict[str, str]
+    render_template_as_native_obj: bool
     params: dict[str, ParamResponse]
     tasks: list[TaskResponse]
+    task_groups: list[SerializedTaskGroup] = Field(
+        description="Every task group, outer groups before the groups inside them"
+    )
 
     @classmethod
     def from_serialized(
@@ -161,10 +214,19 @@ class DagDetailsResponse(DagResponse):
             catchup=serialized.catchup,
             max_active_runs=serialized.max_active_runs,
             max_active_tasks=serialized.max_active_tasks,
+            max_consecutive_failed_dag_runs=serialized.max_consecutive_failed_dag_runs,
             dagrun_timeout=serialized.dagrun_timeout,
+            is_paused_upon_creation=serialized.is_paused_upon_creation,
             doc_md=serialized.doc_md,
+            doc=serialized.doc,
+            doc_rst=serialized.doc_rst,
+            doc_json=serialized.doc_json,
+            doc_yaml=serialized.doc_yaml,
+            owner_links=serialized.owner_links,
+            render_template_as_native_obj=serialized.render_template_as_native_obj,
             params=params,
-            tasks=[TaskResponse.from_serialized(t) for t in serialized.tasks.values()],
+            tasks=[TaskResponse.from_task(t, serialized) for t in serialized.tasks.values()],
+            task_groups=list(serialized.task_groups.values()),
         )
 
 

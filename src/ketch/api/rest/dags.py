@@ -8,14 +8,14 @@ from fastapi import APIRouter, Query
 
 from ketch import operations
 from ketch.api.rest.common import Limit, Offset, SessionDep, error_responses
-from ketch.api.rest.dag_schemas import (
+from ketch.api.schemas import (
     DagCollectionResponse,
     DagDetailsResponse,
+    DagPatchBody,
     DagResponse,
     TaskCollectionResponse,
     TaskResponse,
 )
-from ketch.api.schemas import DagPatchBody
 
 router = APIRouter(prefix="/dags", tags=["DAG"])
 
@@ -30,7 +30,7 @@ def list_dags(
 ) -> DagCollectionResponse:
     page = operations.list_dags(session, paused=paused, tags=tags, limit=limit, offset=offset)
     return DagCollectionResponse(
-        dags=[DagResponse.from_row(s.dag, s.last_run) for s in page.items],
+        dags=[DagResponse.from_model(s.dag, s.last_run) for s in page.items],
         total_entries=page.total_entries,
     )
 
@@ -48,7 +48,7 @@ def get_dag(dag_id: str, session: SessionDep) -> DagDetailsResponse:
 def patch_dag(dag_id: str, body: DagPatchBody, session: SessionDep) -> DagResponse:
     dag = operations.set_paused(session, dag_id, body.is_paused)
     session.commit()
-    return DagResponse.from_row(dag)
+    return DagResponse.from_model(dag)
 
 
 @router.get("/{dag_id}/tasks", responses=error_responses(404))

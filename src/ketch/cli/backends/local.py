@@ -128,7 +128,7 @@ class LocalBackend:
     def list_tasks(self, dag_id: str) -> list[Row]:
         with dag_session() as session:
             serialized = operations.serialized_dag(operations.get_dag(session, dag_id))
-        return [_dump(TaskResponse.from_serialized(t)) for t in serialized.tasks.values()]
+        return [_dump(TaskResponse.from_task(t, serialized)) for t in serialized.tasks.values()]
 
     def list_task_instances(self, dag_id: str, run_id: str) -> list[Row]:
         with dag_session() as session:
