@@ -596,3 +596,12 @@ def test_fields_without_template_syntax_do_not_import_jinja2() -> None:
         "['a', {'k': ['v']}]",
         "jinja2 imported: False",
     ]
+
+
+def test_ti_xcom_pull_in_a_template_reads_an_upstream_value() -> None:
+    with DAG("pull", start_date=START) as d:
+        up = BashTask(task_id="up", bash_command="echo 5")
+        up >> BashTask(
+            task_id="down", bash_command="echo {{ ti.xcom_pull(task_ids='up') | int + 1 }}"
+        )
+    assert execute(d, "down", xcoms={"up": "5"})[0].return_value == "6"
