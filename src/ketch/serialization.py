@@ -153,6 +153,10 @@ class SerializedDag(BaseModel):
     dagrun_timeout: float | None = None
     is_paused_upon_creation: bool | None = None
     params: dict[str, SerializedParam] = Field(default_factory=dict)
+    # Airflow's flags: the DAG has on_success_callback / on_failure_callback (the scheduler
+    # then runs them in a child process when a run ends: ketch.scheduler.dag_callbacks).
+    has_on_success_callback: bool = False
+    has_on_failure_callback: bool = False
     tasks: dict[str, SerializedTask]  # in definition order
     task_groups: dict[str, SerializedTaskGroup] = Field(default_factory=dict)  # by full id
 

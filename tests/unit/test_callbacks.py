@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from ketch import DAG, EmptyTask, dag
+from ketch.authoring.serialize import serialize_dag
 from ketch.exceptions import DagDefinitionError
 from ketch.worker.callbacks import callback_kind
 from ketch.worker.runner import Outcome
@@ -44,7 +45,7 @@ def test_a_callback_that_is_not_callable_is_a_definition_error() -> None:
         EmptyTask(task_id="t", on_success_callback="notify")
 
 
-def test_dag_level_callbacks_are_accepted() -> None:
+def test_dag_level_callbacks_are_accepted_and_flagged(tmp_path: Path) -> None:
     def cb(context: Any) -> None: ...
 
     @dag(schedule=None, on_success_callback=cb, on_failure_callback=[cb])
@@ -53,6 +54,11 @@ def test_dag_level_callbacks_are_accepted() -> None:
 
     d = flow()
     assert d.on_success_callback is cb and d.on_failure_callback == [cb]
+    serialized = serialize_dag(d, tmp_path)
+    assert serialized.has_on_success_callback and serialized.has_on_failure_callback
+    with DAG("plain", schedule=None, start_date=START) as plain:
+        EmptyTask(task_id="t")
+    assert not serialize_dag(plain, tmp_path).has_on_success_callback
 
 
 @pytest.mark.parametrize(
@@ -165,3 +171,83 @@ def test_task_callbacks_run_in_the_try_end_to_end(ketch_home: Path, tmp_path: Pa
     # The order in the try: on_execute before on_success.
     ok_kinds = [m["kind"] for m in lines if m["task"] == "ok"]
     assert ok_kinds == ["execute", "success"]
+
+
+DAG_CALLBACK_DAG = """
+import json
+import os
+from datetime import datetime, timezone
+
+from ketch import DAG, task
+
+
+def mark(kind):
+    def callback(context):
+        line = {"kind": kind, "dag": context["dag"].dag_id, "run_id": context["run_id"],
+                "reason": context["reason"], "state": context["dag_run"].state,
+                "conf": context["dag_run"].conf}
+        with open(os.environ["E2E_MARKS"], "a") as fh:
+            fh.write(json.dumps(line) + "\\n")
+    return callback
+
+
+def broken(context):
+    raise RuntimeError("dag callback broke")
+
+
+with DAG("e2e_dag_ok", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+         on_success_callback=[broken, mark("dag_success")], on_failure_callback=mark("dag_failure")):
+    @task
+    def fine():
+        return 1
+
+    fine()
+
+
+with DAG("e2e_dag_bad", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+         on_success_callback=mark("dag_success"), on_failure_callback=mark("dag_failure")):
+    @task
+    def fails():
+        raise ValueError("no")
+
+    fails()
+"""
+
+
+def test_dag_callbacks_run_when_a_run_ends(ketch_home: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "dags"
+    folder.mkdir()
+    (folder / "dag_callbacks.py").write_text(DAG_CALLBACK_DAG)
+    marks = tmp_path / "marks.jsonl"
+    env = KetchEnv(
+        home=ketch_home,
+        db_url=f"sqlite:///{ketch_home / 'e2e.db'}",
+        dags_folder=folder,
+        extra={"E2E_MARKS": str(marks)},
+    )
+    api = Api(env.base_url)
+
+    def lines() -> list[dict[str, Any]]:
+        if not marks.exists():
+            return []
+        return [json.loads(line) for line in marks.read_text().splitlines()]
+
+    with running(env, "standalone") as process:
+        wait_for(api.healthy, 60, 0.05, "web server")
+        wait_for(lambda: api.dag("e2e_dag_ok") and api.dag("e2e_dag_bad"), 60, 0.1, "parsed")
+        ok_run = api.trigger("e2e_dag_ok", {"k": 1})["dag_run_id"]
+        bad_run = api.trigger("e2e_dag_bad")["dag_run_id"]
+        assert api.wait_run_finished("e2e_dag_ok", ok_run, 120)["state"] == "success"
+        assert api.wait_run_finished("e2e_dag_bad", bad_run, 120)["state"] == "failed"
+        wait_for(lambda: len(lines()) >= 2, 60, 0.1, "both DAG callbacks")
+        # Each child's output reaches the scheduler's log when the child has ended.
+        wait_for(lambda: process.output().count("callbacks ran") >= 2, 60, 0.1, "their logs")
+        output = process.output()
+    seen = sorted((m["kind"], m["dag"], m["run_id"], m["reason"], m["state"]) for m in lines())
+    assert seen == [
+        ("dag_failure", "e2e_dag_bad", bad_run, "task_failure", "failed"),
+        ("dag_success", "e2e_dag_ok", ok_run, "success", "success"),
+    ]
+    assert [m["conf"] for m in lines() if m["dag"] == "e2e_dag_ok"] == [{"k": 1}]
+    # The raising callback is in the scheduler's log; the next callback still ran.
+    assert "dag callback broke" in output

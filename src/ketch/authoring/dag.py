@@ -117,8 +117,8 @@ class DAG:
         self._catchup = catchup
         self._max_active_runs = max_active_runs
         self._max_active_tasks = max_active_tasks
-        # Accepted and kept, never called: Airflow 3 runs DAG callbacks in its DAG processor;
-        # ketch's scheduler does not import DAG code (docs/airflow-compat.md).
+        # Called when a run ends, in a child process the scheduler starts (Airflow 3 runs
+        # them in its DAG processor): ketch.scheduler.dag_callbacks.
         self.on_success_callback = on_success_callback
         self.on_failure_callback = on_failure_callback
         self.params: dict[str, Param] = self._convert_params(params)

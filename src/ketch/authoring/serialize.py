@@ -137,6 +137,8 @@ def serialize_dag(dag: DAG, dags_folder: Path) -> SerializedDag:
         dagrun_timeout=dag.dagrun_timeout,
         is_paused_upon_creation=dag.is_paused_upon_creation,
         params={name: p.serialize() for name, p in dag.params.items()},
+        has_on_success_callback=bool(getattr(dag, "on_success_callback", None)),
+        has_on_failure_callback=bool(getattr(dag, "on_failure_callback", None)),
         tasks={tid: serialize_task(dag, t) for tid, t in dag.tasks.items()},
         task_groups={gid: serialize_task_group(g) for gid, g in dag.task_group_dict.items()},
     )

@@ -187,5 +187,5 @@ def _time_out_run(ctx: SchedulerContext, session: Session, run: DagRun, timeout:
         .execution_options(synchronize_session=False)
     )
     log.info("run %s of DAG %s exceeded dagrun_timeout (%ss)", run.run_id, run.dag_id, timeout)
-    finish_run(ctx, session, run, DagRunState.FAILED)
+    finish_run(ctx, session, run, DagRunState.FAILED, reason="timed_out")
     cancel_run_tries(ctx, run)

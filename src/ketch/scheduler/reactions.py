@@ -280,7 +280,17 @@ def check_run_completion(
     return True
 
 
-def finish_run(ctx: SchedulerContext, session: Session, run: DagRun, state: DagRunState) -> None:
+def finish_run(
+    ctx: SchedulerContext,
+    session: Session,
+    run: DagRun,
+    state: DagRunState,
+    reason: str | None = None,
+) -> None:
+    """End the run in ``state``; the DAG's callback runs once this transaction commits
+    (``reason`` as Airflow's: ``success``, ``task_failure`` or ``timed_out``)."""
+    from ketch.scheduler.dag_callbacks import request_dag_callback
+
     now = ctx.clock()
     run.state = state.value
     run.end_date = now
@@ -291,6 +301,9 @@ def finish_run(ctx: SchedulerContext, session: Session, run: DagRun, state: DagR
         dag.needs_next_dagrun = True  # a slot under max_active_runs may have opened
     ctx.poke()
     log.info("run %s of DAG %s: %s", run.run_id, run.dag_id, state.value)
+    if reason is None:
+        reason = "success" if state == DagRunState.SUCCESS else "task_failure"
+    request_dag_callback(ctx, session, run, state.value, reason)
 
 
 def cancel_run_tries(ctx: SchedulerContext, run: DagRun) -> int:
