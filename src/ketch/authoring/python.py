@@ -87,6 +87,15 @@ class PythonTask(BaseTask):
             self.template_ext = tuple(templates_exts)
 
     def call(self, context: Context, xcom_pull: XComPull) -> Any:
+        args, kwargs = self.prepare_call(context, xcom_pull)
+        return self.python_callable(*args, **kwargs)
+
+    def prepare_call(
+        self, context: Context, xcom_pull: XComPull
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The callable's arguments: templated fields rendered (and reported) once, upstream
+        values resolved, the context it asks for injected. A sensor calls it once per try
+        and the callable once per poke."""
         from ketch.authoring.templating import render_fields, report_rendered
 
         fields = {
@@ -100,7 +109,7 @@ class PythonTask(BaseTask):
         context["templates_dict"] = rendered["templates_dict"]
         args = tuple(rendered["op_args"])
         kwargs = context_kwargs(self.python_callable, args, dict(rendered["op_kwargs"]), context)
-        return self.python_callable(*args, **kwargs)
+        return args, kwargs
 
     def _run(self, context: Context, xcom_pull: XComPull) -> TaskResult:
         return TaskResult(return_value=self.call(context, xcom_pull))

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from ketch.authoring.python import context_kwargs
-from ketch.authoring.tasks import BaseTask, TaskResult, XComPull, resolve_xcom_args
+from ketch.authoring.python import PythonTask
+from ketch.authoring.tasks import BaseTask, TaskResult, XComPull
 from ketch.exceptions import FailTask, SensorTimeout, SkipTask, TaskTimeout
 
 if TYPE_CHECKING:
@@ -166,34 +166,19 @@ class BaseSensor(BaseTask):
         return max(interval, 0.0)
 
 
-class PythonSensor(BaseSensor):
-    """Pokes by calling ``python_callable(*op_args, **op_kwargs)`` (context injected as
-    for ``@task``); a true result (or a :class:`PokeReturnValue`) ends the wait."""
+class PythonSensor(BaseSensor, PythonTask):
+    """Pokes by calling ``python_callable(*op_args, **op_kwargs)`` (context injected and
+    fields templated as for ``@task``, rendered once per try); a true result (or a
+    :class:`PokeReturnValue`) ends the wait."""
 
-    def __init__(
-        self,
-        task_id: str,
-        python_callable: Callable[..., Any],
-        *,
-        op_args: tuple[Any, ...] | list[Any] = (),
-        op_kwargs: dict[str, Any] | None = None,
-        templates_dict: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(task_id, **kwargs)
-        if not callable(python_callable):
-            raise TypeError(f"task {task_id!r}: python_callable must be callable")
-        self.python_callable = python_callable
-        self.op_args = tuple(op_args)
-        self.op_kwargs = dict(op_kwargs or {})
-        self.templates_dict = templates_dict
+    kind = "sensor"
+
+    def _run(self, context: Context, xcom_pull: XComPull) -> TaskResult:
+        self._prepared = self.prepare_call(context, xcom_pull)
+        return super()._run(context, xcom_pull)
 
     def _poke(self, context: Context, xcom_pull: XComPull) -> Any:
-        args = resolve_xcom_args(self.op_args, xcom_pull)
-        kwargs = resolve_xcom_args(self.op_kwargs, xcom_pull)
-        if self.templates_dict is not None:
-            context = {**context, "templates_dict": self.templates_dict}
-        kwargs = context_kwargs(self.python_callable, args, kwargs, context)
+        args, kwargs = self._prepared
         return self.python_callable(*args, **kwargs)
 
 
