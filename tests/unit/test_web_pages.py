@@ -412,3 +412,31 @@ def test_duration_format() -> None:
     assert duration(NOW, NOW + timedelta(minutes=2, seconds=5)) == "2m 05s"
     assert duration(NOW, NOW + timedelta(hours=1, minutes=2, seconds=3)) == "1h 02m 03s"
     assert duration(NOW, None) == ""
+
+
+def test_every_template_and_static_file_ships_in_the_wheel() -> None:
+    """pyproject's package-data globs cover every file the UI serves or renders."""
+    import tomllib
+    from pathlib import PurePosixPath
+
+    root = Path(__file__).parents[2]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["ketch"]
+    package = root / "src" / "ketch"
+    files = [
+        p.relative_to(package).as_posix()
+        for folder in ("web/templates", "web/static")
+        for p in (package / folder).rglob("*")
+        if p.is_file()
+    ]
+    assert files
+    missing = [
+        f
+        for f in files
+        if not any(
+            PurePosixPath(f).match(g) and len(PurePosixPath(f).parts) == len(PurePosixPath(g).parts)
+            for g in globs
+        )
+    ]
+    assert not missing, f"not in [tool.setuptools.package-data]: {missing}"

@@ -48,10 +48,16 @@ def dags(
     paused = {"all": None, "active": False, "paused": True}[status]
     every = operations.list_dags(session).items
     all_tags = sorted({t for s in every for t in (s.dag.tags or [])})
-    chosen = operations.list_dags(session, paused=paused, tags=tag or None).items
+    # The filters of list_dags (paused; any of the tags), applied to the one list read.
+    wanted = set(tag or ())
     needle = search.strip().lower()
-    if needle:
-        chosen = [s for s in chosen if needle in s.dag.dag_id.lower()]
+    chosen = [
+        s
+        for s in every
+        if (paused is None or s.dag.is_paused == paused)
+        and (not wanted or wanted.intersection(s.dag.tags or ()))
+        and needle in s.dag.dag_id.lower()
+    ]
     start = (page_number - 1) * PAGE_SIZE
     shown = chosen[start : start + PAGE_SIZE]
     rows = [

@@ -153,11 +153,24 @@
   });
 
   // --- the grid's live region: one sentence per change --------------------------------
+  var gridFailed = false;
   document.addEventListener("htmx:afterSwap", function () {
     var grid = document.getElementById("grid");
     var status = document.getElementById("grid-status");
+    gridFailed = false;
     if (grid && status && status.textContent !== grid.dataset.summary) {
       status.textContent = grid.dataset.summary;
     }
   });
+  // A poll that fails (server down, or the session ended and the answer is a redirect to
+  // sign in elsewhere) says so once, instead of leaving a stale grid looking current.
+  function gridError() {
+    var status = document.getElementById("grid-status");
+    if (status && !gridFailed) {
+      gridFailed = true;
+      status.textContent = "The grid could not be refreshed (signed out, or the server is unreachable); reload the page.";
+    }
+  }
+  document.addEventListener("htmx:sendError", gridError);
+  document.addEventListener("htmx:responseError", gridError);
 })();

@@ -68,10 +68,24 @@
     source.addEventListener("error", function () {
       source.close();
       if (ended) return;
-      failures += 1;
-      var wait = Math.min(1000 * failures, 5000);
-      status.textContent = "Connection to the log lost; trying again in " + wait / 1000 + " s…";
-      window.setTimeout(connect, wait);
+      // EventSource hides the status: ask once with a plain read, which says why.
+      fetch(url + "?limit=1&offset=" + offset, { credentials: "same-origin" })
+        .then(function (response) {
+          if (response.status === 401 || response.status === 403 || response.status === 404) {
+            return response.json().catch(function () { return {}; }).then(function (body) {
+              ended = true;
+              status.textContent = "The log cannot be read: " + (body.detail || response.status);
+            });
+          }
+        })
+        .catch(function () {})
+        .finally(function () {
+          if (ended) return;
+          failures += 1;
+          var wait = Math.min(1000 * failures, 5000);
+          status.textContent = "Connection to the log lost; trying again in " + wait / 1000 + " s…";
+          window.setTimeout(connect, wait);
+        });
     });
   }
 
