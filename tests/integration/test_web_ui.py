@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -23,6 +24,9 @@ from tests.support.oidc_provider import (
     google_claims,
     oidc_provider,
 )
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 CLIENT_ID = "ketch-web-ui"
 CLIENT_SECRET = "ketch-web-ui-secret-for-tests"
@@ -58,9 +62,24 @@ web_ui_demo()
 '''
 
 
+def sign_in(page: Page, start: str, login: str) -> None:
+    """Open ``start``; sign in at the provider (its dev login takes any password)."""
+    app_host = start.split("/", 3)[2]
+    page.goto(start)
+    page.wait_for_url(lambda u: "/interaction/" in u and app_host not in u)  # at the provider
+    page.fill('input[name="login"]', login)
+    page.fill('input[name="password"]', "anything")
+    page.get_by_role("button", name="Sign-in").click()
+    page.get_by_role("button", name="Continue").click()
+    page.wait_for_url(start)
+
+
 @pytest.fixture(scope="module")
 def provider() -> Iterator[OidcProvider]:
-    accounts = {"alice@corp.com": google_claims("alice@corp.com", hd="corp.com")}
+    accounts = {
+        "alice@corp.com": google_claims("alice@corp.com", hd="corp.com"),
+        "frank@corp.com": google_claims("frank@corp.com", hd="corp.com"),
+    }
     with oidc_provider(accounts) as running_provider:
         yield running_provider
 
@@ -82,7 +101,12 @@ def test_trigger_watch_the_grid_and_read_the_log(
             "KETCH__AUTH__OIDC_CLIENT_ID": CLIENT_ID,
             "KETCH__AUTH__OIDC_CLIENT_SECRET": CLIENT_SECRET,
             "KETCH__AUTH__ALLOWED_DOMAINS": json.dumps(["corp.com"]),
-            "KETCH__AUTH__ROLE_RULES": json.dumps([{"email": "alice@corp.com", "role": "op"}]),
+            "KETCH__AUTH__ROLE_RULES": json.dumps(
+                [
+                    {"email": "alice@corp.com", "role": "op"},
+                    {"domain": "corp.com", "role": "viewer"},
+                ]
+            ),
         },
     )
     url = f"http://localhost:{env.port}"  # another site than the provider's 127.0.0.1
@@ -100,13 +124,7 @@ def test_trigger_watch_the_grid_and_read_the_log(
         wait_for(web_up, 60, 0.1, "the web server")
 
         # Sign in (the provider's dev login accepts any password), back on the DAGs list.
-        page.goto(f"{url}/dags")
-        page.wait_for_url(f"{provider.issuer}/interaction/**")
-        page.fill('input[name="login"]', "alice@corp.com")
-        page.fill('input[name="password"]', "anything")
-        page.get_by_role("button", name="Sign-in").click()
-        page.get_by_role("button", name="Continue").click()
-        page.wait_for_url(f"{url}/dags")
+        sign_in(page, f"{url}/dags", "alice@corp.com")
 
         row = page.locator('tr[data-dag-id="web_ui_demo"]')
         deadline = time.monotonic() + 30
@@ -162,4 +180,22 @@ def test_trigger_watch_the_grid_and_read_the_log(
         page.get_by_text("End of the log: the try is success.").wait_for()
         assert page.get_by_role("link", name="Download the log").get_attribute("href", timeout=1000)
         screenshot(page, "web_ui_4_log")
+
+        # A viewer (another browser context) sees no action, and the API refuses one anyway.
+        viewer = new_page(browser, block_hosts=FONT_HOSTS)
+        sign_in(viewer, f"{url}/dags/web_ui_demo", "frank@corp.com")
+        assert "(viewer)" in viewer.locator("header").inner_text()
+        assert viewer.locator("main button").count() == 0
+        assert viewer.locator("#trigger-form").count() == 0
+        viewer.locator('#grid a[data-task-id="hello"]').first.wait_for()
+        status = viewer.evaluate(
+            """async () => (await fetch("/api/v1/dags/web_ui_demo/dagRuns", {
+                method: "POST",
+                headers: {"Content-Type": "application/json", "X-CSRF-Token":
+                    document.querySelector('meta[name="csrf-token"]').content},
+                body: JSON.stringify({conf: {}}),
+            })).status"""
+        )
+        assert status == 403
+        screenshot(viewer, "web_ui_5_viewer")
     assert time.monotonic() - started < 90
