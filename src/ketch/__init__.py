@@ -13,8 +13,10 @@ from ketch.authoring.connection import Connection
 from ketch.authoring.context import get_current_context
 from ketch.authoring.dag import DAG, dag
 from ketch.authoring.decorators import task
+from ketch.authoring.helpers import chain, cross_downstream
 from ketch.authoring.params import Param
 from ketch.authoring.python import BranchPythonTask, PythonTask
+from ketch.authoring.sensors import BaseSensor, FileSensor, PokeReturnValue, PythonSensor
 from ketch.authoring.short_circuit import ShortCircuitTask
 from ketch.authoring.taskgroup import TaskGroup, task_group
 from ketch.authoring.tasks import BaseTask, EmptyTask, TaskResult, XComArg
@@ -30,11 +32,14 @@ DummyOperator = EmptyTask  # Airflow 2's old name of EmptyOperator
 PythonOperator = PythonTask
 BranchPythonOperator = BranchPythonTask
 ShortCircuitOperator = ShortCircuitTask
+BaseSensorOperator = BaseSensor
 
 __all__ = [
     "DAG",
     "AirflowFailException",
     "AirflowSkipException",
+    "BaseSensor",
+    "BaseSensorOperator",
     "BaseTask",
     "BashOperator",
     "BashTask",
@@ -45,8 +50,11 @@ __all__ = [
     "EmptyOperator",
     "EmptyTask",
     "FailTask",
+    "FileSensor",
     "Param",
+    "PokeReturnValue",
     "PythonOperator",
+    "PythonSensor",
     "PythonTask",
     "ShortCircuitOperator",
     "ShortCircuitTask",
@@ -56,6 +64,8 @@ __all__ = [
     "TriggerRule",
     "Variable",
     "XComArg",
+    "chain",
+    "cross_downstream",
     "dag",
     "get_current_context",
     "task",

@@ -80,7 +80,7 @@ class SerializedTaskGroup(BaseModel):
 
 class SerializedTask(BaseModel):
     task_id: str
-    kind: Literal["python", "bash", "branch", "short_circuit", "empty"]
+    kind: Literal["python", "bash", "branch", "short_circuit", "sensor", "empty"]
     upstream_task_ids: list[str] = Field(default_factory=list)
     downstream_task_ids: list[str] = Field(default_factory=list)
     trigger_rule: TriggerRule = TriggerRule.ALL_SUCCESS

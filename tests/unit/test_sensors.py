@@ -153,3 +153,83 @@ def test_a_file_sensor_waits_for_a_file_a_glob_or_a_filled_folder(tmp_path: Path
     (empty / "deep").mkdir()
     (empty / "deep" / "f").write_text("x")
     assert make(FileSensor, filepath=str(empty), timeout=0).poke({})
+
+
+# ----- end to end on the local executor --------------------------------------------------
+
+SENSOR_DAG = """
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from ketch import DAG, FileSensor, PokeReturnValue, task
+
+FLAG = Path({flag!r})
+
+with DAG("e2e_sensors", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezone.utc)):
+    @task
+    def drop_later():
+        import threading, time
+
+        def later():
+            time.sleep(0.5)
+            FLAG.write_text("ready")
+
+        threading.Thread(target=later).start()
+        time.sleep(0.6)
+
+    @task.sensor(poke_interval=0.1, timeout=30)
+    def wait_for_flag():
+        return PokeReturnValue(FLAG.exists(), xcom_value=FLAG.read_text() if FLAG.exists() else None)
+
+    @task
+    def use(value):
+        print("got", value)
+        return value.upper()
+
+    files = FileSensor(task_id="files", filepath=str(FLAG.parent / "*.flag"), poke_interval=0.1)
+    drop_later() >> [wait_for_flag_value := wait_for_flag(), files]
+    use(wait_for_flag_value)
+
+    @task.sensor(poke_interval=0.05, timeout=0.3, soft_fail=True)
+    def gives_up_softly():
+        return False
+
+    @task.sensor(poke_interval=0.05, timeout=0.3, retries=2, retry_delay=timedelta(seconds=0))
+    def gives_up():
+        return False
+
+    gives_up_softly()
+    gives_up()
+"""
+
+
+def test_sensors_end_to_end_on_the_local_executor(ketch_home: Path, tmp_path: Path) -> None:
+    from tests.support.ketch_process import Api, KetchEnv, running, wait_for
+
+    folder = tmp_path / "dags"
+    folder.mkdir()
+    flag = tmp_path / "signal" / "go.flag"
+    flag.parent.mkdir()
+    (folder / "sensors.py").write_text(SENSOR_DAG.format(flag=str(flag)))
+    env = KetchEnv(home=ketch_home, db_url=f"sqlite:///{ketch_home / 'e2e.db'}", dags_folder=folder)
+    api = Api(env.base_url)
+    xcom = "/api/v1/dags/e2e_sensors/dagRuns/{}/taskInstances/use/xcomEntries/return_value"
+    with running(env, "standalone"):
+        wait_for(api.healthy, 60, 0.05, "web server")
+        wait_for(lambda: api.dag("e2e_sensors"), 60, 0.1, "e2e_sensors parsed")
+        run_id = api.trigger("e2e_sensors")["dag_run_id"]
+        run = api.wait_run_finished("e2e_sensors", run_id, 120)
+        tis = api.task_instances("e2e_sensors", run_id)
+        value = api.http.get(xcom.format(run_id))
+    states = {t: ti["state"] for t, ti in tis.items()}
+    assert states == {
+        "drop_later": "success",
+        "wait_for_flag": "success",
+        "files": "success",
+        "use": "success",
+        "gives_up_softly": "skipped",
+        "gives_up": "failed",
+    }, tis
+    assert run["state"] == "failed"
+    assert value.json()["value"] == "READY"
+    assert tis["gives_up"]["try_number"] == 1, "a sensor timeout uses no retry"

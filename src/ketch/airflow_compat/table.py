@@ -24,6 +24,9 @@ _BASH = ("ketch:BashOperator", "ketch:BashTask")
 _EMPTY = ("ketch:EmptyOperator", "ketch:EmptyTask")
 _DUMMY = ("ketch:DummyOperator", *_EMPTY)
 _PYTHON_SENSOR = ("ketch:PythonSensor",)
+_BASE_SENSOR = ("ketch:BaseSensorOperator",)
+_POKE_RETURN = ("ketch:PokeReturnValue",)
+_FILE_SENSOR = ("ketch:FileSensor",)
 
 
 def _ketch(name: str) -> tuple[str, ...]:
@@ -44,6 +47,8 @@ _SDK: dict[str, tuple[str, ...]] = {
     "Connection": _ketch("Connection"),
     "XComArg": _ketch("XComArg"),
     "TriggerRule": _ketch("TriggerRule"),
+    "BaseSensorOperator": _BASE_SENSOR,
+    "PokeReturnValue": _POKE_RETURN,
 }
 
 _EXCEPTIONS: dict[str, tuple[str, ...]] = {
@@ -105,6 +110,8 @@ MODULES: dict[str, dict[str, tuple[str, ...]]] = {
     "airflow.operators.dummy_operator": {"DummyOperator": _DUMMY},
     "airflow.sensors": {},
     "airflow.sensors.python": {"PythonSensor": _PYTHON_SENSOR},
+    "airflow.sensors.base": {"BaseSensorOperator": _BASE_SENSOR, "PokeReturnValue": _POKE_RETURN},
+    "airflow.sensors.filesystem": {"FileSensor": _FILE_SENSOR},
     "airflow.providers": {},
     "airflow.providers.standard": {},
     "airflow.providers.standard.operators": {},
@@ -113,6 +120,7 @@ MODULES: dict[str, dict[str, tuple[str, ...]]] = {
     "airflow.providers.standard.operators.empty": {"EmptyOperator": _EMPTY},
     "airflow.providers.standard.sensors": {},
     "airflow.providers.standard.sensors.python": {"PythonSensor": _PYTHON_SENSOR},
+    "airflow.providers.standard.sensors.filesystem": {"FileSensor": _FILE_SENSOR},
 }
 
 _POD = (
@@ -136,7 +144,6 @@ _PROVIDER_SENSOR = "provider sensors are not supported: poll with the library in
 SYMBOL_SUGGESTIONS: dict[str, str] = {
     "KubernetesPodOperator": _POD,
     "BaseOperator": _CUSTOM,
-    "BaseSensorOperator": "custom sensors are not supported: use a PythonSensor",
     "BaseHook": _HOOK,
     "Dataset": "data-aware scheduling is not supported: use a cron or timedelta schedule",
     "Asset": "data-aware scheduling is not supported: use a cron or timedelta schedule",

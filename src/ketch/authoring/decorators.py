@@ -114,5 +114,12 @@ class TaskDecoratorFactory:
     def bash(self, python_callable: Callable[..., Any] | None = None, **kwargs: Any) -> Any:
         return _decorator(BashDecoratedTask, python_callable, kwargs)
 
+    def sensor(self, python_callable: Callable[..., Any] | None = None, **kwargs: Any) -> Any:
+        """Airflow's ``@task.sensor``: the function is the poke (``poke_interval``,
+        ``timeout``, ``mode``, ``soft_fail``, ``exponential_backoff``...)."""
+        from ketch.authoring.sensors import PythonSensor
+
+        return _decorator(PythonSensor, python_callable, kwargs)
+
 
 task = TaskDecoratorFactory()
