@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 CLIENT_ID = "ketch-web-ui"
 CLIENT_SECRET = "ketch-web-ui-secret-for-tests"
 PRINTED = "hello from the web UI test"
+PRINTED_LATER = "still here after a while"
 
 DAG_FILE = f'''
 import time
@@ -48,8 +49,9 @@ from ketch import Param, dag, get_current_context, task
 def web_ui_demo():
     @task
     def hello():
-        print("{PRINTED}", get_current_context()["params"]["count"])
-        time.sleep(1.5)
+        print("{PRINTED}", get_current_context()["params"]["count"], flush=True)
+        time.sleep(4)
+        print("{PRINTED_LATER}")
 
     @task
     def done():
@@ -164,6 +166,19 @@ def test_trigger_watch_the_grid_and_read_the_log(
             timeout=5_000
         )
         # The grid refreshes itself (htmx, every 2 s while a run is active).
+        hello = page.locator('#grid a[data-task-id="hello"][data-state="running"]')
+        hello.wait_for(timeout=20_000)
+
+        # Meanwhile, in another tab: the running try's log, followed live.
+        live = page.context.new_page()
+        live.goto(url + str(hello.get_attribute("href")))
+        assert live.get_by_test_id("ti-state").inner_text() == "running"
+        live.locator("#log").get_by_text(f"{PRINTED} 3").wait_for()
+        live.locator("#log").get_by_text(PRINTED_LATER).wait_for(timeout=20_000)
+        live.get_by_text("End of the log: the try is success.").wait_for()
+        screenshot(live, "web_ui_4_live_log")
+        live.close()
+
         for task_id in ("hello", "done"):
             page.locator(f'#grid a[data-task-id="{task_id}"][data-state="success"]').wait_for(
                 timeout=40_000
@@ -176,10 +191,14 @@ def test_trigger_watch_the_grid_and_read_the_log(
 
         page.locator('#grid a[data-task-id="hello"]').first.click()
         page.wait_for_url(f"{url}/dags/web_ui_demo/runs/**/tasks/hello")
-        page.locator("#log").get_by_text(f"{PRINTED} 3").wait_for()
+        page.locator("#log").get_by_text(f"{PRINTED} 3").wait_for()  # a finished try's log
         page.get_by_text("End of the log: the try is success.").wait_for()
-        assert page.get_by_role("link", name="Download the log").get_attribute("href", timeout=1000)
-        screenshot(page, "web_ui_4_log")
+        download = page.get_by_role("link", name="Download the log").get_attribute("href")
+        assert download is not None
+        got = page.request.get(url + download)
+        assert got.ok and PRINTED_LATER in got.text()
+        assert "attachment" in got.headers["content-disposition"]
+        screenshot(page, "web_ui_5_log")
 
         # A viewer (another browser context) sees no action, and the API refuses one anyway.
         viewer = new_page(browser, block_hosts=FONT_HOSTS)
@@ -197,5 +216,5 @@ def test_trigger_watch_the_grid_and_read_the_log(
             })).status"""
         )
         assert status == 403
-        screenshot(viewer, "web_ui_5_viewer")
+        screenshot(viewer, "web_ui_6_viewer")
     assert time.monotonic() - started < 90
