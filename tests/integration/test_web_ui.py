@@ -176,6 +176,7 @@ def test_trigger_watch_the_grid_and_read_the_log(
         live.locator("#log").get_by_text(f"{PRINTED} 3").wait_for()
         live.locator("#log").get_by_text(PRINTED_LATER).wait_for(timeout=20_000)
         live.get_by_text("End of the log: the try is success.").wait_for()
+        assert live.get_by_test_id("ti-state").inner_text() == "success"  # updated in place
         screenshot(live, "web_ui_4_live_log")
         live.close()
 

@@ -53,6 +53,16 @@
     if (stick) view.scrollTop = view.scrollHeight;
   }
 
+  // The task instance's state at the top of the page, once the followed try has ended.
+  var STATES = ["success", "failed", "running", "queued", "scheduled", "up_for_retry",
+                "skipped", "upstream_failed", "removed"];
+  function showState(state) {
+    var text = document.getElementById("ti-state");
+    var square = document.getElementById("ti-square");
+    if (text) text.textContent = state;
+    if (square) square.className = "sq state-" + (STATES.indexOf(state) >= 0 ? state : "none");
+  }
+
   function connect() {
     source = new EventSource(url + "?follow=true&offset=" + offset);
     source.addEventListener("open", function () {
@@ -64,6 +74,7 @@
       ended = true;
       source.close();
       status.textContent = "End of the log: the try is " + event.data + ".";
+      if (view.dataset.latest === "true") showState(event.data);
     });
     source.addEventListener("error", function () {
       source.close();
