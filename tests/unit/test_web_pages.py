@@ -248,6 +248,7 @@ def test_dag_page_grid_rows_in_dag_order_with_cell_links(web_both: Web) -> None:
     assert 'href="/dags/etl/runs/run_two/tasks/transform"' in grid
     assert 'hx-trigger="every 2s, ketch:refresh from:body"' in grid  # a run is active
     assert 'id="grid-status" role="status"' in response.text
+    assert '"allowEval": false, "allowScriptTags": false' in response.text  # htmx hardened
     assert "Latest run run_two: running, 1 of 4 tasks finished." in response.text
 
 
