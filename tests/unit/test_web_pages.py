@@ -26,7 +26,7 @@ from ketch import operations
 from ketch.api.app import create_app
 from ketch.auth.sessions import SESSION_COOKIE
 from ketch.config import get_settings
-from ketch.serialization import SerializedParam
+from ketch.serialization import SerializedDag, SerializedParam, SerializedSchedule, SerializedTask
 from ketch.web.format import duration, import_problem
 from ketch.web.params_form import param_fields
 from tests.support.web import remote_client
@@ -441,3 +441,53 @@ def test_every_template_and_static_file_ships_in_the_wheel() -> None:
         )
     ]
     assert not missing, f"not in [tool.setuptools.package-data]: {missing}"
+
+
+def test_pages_for_the_local_admin_without_an_identity_provider(sqlite_engine: Engine) -> None:
+    """``ketch standalone`` with no sign-in configured: this machine's browser is admin."""
+    from tests.support.web import local_client
+
+    _seed(sqlite_engine)
+    get_settings.cache_clear()
+    with local_client(create_app(get_settings())) as client:
+        page = client.get("/dags/etl")
+        assert page.status_code == 200
+        assert 'id="trigger-form"' in page.text and "pause-toggle" in page.text
+        assert 'name="csrf-token"' not in page.text  # no session: the API checks Origin
+        origin = {"Origin": "http://127.0.0.1"}
+        paused = client.patch("/api/v1/dags/etl", json={"is_paused": True}, headers=origin)
+        assert paused.status_code == 200 and paused.json()["is_paused"] is True
+    with remote_client(create_app(get_settings())) as client:
+        assert client.get("/dags", follow_redirects=False).status_code == 303
+
+
+def _wide_dag(dag_id: str, tasks: int) -> SerializedDag:
+    ids = [f"t{i:04d}" for i in range(tasks)]
+    return SerializedDag(
+        dag_id=dag_id,
+        fileloc=f"/dags/{dag_id}.py",
+        relative_fileloc=f"{dag_id}.py",
+        schedule=SerializedSchedule(kind="none"),
+        tasks={t: SerializedTask(task_id=t, kind="python") for t in ids},
+    )
+
+
+def test_200_dags_and_a_run_of_1000_tasks(web: Web) -> None:
+    with Session(web.engine) as session:
+        for n in range(199):
+            add_dag(session, _wide_dag(f"dag_{n:03d}", 2))
+        big = add_dag(session, _wide_dag("big", 1000))
+        add_run(
+            session, big, "r1", {f"t{i:04d}": "success" for i in range(1000)}, run_state="success"
+        )
+        session.commit()
+    listing = web.get("/dags")
+    assert listing.status_code == 200
+    assert "200 DAGs, page 1 of 4" in listing.text
+    assert listing.text.count("<tr data-dag-id=") == 50
+    last = web.get("/dags?page=4")
+    assert last.text.count("<tr data-dag-id=") == 50 and 'rel="prev"' in last.text
+    page = web.get("/dags/big")
+    assert page.status_code == 200
+    assert page.text.count('data-state="success"') == 1001  # the run's header and its tasks
+    assert web.get("/dags/big/runs/r1/tasks/t0999").status_code == 200
