@@ -34,7 +34,6 @@ IDLE_POLL = "every 10s"
 @dataclass(frozen=True, slots=True)
 class Cell:
     state: str | None
-    try_number: int
 
 
 @dataclass(slots=True)
@@ -66,18 +65,23 @@ def build_grid(session: Session, dag_id: str, serialized: SerializedDag, limit: 
     task_ids = list(serialized.tasks)
     display = {t: serialized.tasks[t].task_display_name or t for t in task_ids}
     grid = Grid(dag_id, runs, task_ids, display)
+    gone: set[str] = set()
     for run in runs:
-        for ti in operations.list_task_instances(session, dag_id, run.run_id):
-            if ti.task_id not in display:  # a task the DAG no longer has: still shown
-                grid.task_ids.append(ti.task_id)
-                display[ti.task_id] = ti.task_id
-            grid.cells[(run.id, ti.task_id)] = Cell(ti.state, ti.try_number)
+        # run_progress: the run's task states in one query, without parsing the DAG
+        # version of every run (the rows follow the DAG's current task order).
+        for task_id, state in operations.run_progress(session, dag_id, run.run_id).states.items():
+            if task_id not in display:  # a task the DAG no longer has: still shown, last
+                gone.add(task_id)
+            grid.cells[(run.id, task_id)] = Cell(state)
+    for task_id in sorted(gone):
+        grid.task_ids.append(task_id)
+        display[task_id] = task_id
     grid.live = any(r.state in ACTIVE_RUN_STATES for r in runs)
     digest = hashlib.sha256()
     for run in runs:
         digest.update(f"{run.id}:{run.state}\n".encode())
     for (run_id, task_id), cell in sorted(grid.cells.items()):
-        digest.update(f"{run_id}:{task_id}:{cell.state}:{cell.try_number}\n".encode())
+        digest.update(f"{run_id}:{task_id}:{cell.state}\n".encode())
     digest.update("\n".join(grid.task_ids).encode())
     grid.version = digest.hexdigest()[:16]
     return grid
