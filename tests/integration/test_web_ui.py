@@ -168,6 +168,11 @@ def test_trigger_watch_the_grid_and_read_the_log(
         # The grid refreshes itself (htmx, every 2 s while a run is active).
         hello = page.locator('#grid a[data-task-id="hello"][data-state="running"]')
         hello.wait_for(timeout=20_000)
+        # Keyboard focus on a cell survives the grid's redraws (htmx restores it by id).
+        done_cell = page.locator('#grid a[data-task-id="done"]').last
+        done_cell.focus()
+        focused = page.evaluate("document.activeElement.id")
+        assert focused and page.evaluate("document.activeElement.dataset.state") != "success"
 
         # Meanwhile, in another tab: the running try's log, followed live.
         live = page.context.new_page()
@@ -188,6 +193,9 @@ def test_trigger_watch_the_grid_and_read_the_log(
         page.locator('#grid thead .sq[data-state="success"]').wait_for(timeout=10_000)
         page.locator("#grid-status", has_text=": success, 2 of 2 tasks finished").wait_for()
         assert page.evaluate("window.__sameDocument") is True  # no reload happened
+        page.bring_to_front()
+        assert page.evaluate("document.activeElement.id") == focused
+        assert page.evaluate("document.activeElement.dataset.state") == "success"
         screenshot(page, "web_ui_3_grid_success")
 
         page.locator('#grid a[data-task-id="hello"]').first.click()
