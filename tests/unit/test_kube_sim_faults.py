@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -336,11 +337,13 @@ def test_killing_a_container_kills_every_process_of_it(
     body = pod_body(name, ESCAPERS)
     body["spec"]["terminationGracePeriodSeconds"] = 0
     api.create_namespaced_pod(NS, body)
-    sim.wait_for(lambda: "orphan" in sim.pod_log(NS, name))
+    # Whole lines only: with PYTHONUNBUFFERED a print's pieces arrive one write each.
+    sim.wait_for(lambda: re.search(r"^orphan \d+\n", sim.pod_log(NS, name), re.M))
     pids = {
         word: int(pid)
-        for word, pid in (line.split() for line in sim.pod_log(NS, name).splitlines())
+        for word, pid in re.findall(r"^(child|orphan) (\d+)\n", sim.pod_log(NS, name), re.M)
     }
+    assert set(pids) == {"child", "orphan"}
     assert not any(_gone(pid) for pid in pids.values())
     procs = [psutil.Process(pid) for pid in pids.values()]  # (a pid reused later is not ours)
     if kill == "delete":

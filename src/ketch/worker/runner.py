@@ -330,13 +330,16 @@ def _xcom_puller(client: ExecutionApiClient) -> Any:
 
 def _rendered_fields_reporter(client: ExecutionApiClient) -> Any:
     """Sends a task's rendered template fields (already masked) to the execution API, so
-    the API shows them for this try; a refusal other than the try's end is only logged."""
+    the API shows them for this try. A try that was cleared or ended meanwhile stops at
+    once, as at a heartbeat; any other refusal is only logged."""
 
     def send(fields: dict[str, Any]) -> None:
         try:
             client._call("PUT", "/try/rendered-fields", {"rendered_fields": fields})
-        except TryStateConflict:
-            raise
+        except TryStateConflict as exc:
+            terminate_whole_group(
+                f"try cancelled: {why_ended(exc.detail)}; its processes were killed"
+            )
         except ExecutionApiError as exc:
             say(f"rendered template fields not recorded: {exc}")
 
