@@ -35,11 +35,32 @@ class DatabaseUrlError(ValueError):
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
+    _set_wal(cursor)
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _set_wal(cursor: Any, wait: float = 30.0) -> None:
+    """``journal_mode=WAL``, retried while another connection holds the new database:
+    switching a fresh file to WAL needs it alone, and SQLite may answer "database is
+    locked" at once instead of waiting (``ketch web`` and ``ketch scheduler`` started
+    together on a new database)."""
+    import sqlite3
+    import time
+
+    deadline = time.monotonic() + wait
+    delay = 0.01
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
 
 def make_engine(
