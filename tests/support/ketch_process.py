@@ -183,3 +183,20 @@ def running(env: KetchEnv, *args: str) -> Iterator[KetchProcess]:
         process.stop()
         # pytest shows a test's captured stderr only when it fails: no noise otherwise.
         sys.stderr.write(f"--- output of ketch {' '.join(args)} ---\n{process.output()[-20000:]}\n")
+
+
+@contextmanager
+def standalone_with_dag(
+    home: Path, tmp_path: Path, filename: str, source: str, dag_id: str
+) -> Iterator[Api]:
+    """``ketch standalone`` (SQLite, local executor) over a folder holding one DAG file,
+    once the web answers and ``dag_id`` is parsed: the start of every end-to-end test."""
+    folder = tmp_path / "dags"
+    folder.mkdir()
+    (folder / filename).write_text(source)
+    env = KetchEnv(home=home, db_url=f"sqlite:///{home / 'e2e.db'}", dags_folder=folder)
+    api = Api(env.base_url)
+    with running(env, "standalone"):
+        wait_for(api.healthy, 60, 0.05, "web server")
+        wait_for(lambda: api.dag(dag_id), 60, 0.1, f"{dag_id} parsed")
+        yield api

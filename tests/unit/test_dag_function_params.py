@@ -15,7 +15,7 @@ from ketch import Param, dag, task
 from ketch.authoring.context import build_context
 from ketch.authoring.serialize import serialize_dag
 from ketch.authoring.tasks import DagParam
-from tests.support.ketch_process import Api, KetchEnv, running, wait_for
+from tests.support.ketch_process import standalone_with_dag
 from tests.unit.test_authoring import PAYLOAD
 
 
@@ -104,15 +104,8 @@ e2e_params()
 
 
 def test_dag_function_params_end_to_end(ketch_home: Path, tmp_path: Path) -> None:
-    folder = tmp_path / "dags"
-    folder.mkdir()
-    (folder / "params.py").write_text(PARAM_DAG)
-    env = KetchEnv(home=ketch_home, db_url=f"sqlite:///{ketch_home / 'e2e.db'}", dags_folder=folder)
-    api = Api(env.base_url)
     value = "/api/v1/dags/e2e_params/dagRuns/{}/taskInstances/double/xcomEntries/return_value"
-    with running(env, "standalone"):
-        wait_for(api.healthy, 60, 0.05, "web server")
-        wait_for(lambda: api.dag("e2e_params"), 60, 0.1, "e2e_params parsed")
+    with standalone_with_dag(ketch_home, tmp_path, "params.py", PARAM_DAG, "e2e_params") as api:
         default_run = api.trigger("e2e_params")["dag_run_id"]
         conf_run = api.trigger("e2e_params", {"n": 21})["dag_run_id"]
         states = [

@@ -204,19 +204,13 @@ with DAG("e2e_sensors", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=ti
 
 
 def test_sensors_end_to_end_on_the_local_executor(ketch_home: Path, tmp_path: Path) -> None:
-    from tests.support.ketch_process import Api, KetchEnv, running, wait_for
+    from tests.support.ketch_process import standalone_with_dag
 
-    folder = tmp_path / "dags"
-    folder.mkdir()
     flag = tmp_path / "signal" / "go.flag"
     flag.parent.mkdir()
-    (folder / "sensors.py").write_text(SENSOR_DAG.format(flag=str(flag)))
-    env = KetchEnv(home=ketch_home, db_url=f"sqlite:///{ketch_home / 'e2e.db'}", dags_folder=folder)
-    api = Api(env.base_url)
+    source = SENSOR_DAG.format(flag=str(flag))
     xcom = "/api/v1/dags/e2e_sensors/dagRuns/{}/taskInstances/use/xcomEntries/return_value"
-    with running(env, "standalone"):
-        wait_for(api.healthy, 60, 0.05, "web server")
-        wait_for(lambda: api.dag("e2e_sensors"), 60, 0.1, "e2e_sensors parsed")
+    with standalone_with_dag(ketch_home, tmp_path, "sensors.py", source, "e2e_sensors") as api:
         run_id = api.trigger("e2e_sensors")["dag_run_id"]
         run = api.wait_run_finished("e2e_sensors", run_id, 120)
         tis = api.task_instances("e2e_sensors", run_id)

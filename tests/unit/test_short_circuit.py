@@ -20,7 +20,7 @@ from ketch.authoring.context import build_context
 from ketch.authoring.serialize import serialize_dag
 from ketch.authoring.tasks import TaskResult
 from tests.support.fake_executor import Outcome
-from tests.support.ketch_process import Api, KetchEnv, running, wait_for
+from tests.support.ketch_process import standalone_with_dag
 from tests.unit.test_authoring import PAYLOAD
 from tests.unit.test_scheduler import run_dag
 
@@ -172,15 +172,8 @@ with DAG("e2e_sc", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezon
 
 
 def test_short_circuit_end_to_end_on_the_local_executor(ketch_home: Path, tmp_path: Path) -> None:
-    folder = tmp_path / "dags"
-    folder.mkdir()
-    (folder / "sc.py").write_text(SC_DAG)
-    env = KetchEnv(home=ketch_home, db_url=f"sqlite:///{ketch_home / 'e2e.db'}", dags_folder=folder)
-    api = Api(env.base_url)
     xcoms = "/api/v1/dags/e2e_sc/dagRuns/{}/taskInstances/{}/xcomEntries/return_value"
-    with running(env, "standalone"):
-        wait_for(api.healthy, 60, 0.05, "web server")
-        wait_for(lambda: api.dag("e2e_sc"), 60, 0.1, "e2e_sc parsed")
+    with standalone_with_dag(ketch_home, tmp_path, "sc.py", SC_DAG, "e2e_sc") as api:
         stop = api.trigger("e2e_sc")["dag_run_id"]
         stopped = api.wait_run_finished("e2e_sc", stop, 120)
         stop_tis = api.task_instances("e2e_sc", stop)

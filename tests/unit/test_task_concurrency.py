@@ -32,7 +32,7 @@ from tests.support.fake_executor import (
     ti_states,
     trigger,
 )
-from tests.support.ketch_process import Api, KetchEnv, running, wait_for
+from tests.support.ketch_process import standalone_with_dag
 from tests.unit.test_scheduler import make_scheduler
 
 START = datetime(2026, 1, 1)
@@ -207,14 +207,7 @@ with DAG("e2e_limited", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=ti
 def test_one_try_at_a_time_across_runs_on_the_local_executor(
     ketch_home: Path, tmp_path: Path
 ) -> None:
-    folder = tmp_path / "dags"
-    folder.mkdir()
-    (folder / "limited.py").write_text(LIMITED_DAG)
-    env = KetchEnv(home=ketch_home, db_url=f"sqlite:///{ketch_home / 'e2e.db'}", dags_folder=folder)
-    api = Api(env.base_url)
-    with running(env, "standalone"):
-        wait_for(api.healthy, 60, 0.05, "web server")
-        wait_for(lambda: api.dag("e2e_limited"), 60, 0.1, "e2e_limited parsed")
+    with standalone_with_dag(ketch_home, tmp_path, "limited.py", LIMITED_DAG, "e2e_limited") as api:
         runs = [api.trigger("e2e_limited")["dag_run_id"] for _ in range(3)]
         finished = [api.wait_run_finished("e2e_limited", r, 120) for r in runs]
         tis = [api.task_instances("e2e_limited", r)["one_at_a_time"] for r in runs]
