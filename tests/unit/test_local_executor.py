@@ -150,10 +150,10 @@ def test_executor_backstop_kills_the_process_group(
 ) -> None:
     # The task has no timeout of its own; the executor's backstop fires after timeout + grace.
     monkeypatch.setattr(local_module, "TIMEOUT_GRACE_SECONDS", 0.5)
-    request = dag_setup.queue_try("hang", execution_timeout=0.5)
+    request = dag_setup.queue_try("hang", execution_timeout=2.0)  # time for bash to start its child
     executor.launch(request)
     ended = events.get(timeout=30)
-    assert ended.reason == "execution_timeout of 0.5s exceeded; process group killed"
+    assert ended.reason == "execution_timeout of 2s exceeded; process group killed"
     assert ended.exit_code is not None and ended.exit_code != 0
     assert dag_setup.ti(request.ti_id).state == "failed"
     assert wait_pid_gone(int(dag_setup.pidfile.read_text()))
@@ -181,7 +181,12 @@ def test_heartbeat_conflict_terminates_the_try(
     request = dag_setup.queue_try("hang")
     executor.launch(request)
     deadline = time.monotonic() + 20
-    while dag_setup.ti(request.ti_id).state != "running":
+    # Wait for the bash child too: the assertion below is that the child dies with the try.
+    while (
+        dag_setup.ti(request.ti_id).state != "running"
+        or not dag_setup.pidfile.exists()
+        or not dag_setup.pidfile.read_text().strip()
+    ):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     with Session(dag_setup.engine) as session:
