@@ -351,7 +351,7 @@ def test_try_page_shows_tries_and_the_log_viewer(web_both: Web) -> None:
     assert response.status_code == 200, response.text
     text = response.text
     assert 'data-testid="ti-state">failed<' in text
-    assert "<code>boom</code>" in text  # the error
+    assert '<code data-testid="ti-error">boom</code>' in text  # the error
     assert re.search(r'<th scope="row"><a href="\?try=1">1</a></th>', text)
     assert 'data-url="/api/v1/dags/etl/dagRuns/run_one/taskInstances/transform/logs/1"' in text
     assert 'role="log"' in text and 'aria-live="polite"' in text

@@ -27,3 +27,23 @@ def may_pause(principal: Principal, dag_id: str) -> bool:
 
 def may_trigger(principal: Principal, dag_id: str) -> bool:
     return may(principal, "POST", api_dag_path(dag_id) + "/dagRuns")
+
+
+def api_run_path(dag_id: str, run_id: str) -> str:
+    return f"{api_dag_path(dag_id)}/dagRuns/{quote(run_id, safe='')}"
+
+
+def api_ti_path(dag_id: str, run_id: str, task_id: str) -> str:
+    return f"{api_run_path(dag_id, run_id)}/taskInstances/{quote(task_id, safe='')}"
+
+
+def may_mark_run(principal: Principal, dag_id: str, run_id: str) -> bool:
+    return may(principal, "PATCH", api_run_path(dag_id, run_id))
+
+
+def may_mark_task(principal: Principal, dag_id: str, run_id: str, task_id: str) -> bool:
+    return may(principal, "PATCH", api_ti_path(dag_id, run_id, task_id))
+
+
+def may_clear(principal: Principal, dag_id: str) -> bool:
+    return may(principal, "POST", api_dag_path(dag_id) + "/clearTaskInstances")
