@@ -491,3 +491,14 @@ def test_200_dags_and_a_run_of_1000_tasks(web: Web) -> None:
     assert page.status_code == 200
     assert page.text.count('data-state="success"') == 1001  # the run's header and its tasks
     assert web.get("/dags/big/runs/r1/tasks/t0999").status_code == 200
+
+
+def test_a_cell_of_several_instances_shows_airflows_most_telling_state() -> None:
+    from ketch.web.grid import summed_up
+
+    assert summed_up(["success", "failed", "running"]).state == "failed"
+    assert summed_up(["success", "running", "queued"]).state == "running"  # Airflow 3.1+
+    assert summed_up(["success", None, "skipped"]).state is None
+    assert summed_up(["skipped", "success"]).state == "success"
+    assert summed_up(["success", "up_for_reschedule"]).state == "up_for_reschedule"
+    assert summed_up(["success"] * 3).instances == 3
