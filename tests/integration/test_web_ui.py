@@ -239,6 +239,14 @@ def test_trigger_watch_the_grid_and_read_the_log(
             page.reload()
         screenshot(page, "web_ui_8_run_failed")
 
+        # The graph of the DAG, coloured by that run: hello failed (cancelled), done skipped.
+        page.goto(f"{url}/dags/web_ui_demo/graph")
+        page.locator('svg a.node[data-task-id="hello"][data-state="failed"]').wait_for()
+        assert page.locator('svg a.node[data-task-id="done"]').get_attribute("data-state") == (
+            "skipped"
+        )
+        screenshot(page, "web_ui_9_graph")
+
         # A viewer (another browser context) sees no action, and the API refuses one anyway.
         viewer = new_page(browser, block_hosts=FONT_HOSTS)
         sign_in(viewer, f"{url}/dags/web_ui_demo", "frank@corp.com")

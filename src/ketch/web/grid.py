@@ -89,25 +89,29 @@ class Grid:
         return f"Latest run {run.run_id}: {run.state}, {done} of {len(states)} tasks finished."
 
 
+def run_cells(session: Session, run_pks: list[int]) -> dict[tuple[int, str], Cell]:
+    """Every task's cell in these runs (by dag_run.id), from one query."""
+    found: dict[tuple[int, str], list[str | None]] = {}
+    for run_pk, task_id, state in session.execute(
+        select(TaskInstance.dag_run_id, TaskInstance.task_id, TaskInstance.state).where(
+            TaskInstance.dag_run_id.in_(run_pks)
+        )
+    ):
+        found.setdefault((run_pk, task_id), []).append(state)
+    return {key: summed_up(states) for key, states in found.items()}
+
+
 def build_grid(session: Session, dag_id: str, serialized: SerializedDag, limit: int) -> Grid:
     runs = list(reversed(operations.list_dag_runs(session, dag_id, limit=limit).items))
     task_ids = list(serialized.tasks)
     display = {t: serialized.tasks[t].task_display_name or t for t in task_ids}
     grid = Grid(dag_id, runs, task_ids, display)
     gone: set[str] = set()
-    # Every run's task states in one query, without parsing the DAG version of each run
-    # (the rows follow the DAG's current task order).
-    found: dict[tuple[int, str], list[str | None]] = {}
-    for run_pk, task_id, state in session.execute(
-        select(TaskInstance.dag_run_id, TaskInstance.task_id, TaskInstance.state).where(
-            TaskInstance.dag_run_id.in_([run.id for run in runs])
-        )
-    ):
-        found.setdefault((run_pk, task_id), []).append(state)
-    for (run_pk, task_id), states in found.items():
+    # The rows follow the DAG's current task order, without parsing each run's version.
+    grid.cells = run_cells(session, [run.id for run in runs])
+    for _run_pk, task_id in grid.cells:
         if task_id not in display:  # a task the DAG no longer has: still shown, last
             gone.add(task_id)
-        grid.cells[(run_pk, task_id)] = summed_up(states)
     for task_id in sorted(gone):
         grid.task_ids.append(task_id)
         display[task_id] = task_id
