@@ -10,11 +10,24 @@ from ketch.web import (
     graph,
     grid,
     pages,
+    resource_pages,
     run_page,
     static_files,
     try_page,
+    variables_page,
 )
 
 router = APIRouter(include_in_schema=False)
-for module in (pages, static_files, dags_page, grid, graph, dag_page, run_page, try_page):
+for module in (
+    pages,
+    static_files,
+    dags_page,
+    grid,
+    graph,
+    dag_page,
+    run_page,
+    try_page,
+    variables_page,
+    resource_pages,
+):
     router.include_router(module.router)

@@ -158,10 +158,33 @@
   // dry run that lists the task instances; pressing again clears exactly that selection.
   function actionBody(form) {
     var body = JSON.parse(form.dataset.body || "{}");
+    // [data-omit-unset]: an unticked box or an empty field is left out of the body, so
+    // the API's default applies (a variable named like a secret stays sensitive).
     form.querySelectorAll("input[type=checkbox][data-field]").forEach(function (box) {
-      body[box.dataset.field] = box.checked;
+      if (box.checked || box.dataset.omitUnset !== "true") body[box.dataset.field] = box.checked;
+    });
+    // Text fields: [data-text-field] goes into the body unless it is [data-in-url] (then
+    // it fills {name} in data-url, percent-encoded: a key may hold any character).
+    form.querySelectorAll("[data-text-field]").forEach(function (input) {
+      if (input.dataset.inUrl === "true") return;
+      if (input.value === "" && input.dataset.omitUnset === "true") return;
+      body[input.dataset.textField] = input.value;
+    });
+    // data-numbers="slots,...": fields sent as numbers when they read as one (else as
+    // typed, and the API says what is wrong with them).
+    (form.dataset.numbers || "").split(",").forEach(function (name) {
+      if (name && typeof body[name] === "string" && /^-?\d+$/.test(body[name].trim())) {
+        body[name] = parseInt(body[name], 10);
+      }
     });
     return body;
+  }
+
+  function actionUrl(form) {
+    return form.dataset.url.replace(/\{([a-z_]+)\}/g, function (whole, name) {
+      var input = form.querySelector('[data-text-field="' + name + '"]');
+      return input ? encodeURIComponent(input.value) : whole;
+    });
   }
 
   function resetPreview(form) {
@@ -207,7 +230,7 @@
     var previewing = form.dataset.preview === "true" && form.dataset.previewed !== "true";
     if (form.dataset.preview === "true") body.dry_run = previewing;
     button.disabled = true;
-    callApi(form.dataset.method, form.dataset.url, body)
+    callApi(form.dataset.method, actionUrl(form), body)
       .then(function (answer) {
         if (!answer.ok) {
           result.textContent = "Not done: " + detailText(answer);
