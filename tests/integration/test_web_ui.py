@@ -207,6 +207,18 @@ def test_trigger_watch_the_grid_and_read_the_log(
         got = page.request.get(url + download)
         assert got.ok and PRINTED_LATER in got.text()
         assert "attachment" in got.headers["content-disposition"]
+        # Find in the log: the matching line is marked, and its number links to it.
+        page.get_by_label("Find in the log").fill("still HERE")
+        page.locator("#log-matches", has_text="1 line").wait_for()
+        match = page.locator("#log .line.match")
+        assert match.count() == 1 and PRINTED_LATER in match.inner_text()
+        page.get_by_label("Find in the log").press("Enter")
+        page.locator("#log-matches", has_text="1 of 1 line").wait_for()
+        line_id = match.get_attribute("id")
+        match.locator("a.ln").click()
+        assert page.url.endswith(f"#{line_id}")
+        page.reload()  # a line link opens the page at that line, marked
+        page.locator(f"#log #{line_id}.linked").wait_for()
         screenshot(page, "web_ui_5_log")
 
         # Clear the task (with its downstream): a dry run lists both, a second press

@@ -82,6 +82,8 @@ def _return_value(session: Session, dag_id: str, run_id: str, task_id: str) -> s
         entry = operations.get_xcom_entry(session, dag_id, run_id, task_id)
     except operations.NotFound:
         return None
+    if entry.value is None:  # returned None: Airflow pushes nothing then
+        return None
     text = json.dumps(entry.value, indent=2, sort_keys=True, default=str)
     if len(text) > RETURN_VALUE_CHARS:
         return text[:RETURN_VALUE_CHARS] + "\n… (cut: the whole value is in the XCom API)"
