@@ -59,6 +59,7 @@ _EXCEPTIONS: dict[str, tuple[str, ...]] = {
     "AirflowException": ("ketch.exceptions:AirflowException", "ketch.exceptions:KetchException"),
     "AirflowTaskTimeout": ("ketch.exceptions:AirflowTaskTimeout", "ketch.exceptions:TaskTimeout"),
     "AirflowSensorTimeout": ("ketch.exceptions:AirflowSensorTimeout",),
+    "AirflowRescheduleException": ("ketch.exceptions:AirflowRescheduleException",),
 }
 
 _PYTHON_OPS: dict[str, tuple[str, ...]] = {
