@@ -217,3 +217,18 @@ def test_a_reschedule_without_a_date_or_a_date_without_one_is_422(
     answer = finish(client, t, **body)
     assert answer.status_code == 422, answer.text
     assert ti_row(engine, t.ti_id).state == "running"
+
+
+def test_the_state_is_unfinished_and_has_airflows_colour() -> None:
+    from pathlib import Path
+
+    from ketch.states import FINISHED_TI_STATES, UNFINISHED_TI_STATES, TaskInstanceState
+    from ketch.web.format import STATE_COLOURS, state_key
+
+    state = TaskInstanceState.UP_FOR_RESCHEDULE
+    assert state in UNFINISHED_TI_STATES and state not in FINISHED_TI_STATES
+    assert STATE_COLOURS[state_key("up_for_reschedule")] == "turquoise"
+    import ketch.web
+
+    css = (Path(ketch.web.__file__).parent / "static" / "ketch.css").read_text()
+    assert ".state-up_for_reschedule { background: turquoise; }" in css
