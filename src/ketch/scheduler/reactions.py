@@ -40,6 +40,7 @@ _UNFINISHED_VALUES = [
     _TI.QUEUED.value,
     _TI.RUNNING.value,
     _TI.UP_FOR_RETRY.value,
+    _TI.UP_FOR_RESCHEDULE.value,
 ]
 _FAILED_VALUES = frozenset(s.value for s in FAILED_TI_STATES)
 

@@ -139,7 +139,7 @@
 
   // The task instance's state at the top of the page, once the followed try has ended.
   var STATES = ["success", "failed", "running", "queued", "scheduled", "up_for_retry",
-                "skipped", "upstream_failed", "removed"];
+                "up_for_reschedule", "skipped", "upstream_failed", "removed"];
   function showState(state) {
     var text = document.getElementById("ti-state");
     var square = document.getElementById("ti-square");
