@@ -59,8 +59,8 @@ def test_layout_has_no_overlapping_boxes_and_one_edge_per_dependency() -> None:
     boxes = {(n.x, n.y) for n in graph.nodes}
     assert len(boxes) == 32  # no two tasks on the same spot
     for node in graph.nodes:
-        assert 0 <= node.x and node.x + NODE_WIDTH <= graph.width
-        assert 0 <= node.y and node.y + NODE_HEIGHT <= graph.height
+        assert node.x >= 0 and node.x + NODE_WIDTH <= graph.width
+        assert node.y >= 0 and node.y + NODE_HEIGHT <= graph.height
     xs = {n.task_id: n.x for n in graph.nodes}
     assert xs["start"] < xs["t0"] == xs["t29"] < xs["join"]
 

@@ -18,7 +18,6 @@ STATE_COLOURS: dict[str, str] = {
     "skipped": "hotpink",
     "upstream_failed": "orange",
     "removed": "lightgrey",
-    "up_for_reschedule": "turquoise",
     "none": "transparent",
 }
 """Airflow's colour of each task-instance and run state; ``none``: no state yet."""
