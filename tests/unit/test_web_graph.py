@@ -96,7 +96,7 @@ def test_graph_page_colours_tasks_by_the_latest_run(web: Web) -> None:
 def test_graph_of_a_dag_without_runs(web: Web) -> None:
     _seed(web.engine)
     text = web.get("/dags/quiet/graph").text
-    assert "No runs yet" in text and "href=\"/dags/quiet/runs/" not in text
+    assert "No runs yet" in text and 'href="/dags/quiet/runs/' not in text
     assert serialized_chain("quiet").tasks.keys() == set(
         re.findall(r'data-task-id="([a-z]+)"', text)
     )
