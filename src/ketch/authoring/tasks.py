@@ -79,6 +79,8 @@ class TaskResult:
     follow_task_ids: list[str] | None = None
     # False: store no return value at all (a short-circuit that skips, as in Airflow).
     push_return_value: bool = True
+    # Further XComs by key, stored besides return_value (``multiple_outputs``).
+    xcoms: dict[str, Any] | None = None
 
 
 def _trigger_rule(task_id: str, value: Any) -> TriggerRule:
@@ -458,6 +460,17 @@ class XComArg(DependencyMixin):
 
     def resolve(self, xcom_pull: XComPull) -> Any:
         return xcom_pull(self.operator.task_id, self.key)
+
+    def __getitem__(self, key: str) -> XComArg:
+        """``output["key"]``: the XCom ``key`` of the same task (Airflow's PlainXComArg),
+        e.g. one key of a ``multiple_outputs`` task's dict."""
+        if not isinstance(key, str):
+            raise ValueError(f"XComArg only supports str lookup, received {type(key).__name__}")
+        return XComArg(self.operator, key)
+
+    def __iter__(self) -> Any:
+        # Airflow refuses too: without it, ``a, b = task()`` would loop on __getitem__.
+        raise TypeError("'XComArg' object is not iterable")
 
     def __repr__(self) -> str:
         return f"XComArg({self.operator.task_id!r}, {self.key!r})"

@@ -133,9 +133,10 @@ class ExecutionApiClient:
         return_value: Any = None,
         has_return_value: bool = False,
         follow_task_ids: list[str] | None = None,
+        xcoms: dict[str, Any] | None = None,
         retry: bool = True,
     ) -> None:
-        body = {
+        body: dict[str, Any] = {
             "state": state,
             "error": error,
             "return_value": return_value,
@@ -143,6 +144,8 @@ class ExecutionApiClient:
             "follow_task_ids": follow_task_ids,
             "retry": retry,
         }
+        if xcoms:  # sent only when there are some: the body stays what older servers take
+            body["xcoms"] = xcoms
         self._call("POST", "/try/finish", body)
 
     def get_variable(self, key: str) -> dict[str, Any]:

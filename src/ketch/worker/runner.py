@@ -64,6 +64,8 @@ class Outcome:
     return_value: Any = None
     has_return_value: bool = False
     follow_task_ids: list[str] | None = None
+    # Further XComs by key (encoded like return_value): ``multiple_outputs``.
+    xcoms: dict[str, Any] | None = None
     retry: bool = True
     kill_children: bool = field(default=False, repr=False)
     # Why the try was stopped (a SIGTERM, its execution_timeout): its log's last line.
@@ -442,6 +444,8 @@ def _success(task_id: str, result: Any, payload: dict[str, Any]) -> Outcome:
         # A short-circuit that skips stores no value (Airflow raises before pushing it).
         return Outcome("success", follow_task_ids=list(follow) if follow is not None else None)
     encoded, problem = encode_return_value(task_id, value, int(payload["max_xcom_size"]))
+    xcoms, xcoms_problem = _encode_xcoms(task_id, getattr(result, "xcoms", None), payload)
+    problem = problem or xcoms_problem
     if problem:
         say(problem)
         return Outcome("failed", error=problem)
@@ -450,7 +454,23 @@ def _success(task_id: str, result: Any, payload: dict[str, Any]) -> Outcome:
         return_value=encoded,
         has_return_value=True,
         follow_task_ids=list(follow) if follow is not None else None,
+        xcoms=xcoms,
     )
+
+
+def _encode_xcoms(
+    task_id: str, xcoms: dict[str, Any] | None, payload: dict[str, Any]
+) -> tuple[dict[str, Any] | None, str | None]:
+    """Each further XCom encoded like a return value, or why one cannot be stored."""
+    if not xcoms:
+        return None, None
+    out: dict[str, Any] = {}
+    for key, value in xcoms.items():
+        encoded, problem = encode_return_value(task_id, value, int(payload["max_xcom_size"]))
+        if problem:
+            return None, f"XCom {key!r}: {problem}"
+        out[key] = encoded
+    return out, None
 
 
 class Cancelled(Exception):
@@ -471,6 +491,7 @@ def report(client: ExecutionApiClient, outcome: Outcome) -> bool:
             return_value=outcome.return_value,
             has_return_value=outcome.has_return_value,
             follow_task_ids=outcome.follow_task_ids,
+            xcoms=outcome.xcoms,
             retry=outcome.retry,
         )
     except TryEnded as exc:
