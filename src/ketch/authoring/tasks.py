@@ -56,6 +56,11 @@ TASK_ARGS = (
     # every run of the DAG / within one run (None: no limit); the scheduler enforces them.
     "max_active_tis_per_dag",
     "max_active_tis_per_dagrun",
+    # Airflow's PrevDagrunDep: run only when this task succeeded or was skipped in the
+    # previous run (and, with wait_for_downstream, its direct downstream tasks too).
+    "depends_on_past",
+    "wait_for_downstream",
+    "ignore_first_depends_on_past",
     # Airflow's task callbacks: called in the try (see docs/airflow-compat.md).
     *CALLBACK_ARGS,
     # Descriptive: stored and shown (API, UI), never acted on (ketch sends no email).
@@ -292,6 +297,10 @@ class BaseTask(DependencyMixin):
             self._int("retries", 0, minimum=0)
         self.max_active_tis_per_dag = self._optional_int("max_active_tis_per_dag")
         self.max_active_tis_per_dagrun = self._optional_int("max_active_tis_per_dagrun")
+        # Airflow: wait_for_downstream implies depends_on_past.
+        self.wait_for_downstream = bool(g.get("wait_for_downstream", False))
+        self.depends_on_past = bool(g.get("depends_on_past", False)) or self.wait_for_downstream
+        self.ignore_first_depends_on_past = bool(g.get("ignore_first_depends_on_past", True))
         callbacks = {name: _callbacks(where, name, g.get(name)) for name in CALLBACK_ARGS}
         self.on_success_callback: list[Callable[..., Any]] = callbacks["on_success_callback"]
         self.on_failure_callback: list[Callable[..., Any]] = callbacks["on_failure_callback"]
