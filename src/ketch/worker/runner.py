@@ -391,8 +391,9 @@ def _stopped(exc: TaskTimeout | TaskTerminated, payload: dict[str, Any], began: 
     return outcome
 
 
-def run_task(payload: dict[str, Any], client: ExecutionApiClient) -> Outcome:
-    """Load the DAG and run the task here, turning every way it can end into an Outcome."""
+def run_task(payload: dict[str, Any], client: ExecutionApiClient, dag: Any = None) -> Outcome:
+    """Load the DAG (unless given: ``ketch dags test`` runs its in-memory DAG) and run the
+    task here, turning every way it can end into an Outcome."""
     from ketch.authoring.context import build_context
     from ketch.authoring.loader import load_dag
     from ketch.authoring.templating import reporting_to
@@ -405,7 +406,8 @@ def run_task(payload: dict[str, Any], client: ExecutionApiClient) -> Outcome:
         signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             context = build_context(payload)
-            task = load_dag(dag_file(payload), payload["dag_id"]).get_task(task_id)
+            dag = dag if dag is not None else load_dag(dag_file(payload), payload["dag_id"])
+            task = dag.get_task(task_id)
             # From the serialized task (defaults resolved at parse time): reading the task's
             # own property could import the settings stack into the try.
             with (
