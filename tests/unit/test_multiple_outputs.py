@@ -165,3 +165,22 @@ def test_runner_outcome_carries_the_keys_encoded() -> None:
     assert outcome.return_value == {"a": 1, "b": 2}
     too_big = _success("annotated", run("annotated"), {"max_xcom_size": 5})
     assert too_big.state == "failed" and "max_xcom_size" in (too_big.error or "")
+
+
+def test_ti_xcom_push_is_stored_with_the_outcome_and_multiple_outputs_win() -> None:
+    with DAG("push", schedule=None, start_date=START) as d:
+
+        @task(multiple_outputs=True)
+        def pusher(ti: Any) -> dict[str, int]:
+            ti.xcom_push("extra", [1, 2])
+            ti.xcom_push("k", "pushed")
+            return {"k": 1}
+
+        pusher()
+    result = d.get_task("pusher").execute(build_context(PAYLOAD), lambda *_: None)
+    assert result.xcoms == {"extra": [1, 2], "k": 1}
+    outcome = _success("pusher", result, {"max_xcom_size": 1000})
+    assert outcome.xcoms == {"extra": [1, 2], "k": 1}
+    d.get_task("pusher").python_callable = lambda ti: ti.xcom_push(3, "x")  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="non-empty string"):
+        d.get_task("pusher").execute(build_context(PAYLOAD), lambda *_: None)

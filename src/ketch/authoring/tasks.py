@@ -380,18 +380,24 @@ class BaseTask(DependencyMixin):
 
         context = {**context, "task": self, "dag": self.dag, "task_id": self.task_id}
         ti = context.get("ti")
+        pushed: dict[str, Any] = {}
         if ti is not None and not hasattr(ti, "xcom_pull"):
             ti.xcom_pull = _ti_xcom_pull(xcom_pull)
+        if ti is not None and not hasattr(ti, "xcom_push"):
+            ti.xcom_push = _ti_xcom_push(pushed)
         global _last_executed
         executed = _last_executed = ExecutedTask(self, context)
         with running_context(context):
             # Airflow 3's task runner: on_execute_callback right before the task runs.
             run_callbacks(self.on_execute_callback, "on_execute_callback", context)
             try:
-                return self._run(context, xcom_pull)
+                result = self._run(context, xcom_pull)
             except BaseException as exc:
                 executed.error = exc
                 raise
+        if pushed:  # stored with the outcome; a multiple_outputs key wins, as pushed after
+            result.xcoms = {**pushed, **(result.xcoms or {})}
+        return result
 
     def _run(self, context: Context, xcom_pull: XComPull) -> TaskResult:
         return TaskResult()
@@ -444,6 +450,17 @@ def _ti_xcom_pull(xcom_pull: XComPull) -> Callable[..., Any]:
         return [xcom_pull(t, key) for t in task_ids]
 
     return pull
+
+
+def _ti_xcom_push(pushed: dict[str, Any]) -> Callable[..., None]:
+    """Airflow's ``ti.xcom_push(key, value)``: kept and stored when the try succeeds."""
+
+    def push(key: str, value: Any) -> None:
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"xcom_push: the key must be a non-empty string, not {key!r}")
+        pushed[key] = value
+
+    return push
 
 
 class EmptyTask(BaseTask):
