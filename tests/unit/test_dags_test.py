@@ -177,3 +177,32 @@ def test_dag_test_in_a_test_function(capsys: object) -> None:
     assert result.task_states == {"produce": "success", "consume": "success", "shell": "failed"}
     assert result.stuck == []
     assert "consumed 42" in capsys.readouterr().out  # type: ignore[attr-defined]
+
+
+DEPENDS = """
+from datetime import datetime
+
+from ketch import DAG, task
+
+with DAG("past", schedule=None, start_date=datetime(2026, 1, 1), params={"fail": False}):
+
+    @task(depends_on_past=True)
+    def step(params):
+        if params["fail"]:
+            raise RuntimeError("failed on purpose")
+
+    step()
+"""
+
+
+def test_a_task_held_back_by_depends_on_past_is_reported(tmp_path: Path, engine: Engine) -> None:
+    folder = tmp_path / "dags"
+    write(folder, "past.py", DEPENDS)
+    first = dags_test(folder, "past", "2026-01-01T00:00:00+00:00", "-c", '{"fail": true}')
+    assert first.exit_code == 1 and "DagRun failed" in first.output
+    second = dags_test(folder, "past", "2026-01-02T00:00:00+00:00")
+    assert second.exit_code == 1, second.output
+    assert "  step: no state" in second.output
+    assert "DagRun did not finish: step cannot run" in second.output
+    earlier = dags_test(folder, "past", "2025-12-31T00:00:00+00:00")  # no previous run
+    assert earlier.exit_code == 0, earlier.output

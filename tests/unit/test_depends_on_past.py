@@ -152,12 +152,14 @@ def test_a_task_the_previous_run_lacked_runs_the_first_time(engine: Engine) -> N
     scheduler, second = _task_added_later(engine)
     assert finish(engine, scheduler, second) == "failed"  # a ran (and failed, scripted)
     third = trigger(engine, "d", logical_date=D3)
+    drive(scheduler, lambda: ti_states(engine, third)["b"] == "success")
     settle(engine, scheduler, third)
     assert ti_states(engine, third)["a"] is None  # now it waits for the failed one
 
 
 def test_ignore_first_depends_on_past_false_waits_for_a_missing_instance(engine: Engine) -> None:
     scheduler, second = _task_added_later(engine, ignore_first_depends_on_past=False)
+    drive(scheduler, lambda: ti_states(engine, second)["b"] == "success")  # b's try in flight
     settle(engine, scheduler, second)
     assert ti_states(engine, second) == {"a": None, "b": "success"}
 
@@ -179,3 +181,71 @@ def test_authoring_default_args_and_wait_for_downstream(tmp_path: Any) -> None:
         "implied": (True, True),  # Airflow: wait_for_downstream implies depends_on_past
     }
     assert all(s.ignore_first_depends_on_past for s in tasks.values())
+
+
+def _statements_of_full_evaluation(engine: Engine, n_tasks: int) -> int:
+    """How many SQL statements one full evaluation of the second run issues when ``n_tasks``
+    depends_on_past tasks read the first run."""
+    from sqlalchemy import event
+
+    from ketch.config import get_settings
+    from ketch.scheduler.context import SchedulerContext
+    from ketch.scheduler.reactions import evaluate_run_fully
+    from tests.support.fake_executor import FakeExecutor
+
+    dag_id = f"wide{n_tasks}"
+    tasks = {f"t{i}": {"depends_on_past": True} for i in range(n_tasks)}
+    insert_dag(engine, serialized_dag(dag_id, tasks))
+    first = trigger(engine, dag_id, logical_date=D1)
+    second = trigger(engine, dag_id, logical_date=D2)
+    with Session(engine) as session:
+        for run_pk in (first, second):
+            run = session.get(DagRun, run_pk)
+            assert run is not None
+            run.state = "running"
+        session.commit()
+    ctx = SchedulerContext(
+        settings=get_settings(),
+        engine=engine,
+        executor=FakeExecutor(engine),
+        sign_token=lambda k, i: "token",
+    )
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        statements.append(args[2])
+
+    with ctx.sessions() as session:
+        run = session.get(DagRun, second)
+        assert run is not None
+        ctx.dags.get(session, run.dag_hash)  # parsed once per process, not per pass
+        event.listen(engine, "before_cursor_execute", count)
+        try:
+            evaluate_run_fully(ctx, session, run)
+            session.flush()
+        finally:
+            event.remove(engine, "before_cursor_execute", count)
+        decided = ti_states_in(session, second)
+        session.rollback()
+    assert set(decided.values()) == {None}  # every task waits: the first run is unfinished
+    return len(statements)
+
+
+def ti_states_in(session: Session, run_pk: int) -> dict[str, str | None]:
+    from sqlalchemy import select
+
+    from ketch.db.models import TaskInstance
+
+    rows = session.execute(
+        select(TaskInstance.task_id, TaskInstance.state).where(TaskInstance.dag_run_id == run_pk)
+    ).all()
+    return {task_id: state for task_id, state in rows}
+
+
+def test_one_query_per_evaluation_pass_whatever_the_number_of_tasks(engine: Engine) -> None:
+    few, many = (
+        _statements_of_full_evaluation(engine, 2),
+        _statements_of_full_evaluation(engine, 60),
+    )
+    # the run's states and branch choices, the previous run's states: nothing per task
+    assert few == many <= 3
