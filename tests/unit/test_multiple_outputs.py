@@ -184,3 +184,12 @@ def test_ti_xcom_push_is_stored_with_the_outcome_and_multiple_outputs_win() -> N
     d.get_task("pusher").python_callable = lambda ti: ti.xcom_push(3, "x")  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="non-empty string"):
         d.get_task("pusher").execute(build_context(PAYLOAD), lambda *_: None)
+
+
+def test_a_dag_param_is_not_subscriptable() -> None:
+    from ketch.authoring.tasks import DagParam
+
+    with DAG("p", schedule=None, start_date=START) as d:
+        param = DagParam(d, "x", 1)
+    with pytest.raises(TypeError, match="cannot be subscripted"):
+        param["k"]

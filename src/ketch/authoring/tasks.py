@@ -527,6 +527,10 @@ class DagParam(XComArg):
     def leaves(self) -> list[BaseTask]:
         return []
 
+    def __getitem__(self, key: str) -> XComArg:
+        # A param has no XComs of other keys (Airflow's DagParam is not subscriptable).
+        raise TypeError(f"DAG param {self.name!r} cannot be subscripted")
+
     def resolve(self, xcom_pull: XComPull | None = None) -> Any:
         from ketch.authoring.context import get_current_context
 
