@@ -98,6 +98,10 @@ class SerializedTask(BaseModel):
     # across all runs of the DAG, and within one run.
     max_active_tis_per_dag: int | None = None
     max_active_tis_per_dagrun: int | None = None
+    # Airflow's depends_on_past (see ketch.scheduler.past_deps).
+    depends_on_past: bool = False
+    wait_for_downstream: bool = False
+    ignore_first_depends_on_past: bool = True
     # short_circuit only: a falsy result skips every descendant (True) or only the direct
     # downstream tasks, leaving the rest to trigger rules (False).
     ignore_downstream_trigger_rules: bool = True

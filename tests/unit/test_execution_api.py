@@ -407,3 +407,22 @@ def test_a_retried_finish_is_accepted_after_the_next_try_started(
     assert finish(client, t, state="success").status_code == 401
     assert finish(client, t, state="failed", error="other").status_code == 401
     assert ti_row(engine, t.ti_id).state == "queued"
+
+
+def test_finish_stores_multiple_outputs_each_under_its_key(
+    engine: Engine, client: TestClient
+) -> None:
+    up = make_try(engine, task_id="up")
+    down = make_try(engine, task_id="down")
+    start(client, up)
+    whole = {"total": 3, "names": ["a", "b"]}
+    response = finish(
+        client, up, state="success", return_value=whole, has_return_value=True, xcoms=whole
+    )
+    assert response.status_code == 204, response.text
+    start(client, down)
+    got = client.get("/execution/try/xcom/up?key=total", headers=down.headers())
+    assert got.status_code == 200 and got.json() == {"value": 3}
+    with Session(engine) as session:
+        values = {x.key: x.value for x in session.scalars(select(XCom))}
+    assert values == {"return_value": whole, "total": 3, "names": ["a", "b"]}

@@ -82,6 +82,8 @@ class FinishBody(BaseModel):
     return_value: Any = None
     has_return_value: bool = False
     follow_task_ids: list[str] | None = None
+    # Further XComs by key besides return_value (a ``multiple_outputs`` task's dict keys).
+    xcoms: dict[str, Any] | None = None
     retry: bool = True
     # With up_for_reschedule (a sensor in reschedule mode): when the next poke is due.
     reschedule_date: AwareDatetime | None = None
@@ -450,15 +452,17 @@ def get_xcom(
 
 
 def _check_xcom_size(body: FinishBody, task_id: str, limit: int) -> None:
-    if not body.has_return_value:
-        return
-    size = len(json.dumps(body.return_value).encode())
-    if size > limit:
-        raise HTTPException(
-            413,
-            f"return value of task {task_id!r} is {size} bytes of JSON, "
-            f"more than max_xcom_size ({limit} bytes)",
-        )
+    values = {f"XCom {key!r}": value for key, value in (body.xcoms or {}).items()}
+    if body.has_return_value:
+        values["return value"] = body.return_value
+    for what, value in values.items():
+        size = len(json.dumps(value).encode())
+        if size > limit:
+            raise HTTPException(
+                413,
+                f"{what} of task {task_id!r} is {size} bytes of JSON, "
+                f"more than max_xcom_size ({limit} bytes)",
+            )
 
 
 def _put_xcom(session: Session, dag_run_id: int, task_id: str, key: str, value: Any) -> None:
@@ -484,6 +488,9 @@ def _put_xcoms(session: Session, dag_run_id: int, task_id: str, body: FinishBody
     # A failed try keeps no return value of its own; a new try replaces the old one's.
     if body.state != "success":
         return
+    for key, value in (body.xcoms or {}).items():
+        if key not in (RETURN_VALUE_KEY, BRANCH_KEY):  # those two are written below
+            _put_xcom(session, dag_run_id, task_id, key, value)
     if body.has_return_value:
         _put_xcom(session, dag_run_id, task_id, RETURN_VALUE_KEY, body.return_value)
     if body.follow_task_ids is not None:

@@ -27,6 +27,7 @@ from ketch.exceptions import DagDefinitionError
 if TYPE_CHECKING:
     from ketch.authoring.params import Param
     from ketch.authoring.tasks import BaseTask
+    from ketch.dag_testing import DagTestResult
 
 __all__ = ["DAG", "collecting_dags", "current_dag", "dag"]
 
@@ -343,6 +344,18 @@ class DAG:
     @property
     def task_ids(self) -> list[str]:
         return list(self.tasks)
+
+    # ----- running it here -----------------------------------------------------
+
+    def test(
+        self, logical_date: datetime | None = None, run_conf: dict[str, Any] | None = None
+    ) -> DagTestResult:
+        """Airflow's ``dag.test()``: one run with every task in this process, in dependency
+        order, their logs printed (see :mod:`ketch.dag_testing`, also for which database).
+        Returns the result (``.state``, ``.task_states``) rather than raising on failure."""
+        from ketch.dag_testing import run_dag_test
+
+        return run_dag_test(self, logical_date=logical_date, conf=run_conf)
 
     # ----- whole-graph validation ---------------------------------------------
 

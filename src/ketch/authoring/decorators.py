@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, overload
 from ketch.authoring import _context
 from ketch.authoring._args import DOC_ATTRS
 from ketch.authoring.bash import BashDecoratedTask
-from ketch.authoring.python import BranchPythonTask, PythonTask
+from ketch.authoring.python import BranchPythonTask, PythonTask, infer_multiple_outputs
 from ketch.authoring.short_circuit import ShortCircuitTask
 from ketch.authoring.tasks import BaseTask, XComArg, find_xcom_args
 
@@ -67,6 +67,9 @@ class DecoratedTask:
             group = _context.current_group(dag)
         wanted = options.pop("task_id", None) or self.function.__name__
         task_id = unique_task_id(wanted, dag.tasks if dag else None, group)
+        if self.task_class in (PythonTask, BranchPythonTask) and "multiple_outputs" not in options:
+            # Airflow's decorator infers it from a Mapping return annotation.
+            options["multiple_outputs"] = infer_multiple_outputs(self.function)
         task = self.task_class(
             task_id, python_callable=self.function, op_args=args, op_kwargs=kwargs, **options
         )

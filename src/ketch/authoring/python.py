@@ -8,12 +8,17 @@ passed it (``None`` for a date key of a run without a logical date), and a ``**k
 PythonOperator): rendered with the try's context just before the call; the rendered
 ``templates_dict`` is the context's ``templates_dict`` (a parameter of that name receives
 it). ``templates_exts`` (e.g. ``[".sql"]``) makes strings ending so template files.
+
+``multiple_outputs`` (Airflow's): a returned dict is stored whole as ``return_value`` and
+each of its keys as an XCom of its own, which a downstream task reads as ``output["key"]``.
+``@task`` infers it from a ``Mapping`` return annotation (``-> dict[str, int]``).
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ketch.authoring.context import DATE_KEYS
@@ -58,6 +63,45 @@ def _bound_positional(sig: inspect.Signature, args: tuple[Any, ...]) -> set[str]
     return set(names[: len(args)])
 
 
+def infer_multiple_outputs(func: Callable[..., Any]) -> bool:
+    """Airflow's ``_infer_multiple_outputs``: True when ``func`` is annotated to return a
+    Mapping (``dict``, ``dict[str, int]``, ``typing.Dict``...); False when it has no such
+    annotation or it cannot be evaluated."""
+    annotations = getattr(func, "__annotations__", {})
+    if "return" not in annotations:
+        return False
+
+    def fake() -> None: ...
+
+    fake.__annotations__ = {"return": annotations["return"]}
+    try:
+        return_type = typing.get_type_hints(fake, getattr(func, "__globals__", {})).get("return")
+    except (NameError, TypeError):
+        return False
+    origin = getattr(return_type, "__origin__", return_type)
+    return isinstance(origin, type) and issubclass(origin, Mapping)
+
+
+def output_xcoms(task_id: str, value: Any) -> dict[str, Any] | None:
+    """The XComs a ``multiple_outputs`` task stores besides its return value: one per key of
+    the returned dict (none for ``None``, as Airflow pushes nothing then); a non-dict or a
+    non-string key fails the try with Airflow's message."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"task {task_id!r}: returned output was type {type(value)} "
+            "expected dictionary for multiple_outputs"
+        )
+    for key in value:
+        if not isinstance(key, str):
+            raise TypeError(
+                "Returned dictionary keys must be strings when using "
+                f"multiple_outputs, found {key} ({type(key)}) instead"
+            )
+    return dict(value)
+
+
 class PythonTask(BaseTask):
     """Calls ``python_callable(*op_args, **op_kwargs)``; its return value is the task's XCom."""
 
@@ -74,9 +118,11 @@ class PythonTask(BaseTask):
         op_kwargs: dict[str, Any] | None = None,
         templates_dict: dict[str, Any] | None = None,
         templates_exts: list[str] | tuple[str, ...] | None = None,
+        multiple_outputs: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(task_id, **kwargs)
+        self.multiple_outputs = bool(multiple_outputs)
         if not callable(python_callable):
             raise TypeError(f"task {task_id!r}: python_callable must be callable")
         self.python_callable = python_callable
@@ -112,7 +158,11 @@ class PythonTask(BaseTask):
         return args, kwargs
 
     def _run(self, context: Context, xcom_pull: XComPull) -> TaskResult:
-        return TaskResult(return_value=self.call(context, xcom_pull))
+        return self._result(self.call(context, xcom_pull))
+
+    def _result(self, value: Any, follow: list[str] | None = None) -> TaskResult:
+        xcoms = output_xcoms(self.task_id, value) if self.multiple_outputs else None
+        return TaskResult(return_value=value, follow_task_ids=follow, xcoms=xcoms)
 
 
 class BranchPythonTask(PythonTask):
@@ -133,8 +183,7 @@ class BranchPythonTask(PythonTask):
 
     def _run(self, context: Context, xcom_pull: XComPull) -> TaskResult:
         chosen = self.call(context, xcom_pull)
-        follow = self.follow_ids(chosen)
-        return TaskResult(return_value=chosen, follow_task_ids=follow)
+        return self._result(chosen, self.follow_ids(chosen))
 
     def follow_ids(self, chosen: Any) -> list[str]:
         if chosen is None:

@@ -56,6 +56,11 @@ TASK_ARGS = (
     # every run of the DAG / within one run (None: no limit); the scheduler enforces them.
     "max_active_tis_per_dag",
     "max_active_tis_per_dagrun",
+    # Airflow's PrevDagrunDep: run only when this task succeeded or was skipped in the
+    # previous run (and, with wait_for_downstream, its direct downstream tasks too).
+    "depends_on_past",
+    "wait_for_downstream",
+    "ignore_first_depends_on_past",
     # Airflow's task callbacks: called in the try (see docs/airflow-compat.md).
     *CALLBACK_ARGS,
     # Descriptive: stored and shown (API, UI), never acted on (ketch sends no email).
@@ -79,6 +84,8 @@ class TaskResult:
     follow_task_ids: list[str] | None = None
     # False: store no return value at all (a short-circuit that skips, as in Airflow).
     push_return_value: bool = True
+    # Further XComs by key, stored besides return_value (``multiple_outputs``).
+    xcoms: dict[str, Any] | None = None
 
 
 def _trigger_rule(task_id: str, value: Any) -> TriggerRule:
@@ -290,6 +297,10 @@ class BaseTask(DependencyMixin):
             self._int("retries", 0, minimum=0)
         self.max_active_tis_per_dag = self._optional_int("max_active_tis_per_dag")
         self.max_active_tis_per_dagrun = self._optional_int("max_active_tis_per_dagrun")
+        # Airflow: wait_for_downstream implies depends_on_past.
+        self.wait_for_downstream = bool(g.get("wait_for_downstream", False))
+        self.depends_on_past = bool(g.get("depends_on_past", False)) or self.wait_for_downstream
+        self.ignore_first_depends_on_past = bool(g.get("ignore_first_depends_on_past", True))
         callbacks = {name: _callbacks(where, name, g.get(name)) for name in CALLBACK_ARGS}
         self.on_success_callback: list[Callable[..., Any]] = callbacks["on_success_callback"]
         self.on_failure_callback: list[Callable[..., Any]] = callbacks["on_failure_callback"]
@@ -369,18 +380,24 @@ class BaseTask(DependencyMixin):
 
         context = {**context, "task": self, "dag": self.dag, "task_id": self.task_id}
         ti = context.get("ti")
+        pushed: dict[str, Any] = {}
         if ti is not None and not hasattr(ti, "xcom_pull"):
             ti.xcom_pull = _ti_xcom_pull(xcom_pull)
+        if ti is not None and not hasattr(ti, "xcom_push"):
+            ti.xcom_push = _ti_xcom_push(pushed)
         global _last_executed
         executed = _last_executed = ExecutedTask(self, context)
         with running_context(context):
             # Airflow 3's task runner: on_execute_callback right before the task runs.
             run_callbacks(self.on_execute_callback, "on_execute_callback", context)
             try:
-                return self._run(context, xcom_pull)
+                result = self._run(context, xcom_pull)
             except BaseException as exc:
                 executed.error = exc
                 raise
+        if pushed:  # stored with the outcome; a multiple_outputs key wins, as pushed after
+            result.xcoms = {**pushed, **(result.xcoms or {})}
+        return result
 
     def _run(self, context: Context, xcom_pull: XComPull) -> TaskResult:
         return TaskResult()
@@ -435,6 +452,17 @@ def _ti_xcom_pull(xcom_pull: XComPull) -> Callable[..., Any]:
     return pull
 
 
+def _ti_xcom_push(pushed: dict[str, Any]) -> Callable[..., None]:
+    """Airflow's ``ti.xcom_push(key, value)``: kept and stored when the try succeeds."""
+
+    def push(key: str, value: Any) -> None:
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"xcom_push: the key must be a non-empty string, not {key!r}")
+        pushed[key] = value
+
+    return push
+
+
 class EmptyTask(BaseTask):
     """Does nothing (Airflow's EmptyOperator); useful as a join or a placeholder."""
 
@@ -458,6 +486,17 @@ class XComArg(DependencyMixin):
 
     def resolve(self, xcom_pull: XComPull) -> Any:
         return xcom_pull(self.operator.task_id, self.key)
+
+    def __getitem__(self, key: str) -> XComArg:
+        """``output["key"]``: the XCom ``key`` of the same task (Airflow's PlainXComArg),
+        e.g. one key of a ``multiple_outputs`` task's dict."""
+        if not isinstance(key, str):
+            raise ValueError(f"XComArg only supports str lookup, received {type(key).__name__}")
+        return XComArg(self.operator, key)
+
+    def __iter__(self) -> Any:
+        # Airflow refuses too: without it, ``a, b = task()`` would loop on __getitem__.
+        raise TypeError("'XComArg' object is not iterable")
 
     def __repr__(self) -> str:
         return f"XComArg({self.operator.task_id!r}, {self.key!r})"
@@ -487,6 +526,10 @@ class DagParam(XComArg):
     @property
     def leaves(self) -> list[BaseTask]:
         return []
+
+    def __getitem__(self, key: str) -> XComArg:
+        # A param has no XComs of other keys (Airflow's DagParam is not subscriptable).
+        raise TypeError(f"DAG param {self.name!r} cannot be subscripted")
 
     def resolve(self, xcom_pull: XComPull | None = None) -> Any:
         from ketch.authoring.context import get_current_context

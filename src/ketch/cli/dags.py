@@ -21,6 +21,7 @@ from ketch.cli._common import (
     short_time,
 )
 from ketch.cli.backends import Backend, Row, get_backend
+from ketch.cli.dags_test import dags_test
 
 WAIT_POLL_SECONDS = 0.5
 
@@ -263,3 +264,6 @@ def dags_check_airflow(path: Path, output: str) -> None:
                     click.echo(f"  {problem}")
         click.echo(f"{running} of {len(reports)} files will run on ketch")
     sys.exit(0 if running == len(reports) else 1)
+
+
+dags.add_command(dags_test)

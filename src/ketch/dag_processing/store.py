@@ -81,6 +81,12 @@ def store_result(engine: Engine, result: FileResult, *, paused_at_creation: bool
         return outcome
 
 
+def store_dag(session: Session, data: dict[str, Any], *, paused_at_creation: bool) -> None:
+    """Insert or update one serialized DAG (``ketch dags test`` stores the DAG it runs,
+    without touching the other DAGs of its file)."""
+    _upsert_dag(session, session.get(DagModel, data["dag_id"]), data, paused_at_creation)
+
+
 def _owned_elsewhere(existing: DagModel | None, path: str) -> bool:
     return (
         existing is not None

@@ -128,6 +128,15 @@ def dispose_engines() -> None:
         _engines.clear()
 
 
+def dispose_engine(url: str) -> None:
+    """Dispose of the engine for ``url`` and forget it (a throwaway database's, before its
+    file is deleted: ``ketch dags test``)."""
+    with _lock:
+        engine = _engines.pop(url, None)
+    if engine is not None:
+        engine.dispose()
+
+
 def session_factory(engine: Engine | None = None) -> sessionmaker[Session]:
     return sessionmaker(bind=engine or get_engine(), expire_on_commit=False)
 

@@ -45,6 +45,21 @@ class DagInfo:
         )
 
     @cached_property
+    def depends_on_past_ids(self) -> frozenset[str]:
+        """Tasks with ``depends_on_past`` (a ``wait_for_downstream`` task is one too)."""
+        return frozenset(t.task_id for t in self.dag.tasks.values() if t.depends_on_past)
+
+    @cached_property
+    def past_watched_ids(self) -> frozenset[str]:
+        """Tasks whose state a later run's ``depends_on_past`` decision reads: those tasks
+        and the direct downstream tasks of ``wait_for_downstream`` ones."""
+        watched = set(self.depends_on_past_ids)
+        for t in self.dag.tasks.values():
+            if t.wait_for_downstream:
+                watched.update(t.downstream_task_ids)
+        return frozenset(watched)
+
+    @cached_property
     def short_circuit_ancestors(self) -> dict[str, frozenset[str]]:
         """For each task below a short-circuit task that skips every descendant
         (``ignore_downstream_trigger_rules``), those short-circuit tasks."""

@@ -46,6 +46,9 @@ class RunTally:
     counts: dict[str, Counter[str]] = field(default_factory=dict)
     follow: dict[str, set[str]] = field(default_factory=dict)  # branch task -> kept tasks
     unfinished: int = 0
+    # depends_on_past tasks whose previous run does not let them run yet; set by the
+    # caller before each evaluation pass (see ketch.scheduler.past_deps).
+    past_blocked: frozenset[str] = frozenset()
 
     @classmethod
     def build(
@@ -103,7 +106,10 @@ class RunTally:
         ):
             return Decision.SKIPPED
         counts = UpstreamCounts.from_tally(self.counts[task_id], len(task.upstream_task_ids))
-        return decide(task.trigger_rule, counts)
+        decision = decide(task.trigger_rule, counts)
+        if decision == Decision.RUN and task_id in self.past_blocked:
+            return Decision.WAIT  # Airflow's PrevDagrunDep: it keeps no state, it waits
+        return decision
 
     def _short_circuited(self, task_id: str) -> bool:
         """A short-circuit task above it (ignoring trigger rules) succeeded and followed

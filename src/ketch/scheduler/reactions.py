@@ -24,6 +24,7 @@ from ketch.scheduler.evaluation import (
     load_branch_choices,
     write_decisions,
 )
+from ketch.scheduler.past_deps import blocked_by_past, wake_later_runs
 from ketch.scheduler.task_state import record_try_outcome
 from ketch.states import (
     FAILED_TI_STATES,
@@ -217,6 +218,9 @@ def react_to_changes(
     for ti in tis:
         tally.set_state(ti.task_id, ti.state)
     _learn_branch_choices(session, tally, [ti.task_id for ti in tis])
+    if wake_later_runs(session, run, info, [ti.task_id for ti in tis]):
+        ctx.poke()
+    tally.past_blocked = blocked_by_past(session, run, info, tally.states)
     decided = cascade(tally, downstream_of(tally, [ti.task_id for ti in tis]))
     write_decisions(session, run.id, decided, ctx.clock())
     if tally.unfinished == 0:
@@ -255,6 +259,7 @@ def evaluate_run_fully(ctx: SchedulerContext, session: Session, run: DagRun) -> 
         return
     tally = ctx.tallies.get(session, run.id, info)
     pending = [tid for tid in info.topological_order if tally.states.get(tid, "x") is None]
+    tally.past_blocked = blocked_by_past(session, run, info, tally.states)
     decided = cascade(tally, pending)
     write_decisions(session, run.id, decided, ctx.clock())
     log.debug("run %s/%s evaluated: %d decisions", run.dag_id, run.run_id, len(decided))
@@ -326,6 +331,14 @@ def cancel_run_tries(ctx: SchedulerContext, run: DagRun) -> int:
     return cancelled
 
 
+def _wake_dependants(ctx: SchedulerContext, session: Session, run: DagRun) -> None:
+    """A run flagged by a user action (mark, clear) may have changed what the
+    ``depends_on_past`` tasks of later runs read: flag those runs too."""
+    info = ctx.dags.get(session, run.dag_hash)
+    if info is not None and wake_later_runs(session, run, info):
+        ctx.poke()
+
+
 def evaluate_flagged_runs(ctx: SchedulerContext, session: Session, limit: int = 50) -> int:
     """Runs flagged ``needs_evaluation`` by run creation or a user action elsewhere."""
     runs = session.scalars(
@@ -341,6 +354,7 @@ def evaluate_flagged_runs(ctx: SchedulerContext, session: Session, limit: int = 
     ).all()
     for run in runs:
         run.needs_evaluation = False
+        _wake_dependants(ctx, session, run)
         if run.state == DagRunState.RUNNING.value:
             evaluate_run_fully(ctx, session, run)
         else:

@@ -133,10 +133,11 @@ class ExecutionApiClient:
         return_value: Any = None,
         has_return_value: bool = False,
         follow_task_ids: list[str] | None = None,
+        xcoms: dict[str, Any] | None = None,
         retry: bool = True,
         reschedule_date: str | None = None,
     ) -> None:
-        body = {
+        body: dict[str, Any] = {
             "state": state,
             "error": error,
             "return_value": return_value,
@@ -146,6 +147,8 @@ class ExecutionApiClient:
         }
         if reschedule_date is not None:
             body["reschedule_date"] = reschedule_date
+        if xcoms:  # sent only when there are some: the body stays what older servers take
+            body["xcoms"] = xcoms
         self._call("POST", "/try/finish", body)
 
     def get_variable(self, key: str) -> dict[str, Any]:

@@ -64,6 +64,8 @@ class Outcome:
     return_value: Any = None
     has_return_value: bool = False
     follow_task_ids: list[str] | None = None
+    # Further XComs by key (encoded like return_value): ``multiple_outputs``.
+    xcoms: dict[str, Any] | None = None
     retry: bool = True
     reschedule_date: str | None = None  # ISO 8601, with up_for_reschedule
     kill_children: bool = field(default=False, repr=False)
@@ -390,8 +392,9 @@ def _stopped(exc: TaskTimeout | TaskTerminated, payload: dict[str, Any], began: 
     return outcome
 
 
-def run_task(payload: dict[str, Any], client: ExecutionApiClient) -> Outcome:
-    """Load the DAG and run the task here, turning every way it can end into an Outcome."""
+def run_task(payload: dict[str, Any], client: ExecutionApiClient, dag: Any = None) -> Outcome:
+    """Load the DAG (unless given: ``ketch dags test`` runs its in-memory DAG) and run the
+    task here, turning every way it can end into an Outcome."""
     from ketch.authoring.context import build_context
     from ketch.authoring.loader import load_dag
     from ketch.authoring.templating import reporting_to
@@ -404,7 +407,8 @@ def run_task(payload: dict[str, Any], client: ExecutionApiClient) -> Outcome:
         signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             context = build_context(payload)
-            task = load_dag(dag_file(payload), payload["dag_id"]).get_task(task_id)
+            dag = dag if dag is not None else load_dag(dag_file(payload), payload["dag_id"])
+            task = dag.get_task(task_id)
             # From the serialized task (defaults resolved at parse time): reading the task's
             # own property could import the settings stack into the try.
             with (
@@ -447,6 +451,8 @@ def _success(task_id: str, result: Any, payload: dict[str, Any]) -> Outcome:
         # A short-circuit that skips stores no value (Airflow raises before pushing it).
         return Outcome("success", follow_task_ids=list(follow) if follow is not None else None)
     encoded, problem = encode_return_value(task_id, value, int(payload["max_xcom_size"]))
+    xcoms, xcoms_problem = _encode_xcoms(task_id, getattr(result, "xcoms", None), payload)
+    problem = problem or xcoms_problem
     if problem:
         say(problem)
         return Outcome("failed", error=problem)
@@ -455,7 +461,23 @@ def _success(task_id: str, result: Any, payload: dict[str, Any]) -> Outcome:
         return_value=encoded,
         has_return_value=True,
         follow_task_ids=list(follow) if follow is not None else None,
+        xcoms=xcoms,
     )
+
+
+def _encode_xcoms(
+    task_id: str, xcoms: dict[str, Any] | None, payload: dict[str, Any]
+) -> tuple[dict[str, Any] | None, str | None]:
+    """Each further XCom encoded like a return value, or why one cannot be stored."""
+    if not xcoms:
+        return None, None
+    out: dict[str, Any] = {}
+    for key, value in xcoms.items():
+        encoded, problem = encode_return_value(task_id, value, int(payload["max_xcom_size"]))
+        if problem:
+            return None, f"XCom {key!r}: {problem}"
+        out[key] = encoded
+    return out, None
 
 
 class Cancelled(Exception):
@@ -476,6 +498,7 @@ def report(client: ExecutionApiClient, outcome: Outcome) -> bool:
             return_value=outcome.return_value,
             has_return_value=outcome.has_return_value,
             follow_task_ids=outcome.follow_task_ids,
+            xcoms=outcome.xcoms,
             retry=outcome.retry,
             reschedule_date=outcome.reschedule_date,
         )
