@@ -265,6 +265,10 @@ def _next_step(ctx: SchedulerContext, run_pk: int) -> LaunchRequest | float | li
         return request
 
 
+# A retry, or a sensor's next poke in reschedule mode: both wait for next_retry_at.
+_WAITING = (_TI.UP_FOR_RETRY.value, _TI.UP_FOR_RESCHEDULE.value)
+
+
 def _make_retries_due(session: Session, run_pk: int, now: datetime) -> None:
     """The housekeeping's ``make_retries_due``, for this run only."""
     from ketch.db.models import TaskInstance
@@ -273,7 +277,7 @@ def _make_retries_due(session: Session, run_pk: int, now: datetime) -> None:
         update(TaskInstance)
         .where(
             TaskInstance.dag_run_id == run_pk,
-            TaskInstance.state == _TI.UP_FOR_RETRY.value,
+            TaskInstance.state.in_(_WAITING),
             TaskInstance.next_retry_at <= now,
         )
         .values(state=_TI.SCHEDULED.value)
@@ -289,7 +293,7 @@ def _wait_or_stuck(session: Session, run_pk: int, now: datetime) -> float | list
             TaskInstance.dag_run_id == run_pk
         )
     ).all()
-    retries = [at for _, state, at in rows if state == _TI.UP_FOR_RETRY.value and at]
+    retries = [at for _, state, at in rows if state in _WAITING and at]
     if retries:
         return min(1.0, max(0.01, (min(retries) - now).total_seconds()))
     return sorted(task_id for task_id, state, _ in rows if state is None) or ["(unknown)"]

@@ -206,3 +206,25 @@ def test_a_task_held_back_by_depends_on_past_is_reported(tmp_path: Path, engine:
     assert "DagRun did not finish: step cannot run" in second.output
     earlier = dags_test(folder, "past", "2025-12-31T00:00:00+00:00")  # no previous run
     assert earlier.exit_code == 0, earlier.output
+
+
+def test_a_sensor_in_reschedule_mode_pokes_again_until_it_finds(tmp_path: Path) -> None:
+    """dags test waits out a reschedule like a retry delay (the sensor's next poke)."""
+    marker = tmp_path / "ready"
+    with DAG("sensing", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+
+        @task.sensor(poke_interval=0.2, timeout=60, mode="reschedule")
+        def wait_for_file() -> bool:
+            pokes = tmp_path / "pokes"
+            count = int(pokes.read_text()) + 1 if pokes.exists() else 1
+            pokes.write_text(str(count))
+            if count == 3:
+                marker.write_text("now")
+            return marker.exists()
+
+        wait_for_file()
+
+    result = dag.test()
+    assert result.state == "success", result
+    assert result.task_states == {"wait_for_file": "success"}
+    assert (tmp_path / "pokes").read_text() == "3"
