@@ -9,6 +9,9 @@ simulator. The database is read directly to see every instance with its map_inde
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -123,6 +126,7 @@ def _env(ketch_home: Path, db_url: str, tmp_path: Path) -> KetchEnv:
 def api_for(ketch_home: Path, db_url: str, tmp_path: Path) -> Iterator[Any]:
     """Start ``ketch standalone`` with the executor asked for; yields (api, db_url)."""
     stack: list[Any] = []
+    envs: list[KetchEnv] = []
 
     def start(executor: str, sim: KubeSimulator | None = None) -> Api:
         env = _env(ketch_home, db_url, tmp_path)
@@ -134,8 +138,10 @@ def api_for(ketch_home: Path, db_url: str, tmp_path: Path) -> Iterator[Any]:
         stack.append(ctx)
         api = Api(env.base_url)
         wait_for(api.healthy, 60, 0.05, "web server")
+        envs.append(env)
         return api
 
+    start.envs = envs  # type: ignore[attr-defined]
     yield start
     for ctx in reversed(stack):
         ctx.__exit__(None, None, None)
@@ -188,7 +194,7 @@ def _tries(db_url: str, ti_id: int) -> list[str | None]:
     return [row.state for row in rows]
 
 
-def _check_mapped_run(api: Api, db_url: str) -> None:
+def _check_mapped_run(api: Api, db_url: str) -> str:
     run = _run(api, "e2e_mapped")
     tis = _instances(db_url, run["dag_run_id"])
     assert run["state"] == "success", {
@@ -211,10 +217,74 @@ def _check_mapped_run(api: Api, db_url: str) -> None:
     assert {i: ti.try_number for i, ti in flaky.items()} == {0: 1, 1: 2, 2: 1}
     assert _tries(db_url, flaky[1].id) == ["failed", "success"]
     assert all(ti.state == "success" for m in tis.values() for ti in m.values())
+    _check_surface(api, run["dag_run_id"])
+    return str(run["dag_run_id"])
+
+
+def _check_surface(api: Api, run_id: str) -> None:
+    """The REST API's mapped task instance routes and a mapped instance's log."""
+    base = f"/api/v1/dags/e2e_mapped/dagRuns/{run_id}/taskInstances"
+    listed = api.http.get(f"{base}/double/listMapped").json()
+    assert [(ti["map_index"], ti["state"]) for ti in listed["task_instances"]] == [
+        (0, "success"),
+        (1, "success"),
+        (2, "success"),
+    ]
+    one = api.http.get(f"{base}/flaky/1").json()
+    assert (one["map_index"], one["try_number"], len(one["tries"])) == (1, 2, 2)
+    whole = api.http.get(f"{base}/double")
+    assert whole.status_code == 404
+    assert "is mapped: name one of its instances by map_index" in whole.json()["detail"]
+    assert api.http.get(f"{base}/double/7").status_code == 404
+    not_mapped = api.http.get(f"{base}/total/listMapped")
+    assert not_mapped.status_code == 404 and "is not mapped" in not_mapped.json()["detail"]
+    unmapped = api.http.get(f"{base}/total").json()
+    assert unmapped["map_index"] == -1
+    log = api.http.get(f"{base}/flaky/logs/1", params={"map_index": 1})
+    assert log.status_code == 200
+    assert "instance 1 fails its first try" in log.text
+    assert (
+        "instance 1 fails" not in api.http.get(f"{base}/flaky/logs/1", params={"map_index": 0}).text
+    )
+
+
+def _cli(env: KetchEnv, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "ketch", *args],
+        env=env.environ(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def test_mapped_tasks_run_per_instance_and_reduce(api_for: Any, db_url: str) -> None:
-    _check_mapped_run(api_for("local"), db_url)
+    api = api_for("local")
+    run_id = _check_mapped_run(api, db_url)
+    env = api_for.envs[0]
+    for remote in ([], ["--api-url", env.base_url]):
+        log = _cli(
+            env,
+            *remote,
+            "tasks",
+            "logs",
+            "e2e_mapped",
+            run_id,
+            "flaky",
+            "--try",
+            "1",
+            "--map-index",
+            "1",
+        )
+        assert "instance 1 fails its first try" in log
+        value = _cli(
+            env, *remote, "tasks", "xcom", "e2e_mapped", run_id, "double", "--map-index", "2"
+        )
+        assert json.loads(value) == {"x": 6, "map_index": 2, "ti": 2}
+    states = json.loads(_cli(env, "tasks", "states", "e2e_mapped", run_id, "-o", "json"))
+    assert sorted(r["map_index"] for r in states if r["task_id"] == "pair") == list(range(6))
 
 
 def test_unmappable_values_skip_or_fail_with_one_message(api_for: Any, db_url: str) -> None:
