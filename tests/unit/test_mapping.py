@@ -175,3 +175,34 @@ def test_mapped_instance_runs_with_its_element_and_map_index() -> None:
     assert result.return_value == ("b", 1)
     with pytest.raises(RuntimeError, match="without a map_index"):
         d.tasks["show"].execute({"params": {}}, _no_upstream)  # type: ignore[arg-type]
+
+
+def test_each_instance_has_its_own_log_path_pod_name_and_labels() -> None:
+    import re
+
+    from ketch.executors.base import TryKey, map_index_args
+    from ketch.executors.kubernetes.pod import (
+        LABEL_MAP_INDEX,
+        key_of,
+        pod_name,
+        try_annotations,
+        try_labels,
+    )
+    from ketch.worker.task_log import log_path
+
+    unmapped = TryKey("d", "r", "t", 1)
+    keys = [TryKey("d", "r", "t", 1, i) for i in range(3)]
+    assert (
+        str(log_path(Path("/logs"), unmapped)) == "/logs/dag_id=d/run_id=r/task_id=t/attempt=1.log"
+    )
+    assert str(log_path(Path("/logs"), keys[2])) == (
+        "/logs/dag_id=d/run_id=r/task_id=t/map_index=2/attempt=1.log"
+    )
+    names = {pod_name(k) for k in [unmapped, *keys]}
+    assert len(names) == 4
+    assert all(len(n) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", n) for n in names)
+    assert LABEL_MAP_INDEX not in try_labels(unmapped, 7)
+    assert try_labels(keys[1], 7)[LABEL_MAP_INDEX] == "1"
+    pod = {"metadata": {"annotations": try_annotations(keys[1])}}
+    assert key_of(pod) == keys[1]
+    assert map_index_args(unmapped) == [] and map_index_args(keys[2]) == ["--map-index", "2"]

@@ -24,6 +24,7 @@ from ketch.authoring import _context
 from ketch.authoring.tasks import (
     TASK_ARGS,
     BaseTask,
+    DagParam,
     TaskResult,
     XComArg,
     XComPull,
@@ -52,6 +53,10 @@ def is_mappable_value(value: Any) -> bool:
 
 
 def _check_literal(task_id: str, name: str, value: Any) -> None:
+    if isinstance(value, DagParam):
+        raise DagDefinitionError(
+            f"task {task_id!r}: cannot map over the DAG param {value.name!r} (not supported)"
+        )
     if isinstance(value, XComArg | list | dict):
         return
     raise DagDefinitionError(
@@ -123,7 +128,7 @@ class PartialTask:
                         f"task {self.task_id!r}: expand_kwargs() takes a list of dicts, "
                         f"not a list holding {type(item).__name__!r}"
                     )
-        elif not isinstance(kwargs, XComArg):
+        elif isinstance(kwargs, DagParam) or not isinstance(kwargs, XComArg):
             raise DagDefinitionError(
                 f"task {self.task_id!r}: expand_kwargs() takes a list of dicts or an "
                 f"upstream task's value, not {type(kwargs).__name__!r}"
