@@ -206,3 +206,64 @@ def test_each_instance_has_its_own_log_path_pod_name_and_labels() -> None:
     pod = {"metadata": {"annotations": try_annotations(keys[1])}}
     assert key_of(pod) == keys[1]
     assert map_index_args(unmapped) == [] and map_index_args(keys[2]) == ["--map-index", "2"]
+
+
+def _tally_of(rows: list[tuple[str, int, str | None]]) -> Any:
+    from ketch.scheduler.dag_cache import DagInfo
+    from ketch.scheduler.evaluation import RunTally
+
+    with DAG("tally", schedule=None, start_date=START) as d:
+
+        @task
+        def work(x):
+            return x
+
+        @task(trigger_rule="one_failed")
+        def alarm(values):
+            return values
+
+        @task
+        def total(values):
+            return values
+
+        out = work.expand(x=[1, 2, 3])
+        alarm(out)
+        total(out)
+    info = DagInfo(serialize_dag(d, Path("/tmp")))
+    return RunTally.build(1, info, rows, {})
+
+
+def test_trigger_rules_downstream_of_a_mapped_task_count_every_instance() -> None:
+    from ketch.scheduler.evaluation import Expansion, cascade
+    from ketch.scheduler.trigger_rules import Decision
+
+    tally = _tally_of([("work", -1, None), ("alarm", -1, None), ("total", -1, None)])
+    expanded: list[str] = []
+
+    def expand(task_id: str) -> Expansion:
+        expanded.append(task_id)
+        return Expansion(length=3)
+
+    assert cascade(tally, ["work"], expand) == {}
+    assert expanded == ["work"] and tally.instances["work"] == dict.fromkeys(range(3), "scheduled")
+    assert tally.unfinished == 5
+    tally.set_state("work", "success", 0)
+    assert tally.decide("total") == Decision.WAIT  # 1 of 3 instances done
+    tally.set_state("work", "failed", 1)
+    assert tally.decide("alarm") == Decision.RUN  # one_failed: the first failed instance
+    assert tally.decide("total") == Decision.UPSTREAM_FAILED
+    tally.set_state("work", "success", 2)
+    assert tally.states["work"] == "failed"  # the aggregate a run's completion reads
+
+
+def test_a_rebuilt_tally_counts_instances_from_the_database_rows() -> None:
+    from ketch.scheduler.trigger_rules import Decision
+
+    rows = [("work", i, "success") for i in range(3)]
+    tally = _tally_of([*rows, ("alarm", -1, None), ("total", -1, None)])
+    assert tally.decide("total") == Decision.RUN
+    assert tally.decide("alarm") == Decision.SKIPPED
+    assert tally.states["work"] == "success" and not tally.needs_expansion("work")
+    partial = _tally_of([("work", 0, "success"), ("work", 1, "running"), ("total", -1, None)])
+    assert partial.decide("total") == Decision.WAIT
+    assert partial.states["work"] == "running"

@@ -523,9 +523,10 @@ def run_try(args: argparse.Namespace) -> int:
     from ketch.worker.callbacks import run_state_callbacks
 
     hostname = socket.gethostname()
+    mapped = f" map_index={args.map_index}" if args.map_index >= 0 else ""
     say(
-        f"dag={args.dag_id} task={args.task_id} run={args.run_id} try={args.try_number} "
-        f"host={hostname} pid={os.getpid()}"
+        f"dag={args.dag_id} task={args.task_id}{mapped} run={args.run_id} "
+        f"try={args.try_number} host={hostname} pid={os.getpid()}"
     )
     client = ExecutionApiClient.from_env()
     # A SIGTERM outside the task itself is noted, not fatal: the try still reports and
