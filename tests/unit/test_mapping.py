@@ -267,3 +267,23 @@ def test_a_rebuilt_tally_counts_instances_from_the_database_rows() -> None:
     partial = _tally_of([("work", 0, "success"), ("work", 1, "running"), ("total", -1, None)])
     assert partial.decide("total") == Decision.WAIT
     assert partial.states["work"] == "running"
+
+
+@pytest.mark.parametrize(
+    ("states", "expected"),
+    [
+        (["success", None], None),
+        (["success", "running"], "running"),
+        (["success", "up_for_retry"], "running"),
+        (["success", "upstream_failed", "failed"], "failed"),
+        (["success", "upstream_failed"], "upstream_failed"),
+        (["skipped", "skipped"], "skipped"),
+        (["skipped", "success"], "success"),
+    ],
+)
+def test_a_mapped_task_shows_one_state_for_its_instances(
+    states: list[str | None], expected: str | None
+) -> None:
+    from ketch.states import mapped_task_state
+
+    assert mapped_task_state(states) == expected

@@ -29,7 +29,7 @@ from ketch.scheduler.trigger_rules import (
     expand_follow,
     skipped_by_branch,
 )
-from ketch.states import FINISHED_TI_STATES, TaskInstanceState
+from ketch.states import FINISHED_TI_STATES, TaskInstanceState, mapped_task_state_of_counts
 
 BRANCH_XCOM_KEY = "__branch__"
 _FINISHED = frozenset(s.value for s in FINISHED_TI_STATES)
@@ -100,21 +100,8 @@ class RunTally:
         self._add_instances(task_id, dict.fromkeys(range(length), state))
 
     def _aggregate(self, task_id: str) -> str | None:
-        """One state for a mapped task's instances: None while any needs a decision,
-        running while any is unfinished, then failed > upstream_failed > skipped (all
-        skipped) > success."""
-        counts = self.instance_counts[task_id]
-        if counts[None]:
-            return None
-        unfinished = sum(n for state, n in counts.items() if state not in _FINISHED)
-        if unfinished:
-            return TaskInstanceState.RUNNING.value
-        for state in (TaskInstanceState.FAILED.value, TaskInstanceState.UPSTREAM_FAILED.value):
-            if counts[state]:
-                return state
-        if counts[TaskInstanceState.SKIPPED.value] == sum(counts.values()):
-            return TaskInstanceState.SKIPPED.value
-        return TaskInstanceState.SUCCESS.value
+        """One state for a mapped task's instances (see ``mapped_task_state``)."""
+        return mapped_task_state_of_counts(self.instance_counts[task_id])
 
     def record_branch(self, task_id: str, value: Any) -> None:
         """Remember what a finished branch task chose (its ``__branch__`` XCom)."""
