@@ -8,6 +8,10 @@ Figures (printed as a table and written to benchmarks/results/latest.json):
 - chain_20: median gap between one task's end and the next one's start, and the
   median duration of a no-op try from process start (fork) to exit;
 - fanout_200: 200 parallel no-op tasks then a join, tasks per second end to end;
+- mapped_1000: a producer, a 1,000-way mapped no-op task over its value and a reduce,
+  tasks per second end to end, next to fanout_1000 (1,000 plain no-op tasks and a join)
+  and fanout_1000_args (the same DAG without mapping: 1,000 plain tasks each taking the
+  producer's value, and the reduce) for comparison;
 - scale_10k: one run of 10,000 no-op tasks, with the scheduler and web in separate
   processes: scheduler CPU seconds per task instance.
 
@@ -185,6 +189,35 @@ def bench_fanout_200(bench: Bench) -> dict[str, float]:
     }
 
 
+def _all_task_instances(api: Api, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+    """Every task instance of the run, a mapped task's instances included."""
+    path = f"/api/v1/dags/{dag_id}/dagRuns/{run_id}/taskInstances"
+    return list(api.http.get(path, timeout=120).json()["task_instances"])
+
+
+def bench_wide(bench: Bench, dag_id: str) -> dict[str, float]:
+    """Tasks per second end to end for fanout_1000 or mapped_1000 (same settings)."""
+    env = bench.env({"KETCH_BENCH_SCALE_TASKS": "10", "KETCH__CORE__PARALLELISM": "64"})
+    api = Api(env.base_url)
+    proc = KetchProcess(env, "standalone").start()
+    try:
+        wait_for(api.healthy, 60, 0.01, "web up")
+        run, _ = run_and_wait(api, dag_id, 900)
+        tis = _all_task_instances(api, dag_id, run["dag_run_id"])
+    finally:
+        proc.stop()
+    starts = [_ts(t["start_date"]) for t in tis if t.get("start_date")]
+    ends = [_ts(t["end_date"]) for t in tis if t.get("end_date")]
+    span = (max(ends) - _ts(run["start_date"])).total_seconds()
+    first_to_last = (max(ends) - min(starts)).total_seconds()
+    return {
+        "state_success": float(run["state"] == "success"),
+        "tasks": float(len(tis)),
+        "tasks_per_s_run": round(len(tis) / span, 1),
+        "tasks_per_s_first_start_to_last_end": round(len(tis) / first_to_last, 1),
+    }
+
+
 def bench_scale_10k(bench: Bench, tasks: int) -> dict[str, float]:
     env = bench.env({"KETCH_BENCH_SCALE_TASKS": str(tasks), "KETCH__CORE__PARALLELISM": "64"})
     api = Api(env.base_url)
@@ -217,11 +250,15 @@ def bench_scale_10k(bench: Bench, tasks: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
-    parser.add_argument("--only", action="append", help="startup, chain_20, fanout_200, scale_10k")
+    parser.add_argument(
+        "--only",
+        action="append",
+        help="startup, chain_20, fanout_200, mapped_1000 (with fanout_1000), scale_10k",
+    )
     parser.add_argument("--scale-tasks", type=int, default=10_000)
     args = parser.parse_args(argv)
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
-    selected = set(args.only or ["startup", "chain_20", "fanout_200", "scale_10k"])
+    selected = set(args.only or ["startup", "chain_20", "fanout_200", "mapped_1000", "scale_10k"])
     results: dict[str, dict[str, Any]] = {}
     for backend in backends:
         with database(backend) as db_base:
@@ -233,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
                     results[f"{backend}/chain_20"] = bench_chain_20(bench)
                 if "fanout_200" in selected:
                     results[f"{backend}/fanout_200"] = bench_fanout_200(bench)
+                if "mapped_1000" in selected:
+                    for dag_id in ("fanout_1000", "fanout_1000_args", "mapped_1000"):
+                        results[f"{backend}/{dag_id}"] = bench_wide(bench, dag_id)
                 if "scale_10k" in selected:
                     results[f"{backend}/scale_10k"] = bench_scale_10k(bench, args.scale_tasks)
             finally:

@@ -41,6 +41,49 @@ def fanout_200() -> None:
 
 
 @dag(schedule=None, start_date=START, is_paused_upon_creation=False, max_active_tasks=64)
+def fanout_1000() -> None:
+    """1,000 plain parallel no-op tasks and a join: what mapped_1000 is compared with."""
+    join = noop.override(task_id="join")()
+    for i in range(1000):
+        noop.override(task_id=f"t{i:04d}")() >> join
+
+
+@task
+def items() -> list[int]:
+    return list(range(1000))
+
+
+@task
+def one(x: int) -> int:
+    return x
+
+
+@task
+def reduce(values: list[int]) -> int:
+    return sum(values)
+
+
+@task
+def pick(values: list[int], i: int) -> int:
+    return values[i]
+
+
+@dag(schedule=None, start_date=START, is_paused_upon_creation=False, max_active_tasks=64)
+def fanout_1000_args() -> None:
+    """mapped_1000 written without mapping: 1,000 plain tasks each taking the producer's
+    value (so each try reads an upstream value and reports rendered arguments, as a mapped
+    instance does), and a reduce of their values."""
+    values = items()
+    reduce([pick.override(task_id=f"t{i:04d}")(values, i) for i in range(1000)])
+
+
+@dag(schedule=None, start_date=START, is_paused_upon_creation=False, max_active_tasks=64)
+def mapped_1000() -> None:
+    """A producer, a 1,000-way mapped task over its value, and a reduce of all 1,000."""
+    reduce(one.expand(x=items()))
+
+
+@dag(schedule=None, start_date=START, is_paused_upon_creation=False, max_active_tasks=64)
 def scale_10k() -> None:
     for i in range(SCALE_TASKS):
         noop.override(task_id=f"t{i:05d}")()
@@ -62,3 +105,6 @@ chain_20()
 chains_10x20()
 fanout_200()
 scale_10k()
+fanout_1000()
+fanout_1000_args()
+mapped_1000()

@@ -105,6 +105,14 @@ class CoreSettings(BaseModel):
         "is an import error saying what to use instead, and the DAG processor also parses files "
         "that mention `airflow`. Never shadows a real Airflow installed in the same environment.",
     )
+    max_map_length: int = Field(
+        default=1024,
+        ge=0,
+        description=(
+            "Most task instances one mapped task may expand to (Airflow's "
+            "`[core] max_map_length`); a longer expansion fails the task."
+        ),
+    )
     max_xcom_size: int = Field(
         default=1_048_576,
         ge=1,

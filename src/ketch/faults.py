@@ -31,6 +31,8 @@ FAULT_POINTS: dict[str, str] = {
     "queueing.after_launch_commit": "external ids committed",
     "events.before_commit": "ended tries' downstream decided, before the commit",
     "events.after_commit": "ended tries' reactions committed",
+    "expansion.before_commit": "a mapped task's instances written, before the commit",
+    "expansion.after_commit": "a mapped task's expansion committed",
     "adoption.after_relaunch": "adoption relaunched never-started tries, before its commit",
     "api.start.before_commit": "a try's start UPDATE done, before its commit",
     "api.start.after_commit": "a try's start committed, before the answer is sent",

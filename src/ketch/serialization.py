@@ -78,6 +78,25 @@ class SerializedTaskGroup(BaseModel):
     downstream_task_ids: list[str] = Field(default_factory=list)
 
 
+class SerializedExpandArg(BaseModel):
+    """One argument a mapped task maps over: a literal (only its length is needed) or an
+    upstream task's XCom (the scheduler reads it when the task's upstreams are done)."""
+
+    name: str | None = None  # the keyword argument; None for expand_kwargs
+    length: int | None = None  # a literal list's or dict's length
+    xcom_task_id: str | None = None
+    xcom_key: str = "return_value"
+
+
+class SerializedExpand(BaseModel):
+    """How a mapped task expands (Airflow's ExpandInput): ``dict_of_lists`` is
+    ``.expand(a=..., b=...)`` (the cross product of every argument, the last varying
+    fastest), ``list_of_dicts`` is ``.expand_kwargs(...)`` (one instance per item)."""
+
+    kind: Literal["dict_of_lists", "list_of_dicts"]
+    args: list[SerializedExpandArg]
+
+
 class SerializedTask(BaseModel):
     task_id: str
     kind: Literal["python", "bash", "branch", "short_circuit", "sensor", "empty"]
@@ -120,6 +139,13 @@ class SerializedTask(BaseModel):
     # without that group's prefix.
     task_group_id: str | None = None
     label: str | None = None
+    # Set for a mapped task (``.expand``/``.expand_kwargs``): its task instances are
+    # created when its upstreams are done, one per element (see scheduler/expansion.py).
+    expand: SerializedExpand | None = None
+
+    @property
+    def is_mapped(self) -> bool:
+        return self.expand is not None
 
     @field_validator("retry_exponential_backoff", mode="before")
     @classmethod

@@ -5,6 +5,7 @@ Kept free of heavy imports: the task-try process imports this module too.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
 
 
@@ -79,3 +80,29 @@ FAILED_TI_STATES: frozenset[TaskInstanceState] = frozenset(
 )
 
 ACTIVE_RUN_STATES: frozenset[DagRunState] = frozenset({DagRunState.QUEUED, DagRunState.RUNNING})
+
+
+def mapped_task_state(states: Iterable[str | None]) -> str | None:
+    """One state for the instances of a mapped task (for displays and run completion)."""
+    counts: dict[str | None, int] = {}
+    for state in states:
+        counts[state] = counts.get(state, 0) + 1
+    return mapped_task_state_of_counts(counts)
+
+
+def mapped_task_state_of_counts(counts: Mapping[str | None, int]) -> str | None:
+    """:func:`mapped_task_state` from the number of instances in each state: None while
+    any has none, running while any is unfinished, then failed, upstream_failed, skipped
+    when all were skipped, else success."""
+    present = {state for state, n in counts.items() if n > 0}
+    if None in present:
+        return None
+    finished = {s.value for s in FINISHED_TI_STATES}
+    if present - finished:
+        return TaskInstanceState.RUNNING.value
+    for state in (TaskInstanceState.FAILED.value, TaskInstanceState.UPSTREAM_FAILED.value):
+        if state in present:
+            return state
+    if present == {TaskInstanceState.SKIPPED.value}:
+        return TaskInstanceState.SKIPPED.value
+    return TaskInstanceState.SUCCESS.value

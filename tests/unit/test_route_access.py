@@ -45,6 +45,14 @@ EXPECTED_ROLE: dict[tuple[str, str], str | None] = {
     ("PATCH", "/api/v1/dags/{dag_id}/dagRuns/{dag_run_id}"): "user",
     ("GET", "/api/v1/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances"): "viewer",
     ("GET", "/api/v1/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}"): "viewer",
+    (
+        "GET",
+        "/api/v1/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/listMapped",
+    ): "viewer",
+    (
+        "GET",
+        "/api/v1/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/{map_index}",
+    ): "viewer",
     ("PATCH", "/api/v1/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}"): "user",
     ("POST", "/api/v1/dags/{dag_id}/clearTaskInstances"): "user",
     (

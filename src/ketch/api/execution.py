@@ -242,6 +242,7 @@ _PAYLOAD_COLUMNS = (
     TaskInstance.try_number,
     TaskInstance.max_tries,
     TaskInstance.dag_run_id,
+    TaskInstance.map_index,
     TaskInstance.id,
     TaskInstance.next_retry_at,
 )
@@ -259,6 +260,7 @@ def _start_payload(session: Session, ti: Any, settings: Settings) -> dict[str, A
         "run_id": ti.run_id,
         "try_number": ti.try_number,
         "max_tries": ti.max_tries,
+        "map_index": ti.map_index,
         "logical_date": _iso(run.logical_date),
         "data_interval_start": _iso(run.data_interval_start),
         "data_interval_end": _iso(run.data_interval_end),
@@ -271,6 +273,7 @@ def _start_payload(session: Session, ti: Any, settings: Settings) -> dict[str, A
         "execution_timeout": task.execution_timeout if task else None,
         "heartbeat_interval": settings.scheduler.task_instance_heartbeat_sec,
         "max_xcom_size": settings.core.max_xcom_size,
+        "max_map_length": settings.core.max_map_length,
         "first_reschedule_date": _iso(_first_poke(session, ti, task)),
     }
 
@@ -419,11 +422,12 @@ def get_xcom(
     session: SessionDep,
     key: Annotated[str, Query()] = RETURN_VALUE_KEY,
 ) -> dict[str, Any]:
-    """A value another task of the same run stored (its return value by default).
+    """A value another task of the same run stored (its return value by default); of a
+    mapped task, the list of its instances' values in map_index order (Airflow's reduce).
 
-    One query: the try's TI by primary key (is the try still live?) joined to the XCom.
+    One query: the try's TI by primary key (is the try still live?) joined to the XComs.
     """
-    row = session.execute(
+    rows = session.execute(
         select(
             TaskInstance.dag_id,
             TaskInstance.run_id,
@@ -432,6 +436,7 @@ def get_xcom(
             TaskInstance.try_number,
             XCom.id.label("xcom_id"),
             XCom.value,
+            XCom.map_index,
         )
         .select_from(TaskInstance)
         .outerjoin(
@@ -443,12 +448,16 @@ def get_xcom(
             ),
         )
         .where(TaskInstance.id == claims.ti_id)
-    ).first()
-    if row is None or not _is_live(row, claims):
-        raise _ended(row, claims)
-    if row.xcom_id is None:
+        .order_by(XCom.map_index)
+    ).all()
+    if not rows or not _is_live(rows[0], claims):
+        raise _ended(rows[0] if rows else None, claims)
+    found = [row for row in rows if row.xcom_id is not None]
+    if not found:
         raise HTTPException(404, f"no XCom {key!r} of task {task_id!r} in run {claims.run_id!r}")
-    return {"value": row.value}
+    if found[0].map_index < 0:
+        return {"value": found[0].value}
+    return {"value": [row.value for row in found]}
 
 
 def _check_xcom_size(body: FinishBody, task_id: str, limit: int) -> None:
@@ -465,36 +474,45 @@ def _check_xcom_size(body: FinishBody, task_id: str, limit: int) -> None:
             )
 
 
-def _put_xcom(session: Session, dag_run_id: int, task_id: str, key: str, value: Any) -> None:
+def _put_xcom(
+    session: Session, dag_run_id: int, task_id: str, map_index: int, key: str, value: Any
+) -> None:
     """Insert or replace one XCom row in one statement (a retried try overwrites its
-    predecessor's): an upsert on the (dag_run_id, task_id, key) unique constraint."""
+    predecessor's): an upsert on the (dag_run_id, task_id, key, map_index) unique constraint."""
     insert: Any
     if session.get_bind().dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
     stmt = insert(XCom).values(
-        dag_run_id=dag_run_id, task_id=task_id, key=key, value=value, timestamp=utcnow()
+        dag_run_id=dag_run_id,
+        task_id=task_id,
+        map_index=map_index,
+        key=key,
+        value=value,
+        timestamp=utcnow(),
     )
     session.execute(
         stmt.on_conflict_do_update(
-            index_elements=[XCom.dag_run_id, XCom.task_id, XCom.key],
+            index_elements=[XCom.dag_run_id, XCom.task_id, XCom.key, XCom.map_index],
             set_={"value": stmt.excluded.value, "timestamp": stmt.excluded.timestamp},
         )
     )
 
 
-def _put_xcoms(session: Session, dag_run_id: int, task_id: str, body: FinishBody) -> None:
+def _put_xcoms(
+    session: Session, dag_run_id: int, task_id: str, map_index: int, body: FinishBody
+) -> None:
     # A failed try keeps no return value of its own; a new try replaces the old one's.
     if body.state != "success":
         return
     for key, value in (body.xcoms or {}).items():
         if key not in (RETURN_VALUE_KEY, BRANCH_KEY):  # those two are written below
-            _put_xcom(session, dag_run_id, task_id, key, value)
+            _put_xcom(session, dag_run_id, task_id, map_index, key, value)
     if body.has_return_value:
-        _put_xcom(session, dag_run_id, task_id, RETURN_VALUE_KEY, body.return_value)
+        _put_xcom(session, dag_run_id, task_id, map_index, RETURN_VALUE_KEY, body.return_value)
     if body.follow_task_ids is not None:
-        _put_xcom(session, dag_run_id, task_id, BRANCH_KEY, list(body.follow_task_ids))
+        _put_xcom(session, dag_run_id, task_id, map_index, BRANCH_KEY, list(body.follow_task_ids))
 
 
 def _already_finished(session: Session, claims: TryClaims, body: FinishBody) -> bool:
@@ -543,7 +561,7 @@ def _finish_without_retry_decision(session: Session, claims: TryClaims, body: Fi
             next_retry_at=None,
             needs_reaction=True,  # see scheduler/reactions.py
         )
-        .returning(TaskInstance.dag_run_id)
+        .returning(TaskInstance.dag_run_id, TaskInstance.map_index)
         .execution_options(synchronize_session=False)
     ).first()
     if row is None:
@@ -557,7 +575,7 @@ def _finish_without_retry_decision(session: Session, claims: TryClaims, body: Fi
         error=body.error,
         external_executor_id=_external_id_of_ti(claims.ti_id),
     )
-    _put_xcoms(session, row.dag_run_id, claims.task_id, body)
+    _put_xcoms(session, row.dag_run_id, claims.task_id, row.map_index, body)
     return True
 
 
@@ -592,7 +610,7 @@ def finish_try(
         if _already_finished(session, claims, body):
             return Response(status_code=204)
         raise refusal
-    _put_xcoms(session, ti.dag_run_id, ti.task_id, body)
+    _put_xcoms(session, ti.dag_run_id, ti.task_id, ti.map_index, body)
     run = session.get(DagRun, ti.dag_run_id)
     assert run is not None
     record_try_outcome(

@@ -339,6 +339,7 @@ class TaskInstanceResponse(BaseModel):
     task_id: str
     dag_id: str
     dag_run_id: str
+    map_index: int  # -1: not mapped (or a mapped task not expanded yet)
     state: str | None
     try_number: int
     max_tries: int
@@ -366,6 +367,7 @@ class TaskInstanceResponse(BaseModel):
             task_id=ti.task_id,
             dag_id=ti.dag_id,
             dag_run_id=ti.run_id,
+            map_index=ti.map_index,
             state=ti.state,
             try_number=ti.try_number,
             max_tries=ti.max_tries,
@@ -416,7 +418,7 @@ class ClearTaskInstancesBody(StrictBody):
 
 class XComResponse(BaseModel):
     """Airflow's XCom entry without its value (the list's items). ketch has no display
-    names: they are the ids, Airflow's default; and no mapped tasks: ``map_index`` is -1."""
+    names: they are the ids, Airflow's default. ``map_index`` is -1 for an unmapped task."""
 
     key: str
     timestamp: datetime

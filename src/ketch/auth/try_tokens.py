@@ -41,10 +41,11 @@ class TryClaims:
     ti_id: int
     exp: int
     iat: int
+    map_index: int = -1
 
     @property
     def key(self) -> TryKey:
-        return TryKey(self.dag_id, self.run_id, self.task_id, self.try_number)
+        return TryKey(self.dag_id, self.run_id, self.task_id, self.try_number, self.map_index)
 
 
 def jwt_secret(settings: Settings) -> str:
@@ -64,6 +65,7 @@ def sign_try_token(settings: Settings, key: TryKey, ti_id: int) -> str:
         "task_id": key.task_id,
         "try_number": key.try_number,
         "ti_id": ti_id,
+        "map_index": key.map_index,
         "iat": now,
         "exp": now + settings.api_auth.jwt_expiration_time,
     }
@@ -96,6 +98,7 @@ def verify_try_token(settings: Settings, token: str) -> TryClaims:
             ti_id=int(claims["ti_id"]),
             exp=int(claims["exp"]),
             iat=int(claims["iat"]),
+            map_index=int(claims.get("map_index", -1)),
         )
     except (TypeError, ValueError) as exc:
         raise InvalidTryToken(f"invalid try token claims: {exc}") from exc

@@ -8,6 +8,8 @@ task or group created meanwhile asks :func:`current_dag` and :func:`current_grou
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -45,3 +47,17 @@ def push_group(group: TaskGroup) -> None:
 
 def pop_group() -> TaskGroup:
     return _groups.pop()
+
+
+@contextmanager
+def detached() -> Iterator[None]:
+    """No current DAG or group inside: a task created here belongs to no DAG (a mapped
+    task's instance is built in the try, and must not join the DAG it was loaded from)."""
+    dags, groups = _dags[:], _groups[:]
+    _dags.clear()
+    _groups.clear()
+    try:
+        yield
+    finally:
+        _dags[:] = dags
+        _groups[:] = groups

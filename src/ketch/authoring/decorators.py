@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, overload
 from ketch.authoring import _context
 from ketch.authoring._args import DOC_ATTRS
 from ketch.authoring.bash import BashDecoratedTask
+from ketch.authoring.mapped import INTO_OP_KWARGS, PartialTask
 from ketch.authoring.python import BranchPythonTask, PythonTask, infer_multiple_outputs
 from ketch.authoring.short_circuit import ShortCircuitTask
 from ketch.authoring.tasks import BaseTask, XComArg, find_xcom_args
@@ -59,17 +60,37 @@ class DecoratedTask:
     def override(self, **kwargs: Any) -> DecoratedTask:
         return DecoratedTask(self.function, self.task_class, {**self.kwargs, **kwargs})
 
-    def __call__(self, *args: Any, **kwargs: Any) -> XComArg:
-        options = dict(self.kwargs)
+    def _placed_task_id(self, options: dict[str, Any]) -> str:
+        """The task id for a new call (``name__N`` when taken); pops ``task_id``."""
         group = options.get("task_group")
         dag = options.get("dag") or (group.dag if group else None) or _context.current_dag()
         if group is None:
             group = _context.current_group(dag)
         wanted = options.pop("task_id", None) or self.function.__name__
-        task_id = unique_task_id(wanted, dag.tasks if dag else None, group)
         if self.task_class in (PythonTask, BranchPythonTask) and "multiple_outputs" not in options:
             # Airflow's decorator infers it from a Mapping return annotation.
             options["multiple_outputs"] = infer_multiple_outputs(self.function)
+        return unique_task_id(wanted, dag.tasks if dag else None, group)
+
+    def partial(self, **kwargs: Any) -> PartialTask:
+        """Airflow's ``fn.partial(x=1)``: function arguments every mapped instance shares
+        (task arguments go through ``.override(...)``)."""
+        options = dict(self.kwargs)
+        task_id = self._placed_task_id(options)
+        options.update(python_callable=self.function, op_kwargs=kwargs)
+        return PartialTask(self.task_class, task_id, options, INTO_OP_KWARGS)
+
+    def expand(self, **mapped: Any) -> XComArg:
+        """Airflow's ``fn.expand(x=[1, 2, 3])``: one task instance per element."""
+        return self.partial().expand(**mapped)
+
+    def expand_kwargs(self, kwargs: Any) -> XComArg:
+        """Airflow's ``fn.expand_kwargs([{"x": 1}, {"x": 2}])``: one instance per dict."""
+        return self.partial().expand_kwargs(kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> XComArg:
+        options = dict(self.kwargs)
+        task_id = self._placed_task_id(options)
         task = self.task_class(
             task_id, python_callable=self.function, op_args=args, op_kwargs=kwargs, **options
         )

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ketch.authoring import _defaults
+from ketch.authoring.mapped import MappedTask
 from ketch.authoring.timetables import serialize_schedule
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ def serialize_task(dag: DAG, task: BaseTask) -> SerializedTask:
         email_on_retry=task.email_on_retry,
         task_group_id=task.task_group.group_id if task.task_group is not None else None,
         label=task.label,
+        expand=task.serialize_expand() if isinstance(task, MappedTask) else None,
     )
 
 

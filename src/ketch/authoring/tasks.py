@@ -25,6 +25,7 @@ from ketch.states import TriggerRule
 if TYPE_CHECKING:
     from ketch.authoring.context import Context
     from ketch.authoring.dag import DAG
+    from ketch.authoring.mapped import PartialTask
     from ketch.authoring.taskgroup import TaskGroup
 
 XComPull = Callable[[str, str], Any]
@@ -230,6 +231,18 @@ class BaseTask(DependencyMixin):
     @property
     def node_id(self) -> str:
         return self.task_id
+
+    @classmethod
+    def partial(cls, *, task_id: str | None = None, **kwargs: Any) -> PartialTask:
+        """Airflow's ``Operator.partial(task_id=..., ...)``: arguments every mapped instance
+        shares; ``.expand(...)`` or ``.expand_kwargs(...)`` then creates the mapped task."""
+        from ketch.authoring.mapped import partial_of
+
+        return partial_of(cls, task_id, kwargs)
+
+    @property
+    def is_mapped(self) -> bool:
+        return False
 
     @property
     def label(self) -> str:

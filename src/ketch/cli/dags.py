@@ -158,13 +158,11 @@ def _wait_for_run(backend: Backend, dag_id: str, run_id: str) -> int:
         state, tis = _progress(backend, dag_id, run_id)
         failed = sorted((ti for ti in tis if ti["state"] in failed_states), key=_task_id)
         for ti in failed:
-            if ti["task_id"] not in reported:
-                reported.add(ti["task_id"])
+            name = _instance_name(ti)
+            if name not in reported:
+                reported.add(name)
                 error = ti["error"]
-                click.echo(
-                    f"  {ti['state']}: {ti['task_id']}"
-                    + (f": {error_line(error)}" if error else "")
-                )
+                click.echo(f"  {ti['state']}: {name}" + (f": {error_line(error)}" if error else ""))
         done = sum(1 for ti in tis if ti["state"] in finished_states)
         line = f"{done}/{len(tis)} tasks done, {len(failed)} failed"
         if line != last_line:
@@ -177,7 +175,13 @@ def _wait_for_run(backend: Backend, dag_id: str, run_id: str) -> int:
 
 
 def _task_id(row: Row) -> Any:
-    return row["task_id"]
+    return row["task_id"], row.get("map_index", -1)
+
+
+def _instance_name(row: Row) -> str:
+    """``task`` or, for an instance of a mapped task, ``task[map_index]``."""
+    index = row.get("map_index", -1)
+    return f"{row['task_id']}[{index}]" if index is not None and index >= 0 else row["task_id"]
 
 
 @dags.command("mark-run")

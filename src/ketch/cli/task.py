@@ -21,16 +21,24 @@ def task() -> None:
 @click.argument("task_id")
 @click.argument("run_id")
 @click.option("--try", "try_number", type=int, required=True, help="The try number.")
+@click.option("--map-index", type=int, default=-1, show_default=True, help="The mapped instance.")
 @click.option(
     "--log-file", type=click.Path(path_type=Path), default=None, help="Also tee output here."
 )
 def task_run(
-    dag_id: str, task_id: str, run_id: str, try_number: int, log_file: Path | None
+    dag_id: str,
+    task_id: str,
+    run_id: str,
+    try_number: int,
+    map_index: int,
+    log_file: Path | None,
 ) -> None:
     """Run one try of a task through the execution API (never the database)."""
     from ketch.worker.runner import main as runner_main
 
     argv = [dag_id, task_id, run_id, "--try", str(try_number)]
+    if map_index >= 0:
+        argv += ["--map-index", str(map_index)]
     if log_file is not None:
         argv += ["--log-file", str(log_file)]
     sys.exit(runner_main(argv))

@@ -13,6 +13,8 @@ from ketch.cli._common import CliError, emit, error_line, output_option
 from ketch.cli.backends import Row, get_backend
 from ketch.cli.task_test import tasks_test
 
+MAP_INDEX_HELP = "The instance of a mapped task (-1: not mapped)."
+
 
 @click.group()
 def tasks() -> None:
@@ -42,7 +44,7 @@ def tasks_states(dag_id: str, run_id: str, output: str) -> None:
         if output == "table":  # the count; JSON keeps the REST API's history of each try
             row["tries"] = row["try_number"]
         row["error"] = error_line(row["error"] or "")
-    emit(output, rows, ("task_id", "state", "tries", "max_tries", "error"))
+    emit(output, rows, ("task_id", "map_index", "state", "tries", "max_tries", "error"))
 
 
 @tasks.command("clear")
@@ -118,7 +120,8 @@ def tasks_mark(dag_id: str, run_id: str, task_id: str, state: str, downstream: b
 @click.argument("run_id")
 @click.argument("task_id")
 @click.option("--key", default="return_value", show_default=True, help="The XCom key.")
-def tasks_xcom(dag_id: str, run_id: str, task_id: str, key: str) -> None:
+@click.option("--map-index", type=int, default=-1, show_default=True, help=MAP_INDEX_HELP)
+def tasks_xcom(dag_id: str, run_id: str, task_id: str, key: str, map_index: int) -> None:
     """Print what a task instance returned (its XCom), as JSON.
 
     The value as stored and as ``GET .../xcomEntries/{key}`` returns it: JSON, with a
@@ -126,7 +129,7 @@ def tasks_xcom(dag_id: str, run_id: str, task_id: str, key: str) -> None:
     """
     import json
 
-    entry = get_backend().get_xcom(dag_id, run_id, task_id, key)
+    entry = get_backend().get_xcom(dag_id, run_id, task_id, key, map_index)
     click.echo(json.dumps(entry["value"], indent=2))
 
 
@@ -136,19 +139,25 @@ def tasks_xcom(dag_id: str, run_id: str, task_id: str, key: str) -> None:
 @click.argument("task_id")
 @click.option("--try", "try_number", type=int, default=None, help="Try number (default: latest).")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing while the try runs.")
+@click.option("--map-index", type=int, default=-1, show_default=True, help=MAP_INDEX_HELP)
 def tasks_logs(
-    dag_id: str, run_id: str, task_id: str, try_number: int | None, follow: bool
+    dag_id: str,
+    run_id: str,
+    task_id: str,
+    try_number: int | None,
+    follow: bool,
+    map_index: int,
 ) -> None:
     """Print the log of a task try (with --follow, as it is written, until the try ends)."""
     backend = get_backend()
-    latest = int(backend.get_task_instance(dag_id, run_id, task_id)["try_number"])
+    latest = int(backend.get_task_instance(dag_id, run_id, task_id, map_index)["try_number"])
     number = try_number or latest
     if number < 1 or number > latest:
         raise CliError(f"task {task_id!r} of run {run_id!r} has no try {number} (tries: {latest})")
     out = sys.stdout.buffer
     if not follow:
-        out.write(backend.read_log(dag_id, run_id, task_id, number))
+        out.write(backend.read_log(dag_id, run_id, task_id, number, map_index))
         return
-    for chunk in backend.follow_log(dag_id, run_id, task_id, number):
+    for chunk in backend.follow_log(dag_id, run_id, task_id, number, map_index):
         out.write(chunk)
         out.flush()

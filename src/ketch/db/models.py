@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -149,7 +150,7 @@ class DagVersion(Base):
 class TaskInstance(Base):
     __tablename__ = "task_instance"
     __table_args__ = (
-        UniqueConstraint("dag_run_id", "task_id"),
+        UniqueConstraint("dag_run_id", "task_id", "map_index"),
         Index("ix_task_instance_state_dag_id", "state", "dag_id"),
         Index("ix_task_instance_dag_run_id_state", "dag_run_id", "state"),
     )
@@ -159,6 +160,9 @@ class TaskInstance(Base):
     dag_id: Mapped[str] = mapped_column(String(250))
     run_id: Mapped[str] = mapped_column(String(250))
     task_id: Mapped[str] = mapped_column(String(250))
+    # -1: not mapped (Airflow's value), or a mapped task not expanded yet; 0..N-1: the
+    # instances of an expanded mapped task (see scheduler/expansion.py).
+    map_index: Mapped[int] = mapped_column(Integer, default=-1, server_default=text("-1"))
     state: Mapped[str | None] = mapped_column(String(20), default=None)  # TaskInstanceState
     # The number of the current (or last) try; 0 before the first. Incremented when queued.
     try_number: Mapped[int] = mapped_column(Integer, default=0)
@@ -221,12 +225,14 @@ class XCom(Base):
     """A value a task returned (key ``return_value``) or a branch's choice (``__branch__``)."""
 
     __tablename__ = "xcom"
-    __table_args__ = (UniqueConstraint("dag_run_id", "task_id", "key"),)
+    __table_args__ = (UniqueConstraint("dag_run_id", "task_id", "key", "map_index"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     dag_run_id: Mapped[int] = mapped_column(ForeignKey("dag_run.id", ondelete="CASCADE"))
     task_id: Mapped[str] = mapped_column(String(250))
     key: Mapped[str] = mapped_column(String(512))
+    # The task instance's map index (-1: not mapped).
+    map_index: Mapped[int] = mapped_column(Integer, default=-1, server_default=text("-1"))
     value: Mapped[Any] = mapped_column(JSON)
     timestamp: Mapped[datetime]
 

@@ -26,6 +26,13 @@ class TryKey:
     run_id: str
     task_id: str
     try_number: int
+    # The mapped instance (-1: not mapped); part of pod names, labels and log paths.
+    map_index: int = -1
+
+
+def map_index_args(key: TryKey) -> list[str]:
+    """``--map-index N`` for ``ketch task run`` of a mapped instance; nothing otherwise."""
+    return ["--map-index", str(key.map_index)] if key.map_index >= 0 else []
 
 
 @dataclass(frozen=True, slots=True)

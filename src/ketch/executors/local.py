@@ -48,6 +48,7 @@ from ketch.executors.base import (
     RunningTry,
     TryEnded,
     TryKey,
+    map_index_args,
 )
 from ketch.executors.forkserver import ChildExit, ForkServer, ForkServerError, Spawned
 from ketch.logs.pump import CONFIG_ENV as PUMP_CONFIG_ENV
@@ -418,6 +419,7 @@ class LocalExecutor:
             self._forget(tracked)
             raise LaunchError(f"no log file for the try: {exc}") from exc
         argv = [key.dag_id, key.task_id, key.run_id, "--try", str(key.try_number)]
+        argv += map_index_args(key)
         env = {
             **self._env,
             ENV_TOKEN: request.token,

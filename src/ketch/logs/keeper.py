@@ -194,6 +194,7 @@ class LogKeeper:
                 TaskInstance.dag_id,
                 TaskInstance.run_id,
                 TaskInstance.task_id,
+                TaskInstance.map_index,
                 TaskInstanceTry.try_number,
                 TaskInstanceTry.state,
             )
@@ -204,7 +205,7 @@ class LogKeeper:
             rows = session.execute(query).all()
         self._since = now
         for row in rows:
-            key = TryKey(row.dag_id, row.run_id, row.task_id, row.try_number)
+            key = TryKey(row.dag_id, row.run_id, row.task_id, row.try_number, row.map_index)
             if key in self._done:
                 continue
             tracked = self._tracked.get(key) or self._track(key)

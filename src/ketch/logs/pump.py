@@ -581,13 +581,17 @@ def _write_all(fd: int, data: bytes) -> None:
 def meta_from_argv(argv: list[str]) -> dict[str, Any]:
     """dag_id, task_id, run_id and try_number from ``ketch task run``'s arguments."""
     meta: dict[str, Any] = {}
-    positional = [a for a in argv if not a.startswith("--")]
+    positional = [a for a in argv if not a.startswith("--")][:3]
     for name, value in zip(("dag_id", "task_id", "run_id"), positional, strict=False):
         meta[name] = value
     if "--try" in argv:
         index = argv.index("--try") + 1
         if index < len(argv) and argv[index].isdigit():
             meta["try_number"] = int(argv[index])
+    if "--map-index" in argv:
+        index = argv.index("--map-index") + 1
+        if index < len(argv) and argv[index].isdigit():
+            meta["map_index"] = int(argv[index])
     return meta
 
 

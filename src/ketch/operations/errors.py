@@ -36,6 +36,10 @@ class TaskNotFound(NotFound):
         super().__init__(f"task {names} not found in DAG {dag_id!r}")
 
 
+class TaskInstanceNotFound(NotFound):
+    """The task exists, but not the instance asked for (a mapped task's map_index)."""
+
+
 class PoolNotFound(NotFound):
     def __init__(self, name: str) -> None:
         super().__init__(f"pool {name!r} not found")

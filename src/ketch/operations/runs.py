@@ -30,6 +30,7 @@ from ketch.states import (
     DagRunState,
     DagRunType,
     TaskInstanceState,
+    mapped_task_state,
 )
 
 MARKABLE_RUN_STATES = frozenset({DagRunState.SUCCESS, DagRunState.FAILED, DagRunState.QUEUED})
@@ -116,10 +117,21 @@ class RunProgress:
 def run_progress(session: Session, dag_id: str, run_id: str) -> RunProgress:
     run = get_dag_run(session, dag_id, run_id)
     tis = list(session.scalars(select(TaskInstance).where(TaskInstance.dag_run_id == run.id)))
-    states = {ti.task_id: ti.state for ti in tis}
-    failed = {ti.task_id: ti.error for ti in tis if ti.state in FAILED_TI_STATES}
-    done = sum(1 for s in states.values() if s in FINISHED_TI_STATES)
-    return RunProgress(run.state, len(tis), done, len(failed), states, failed)
+    by_task: dict[str, list[str | None]] = {}
+    for ti in tis:
+        by_task.setdefault(ti.task_id, []).append(ti.state)
+    # A mapped task's instances show as one state (its aggregate).
+    states = {
+        task_id: found[0] if len(found) == 1 else mapped_task_state(found)
+        for task_id, found in by_task.items()
+    }
+    failed: dict[str, str | None] = {}
+    for ti in tis:
+        if ti.state in FAILED_TI_STATES:
+            failed.setdefault(ti.task_id, ti.error)
+    done = sum(1 for ti in tis if ti.state in FINISHED_TI_STATES)
+    failures = sum(1 for ti in tis if ti.state in FAILED_TI_STATES)
+    return RunProgress(run.state, len(tis), done, failures, states, failed)
 
 
 # --- run ids ---------------------------------------------------------------------------

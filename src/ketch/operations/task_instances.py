@@ -16,7 +16,7 @@ from ketch.operations._common import (
     _set_ti_state,
     _utcnow,
 )
-from ketch.operations.errors import TaskNotFound
+from ketch.operations.errors import TaskInstanceNotFound, TaskNotFound
 from ketch.operations.runs import _FINISHED_RUN_STATES, get_dag_run, serialized_dag_for_run
 from ketch.serialization import SerializedDag
 from ketch.states import FAILED_TI_STATES, FINISHED_TI_STATES, DagRunState, TaskInstanceState
@@ -30,16 +30,49 @@ MARKABLE_TI_STATES = frozenset(
 # --- reads ------------------------------------------------------------------------------
 
 
-def get_task_instance(session: Session, dag_id: str, run_id: str, task_id: str) -> TaskInstance:
+def get_task_instance(
+    session: Session, dag_id: str, run_id: str, task_id: str, map_index: int = -1
+) -> TaskInstance:
+    """One task instance; ``map_index`` names an instance of a mapped task (-1: unmapped,
+    or a mapped task not expanded yet)."""
     run = get_dag_run(session, dag_id, run_id)
+    of_task = (TaskInstance.dag_run_id == run.id, TaskInstance.task_id == task_id)
     ti = session.scalars(
-        select(TaskInstance).where(
-            TaskInstance.dag_run_id == run.id, TaskInstance.task_id == task_id
-        )
+        select(TaskInstance).where(*of_task, TaskInstance.map_index == map_index)
     ).first()
-    if ti is None:
+    if ti is not None:
+        return ti
+    if session.scalar(select(TaskInstance.id).where(*of_task).limit(1)) is None:
         raise TaskNotFound(dag_id, [task_id])
-    return ti
+    if map_index < 0:
+        raise TaskInstanceNotFound(
+            f"task {task_id!r} of run {run_id!r} is mapped: name one of its instances by map_index"
+        )
+    raise TaskInstanceNotFound(f"task {task_id!r} of run {run_id!r} has no map_index {map_index}")
+
+
+def list_mapped_task_instances(
+    session: Session, dag_id: str, run_id: str, task_id: str
+) -> list[TaskInstance]:
+    """The instances of a mapped task in map_index order (none before its expansion);
+    :class:`TaskInstanceNotFound` for a task that is not mapped (Airflow's listMapped)."""
+    run = get_dag_run(session, dag_id, run_id)
+    task = serialized_dag_for_run(session, run).tasks.get(task_id)
+    if task is None:
+        raise TaskNotFound(dag_id, [task_id])
+    if not task.is_mapped:
+        raise TaskInstanceNotFound(f"task {task_id!r} is not mapped")
+    return list(
+        session.scalars(
+            select(TaskInstance)
+            .where(
+                TaskInstance.dag_run_id == run.id,
+                TaskInstance.task_id == task_id,
+                TaskInstance.map_index >= 0,
+            )
+            .order_by(TaskInstance.map_index)
+        )
+    )
 
 
 def list_task_instances(session: Session, dag_id: str, run_id: str) -> list[TaskInstance]:
@@ -48,7 +81,7 @@ def list_task_instances(session: Session, dag_id: str, run_id: str) -> list[Task
     run = get_dag_run(session, dag_id, run_id)
     tis = list(session.scalars(select(TaskInstance).where(TaskInstance.dag_run_id == run.id)))
     order = {tid: i for i, tid in enumerate(serialized_dag_for_run(session, run).tasks)}
-    return sorted(tis, key=lambda ti: (order.get(ti.task_id, len(order)), ti.task_id))
+    return sorted(tis, key=lambda ti: (order.get(ti.task_id, len(order)), ti.task_id, ti.map_index))
 
 
 def list_task_instance_tries(session: Session, ti: TaskInstance) -> list[TaskInstanceTry]:
@@ -160,7 +193,7 @@ def clear_task_instances(
     )
     if only_failed:
         query = query.where(TaskInstance.state.in_([s.value for s in FAILED_TI_STATES]))
-    tis = sorted(session.scalars(query), key=lambda ti: ti.task_id)
+    tis = sorted(session.scalars(query), key=lambda ti: (ti.task_id, ti.map_index))
     if dry_run or not tis:
         return tis
     now = now or _utcnow()

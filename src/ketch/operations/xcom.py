@@ -3,8 +3,8 @@
 Mirrors Airflow 3's ``GET .../taskInstances/{task_id}/xcomEntries`` and
 ``.../xcomEntries/{xcom_key}``: the list has no values, ``~`` for the DAG, run or task
 means any, and a missing run gives an empty list; an entry carries the value as stored
-(for a tagged value, :mod:`ketch.worker.serde`'s JSON, as Airflow's raw value). ketch
-has no mapped tasks: every entry's ``map_index`` is -1.
+(for a tagged value, :mod:`ketch.worker.serde`'s JSON, as Airflow's raw value). An
+instance of a mapped task has its own entries, by ``map_index`` (-1: not mapped).
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ def _entry(row: Any) -> XComEntry:
         dag_id=row.dag_id,
         run_id=row.run_id,
         task_id=xcom.task_id,
+        map_index=xcom.map_index,
     )
 
 
@@ -87,10 +88,10 @@ def list_xcom_entries(
         query = query.where(XCom.task_id == task_id)
     if key is not None:
         query = query.where(XCom.key == key)
-    if map_index is not None and map_index != UNMAPPED:
-        return Page([], 0)
+    if map_index is not None:
+        query = query.where(XCom.map_index == map_index)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    query = query.order_by(DagRun.dag_id, XCom.task_id, DagRun.run_id, XCom.key)
+    query = query.order_by(DagRun.dag_id, XCom.task_id, DagRun.run_id, XCom.key, XCom.map_index)
     rows = session.execute(query.limit(limit).offset(offset)).all()
     return Page([_entry(r) for r in rows], total)
 
@@ -106,10 +107,13 @@ def get_xcom_entry(
 ) -> XComEntry:
     """One entry with its value; :class:`NotFound` naming the DAG, the run or the entry."""
     run = get_dag_run(session, dag_id, run_id)
-    row = None
-    if map_index == UNMAPPED:
-        query = _select().where(XCom.dag_run_id == run.id, XCom.task_id == task_id, XCom.key == key)
-        row = session.execute(query).first()
+    query = _select().where(
+        XCom.dag_run_id == run.id,
+        XCom.task_id == task_id,
+        XCom.key == key,
+        XCom.map_index == map_index,
+    )
+    row = session.execute(query).first()
     if row is None:
         raise XComNotFound(key, task_id, run_id)
     return _entry(row)

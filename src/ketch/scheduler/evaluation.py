@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,7 +29,7 @@ from ketch.scheduler.trigger_rules import (
     expand_follow,
     skipped_by_branch,
 )
-from ketch.states import FINISHED_TI_STATES, TaskInstanceState
+from ketch.states import FINISHED_TI_STATES, TaskInstanceState, mapped_task_state_of_counts
 
 BRANCH_XCOM_KEY = "__branch__"
 _FINISHED = frozenset(s.value for s in FINISHED_TI_STATES)
@@ -38,7 +38,13 @@ _CHUNK = 500
 
 @dataclass(eq=False)
 class RunTally:
-    """The in-memory view of one run's TI states, for O(changed) decisions."""
+    """The in-memory view of one run's TI states, for O(changed) decisions.
+
+    ``states`` has one entry per task. An expanded mapped task's entry is the aggregate of
+    its instances (``instances``); the upstream counts of its downstream tasks count every
+    instance, as Airflow's TriggerRuleDep does, and ``extra_upstreams`` holds how many
+    instances beyond one each task's upstreams have.
+    """
 
     dag_run_id: int
     info: DagInfo
@@ -49,27 +55,56 @@ class RunTally:
     # depends_on_past tasks whose previous run does not let them run yet; set by the
     # caller before each evaluation pass (see ketch.scheduler.past_deps).
     past_blocked: frozenset[str] = frozenset()
+    instances: dict[str, dict[int, str | None]] = field(default_factory=dict)
+    instance_counts: dict[str, Counter[str | None]] = field(default_factory=dict)
+    extra_upstreams: Counter[str] = field(default_factory=Counter)
 
     @classmethod
     def build(
         cls,
         dag_run_id: int,
         info: DagInfo,
-        states: dict[str, str | None],
+        rows: Iterable[tuple[str, int, str | None]],
         branch_choices: dict[str, Any],
     ) -> RunTally:
-        tally = cls(dag_run_id, info, states)
+        tally = cls(dag_run_id, info, {})
         tally.counts = {tid: Counter() for tid in info.dag.tasks}
-        for task_id, state in states.items():
-            task = info.task(task_id)
+        mapped: dict[str, dict[int, str | None]] = {}
+        for task_id, map_index, state in rows:
+            if map_index >= 0:
+                mapped.setdefault(task_id, {})[map_index] = state
+            else:
+                tally.states[task_id] = state
             if state not in _FINISHED:
                 tally.unfinished += 1
-            elif task is not None:
+            task = info.task(task_id)
+            if state in _FINISHED and task is not None:
                 for down in task.downstream_task_ids:
                     tally.counts[down][state] += 1
+        for task_id, states in mapped.items():
+            tally._add_instances(task_id, states)
         for task_id, value in branch_choices.items():
             tally.record_branch(task_id, value)
         return tally
+
+    def _add_instances(self, task_id: str, states: dict[int, str | None]) -> None:
+        self.instances[task_id] = states
+        self.instance_counts[task_id] = Counter(states.values())
+        self.states[task_id] = self._aggregate(task_id)
+        task = self.info.task(task_id)
+        for down in task.downstream_task_ids if task else ():
+            self.extra_upstreams[down] += len(states) - 1
+
+    def expanded(self, task_id: str, length: int, state: str) -> None:
+        """A mapped task's placeholder became ``length`` instances in ``state``."""
+        if self.states.get(task_id, "absent") is None:
+            self.unfinished -= 1
+        self.unfinished += length
+        self._add_instances(task_id, dict.fromkeys(range(length), state))
+
+    def _aggregate(self, task_id: str) -> str | None:
+        """One state for a mapped task's instances (see ``mapped_task_state``)."""
+        return mapped_task_state_of_counts(self.instance_counts[task_id])
 
     def record_branch(self, task_id: str, value: Any) -> None:
         """Remember what a finished branch task chose (its ``__branch__`` XCom)."""
@@ -81,11 +116,39 @@ class RunTally:
             return frozenset()
         return self.info.descendants(task_id)
 
-    def set_state(self, task_id: str, new: str | None) -> None:
+    def set_state(self, task_id: str, new: str | None, map_index: int = -1) -> None:
+        instances = self.instances.get(task_id)
+        if instances is not None:
+            self._set_instance_state(task_id, instances, map_index, new)
+            return
         old = self.states.get(task_id)
         if old == new or task_id not in self.states:
             return
         self.states[task_id] = new
+        self._count_change(task_id, old, new)
+
+    def _set_instance_state(
+        self, task_id: str, instances: dict[int, str | None], map_index: int, new: str | None
+    ) -> None:
+        """One instance changed; a decision for the whole task (map_index -1) sets every
+        instance that had none (what write_decisions writes)."""
+        targets = (
+            [map_index]
+            if map_index >= 0
+            else [i for i, state in instances.items() if state is None]
+        )
+        counts = self.instance_counts[task_id]
+        for index in targets:
+            old = instances.get(index, "absent")
+            if old == "absent" or old == new:
+                continue
+            instances[index] = new
+            counts[old] -= 1
+            counts[new] += 1
+            self._count_change(task_id, old, new)
+        self.states[task_id] = self._aggregate(task_id)
+
+    def _count_change(self, task_id: str, old: str | None, new: str | None) -> None:
         self.unfinished += (old in _FINISHED) - (new in _FINISHED)
         task = self.info.task(task_id)
         for down in task.downstream_task_ids if task else ():
@@ -93,6 +156,10 @@ class RunTally:
                 self.counts[down][old] -= 1
             if new in _FINISHED:
                 self.counts[down][new] += 1
+
+    def needs_expansion(self, task_id: str) -> bool:
+        task = self.info.task(task_id)
+        return task is not None and task.is_mapped and task_id not in self.instances
 
     def decide(self, task_id: str) -> Decision:
         task = self.info.task(task_id)
@@ -105,7 +172,8 @@ class RunTally:
             task_id, (self.follow.get(p) for p in branch_parents if self.states.get(p) in _FINISHED)
         ):
             return Decision.SKIPPED
-        counts = UpstreamCounts.from_tally(self.counts[task_id], len(task.upstream_task_ids))
+        total = len(task.upstream_task_ids) + self.extra_upstreams[task_id]
+        counts = UpstreamCounts.from_tally(self.counts[task_id], total)
         decision = decide(task.trigger_rule, counts)
         if decision == Decision.RUN and task_id in self.past_blocked:
             return Decision.WAIT  # Airflow's PrevDagrunDep: it keeps no state, it waits
@@ -123,8 +191,27 @@ class RunTally:
         )
 
 
-def cascade(tally: RunTally, candidates: Iterable[str]) -> dict[str, Decision]:
-    """Decide every NULL-state candidate; final states cascade to their downstream tasks."""
+@dataclass(frozen=True, slots=True)
+class Expansion:
+    """What expanding a mapped task gave: ``length`` scheduled instances, or a final
+    ``state`` of its placeholder (skipped: nothing to map over; failed: see its error)."""
+
+    length: int = 0
+    state: str | None = None
+
+
+Expander = Callable[[str], Expansion]
+
+
+def cascade(
+    tally: RunTally, candidates: Iterable[str], expand: Expander | None = None
+) -> dict[str, Decision]:
+    """Decide every NULL-state candidate; final states cascade to their downstream tasks.
+
+    A mapped task not expanded yet whose rule is met is handed to ``expand``, which
+    writes its instances (or its placeholder's final state) itself; it is not in the
+    returned decisions.
+    """
     work = deque(candidates)
     decided: dict[str, Decision] = {}
     while work:
@@ -134,11 +221,19 @@ def cascade(tally: RunTally, candidates: Iterable[str]) -> dict[str, Decision]:
         decision = tally.decide(task_id)
         if decision == Decision.WAIT:
             continue
-        decided[task_id] = decision
-        tally.set_state(task_id, decision.value)
-        if decision != Decision.RUN:
-            task = tally.info.task(task_id)
-            work.extend(task.downstream_task_ids if task else ())
+        if decision == Decision.RUN and expand is not None and tally.needs_expansion(task_id):
+            result = expand(task_id)
+            if result.state is None:
+                tally.expanded(task_id, result.length, Decision.RUN.value)
+                continue
+            tally.set_state(task_id, result.state)
+        else:
+            decided[task_id] = decision
+            tally.set_state(task_id, decision.value)
+            if decision == Decision.RUN:
+                continue
+        task = tally.info.task(task_id)
+        work.extend(task.downstream_task_ids if task else ())
     return decided
 
 
@@ -219,15 +314,15 @@ class TallyStore:
     @staticmethod
     def build(session: Session, dag_run_id: int, info: DagInfo) -> RunTally:
         rows = session.execute(
-            select(TaskInstance.task_id, TaskInstance.state).where(
+            select(TaskInstance.task_id, TaskInstance.map_index, TaskInstance.state).where(
                 TaskInstance.dag_run_id == dag_run_id
             )
-        )
-        states = {task_id: state for task_id, state in rows}
+        ).all()
+        states = {task_id: state for task_id, map_index, state in rows if map_index < 0}
         choices = load_branch_choices(session, dag_run_id) if info.branch_ids else {}
         choices = {
             tid: value
             for tid, value in choices.items()
             if states.get(tid) == TaskInstanceState.SUCCESS.value
         }
-        return RunTally.build(dag_run_id, info, states, choices)
+        return RunTally.build(dag_run_id, info, [(r[0], r[1], r[2]) for r in rows], choices)

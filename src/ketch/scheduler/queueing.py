@@ -229,7 +229,7 @@ def _mark_queued(ctx: SchedulerContext, session: Session, ti: TaskInstance, now:
 
 
 def try_key(ti: TaskInstance) -> TryKey:
-    return TryKey(ti.dag_id, ti.run_id, ti.task_id, ti.try_number)
+    return TryKey(ti.dag_id, ti.run_id, ti.task_id, ti.try_number, ti.map_index)
 
 
 def _request(

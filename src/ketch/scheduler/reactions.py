@@ -17,13 +17,17 @@ from sqlalchemy.orm import Session
 from ketch.db.models import DagModel, DagRun, TaskInstance
 from ketch.executors.base import RunningTry, TryEnded, TryKey
 from ketch.scheduler.context import SchedulerContext
+from ketch.scheduler.dag_cache import DagInfo
 from ketch.scheduler.evaluation import (
+    Expander,
+    Expansion,
     RunTally,
     cascade,
     downstream_of,
     load_branch_choices,
     write_decisions,
 )
+from ketch.scheduler.expansion import expand_mapped_task
 from ketch.scheduler.past_deps import blocked_by_past, wake_later_runs
 from ketch.scheduler.task_state import record_try_outcome
 from ketch.states import (
@@ -106,7 +110,7 @@ def ended_process_is_not_the_owner(ti: TaskInstance, event: TryEnded) -> bool:
 def _adopt_owner(ctx: SchedulerContext, ti: TaskInstance) -> None:
     """Watch the process that really runs ``ti`` (it started after a crash, unlaunched by us)."""
     offer = RunningTry(
-        key=TryKey(ti.dag_id, ti.run_id, ti.task_id, ti.try_number),
+        key=TryKey(ti.dag_id, ti.run_id, ti.task_id, ti.try_number, ti.map_index),
         ti_id=ti.id,
         external_executor_id=None,
         started_at_epoch=ti.start_date.timestamp() if ti.start_date else None,
@@ -216,15 +220,33 @@ def react_to_changes(
         return
     tally = ctx.tallies.get(session, run.id, info)
     for ti in tis:
-        tally.set_state(ti.task_id, ti.state)
+        tally.set_state(ti.task_id, ti.state, ti.map_index)
     _learn_branch_choices(session, tally, [ti.task_id for ti in tis])
     if wake_later_runs(session, run, info, [ti.task_id for ti in tis]):
         ctx.poke()
     tally.past_blocked = blocked_by_past(session, run, info, tally.states)
-    decided = cascade(tally, downstream_of(tally, [ti.task_id for ti in tis]))
+    decided = cascade(
+        tally, downstream_of(tally, [ti.task_id for ti in tis]), _expander(ctx, session, run, info)
+    )
     write_decisions(session, run.id, decided, ctx.clock())
     if tally.unfinished == 0:
         check_run_completion(ctx, session, run, tally)
+
+
+def _expander(ctx: SchedulerContext, session: Session, run: DagRun, info: DagInfo) -> Expander:
+    """Expands a mapped task of ``run`` in this transaction (see scheduler/expansion.py)."""
+
+    def expand(task_id: str) -> Expansion:
+        return expand_mapped_task(
+            session,
+            run.id,
+            info,
+            task_id,
+            max_length=ctx.settings.core.max_map_length,
+            now=ctx.clock(),
+        )
+
+    return expand
 
 
 def _learn_branch_choices(session: Session, tally: RunTally, task_ids: list[str]) -> None:
@@ -260,7 +282,7 @@ def evaluate_run_fully(ctx: SchedulerContext, session: Session, run: DagRun) -> 
     tally = ctx.tallies.get(session, run.id, info)
     pending = [tid for tid in info.topological_order if tally.states.get(tid, "x") is None]
     tally.past_blocked = blocked_by_past(session, run, info, tally.states)
-    decided = cascade(tally, pending)
+    decided = cascade(tally, pending, _expander(ctx, session, run, info))
     write_decisions(session, run.id, decided, ctx.clock())
     log.debug("run %s/%s evaluated: %d decisions", run.dag_id, run.run_id, len(decided))
     if tally.unfinished == 0:

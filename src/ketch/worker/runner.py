@@ -416,6 +416,7 @@ def run_task(payload: dict[str, Any], client: ExecutionApiClient, dag: Any = Non
                 reporting_to(_rendered_fields_reporter(client)),
             ):
                 result = task.execute(context, _xcom_puller(client))
+            problem = _mapping_problem(task, result, payload)
         finally:
             signal.signal(signal.SIGTERM, _note_sigterm)
     except SkipTask as exc:
@@ -437,7 +438,19 @@ def run_task(payload: dict[str, Any], client: ExecutionApiClient, dag: Any = Non
         return _failure(exc)
     except SystemExit as exc:
         return _failure(RuntimeError(f"task called sys.exit({exc.code!r})"))
+    if problem:
+        say(problem)
+        return Outcome("failed", error=problem)
     return _success(task_id, result, payload)
+
+
+def _mapping_problem(task: Any, result: Any, payload: dict[str, Any]) -> str | None:
+    """Why the value cannot be mapped over downstream (see ketch.authoring.mapped)."""
+    from ketch.authoring.mapped import push_problem
+
+    if not hasattr(result, "push_return_value"):
+        return None
+    return push_problem(task, result, int(payload.get("max_map_length") or 1024))
 
 
 def _success(task_id: str, result: Any, payload: dict[str, Any]) -> Outcome:
@@ -539,9 +552,10 @@ def run_try(args: argparse.Namespace) -> int:
     from ketch.worker.callbacks import run_state_callbacks
 
     hostname = socket.gethostname()
+    mapped = f" map_index={args.map_index}" if args.map_index >= 0 else ""
     say(
-        f"dag={args.dag_id} task={args.task_id} run={args.run_id} try={args.try_number} "
-        f"host={hostname} pid={os.getpid()}"
+        f"dag={args.dag_id} task={args.task_id}{mapped} run={args.run_id} "
+        f"try={args.try_number} host={hostname} pid={os.getpid()}"
     )
     client = ExecutionApiClient.from_env()
     # A SIGTERM outside the task itself is noted, not fatal: the try still reports and
@@ -611,6 +625,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("task_id")
     parser.add_argument("run_id")
     parser.add_argument("--try", dest="try_number", type=int, required=True)
+    parser.add_argument("--map-index", dest="map_index", type=int, default=-1)
     parser.add_argument("--log-file", type=Path, default=None)
     return parser.parse_args(argv)
 

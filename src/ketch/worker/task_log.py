@@ -39,7 +39,8 @@ _UNSAFE_IN_NAME = ("/", "\\", "\0")
 
 
 def log_path(settings_log_folder: Path, key: TryKey) -> Path:
-    """``{log_folder}/dag_id=D/run_id=R/task_id=T/attempt=N.log`` (Airflow's layout).
+    """``{log_folder}/dag_id=D/run_id=R/task_id=T/attempt=N.log`` (Airflow's layout),
+    with ``map_index=M/`` before ``attempt=`` for a mapped instance.
 
     Raises :class:`UnsafeLogPath` rather than name a file anywhere else: each id must
     be one path segment, and the try's folder must resolve inside the resolved log
@@ -55,13 +56,13 @@ def log_path(settings_log_folder: Path, key: TryKey) -> Path:
     if isinstance(key.try_number, bool) or not isinstance(key.try_number, int):
         raise UnsafeLogPath(f"try number {key.try_number!r} is not a whole number")
     folder = Path(settings_log_folder)
-    path = (
-        folder
-        / f"dag_id={key.dag_id}"
-        / f"run_id={key.run_id}"
-        / f"task_id={key.task_id}"
-        / f"attempt={key.try_number}.log"
+    task_folder = (
+        folder / f"dag_id={key.dag_id}" / f"run_id={key.run_id}" / f"task_id={key.task_id}"
     )
+    map_index = getattr(key, "map_index", -1)
+    if map_index >= 0:  # a mapped instance: Airflow's map_index= level
+        task_folder = task_folder / f"map_index={int(map_index)}"
+    path = task_folder / f"attempt={key.try_number}.log"
     base = folder.resolve()
     if not path.parent.resolve().is_relative_to(base):
         raise UnsafeLogPath(f"the log of {key} would lie outside the log folder {base}")

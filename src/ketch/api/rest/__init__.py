@@ -42,6 +42,7 @@ def build_router() -> APIRouter:
     )
     for module in (health, dags, dag_runs, task_instances, xcom, logs, import_errors, pools):
         router.include_router(module.router)
+    router.include_router(task_instances.mapped_router)  # after xcomEntries
     router.include_router(variable_sync.router)  # before variables: syncStatus is no key
     router.include_router(variables.router)
     router.include_router(  # the statuses its routes answer, and /connections/import

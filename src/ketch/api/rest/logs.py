@@ -143,14 +143,17 @@ def get_log(
         ),
     ] = None,
     download: bool = False,
+    map_index: Annotated[
+        int, Query(ge=-1, le=2**31 - 1, description="The mapped instance (-1: not mapped).")
+    ] = -1,
 ) -> Response:
-    ti = operations.get_task_instance(session, dag_id, dag_run_id, task_id)
+    ti = operations.get_task_instance(session, dag_id, dag_run_id, task_id, map_index)
     if try_number > ti.try_number:
         raise HTTPException(
             404,
             f"task {task_id!r} of run {dag_run_id!r} has no try {try_number} (tries: {ti.try_number})",
         )
-    key = TryKey(dag_id, dag_run_id, task_id, try_number)
+    key = TryKey(dag_id, dag_run_id, task_id, try_number, map_index)
     state = ti.state if try_number == ti.try_number else "ended"
     live = try_number == ti.try_number and ti.state in _LIVE
     reader = log_access(request).reader()

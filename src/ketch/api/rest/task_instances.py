@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Path
 from sqlalchemy.orm import Session
 
 from ketch import operations
@@ -39,6 +41,38 @@ def get_task_instance(
     dag_id: str, dag_run_id: str, task_id: str, session: SessionDep
 ) -> TaskInstanceResponse:
     ti = operations.get_task_instance(session, dag_id, dag_run_id, task_id)
+    return TaskInstanceResponse.from_model(ti, operations.list_task_instance_tries(session, ti))
+
+
+@router.get(
+    "/dagRuns/{dag_run_id}/taskInstances/{task_id}/listMapped", responses=error_responses(404)
+)
+def list_mapped_task_instances(
+    dag_id: str, dag_run_id: str, task_id: str, session: SessionDep
+) -> TaskInstanceCollectionResponse:
+    """The instances of a mapped task, in map_index order (Airflow's listMapped); 404 for
+    a task that is not mapped."""
+    tis = operations.list_mapped_task_instances(session, dag_id, dag_run_id, task_id)
+    return _collection(session, tis)
+
+
+# Included after the other routers: ``/taskInstances/{task_id}/xcomEntries`` must not be
+# taken for a map_index.
+mapped_router = APIRouter(prefix="/dags/{dag_id}", tags=["TaskInstance"])
+
+
+@mapped_router.get(
+    "/dagRuns/{dag_run_id}/taskInstances/{task_id}/{map_index}", responses=error_responses(404)
+)
+def get_mapped_task_instance(
+    dag_id: str,
+    dag_run_id: str,
+    task_id: str,
+    map_index: Annotated[int, Path(ge=-1)],
+    session: SessionDep,
+) -> TaskInstanceResponse:
+    """One instance of a mapped task (Airflow's mapped task instance endpoint)."""
+    ti = operations.get_task_instance(session, dag_id, dag_run_id, task_id, map_index)
     return TaskInstanceResponse.from_model(ti, operations.list_task_instance_tries(session, ti))
 
 

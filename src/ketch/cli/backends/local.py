@@ -134,9 +134,9 @@ class LocalBackend:
         with dag_session() as session:
             return ti_rows(session, operations.list_task_instances(session, dag_id, run_id))
 
-    def get_task_instance(self, dag_id: str, run_id: str, task_id: str) -> Row:
+    def get_task_instance(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> Row:
         with dag_session() as session:
-            ti = operations.get_task_instance(session, dag_id, run_id, task_id)
+            ti = operations.get_task_instance(session, dag_id, run_id, task_id, map_index)
             tries = operations.list_task_instance_tries(session, ti)
             return _dump(TaskInstanceResponse.from_model(ti, tries))
 
@@ -177,32 +177,40 @@ class LocalBackend:
             )
             return ti_rows(session, altered)
 
-    def get_xcom(self, dag_id: str, run_id: str, task_id: str, key: str) -> Row:
+    def get_xcom(
+        self, dag_id: str, run_id: str, task_id: str, key: str, map_index: int = -1
+    ) -> Row:
         with dag_session() as session:
-            entry = operations.get_xcom_entry(session, dag_id, run_id, task_id, key)
+            entry = operations.get_xcom_entry(
+                session, dag_id, run_id, task_id, key, map_index=map_index
+            )
             return _dump(XComResponseNative.from_entry(entry))
 
-    def _log_try(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> Any:
+    def _log_try(
+        self, dag_id: str, run_id: str, task_id: str, try_number: int, map_index: int
+    ) -> Any:
         """The try's key, whether it may still write, and its state (for messages)."""
         from ketch.executors.base import TryKey
         from ketch.states import TaskInstanceState
 
         with db_session() as session:
-            ti = operations.get_task_instance(session, dag_id, run_id, task_id)
+            ti = operations.get_task_instance(session, dag_id, run_id, task_id, map_index)
             current = ti.try_number == try_number
             state = ti.state if current else "ended"
         live = current and state in (TaskInstanceState.QUEUED, TaskInstanceState.RUNNING)
-        return TryKey(dag_id, run_id, task_id, try_number), live, state
+        return TryKey(dag_id, run_id, task_id, try_number, map_index), live, state
 
     def _log_reader(self) -> Any:
         from ketch.logs.access import LogAccess
 
         return LogAccess(load_settings()).reader()
 
-    def read_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> bytes:
+    def read_log(
+        self, dag_id: str, run_id: str, task_id: str, try_number: int, map_index: int = -1
+    ) -> bytes:
         from ketch.logs.reader import LogUnavailable
 
-        key, live, state = self._log_try(dag_id, run_id, task_id, try_number)
+        key, live, state = self._log_try(dag_id, run_id, task_id, try_number, map_index)
         reader = self._log_reader()
         try:
             source = reader.best(key, live, state=state)
@@ -211,23 +219,25 @@ class LocalBackend:
         return b"".join(reader.pieces(source))
 
     def follow_log(
-        self, dag_id: str, run_id: str, task_id: str, try_number: int
+        self, dag_id: str, run_id: str, task_id: str, try_number: int, map_index: int = -1
     ) -> Iterator[bytes]:
         """The log as it grows (a queued try: once it starts), until the try is over and
         all of it was read."""
-        key, _live, _state = self._log_try(dag_id, run_id, task_id, try_number)
+        key, _live, _state = self._log_try(dag_id, run_id, task_id, try_number, map_index)
         for step in self._log_reader().follow(
-            key, 0, self._try_state(dag_id, run_id, task_id, try_number)
+            key, 0, self._try_state(dag_id, run_id, task_id, try_number, map_index)
         ):
             if isinstance(step, str):
                 return
             if step:
                 yield step
 
-    def _try_state(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> Any:
+    def _try_state(
+        self, dag_id: str, run_id: str, task_id: str, try_number: int, map_index: int
+    ) -> Any:
         def check() -> str | None:
             try:
-                _key, live, state = self._log_try(dag_id, run_id, task_id, try_number)
+                _key, live, state = self._log_try(dag_id, run_id, task_id, try_number, map_index)
             except operations.NotFound:
                 return "removed"  # the run was deleted: nothing more will be written
             return None if live else (state or "none")

@@ -77,8 +77,10 @@ class RemoteBackend:
         path = f"/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}/taskInstances"
         return list(self._api.json("GET", path)["task_instances"])
 
-    def get_task_instance(self, dag_id: str, run_id: str, task_id: str) -> Row:
+    def get_task_instance(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> Row:
         path = f"/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}/taskInstances/{_q(task_id)}"
+        if map_index >= 0:
+            path += f"/{map_index}"
         return dict(self._api.json("GET", path))
 
     def clear_task_instances(
@@ -110,27 +112,33 @@ class RemoteBackend:
         body = {"new_state": state, "include_downstream": downstream}
         return list(self._api.json("PATCH", path, body=body)["task_instances"])
 
-    def get_xcom(self, dag_id: str, run_id: str, task_id: str, key: str) -> Row:
+    def get_xcom(
+        self, dag_id: str, run_id: str, task_id: str, key: str, map_index: int = -1
+    ) -> Row:
         path = (
             f"/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}/taskInstances/{_q(task_id)}"
             f"/xcomEntries/{_q(key)}"
         )
-        return dict(self._api.json("GET", path))
+        return dict(self._api.json("GET", path, params={"map_index": map_index}))
 
     def _log_path(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
         return (
             f"/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}/taskInstances/{_q(task_id)}/logs/{try_number}"
         )
 
-    def read_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> bytes:
-        return self._api.request("GET", self._log_path(dag_id, run_id, task_id, try_number)).content
+    def read_log(
+        self, dag_id: str, run_id: str, task_id: str, try_number: int, map_index: int = -1
+    ) -> bytes:
+        path = self._log_path(dag_id, run_id, task_id, try_number)
+        return self._api.request("GET", path, params={"map_index": map_index}).content
 
     def follow_log(
-        self, dag_id: str, run_id: str, task_id: str, try_number: int
+        self, dag_id: str, run_id: str, task_id: str, try_number: int, map_index: int = -1
     ) -> Iterator[bytes]:
         """The ``event: log`` messages of the API's Server-Sent Events stream until ``end``."""
         path = self._log_path(dag_id, run_id, task_id, try_number)
-        for event, data in self._api.events(path, {"follow": "true"}):
+        params = {"follow": "true", "map_index": map_index}
+        for event, data in self._api.events(path, params):
             if event == "end":
                 return
             if event == "log":

@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from ketch.config import KubernetesSettings, Settings
-from ketch.executors.base import LaunchRequest, TryKey
+from ketch.executors.base import LaunchRequest, TryKey, map_index_args
 from ketch.logs.archive.base import log_key
 from ketch.logs.pump import CONFIG_ENV as PUMP_CONFIG_ENV
 from ketch.logs.pump import PumpConfig
@@ -48,6 +48,7 @@ LABEL_TASK_ID = "ketch.io/task-id"
 LABEL_RUN_ID = "ketch.io/run-id"
 LABEL_TRY = "ketch.io/try-number"
 LABEL_TI_ID = "ketch.io/ti-id"
+LABEL_MAP_INDEX = "ketch.io/map-index"  # only on a mapped instance's pod
 SELECTOR = f"{MANAGED_BY}=ketch"
 DEADLINE_GRACE_SECONDS = 60
 # seconds a SIGTERMed try needs besides its final flush (stop the task's children, report)
@@ -117,8 +118,18 @@ def pod_name(key: TryKey) -> str:
     prefix from the DAG and task ids plus a hash of the whole key; a DNS-1123 label."""
     readable = re.sub(r"[^a-z0-9-]+", "-", f"{key.dag_id}-{key.task_id}".lower()).strip("-")
     readable = readable[:40].rstrip("-") or "task"
+    if key.map_index >= 0:  # a mapped instance: its index is part of the name and hash
+        readable = readable[:32].rstrip("-") or "task"
+        digest = _digest(
+            key.dag_id, key.run_id, key.task_id, key.try_number, key.map_index, length=12
+        )
+        return f"{readable}-{key.map_index}-{key.try_number}-{digest}"[:63]
     digest = _digest(key.dag_id, key.run_id, key.task_id, key.try_number, length=12)
     return f"{readable}-{key.try_number}-{digest}"[:63]
+
+
+def _map_index(key: TryKey) -> dict[str, str]:
+    return {LABEL_MAP_INDEX: str(key.map_index)} if key.map_index >= 0 else {}
 
 
 def try_labels(key: TryKey, ti_id: int) -> dict[str, str]:
@@ -129,6 +140,7 @@ def try_labels(key: TryKey, ti_id: int) -> dict[str, str]:
         LABEL_RUN_ID: label_value(key.run_id),
         LABEL_TRY: str(key.try_number),
         LABEL_TI_ID: str(ti_id),
+        **_map_index(key),
     }
 
 
@@ -139,6 +151,7 @@ def try_annotations(key: TryKey) -> dict[str, str]:
         LABEL_TASK_ID: key.task_id,
         LABEL_RUN_ID: key.run_id,
         LABEL_TRY: str(key.try_number),
+        **_map_index(key),
     }
 
 
@@ -146,7 +159,13 @@ def key_of(pod: dict[str, Any]) -> TryKey | None:
     """The try a pod runs, from its annotations; None for a pod that is not ketch's."""
     ann = (pod.get("metadata") or {}).get("annotations") or {}
     try:
-        return TryKey(ann[LABEL_DAG_ID], ann[LABEL_RUN_ID], ann[LABEL_TASK_ID], int(ann[LABEL_TRY]))
+        return TryKey(
+            ann[LABEL_DAG_ID],
+            ann[LABEL_RUN_ID],
+            ann[LABEL_TASK_ID],
+            int(ann[LABEL_TRY]),
+            int(ann.get(LABEL_MAP_INDEX, -1)),
+        )
     except (KeyError, ValueError):
         return None
 
@@ -371,6 +390,7 @@ def build_pod(
         key.run_id,
         "--try",
         str(key.try_number),
+        *map_index_args(key),
         "--log-file",
         str(log_path(settings.log_folder, key)),
     ]
