@@ -215,3 +215,83 @@ def test_a_long_return_value_is_cut(web: Web) -> None:
     _add_return_value(web.engine, ["x" * 100] * 100)
     text = web.get("/dags/etl/runs/run_one/tasks/extract").text
     assert "(cut: the whole value is in the XCom API)" in text
+
+
+# ------------------------------------------------------------------ mapped task instances
+
+
+def _mapped_run(engine: Engine, instances: int) -> None:
+    """A DAG ``mapped`` (produce >> work, work mapped over produce's list) and a run where
+    ``work`` has ``instances`` instances, the last one failed."""
+    from ketch.db.models import DagRun as Run
+    from ketch.serialization import SerializedDag
+    from tests.unit.test_operations import add_dag, add_run
+
+    dag = SerializedDag.model_validate(
+        {
+            "dag_id": "mapped",
+            "fileloc": "/dags/mapped.py",
+            "relative_fileloc": "mapped.py",
+            "schedule": {"kind": "none"},
+            "tasks": {
+                "produce": {
+                    "task_id": "produce",
+                    "kind": "python",
+                    "downstream_task_ids": ["work"],
+                },
+                "work": {
+                    "task_id": "work",
+                    "kind": "python",
+                    "upstream_task_ids": ["produce"],
+                    "expand": {
+                        "kind": "dict_of_lists",
+                        "args": [{"name": "x", "xcom_task_id": "produce"}],
+                    },
+                },
+            },
+        }
+    )
+    with Session(engine) as session:
+        model = add_dag(session, dag)
+        add_run(session, model, "m1", {"produce": "success"}, run_state="failed")
+        run = session.scalars(select(Run).where(Run.run_id == "m1")).one()
+        session.add_all(
+            TaskInstance(
+                dag_run_id=run.id,
+                dag_id="mapped",
+                run_id="m1",
+                task_id="work",
+                map_index=i,
+                state="failed" if i == instances - 1 else "success",
+                try_number=1,
+                max_tries=0,
+                error="boom at the end" if i == instances - 1 else None,
+            )
+            for i in range(instances)
+        )
+        session.commit()
+
+
+def test_a_run_of_1000_mapped_instances_on_every_page(web_both: Web) -> None:
+    web = web_both
+    _mapped_run(web.engine, 1000)
+    grid = web.get("/dags/mapped").text
+    cell = re.search(
+        r'<a id="c\d+-2" class="sq state-(\w+)" data-state="(\w+)" data-task-id="work"', grid
+    )
+    assert cell is not None and cell.group(2) == "failed"  # one cell for the 1,000 instances
+    assert "(1000 mapped instances)" in grid
+    listing = web.get("/dags/mapped/runs/m1/tasks/work")  # no map_index: the instances
+    assert listing.status_code == 200, listing.text
+    assert listing.text.count('<a href="?map_index=') == 1000
+    assert '<span data-instance-state="999">failed</span>' in listing.text
+    one = web.get("/dags/mapped/runs/m1/tasks/work?map_index=999")
+    assert one.status_code == 200, one.text
+    assert '<span class="muted">[999]</span>' in one.text
+    assert 'data-testid="ti-error">boom at the end<' in one.text
+    assert "/taskInstances/work/logs/1?map_index=999" in one.text
+    assert web.get("/dags/mapped/runs/m1/tasks/work?map_index=1000").status_code == 404
+    run_page = web.get("/dags/mapped/runs/m1").text
+    assert run_page.count("/tasks/work?map_index=") == 1000
+    graph = web.get("/dags/mapped/graph?run_id=m1").text
+    assert 'data-task-id="work" data-state="failed"' in graph

@@ -56,4 +56,4 @@ def _in_dag_order(session: Session, run: DagRun, tis: list[TaskInstance]) -> lis
     """The run's task instances in its DAG version's task order (unknown tasks last)."""
     tasks = operations.serialized_dag_for_run(session, run).tasks
     order = {task_id: index for index, task_id in enumerate(tasks)}
-    return sorted(tis, key=lambda ti: (order.get(ti.task_id, len(order)), ti.task_id))
+    return sorted(tis, key=lambda ti: (order.get(ti.task_id, len(order)), ti.task_id, ti.map_index))

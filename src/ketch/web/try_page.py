@@ -17,6 +17,8 @@ from sqlalchemy.orm import Session
 from starlette.responses import HTMLResponse
 
 from ketch import operations
+from ketch.auth.principal import Principal
+from ketch.db.models import TaskInstance
 from ketch.web import access
 from ketch.web.access import api_dag_path
 from ketch.web.common import PrincipalDep, SessionDep, not_found, page
@@ -35,9 +37,12 @@ def try_page(
     principal: PrincipalDep,
     session: SessionDep,
     try_number: Annotated[int | None, Query(alias="try", ge=1, le=2**31 - 1)] = None,
+    map_index: Annotated[int, Query(ge=-1, le=2**31 - 1)] = -1,
 ) -> HTMLResponse:
+    if map_index < 0 and (mapped := _instances(session, dag_id, run_id, task_id)) is not None:
+        return _instances_page(request, principal, session, dag_id, run_id, task_id, mapped)
     try:
-        ti = operations.get_task_instance(session, dag_id, run_id, task_id)
+        ti = operations.get_task_instance(session, dag_id, run_id, task_id, map_index)
     except operations.NotFound as exc:
         return not_found(request, principal, str(exc))
     tries = operations.list_task_instance_tries(session, ti)
@@ -50,7 +55,7 @@ def try_page(
     if shown >= 1:
         log_url = (
             f"{api_dag_path(dag_id)}/dagRuns/{_seg(run_id)}/taskInstances/{_seg(task_id)}"
-            f"/logs/{shown}"
+            f"/logs/{shown}" + (f"?map_index={map_index}" if map_index >= 0 else "")
         )
     shown_try = next((t for t in tries if t.try_number == shown), None)
     return page(
@@ -58,28 +63,71 @@ def try_page(
         principal,
         "try.html",
         {
-            "title": f"{task_id} · {run_id}",
+            "title": f"{task_id}{_suffix(map_index)} · {run_id}",
             "dag_id": dag_id,
             "run": run,
             "ti": ti,
+            "map_index": map_index,
             "tries": tries,
             "shown": shown,
             "log_url": log_url,
-            "return_value": _return_value(session, dag_id, run_id, task_id),
+            "return_value": _return_value(session, dag_id, run_id, task_id, map_index),
             "rendered_fields": _rendered(shown_try.rendered_fields if shown_try else None),
             "api_dag": access.api_dag_path(dag_id),
             "api_ti": access.api_ti_path(dag_id, run_id, task_id),
-            "may_mark": access.may_mark_task(principal, dag_id, run_id, task_id),
+            # The API marks whole tasks: a mapped instance is cleared (with its siblings)
+            # but not marked on its own here.
+            "may_mark": map_index < 0 and access.may_mark_task(principal, dag_id, run_id, task_id),
             "may_clear": access.may_clear(principal, dag_id),
         },
     )
 
 
-def _return_value(session: Session, dag_id: str, run_id: str, task_id: str) -> str | None:
+def _suffix(map_index: int) -> str:
+    return f" [{map_index}]" if map_index >= 0 else ""
+
+
+def _instances(
+    session: Session, dag_id: str, run_id: str, task_id: str
+) -> list[TaskInstance] | None:
+    """A mapped task's instances, or None for a task that is not mapped (or unknown)."""
+    try:
+        return operations.list_mapped_task_instances(session, dag_id, run_id, task_id)
+    except operations.NotFound:
+        return None
+
+
+def _instances_page(
+    request: Request,
+    principal: Principal,
+    session: Session,
+    dag_id: str,
+    run_id: str,
+    task_id: str,
+    instances: list[TaskInstance],
+) -> HTMLResponse:
+    """A mapped task named without its map_index: its instances, each linking to its page."""
+    return page(
+        request,
+        principal,
+        "mapped.html",
+        {
+            "title": f"{task_id} · {run_id}",
+            "dag_id": dag_id,
+            "run": operations.get_dag_run(session, dag_id, run_id),
+            "task_id": task_id,
+            "instances": instances,
+        },
+    )
+
+
+def _return_value(
+    session: Session, dag_id: str, run_id: str, task_id: str, map_index: int
+) -> str | None:
     """The task's return value as indented JSON, cut at ``RETURN_VALUE_CHARS`` (the whole
     value is in the XCom API); None when it returned nothing."""
     try:
-        entry = operations.get_xcom_entry(session, dag_id, run_id, task_id)
+        entry = operations.get_xcom_entry(session, dag_id, run_id, task_id, map_index=map_index)
     except operations.NotFound:
         return None
     if entry.value is None:  # returned None: Airflow pushes nothing then

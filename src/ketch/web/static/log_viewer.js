@@ -15,6 +15,7 @@
     return;
   }
   var url = view.dataset.url;
+  var join = url.indexOf("?") >= 0 ? "&" : "?"; // a mapped instance's URL has ?map_index=
   var encoder = new TextEncoder();
   var offset = 0; // bytes received so far (the API's offsets are in bytes)
   var pending = ""; // the last line, until its newline arrives
@@ -148,7 +149,7 @@
   }
 
   function connect() {
-    source = new EventSource(url + "?follow=true&offset=" + offset);
+    source = new EventSource(url + join + "follow=true&offset=" + offset);
     source.addEventListener("open", function () {
       failures = 0;
       status.textContent = "Following the log…";
@@ -164,7 +165,7 @@
       source.close();
       if (ended) return;
       // EventSource hides the status: ask once with a plain read, which says why.
-      fetch(url + "?limit=1&offset=" + offset, { credentials: "same-origin" })
+      fetch(url + join + "limit=1&offset=" + offset, { credentials: "same-origin" })
         .then(function (response) {
           if (response.status === 401 || response.status === 403 || response.status === 404) {
             return response.json().catch(function () { return {}; }).then(function (body) {
