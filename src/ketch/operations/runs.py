@@ -79,7 +79,15 @@ def list_dag_runs(
     return Page(list(session.scalars(query)), total)
 
 
-def recent_runs(session: Session, dag_ids: list[str], per_dag: int) -> dict[str, list[DagRun]]:
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """What a list of DAGs shows of a run (not the whole row: no conf or params to load)."""
+
+    run_id: str
+    state: str
+
+
+def recent_runs(session: Session, dag_ids: list[str], per_dag: int) -> dict[str, list[RunSummary]]:
     """The newest ``per_dag`` runs of each DAG (newest first), in one query: a window
     function numbers each DAG's runs (SQLite 3.25+ and PostgreSQL both have them)."""
     if not dag_ids:
@@ -89,16 +97,19 @@ def recent_runs(session: Session, dag_ids: list[str], per_dag: int) -> dict[str,
         .over(partition_by=DagRun.dag_id, order_by=(DagRun.run_after.desc(), DagRun.id.desc()))
         .label("rank")
     )
-    numbered = select(DagRun.id, rank).where(DagRun.dag_id.in_(dag_ids)).subquery()
-    query = (
-        select(DagRun)
-        .join(numbered, numbered.c.id == DagRun.id)
-        .where(numbered.c.rank <= per_dag)
-        .order_by(DagRun.dag_id, numbered.c.rank)
+    numbered = (
+        select(DagRun.dag_id, DagRun.run_id, DagRun.state, rank)
+        .where(DagRun.dag_id.in_(dag_ids))
+        .subquery()
     )
-    found: dict[str, list[DagRun]] = {dag_id: [] for dag_id in dag_ids}
-    for run in session.scalars(query):
-        found[run.dag_id].append(run)
+    query = (
+        select(numbered.c.dag_id, numbered.c.run_id, numbered.c.state)
+        .where(numbered.c.rank <= per_dag)
+        .order_by(numbered.c.dag_id, numbered.c.rank)
+    )
+    found: dict[str, list[RunSummary]] = {dag_id: [] for dag_id in dag_ids}
+    for dag_id, run_id, state in session.execute(query):
+        found[dag_id].append(RunSummary(run_id, state))
     return found
 
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from starlette.responses import HTMLResponse
 
 from ketch import operations
-from ketch.db.models import DagModel, DagRun
+from ketch.db.models import DagModel
 from ketch.web import access
 from ketch.web.common import PrincipalDep, SessionDep, page
 from ketch.web.format import ImportProblem, import_problem
@@ -26,7 +26,7 @@ RECENT_RUNS = 5
 @dataclass(frozen=True, slots=True)
 class DagRow:
     dag: DagModel
-    recent_runs: list[DagRun]  # newest first
+    recent_runs: list[operations.RunSummary]  # newest first
     may_pause: bool
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
 from sqlalchemy import select
@@ -23,6 +24,7 @@ from ketch.db.models import DagRun, TaskInstance
 from ketch.serialization import SerializedDag
 from ketch.states import ACTIVE_RUN_STATES
 from ketch.web.common import PrincipalDep, SessionDep, not_found, page
+from ketch.web.format import state_key
 
 router = APIRouter(include_in_schema=False)
 
@@ -36,6 +38,16 @@ IDLE_POLL = "every 10s"
 class Cell:
     state: str | None
     instances: int = 1  # a mapped task's cell sums up its instances
+
+    @property
+    def css(self) -> str:
+        return state_key(self.state)
+
+    @property
+    def label(self) -> str:
+        """What the cell says to a screen reader and in its tooltip, after task and run."""
+        text = self.state or "no status"
+        return f"{text} ({self.instances} mapped instances)" if self.instances > 1 else text
 
 
 # Which state a cell of several task instances (a mapped task) shows: the first of
@@ -72,6 +84,9 @@ class Grid:
     task_ids: list[str]  # DAG order
     display_names: dict[str, str]
     cells: dict[tuple[int, str], Cell] = field(default_factory=dict)  # (run.id, task_id)
+    # URL pieces made once, not once per cell: the run's page and each task's id segment.
+    run_hrefs: dict[int, str] = field(default_factory=dict)
+    task_segs: dict[str, str] = field(default_factory=dict)
     live: bool = False
     version: str = ""
 
@@ -115,6 +130,9 @@ def build_grid(session: Session, dag_id: str, serialized: SerializedDag, limit: 
     for task_id in sorted(gone):
         grid.task_ids.append(task_id)
         display[task_id] = task_id
+    dag_href = f"/dags/{quote(dag_id, safe='')}/runs/"
+    grid.run_hrefs = {run.id: dag_href + quote(run.run_id, safe="") for run in runs}
+    grid.task_segs = {task_id: quote(task_id, safe="") for task_id in grid.task_ids}
     grid.live = any(r.state in ACTIVE_RUN_STATES for r in runs)
     digest = hashlib.sha256()
     for run in runs:
