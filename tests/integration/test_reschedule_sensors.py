@@ -21,7 +21,7 @@ import pytest
 
 from ketch.faults import ENV as FAULT_ENV
 from ketch.testing.kube_sim import KubeSimulator
-from tests.integration.test_crash_safety import FAULT_HIT, SENSOR_POINTS
+from tests.integration.test_crash_safety import OWN_SUITES
 from tests.support.ketch_process import Api, KetchEnv, running, wait_for
 from tests.support.kube_env import use_kubernetes
 
@@ -207,8 +207,18 @@ def test_reschedule_sensors_on_kubernetes(
     assert "up_for_reschedule" in seen
 
 
+# The reschedule fault points (test_crash_safety's OWN_SUITES sends them here), and at
+# which hit to kill: the second reschedule, so the first is already on record.
+RESCHEDULE_HITS = {"api.reschedule.before_commit": 2, "api.reschedule.after_commit": 2}
+
+
+def test_the_crash_suite_sends_exactly_these_points_here() -> None:
+    here = {p for p, suite in OWN_SUITES.items() if suite.endswith("test_reschedule_sensors.py")}
+    assert here == set(RESCHEDULE_HITS)
+
+
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-@pytest.mark.parametrize("point", sorted(SENSOR_POINTS))
+@pytest.mark.parametrize("point", sorted(RESCHEDULE_HITS))
 def test_kill_at_the_reschedule_commit_loses_nothing(
     ketch_home: Path, db_url: str, tmp_path: Path, point: str
 ) -> None:
@@ -217,7 +227,7 @@ def test_kill_at_the_reschedule_commit_loses_nothing(
     recorded) and the run ends as without the kill."""
     env = make_env(ketch_home, db_url, tmp_path)
     armed = KetchEnv(
-        **{**env.__dict__, "extra": {**env.extra, FAULT_ENV: f"{point}@{FAULT_HIT[point]}"}}
+        **{**env.__dict__, "extra": {**env.extra, FAULT_ENV: f"{point}@{RESCHEDULE_HITS[point]}"}}
     )
     with running(armed, "standalone") as process:
         api = Api(env.base_url)
