@@ -19,7 +19,12 @@ OIDC_PROVIDER := tests/support/oidc
 $(OIDC_PROVIDER)/node_modules/.package-lock.json: $(OIDC_PROVIDER)/package-lock.json
 	cd $(OIDC_PROVIDER) && npm ci --silent --no-audit --no-fund
 
-install: $(VENV)/.installed $(OIDC_PROVIDER)/node_modules/.package-lock.json
+# axe-core, injected into UI pages by the accessibility test (tests/integration).
+AXE := tests/support/axe
+$(AXE)/node_modules/.package-lock.json: $(AXE)/package-lock.json
+	cd $(AXE) && npm ci --silent --no-audit --no-fund
+
+install: $(VENV)/.installed $(OIDC_PROVIDER)/node_modules/.package-lock.json $(AXE)/node_modules/.package-lock.json
 
 standalone: install
 	$(VENV)/bin/ketch standalone

@@ -16,6 +16,7 @@ from ketch.authoring.decorators import task
 from ketch.authoring.helpers import chain, cross_downstream
 from ketch.authoring.params import Param
 from ketch.authoring.python import BranchPythonTask, PythonTask
+from ketch.authoring.s3_key_sensor import S3KeySensor
 from ketch.authoring.sensors import BaseSensor, FileSensor, PokeReturnValue, PythonSensor
 from ketch.authoring.short_circuit import ShortCircuitTask
 from ketch.authoring.taskgroup import TaskGroup, task_group
@@ -56,6 +57,7 @@ __all__ = [
     "PythonOperator",
     "PythonSensor",
     "PythonTask",
+    "S3KeySensor",
     "ShortCircuitOperator",
     "ShortCircuitTask",
     "SkipTask",

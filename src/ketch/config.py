@@ -79,6 +79,12 @@ class CoreSettings(BaseModel):
         default=True,
         description="New DAGs start paused unless the DAG sets is_paused_upon_creation.",
     )
+    max_consecutive_failed_dag_runs_per_dag: int = Field(
+        default=0,
+        ge=0,
+        description="Pause a DAG once its last N runs failed (0: never); a DAG's "
+        "max_consecutive_failed_dag_runs overrides it.",
+    )
     default_task_retries: int = Field(default=0, ge=0, description="Default retries of a task.")
     default_task_retry_delay: float = Field(
         default=300.0, ge=0, description="Default seconds between retries."

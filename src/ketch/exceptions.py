@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 
 class KetchException(Exception):
     """Base of ketch's own exceptions."""
@@ -17,6 +19,18 @@ class FailTask(KetchException):
 
 class SensorTimeout(FailTask):
     """A sensor waited longer than its ``timeout``: fails without retry, as in Airflow."""
+
+
+class RescheduleTask(KetchException):
+    """Raise inside a task to end this try as ``up_for_reschedule``: the task instance holds
+    no slot until ``reschedule_date``, then runs again (Airflow's AirflowRescheduleException,
+    what a sensor in ``mode="reschedule"`` raises when its poke finds nothing yet)."""
+
+    def __init__(self, reschedule_date: datetime) -> None:
+        if reschedule_date.tzinfo is None:
+            raise ValueError("reschedule_date must be timezone-aware")
+        super().__init__(reschedule_date)
+        self.reschedule_date = reschedule_date
 
 
 class TaskTimeout(KetchException):
@@ -40,3 +54,4 @@ class ParamValidationError(KetchException):
 AirflowSkipException = SkipTask
 AirflowFailException = FailTask
 AirflowSensorTimeout = SensorTimeout
+AirflowRescheduleException = RescheduleTask

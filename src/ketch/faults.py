@@ -38,6 +38,9 @@ FAULT_POINTS: dict[str, str] = {
     "api.start.after_commit": "a try's start committed, before the answer is sent",
     "api.finish.before_commit": "a try's outcome written, before its commit",
     "api.finish.after_commit": "a try's outcome committed, before the answer is sent",
+    "api.reschedule.before_commit": "a sensor's up_for_reschedule and next date written, "
+    "before their commit",
+    "api.reschedule.after_commit": "a sensor's reschedule committed, before the answer is sent",
 }
 
 log = logging.getLogger(__name__)

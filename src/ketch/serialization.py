@@ -166,9 +166,9 @@ class SerializedDag(BaseModel):
     tags: list[str] = Field(default_factory=list)
     dag_display_name: str | None = None  # None: the dag id
     owner_links: dict[str, str] = Field(default_factory=dict)
-    # Stored and shown only: ketch does not render templates yet, nor pause a DAG after
-    # failed runs.
+    # Templates render to native Python objects (ketch.authoring.templating).
     render_template_as_native_obj: bool = False
+    # Pause after this many failed runs in a row (ketch.scheduler.auto_pause); 0: never.
     max_consecutive_failed_dag_runs: int = 0
     schedule: SerializedSchedule
     start_date: datetime | None = None

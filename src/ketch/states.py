@@ -25,6 +25,9 @@ class TaskInstanceState(StrEnum):
     SUCCESS = "success"
     FAILED = "failed"
     UP_FOR_RETRY = "up_for_retry"  # failed; a new try is due at next_retry_at
+    # A sensor in reschedule mode found nothing yet: it holds no slot, and its next poke (a
+    # new try row, see scheduler/task_state.py) is due at next_retry_at.
+    UP_FOR_RESCHEDULE = "up_for_reschedule"
     UPSTREAM_FAILED = "upstream_failed"
     SKIPPED = "skipped"
     REMOVED = "removed"  # the task no longer exists in the DAG
@@ -68,6 +71,7 @@ UNFINISHED_TI_STATES: frozenset[TaskInstanceState | None] = frozenset(
         TaskInstanceState.QUEUED,
         TaskInstanceState.RUNNING,
         TaskInstanceState.UP_FOR_RETRY,
+        TaskInstanceState.UP_FOR_RESCHEDULE,
     }
 )
 

@@ -79,6 +79,9 @@ FAULT_HIT = {
 OWN_SUITES = {
     "expansion.before_commit": "tests/integration/test_mapping_crash.py",
     "expansion.after_commit": "tests/integration/test_mapping_crash.py",
+    # Reached only by sensors in reschedule mode.
+    "api.reschedule.before_commit": "tests/integration/test_reschedule_sensors.py",
+    "api.reschedule.after_commit": "tests/integration/test_reschedule_sensors.py",
 }
 # Run on PostgreSQL and on the Kubernetes simulator too: a launch whose external ids were
 # never recorded, an event path killed mid-transaction, a finish committed but not answered.

@@ -2,8 +2,9 @@
 Connect provider, against a real ``ketch standalone`` (scheduler, local executor, web).
 
 One journey: the DAGs list, a DAG's page, a trigger refused inline by the params'
-schema, a trigger that runs, the grid turning green without a reload, and the log page
-of a task showing the line it printed. Screenshots go to ``tests/artifacts/``.
+schema, a trigger that runs, the grid turning green without a reload, the log page
+of a task showing the line it printed, a clear (previewed, then done) that reruns the
+task, and the run marked failed from its run page. Screenshots go to ``tests/artifacts/``.
 """
 
 from __future__ import annotations
@@ -113,7 +114,6 @@ def test_trigger_watch_the_grid_and_read_the_log(
     )
     url = f"http://localhost:{env.port}"  # another site than the provider's 127.0.0.1
     provider.set_clients([OidcClient(CLIENT_ID, CLIENT_SECRET, [f"{url}/oauth2callback"])])
-    started = time.monotonic()
     with running(env, "standalone"), chromium() as browser:
         page = new_page(browser, block_hosts=FONT_HOSTS)
 
@@ -207,7 +207,57 @@ def test_trigger_watch_the_grid_and_read_the_log(
         got = page.request.get(url + download)
         assert got.ok and PRINTED_LATER in got.text()
         assert "attachment" in got.headers["content-disposition"]
+        # Find in the log: the matching line is marked, and its number links to it.
+        page.get_by_label("Find in the log").fill("still HERE")
+        page.locator("#log-matches", has_text="1 line").wait_for()
+        match = page.locator("#log .line.match")
+        assert match.count() == 1 and PRINTED_LATER in match.inner_text()
+        page.get_by_label("Find in the log").press("Enter")
+        page.locator("#log-matches", has_text="1 of 1 line").wait_for()
+        line_id = match.get_attribute("id")
+        match.locator("a.ln").click()
+        assert page.url.endswith(f"#{line_id}")
+        page.reload()  # a line link opens the page at that line, marked
+        page.locator(f"#log #{line_id}.linked").wait_for()
         screenshot(page, "web_ui_5_log")
+
+        # Clear the task (with its downstream): a dry run lists both, a second press
+        # clears them, and the task runs again (a second try).
+        clear = page.locator("form.api-action", has_text="Clear")
+        clear.get_by_role("button", name="Clear", exact=True).click()
+        clear.get_by_text("2 task instances will be cleared").wait_for()
+        assert sorted(clear.locator(".preview li").all_inner_texts()) == [
+            "done (success)",
+            "hello (success)",
+        ]
+        screenshot(page, "web_ui_7_clear_preview")
+        clear.get_by_role("button", name="Clear these 2").click()
+        page.get_by_text("Cleared: the tasks will run again.").wait_for()
+        deadline = time.monotonic() + 40
+        while page.locator('a[href="?try=2"]').count() == 0:  # the page reloads itself
+            assert time.monotonic() < deadline, "the cleared task never ran again"
+            page.wait_for_timeout(500)
+            page.reload()
+
+        # Mark the run failed while its task runs again: the try is stopped.
+        page.get_by_role("link", name="All tasks of this run").click()
+        page.wait_for_url(f"{url}/dags/web_ui_demo/runs/*")
+        page.get_by_role("button", name="Mark run failed (cancel)").click()
+        page.get_by_text("The run is marked failed").wait_for()
+        deadline = time.monotonic() + 30
+        while page.get_by_test_id("run-state").inner_text() != "failed":
+            assert time.monotonic() < deadline, "the run was never marked failed"
+            page.wait_for_timeout(500)
+            page.reload()
+        screenshot(page, "web_ui_8_run_failed")
+
+        # The graph of the DAG, coloured by that run: hello failed (cancelled), done skipped.
+        page.goto(f"{url}/dags/web_ui_demo/graph")
+        page.locator('svg a.node[data-task-id="hello"][data-state="failed"]').wait_for()
+        assert page.locator('svg a.node[data-task-id="done"]').get_attribute("data-state") == (
+            "skipped"
+        )
+        screenshot(page, "web_ui_9_graph")
 
         # A viewer (another browser context) sees no action, and the API refuses one anyway.
         viewer = new_page(browser, block_hosts=FONT_HOSTS)
@@ -226,4 +276,7 @@ def test_trigger_watch_the_grid_and_read_the_log(
         )
         assert status == 403
         screenshot(viewer, "web_ui_6_viewer")
-    assert time.monotonic() - started < 90
+        viewer.locator("#grid thead a.sq").first.click()  # a run's page: no actions either
+        viewer.wait_for_url(f"{url}/dags/web_ui_demo/runs/*")
+        viewer.get_by_test_id("run-state").wait_for()
+        assert viewer.locator("main button, main form").count() == 0

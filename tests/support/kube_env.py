@@ -7,6 +7,7 @@ simulator's fake kubelet runs each try as a real process, as a pod would.
 from __future__ import annotations
 
 import itertools
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +27,10 @@ def use_kubernetes(env: KetchEnv, sim: KubeSimulator, folder: Path) -> str:
         for name, value in env.extra.items()
         if not name.startswith("KETCH__")
     ]
+    if os.environ.get("PYTHONPATH") and "PYTHONPATH" not in env.extra:
+        # The pod runs the ketch under test (a source checkout on PYTHONPATH), as a local try.
+        paths = [os.path.abspath(p) for p in os.environ["PYTHONPATH"].split(os.pathsep) if p]
+        passed_env.append({"name": "PYTHONPATH", "value": os.pathsep.join(paths)})
     template = {
         "apiVersion": "v1",
         "kind": "Pod",

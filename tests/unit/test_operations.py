@@ -416,3 +416,19 @@ def test_pause_unpause_and_list_dags(session: Session) -> None:
     progress = operations.run_progress(session, "etl", "new")
     assert (progress.total, progress.done, progress.failed) == (1, 1, 1)
     assert progress.errors == {"extract": "boom"}
+
+
+def test_recent_runs_of_many_dags_in_one_query(engine: Engine) -> None:
+    with Session(engine) as session:
+        etl = add_dag(session, serialized_chain("etl"))
+        add_dag(session, serialized_chain("quiet"))
+        for n in range(7):
+            add_run(session, etl, f"run_{n}", {"extract": "success"}, run_state="success")
+        session.commit()
+        found = operations.recent_runs(session, ["etl", "quiet"], 5)
+        assert [r.run_id for r in found["etl"]] == [f"run_{n}" for n in (6, 5, 4, 3, 2)]
+        assert found["quiet"] == []
+        assert operations.recent_runs(session, [], 5) == {}
+        light = operations.list_dag_models(session)
+        assert [d.dag_id for d in light] == ["etl", "quiet"]
+        assert light[0].serialized["dag_id"] == "etl"  # still readable when asked for

@@ -100,6 +100,15 @@ EXPECTED_ROLE: dict[tuple[str, str], str | None] = {
     ("GET", "/dags/{dag_id}"): "viewer",
     ("GET", "/dags/{dag_id}/grid"): "viewer",
     ("GET", "/dags/{dag_id}/runs/{run_id}/tasks/{task_id}"): "viewer",
+    ("GET", "/dags/{dag_id}/runs/{run_id}"): "viewer",
+    ("GET", "/dags/{dag_id}/graph"): "viewer",
+    ("GET", "/health"): "viewer",
+    # Pages over an API resource need the role of its API (a 403 page below it).
+    ("GET", "/variables"): "op",
+    ("GET", "/connections"): "op",
+    ("GET", "/pools"): "op",
+    ("GET", "/tokens"): "admin",
+    ("GET", "/audit"): "admin",
     # The UI's stylesheet, scripts and vendored htmx: public, no data and no secret in them.
     ("GET", "/static/{path}"): None,
     # Sign-in routes are open by nature; /logout checks the session's CSRF token itself.

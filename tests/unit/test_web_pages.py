@@ -351,7 +351,7 @@ def test_try_page_shows_tries_and_the_log_viewer(web_both: Web) -> None:
     assert response.status_code == 200, response.text
     text = response.text
     assert 'data-testid="ti-state">failed<' in text
-    assert "<code>boom</code>" in text  # the error
+    assert '<code data-testid="ti-error">boom</code>' in text  # the error
     assert re.search(r'<th scope="row"><a href="\?try=1">1</a></th>', text)
     assert 'data-url="/api/v1/dags/etl/dagRuns/run_one/taskInstances/transform/logs/1"' in text
     assert 'role="log"' in text and 'aria-live="polite"' in text
@@ -491,3 +491,14 @@ def test_200_dags_and_a_run_of_1000_tasks(web: Web) -> None:
     assert page.status_code == 200
     assert page.text.count('data-state="success"') == 1001  # the run's header and its tasks
     assert web.get("/dags/big/runs/r1/tasks/t0999").status_code == 200
+
+
+def test_a_cell_of_several_instances_shows_airflows_most_telling_state() -> None:
+    from ketch.web.grid import summed_up
+
+    assert summed_up(["success", "failed", "running"]).state == "failed"
+    assert summed_up(["success", "running", "queued"]).state == "running"  # Airflow 3.1+
+    assert summed_up(["success", None, "skipped"]).state is None
+    assert summed_up(["skipped", "success"]).state == "success"
+    assert summed_up(["success", "up_for_reschedule"]).state == "up_for_reschedule"
+    assert summed_up(["success"] * 3).instances == 3

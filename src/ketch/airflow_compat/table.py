@@ -27,6 +27,7 @@ _PYTHON_SENSOR = ("ketch:PythonSensor",)
 _BASE_SENSOR = ("ketch:BaseSensorOperator",)
 _POKE_RETURN = ("ketch:PokeReturnValue",)
 _FILE_SENSOR = ("ketch:FileSensor",)
+_S3_KEY_SENSOR = ("ketch:S3KeySensor",)
 
 
 def _ketch(name: str) -> tuple[str, ...]:
@@ -59,6 +60,7 @@ _EXCEPTIONS: dict[str, tuple[str, ...]] = {
     "AirflowException": ("ketch.exceptions:AirflowException", "ketch.exceptions:KetchException"),
     "AirflowTaskTimeout": ("ketch.exceptions:AirflowTaskTimeout", "ketch.exceptions:TaskTimeout"),
     "AirflowSensorTimeout": ("ketch.exceptions:AirflowSensorTimeout",),
+    "AirflowRescheduleException": ("ketch.exceptions:AirflowRescheduleException",),
 }
 
 _PYTHON_OPS: dict[str, tuple[str, ...]] = {
@@ -121,6 +123,10 @@ MODULES: dict[str, dict[str, tuple[str, ...]]] = {
     "airflow.providers.standard.sensors": {},
     "airflow.providers.standard.sensors.python": {"PythonSensor": _PYTHON_SENSOR},
     "airflow.providers.standard.sensors.filesystem": {"FileSensor": _FILE_SENSOR},
+    "airflow.providers.amazon": {},
+    "airflow.providers.amazon.aws": {},
+    "airflow.providers.amazon.aws.sensors": {},
+    "airflow.providers.amazon.aws.sensors.s3": {"S3KeySensor": _S3_KEY_SENSOR},
 }
 
 _POD = (

@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict
+from pydantic import AwareDatetime, BaseModel, ConfigDict, model_validator
 from sqlalchemy import Float, and_, cast, extract, func, literal, select, update
 from sqlalchemy.orm import Session
 
@@ -37,6 +37,7 @@ from ketch.config import Settings
 from ketch.db.models import DagRun, TaskInstance, TaskInstanceTry, XCom
 from ketch.faults import fault_point
 from ketch.scheduler.dag_cache import DagCache
+from ketch.scheduler.reschedule import first_poke_date
 from ketch.scheduler.task_state import end_try_row, record_try_outcome, utcnow
 from ketch.serialization import SerializedDag, SerializedTask
 from ketch.states import TaskInstanceState
@@ -76,12 +77,20 @@ class StartBody(BaseModel):
 class FinishBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    state: Literal["success", "failed", "skipped"]
+    state: Literal["success", "failed", "skipped", "up_for_reschedule"]
     error: str | None = None
     return_value: Any = None
     has_return_value: bool = False
     follow_task_ids: list[str] | None = None
     retry: bool = True
+    # With up_for_reschedule (a sensor in reschedule mode): when the next poke is due.
+    reschedule_date: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _reschedule_has_a_date(self) -> FinishBody:
+        if (self.state == "up_for_reschedule") != (self.reschedule_date is not None):
+            raise ValueError("reschedule_date goes with state up_for_reschedule, and only with it")
+        return self
 
 
 def _conflict(ti: TaskInstance, claims: TryClaims, what: str) -> HTTPException:
@@ -232,6 +241,8 @@ _PAYLOAD_COLUMNS = (
     TaskInstance.max_tries,
     TaskInstance.dag_run_id,
     TaskInstance.map_index,
+    TaskInstance.id,
+    TaskInstance.next_retry_at,
 )
 
 
@@ -261,7 +272,15 @@ def _start_payload(session: Session, ti: Any, settings: Settings) -> dict[str, A
         "heartbeat_interval": settings.scheduler.task_instance_heartbeat_sec,
         "max_xcom_size": settings.core.max_xcom_size,
         "max_map_length": settings.core.max_map_length,
+        "first_reschedule_date": _iso(_first_poke(session, ti, task)),
     }
+
+
+def _first_poke(session: Session, ti: Any, task: SerializedTask | None) -> datetime | None:
+    """A sensor's first poke of its reschedule sequence (None for other tasks: no query)."""
+    if task is None or task.kind != "sensor":
+        return None
+    return first_poke_date(session, ti.id, ti.try_number, ti.next_retry_at)
 
 
 @router.post("/try/start")
@@ -569,7 +588,9 @@ def finish_try(
     reads the task's retry settings under a row lock.
     """
     _check_xcom_size(body, claims.task_id, settings.core.max_xcom_size)
-    if body.state != "failed" and _finish_without_retry_decision(session, claims, body):
+    if body.state in ("success", "skipped") and _finish_without_retry_decision(
+        session, claims, body
+    ):
         _commit_finish(session)
         return Response(status_code=204)
     ti = _load_ti(session, claims, lock=True)
@@ -592,12 +613,15 @@ def finish_try(
         state=TaskInstanceState(body.state),
         error=body.error,
         allow_retry=body.retry,
+        reschedule_date=body.reschedule_date,
     )
-    _commit_finish(session)
+    # The try's end and the next poke's date commit together: a crash leaves the try
+    # running (its retried finish records it) or up_for_reschedule with its date.
+    _commit_finish(session, "api.reschedule" if body.state == "up_for_reschedule" else "api.finish")
     return Response(status_code=204)
 
 
-def _commit_finish(session: Session) -> None:
-    fault_point("api.finish.before_commit")
+def _commit_finish(session: Session, points: str = "api.finish") -> None:
+    fault_point(f"{points}.before_commit")
     session.commit()
-    fault_point("api.finish.after_commit")
+    fault_point(f"{points}.after_commit")

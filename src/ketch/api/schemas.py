@@ -175,7 +175,7 @@ class DagDetailsResponse(DagResponse):
     max_active_runs: int
     max_active_tasks: int
     max_consecutive_failed_dag_runs: int = Field(
-        description="Stored and shown; ketch does not pause a DAG after failed runs"
+        description="The DAG is paused once this many runs in a row failed (0: never)"
     )
     dagrun_timeout: float | None
     is_paused_upon_creation: bool | None

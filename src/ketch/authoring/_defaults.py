@@ -31,6 +31,7 @@ def defaults_from_settings(settings: Settings) -> dict[str, Any]:
         "create_delta_data_intervals": sched.create_delta_data_intervals,
         "max_active_runs_per_dag": core.max_active_runs_per_dag,
         "max_active_tasks_per_dag": core.max_active_tasks_per_dag,
+        "max_consecutive_failed_dag_runs_per_dag": core.max_consecutive_failed_dag_runs_per_dag,
         "default_task_retries": core.default_task_retries,
         "default_task_retry_delay": core.default_task_retry_delay,
         "max_task_retry_delay": core.max_task_retry_delay,

@@ -85,6 +85,9 @@ def build_context(start_payload: dict[str, Any]) -> Context:
         run_id=p.get("run_id"),
         try_number=p.get("try_number"),
         max_tries=p.get("max_tries"),
+        # A sensor in reschedule mode: when the first poke of its sequence started (None
+        # on the first poke), derived by the execution API from the try history.
+        first_reschedule_date=_parse_dt(p.get("first_reschedule_date")),
     )
     extra: dict[str, Any] = {}
     if "map_index" in p:

@@ -143,7 +143,7 @@ class DAG:
         self.user_defined_macros = dict(user_defined_macros or {})
         self.user_defined_filters = dict(user_defined_filters or {})
         self.jinja_environment_kwargs = dict(jinja_environment_kwargs or {})
-        self.max_consecutive_failed_dag_runs = self._check_max_failed(
+        self._max_consecutive_failed_dag_runs = self._check_max_failed(
             max_consecutive_failed_dag_runs
         )
         self.dagrun_timeout = seconds(f"{where}: dagrun_timeout", dagrun_timeout)
@@ -219,9 +219,9 @@ class DAG:
             )
         return dict(owner_links)
 
-    def _check_max_failed(self, value: Any) -> int:
+    def _check_max_failed(self, value: Any) -> int | None:
         if value is None:
-            return 0  # Airflow's [core] max_consecutive_failed_dag_runs_per_dag default
+            return None  # [core] max_consecutive_failed_dag_runs_per_dag, read when needed
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise DagDefinitionError(
                 f"DAG {self.dag_id!r}: max_consecutive_failed_dag_runs must be an integer >= 0"
@@ -269,6 +269,15 @@ class DAG:
     def max_active_tasks(self) -> int:
         value = self._max_active_tasks
         return int(_defaults.default("max_active_tasks_per_dag") if value is None else value)
+
+    @property
+    def max_consecutive_failed_dag_runs(self) -> int:
+        """Pause the DAG once this many runs in a row failed (0: never). Unset, the
+        setting's value, as Airflow 3's DAG reads it at parse time; an explicit 0 stays 0."""
+        value = self._max_consecutive_failed_dag_runs
+        if value is None:
+            return int(_defaults.parse_defaults().get("max_consecutive_failed_dag_runs_per_dag", 0))
+        return value
 
     @property
     def timezone(self) -> str:

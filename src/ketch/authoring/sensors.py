@@ -9,8 +9,11 @@ on any error of ``poke``; ``silent_fail`` treats an error of ``poke`` as "not ye
 ``exponential_backoff`` (with ``max_wait``) spaces the pokes out with Airflow's jittered
 formula.
 
-``mode="reschedule"`` is accepted; this version pokes in the same try (as ``poke``
-mode), which holds the slot and pod while it waits: see docs/airflow-compat.md.
+In ``mode="reschedule"`` a poke that finds nothing ends the try with
+:class:`~ketch.exceptions.RescheduleTask` (``up_for_reschedule``: no slot, no pod held) and
+the next poke is another try, due ``poke_interval`` later (Airflow's reschedule formula with
+``exponential_backoff``); ``timeout`` counts from the first poke of the sequence, which the
+execution API derives from the try history (``ti.first_reschedule_date``).
 """
 
 from __future__ import annotations
@@ -20,12 +23,12 @@ import hashlib
 import os
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ketch.authoring.python import PythonTask
 from ketch.authoring.tasks import BaseTask, TaskResult, XComPull
-from ketch.exceptions import FailTask, SensorTimeout, SkipTask, TaskTimeout
+from ketch.exceptions import FailTask, RescheduleTask, SensorTimeout, SkipTask, TaskTimeout
 
 if TYPE_CHECKING:
     from ketch.authoring.context import Context
@@ -102,11 +105,27 @@ class BaseSensor(BaseTask):
     def _poke(self, context: Context, xcom_pull: XComPull) -> Any:
         return self.poke(context)
 
-    def _run(self, context: Context, xcom_pull: XComPull) -> TaskResult:
-        started_at = time.monotonic()
+    @property
+    def reschedule(self) -> bool:
+        """Whether each poke is its own try (Airflow's ``BaseSensorOperator.reschedule``)."""
+        return self.mode == "reschedule"
 
-        def run_duration() -> float:
-            return time.monotonic() - started_at
+    def _run(self, context: Context, xcom_pull: XComPull) -> TaskResult:
+        started_at: datetime | float
+        if self.reschedule:
+            # The first poke's start, across the tries of this reschedule sequence: the
+            # duration is measured on the clock, not in this process (Airflow's rule).
+            first = getattr(context["ti"], "first_reschedule_date", None)
+            started_at = start_date = first or datetime.now(UTC)
+
+            def run_duration() -> float:
+                return (datetime.now(UTC) - start_date).total_seconds()
+
+        else:
+            started_at = start_monotonic = time.monotonic()
+
+            def run_duration() -> float:
+                return time.monotonic() - start_monotonic
 
         poke_count = 1
         while True:
@@ -123,7 +142,10 @@ class BaseSensor(BaseTask):
                 if self.soft_fail:
                     raise SkipTask(message)
                 raise SensorTimeout(message)
-            time.sleep(self.next_poke_interval(started_at, run_duration, poke_count))
+            interval = self.next_poke_interval(started_at, run_duration, poke_count)
+            if self.reschedule:
+                raise RescheduleTask(datetime.now(UTC) + timedelta(seconds=interval))
+            time.sleep(interval)
             poke_count += 1
 
     def _poke_once(self, context: Context, xcom_pull: XComPull) -> Any:
@@ -148,22 +170,52 @@ class BaseSensor(BaseTask):
             raise
 
     def next_poke_interval(
-        self, started_at: float, run_duration: Callable[[], float], poke_count: int
+        self, started_at: datetime | float, run_duration: Callable[[], float], poke_count: int
     ) -> float:
         """Airflow's formula: ``poke_interval``, or with ``exponential_backoff`` a jittered
         ``poke_interval * 2**(n-2)`` (at least 1 s), capped by what is left of the
-        timeout and by ``max_wait``."""
+        timeout and by ``max_wait``. In reschedule mode ``n`` is estimated from the time
+        since the first poke (each try pokes once)."""
         if not self.exponential_backoff:
             return self.poke_interval
-        min_backoff = max(int(self.poke_interval * (2 ** (poke_count - 2))), 1)
         dag_id = self.dag.dag_id if self.dag is not None else ""
-        seed = f"{dag_id}#{self.task_id}#{started_at}#{poke_count}".encode()
-        run_hash = int(hashlib.sha1(seed, usedforsecurity=False).hexdigest(), 16)
-        delay = min(min_backoff + run_hash % min_backoff, timedelta.max.total_seconds() - 1)
+        if self.reschedule:
+            poke_count = (
+                estimated_poke_count(
+                    self.poke_interval, dag_id, self.task_id, started_at, run_duration()
+                )
+                or poke_count
+            )
+        delay = _jittered_backoff(self.poke_interval, dag_id, self.task_id, started_at, poke_count)
         interval = min(self.timeout - int(run_duration()), delay)
         if self.max_wait is not None:
             interval = min(self.max_wait, interval)
         return max(interval, 0.0)
+
+
+def _jittered_backoff(
+    poke_interval: float, dag_id: str, task_id: str, started_at: datetime | float, poke_count: int
+) -> float:
+    """``poke_interval * 2**(n-2)`` (at least 1 s) plus a deterministic jitter of up to as
+    much again: a hash of the sensor and its start, so two sensors do not poke in step."""
+    min_backoff = max(int(poke_interval * (2 ** (poke_count - 2))), 1)
+    seed = f"{dag_id}#{task_id}#{started_at}#{poke_count}".encode()
+    run_hash = int(hashlib.sha1(seed, usedforsecurity=False).hexdigest(), 16)
+    return float(min(min_backoff + run_hash % min_backoff, timedelta.max.total_seconds() - 1))
+
+
+def estimated_poke_count(
+    poke_interval: float, dag_id: str, task_id: str, started_at: datetime | float, elapsed: float
+) -> int:
+    """Which poke this is in reschedule mode, where no process counts them: the first
+    ``n`` whose backoff intervals since the first poke add up to more than ``elapsed``
+    (Airflow's estimate in ``_get_next_poke_interval``)."""
+    cumulative = 0.0
+    count = 0
+    while cumulative <= elapsed:
+        count += 1
+        cumulative += _jittered_backoff(poke_interval, dag_id, task_id, started_at, count)
+    return count
 
 
 class PythonSensor(BaseSensor, PythonTask):

@@ -176,6 +176,8 @@ class TaskInstance(Base):
     start_date: Mapped[datetime | None] = mapped_column(default=None)
     end_date: Mapped[datetime | None] = mapped_column(default=None)
     duration: Mapped[float | None] = mapped_column(Float, default=None)
+    # "The next attempt is due at": the retry of an up_for_retry TI, or the next poke of an
+    # up_for_reschedule sensor (scheduler/reschedule.py); kept until that try ends.
     next_retry_at: Mapped[datetime | None] = mapped_column(default=None)
     last_heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
     hostname: Mapped[str | None] = mapped_column(String(1000), default=None)

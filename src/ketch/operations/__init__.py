@@ -25,7 +25,14 @@ One module per resource, all re-exported here (``operations.trigger_dag``):
 from __future__ import annotations
 
 from ketch.operations._common import Page, on_change
-from ketch.operations.dags import DagSummary, get_dag, list_dags, serialized_dag, set_paused
+from ketch.operations.dags import (
+    DagSummary,
+    get_dag,
+    list_dag_models,
+    list_dags,
+    serialized_dag,
+    set_paused,
+)
 from ketch.operations.errors import (
     DagNotFound,
     DagRunAlreadyExists,
@@ -48,6 +55,7 @@ from ketch.operations.runs import (
     generate_manual_run_id,
     get_dag_run,
     list_dag_runs,
+    recent_runs,
     run_progress,
     serialized_dag_for_run,
     set_dag_run_state,
@@ -94,6 +102,7 @@ __all__ = [
     "get_pool",
     "get_task_instance",
     "get_xcom_entry",
+    "list_dag_models",
     "list_dag_runs",
     "list_dags",
     "list_import_errors",
@@ -103,6 +112,7 @@ __all__ = [
     "list_task_instances",
     "list_xcom_entries",
     "on_change",
+    "recent_runs",
     "run_progress",
     "serialized_dag",
     "serialized_dag_for_run",

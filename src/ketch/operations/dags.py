@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from ketch.db.models import DagModel, DagRun
 from ketch.operations._common import Page, _notify_after_commit
@@ -56,6 +56,15 @@ def list_dags(
     page = dags[offset : None if limit is None else offset + limit]
     last_runs = _latest_runs(session, [d.dag_id for d in page])
     return Page([DagSummary(d, last_runs.get(d.dag_id)) for d in page], len(dags))
+
+
+def list_dag_models(session: Session, *, only_active: bool = True) -> list[DagModel]:
+    """Every DAG by dag_id, without its serialized form (left unloaded: the largest column,
+    and a list page needs none of it; reading it later loads it for that DAG only)."""
+    query = select(DagModel).options(defer(DagModel.serialized)).order_by(DagModel.dag_id)
+    if only_active:
+        query = query.where(DagModel.is_active.is_(True))
+    return list(session.scalars(query))
 
 
 def _latest_runs(session: Session, dag_ids: list[str]) -> dict[str, DagRun]:

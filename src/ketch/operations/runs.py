@@ -79,6 +79,29 @@ def list_dag_runs(
     return Page(list(session.scalars(query)), total)
 
 
+def recent_runs(session: Session, dag_ids: list[str], per_dag: int) -> dict[str, list[DagRun]]:
+    """The newest ``per_dag`` runs of each DAG (newest first), in one query: a window
+    function numbers each DAG's runs (SQLite 3.25+ and PostgreSQL both have them)."""
+    if not dag_ids:
+        return {}
+    rank = (
+        func.row_number()
+        .over(partition_by=DagRun.dag_id, order_by=(DagRun.run_after.desc(), DagRun.id.desc()))
+        .label("rank")
+    )
+    numbered = select(DagRun.id, rank).where(DagRun.dag_id.in_(dag_ids)).subquery()
+    query = (
+        select(DagRun)
+        .join(numbered, numbered.c.id == DagRun.id)
+        .where(numbered.c.rank <= per_dag)
+        .order_by(DagRun.dag_id, numbered.c.rank)
+    )
+    found: dict[str, list[DagRun]] = {dag_id: [] for dag_id in dag_ids}
+    for run in session.scalars(query):
+        found[run.dag_id].append(run)
+    return found
+
+
 @dataclass(frozen=True, slots=True)
 class RunProgress:
     """How far a run got, for ``dags trigger --wait`` and progress displays."""

@@ -27,6 +27,7 @@ _UNFINISHED_VALUES = [
     _TI.QUEUED.value,
     _TI.RUNNING.value,
     _TI.UP_FOR_RETRY.value,
+    _TI.UP_FOR_RESCHEDULE.value,
 ]
 
 
@@ -80,12 +81,14 @@ def schedule_runs(ctx: SchedulerContext, session: Session, limit: int = 10) -> i
 
 
 def make_retries_due(ctx: SchedulerContext, session: Session) -> int:
-    """up_for_retry TIs whose next_retry_at has come become scheduled (only in running runs)."""
+    """up_for_retry and up_for_reschedule TIs whose next_retry_at ("next attempt due at")
+    has come become scheduled (only in running runs). next_retry_at stays: it tells the
+    next try that it resumes a sensor's reschedule sequence (scheduler/reschedule.py)."""
     running_runs = select(DagRun.id).where(DagRun.state == DagRunState.RUNNING.value)
     result = session.execute(
         update(TaskInstance)
         .where(
-            TaskInstance.state == _TI.UP_FOR_RETRY.value,
+            TaskInstance.state.in_([_TI.UP_FOR_RETRY.value, _TI.UP_FOR_RESCHEDULE.value]),
             TaskInstance.next_retry_at <= ctx.clock(),
             TaskInstance.dag_run_id.in_(running_runs),
         )

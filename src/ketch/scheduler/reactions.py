@@ -44,6 +44,7 @@ _UNFINISHED_VALUES = [
     _TI.QUEUED.value,
     _TI.RUNNING.value,
     _TI.UP_FOR_RETRY.value,
+    _TI.UP_FOR_RESCHEDULE.value,
 ]
 _FAILED_VALUES = frozenset(s.value for s in FAILED_TI_STATES)
 
@@ -311,6 +312,7 @@ def finish_run(
 ) -> None:
     """End the run in ``state``; the DAG's callback runs once this transaction commits
     (``reason`` as Airflow's: ``success``, ``task_failure`` or ``timed_out``)."""
+    from ketch.scheduler.auto_pause import pause_after_consecutive_failures
     from ketch.scheduler.dag_callbacks import request_dag_callback
 
     now = ctx.clock()
@@ -325,6 +327,11 @@ def finish_run(
     log.info("run %s of DAG %s: %s", run.run_id, run.dag_id, state.value)
     if reason is None:
         reason = "success" if state == DagRunState.SUCCESS else "task_failure"
+    if state == DagRunState.FAILED and reason == "task_failure":
+        info = ctx.dags.get(session, run.dag_hash)
+        if info is not None:
+            limit = info.dag.max_consecutive_failed_dag_runs
+            pause_after_consecutive_failures(session, run, limit)
     request_dag_callback(ctx, session, run, state.value, reason)
 
 

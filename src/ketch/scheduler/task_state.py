@@ -33,17 +33,25 @@ def record_try_outcome(
     error: str | None = None,
     allow_retry: bool = True,
     now: datetime | None = None,
+    reschedule_date: datetime | None = None,
 ) -> TaskInstanceState:
     """Record how the TI's current try ended and return the state the TI is now in.
 
-    ``state`` is SUCCESS, SKIPPED or FAILED. A FAILED try becomes UP_FOR_RETRY
-    while ``try_number <= max_tries`` and ``allow_retry`` (FailTask forbids it).
-    The caller commits.
+    ``state`` is SUCCESS, SKIPPED, FAILED or UP_FOR_RESCHEDULE. A FAILED try becomes
+    UP_FOR_RETRY while ``try_number <= max_tries`` and ``allow_retry`` (FailTask forbids
+    it). An UP_FOR_RESCHEDULE try (a sensor's poke found nothing yet) waits for
+    ``reschedule_date`` in ``next_retry_at``; ``max_tries`` grows by one, so a poke does not
+    use up a retry (in Airflow pokes share one try number). The caller commits.
     """
     now = now or utcnow()
     final = state
     ti.next_retry_at = None
-    if state == TaskInstanceState.FAILED and allow_retry and ti.try_number <= ti.max_tries:
+    if state == TaskInstanceState.UP_FOR_RESCHEDULE:
+        if reschedule_date is None:
+            raise ValueError("up_for_reschedule needs a reschedule_date")
+        ti.next_retry_at = reschedule_date
+        ti.max_tries += 1
+    elif state == TaskInstanceState.FAILED and allow_retry and ti.try_number <= ti.max_tries:
         final = TaskInstanceState.UP_FOR_RETRY
         run = session.get(DagRun, ti.dag_run_id)
         delay = retry_delay_seconds(

@@ -50,3 +50,23 @@ def not_found(request: Request, principal: Principal, message: str) -> HTMLRespo
         },
         status_code=404,
     )
+
+
+def refused(request: Request, principal: Principal, what: str, api_path: str) -> HTMLResponse:
+    """403 page for a page whose API resource the principal's role may not read."""
+    from ketch.auth import policy
+
+    needed = policy.required_role("GET", api_path)
+    return page(
+        request,
+        principal,
+        "message.html",
+        {
+            "title": "Not allowed",
+            "message": f"{what} need the {needed} role; you are signed in as {principal.role}.",
+            "alert": True,
+            "link_href": "/dags",
+            "link_text": "All DAGs",
+        },
+        status_code=403,
+    )

@@ -46,28 +46,22 @@ def dags(
     page_number: Annotated[int, Query(alias="page", ge=1, le=100_000)] = 1,
 ) -> HTMLResponse:
     paused = {"all": None, "active": False, "paused": True}[status]
-    every = operations.list_dags(session).items
-    all_tags = sorted({t for s in every for t in (s.dag.tags or [])})
+    every = operations.list_dag_models(session)
+    all_tags = sorted({t for d in every for t in (d.tags or [])})
     # The filters of list_dags (paused; any of the tags), applied to the one list read.
     wanted = set(tag or ())
     needle = search.strip().lower()
     chosen = [
-        s
-        for s in every
-        if (paused is None or s.dag.is_paused == paused)
-        and (not wanted or wanted.intersection(s.dag.tags or ()))
-        and needle in s.dag.dag_id.lower()
+        d
+        for d in every
+        if (paused is None or d.is_paused == paused)
+        and (not wanted or wanted.intersection(d.tags or ()))
+        and needle in d.dag_id.lower()
     ]
     start = (page_number - 1) * PAGE_SIZE
     shown = chosen[start : start + PAGE_SIZE]
-    rows = [
-        DagRow(
-            s.dag,
-            operations.list_dag_runs(session, s.dag.dag_id, limit=RECENT_RUNS).items,
-            access.may_pause(principal, s.dag.dag_id),
-        )
-        for s in shown
-    ]
+    runs = operations.recent_runs(session, [d.dag_id for d in shown], RECENT_RUNS)
+    rows = [DagRow(d, runs[d.dag_id], access.may_pause(principal, d.dag_id)) for d in shown]
     problems, problem_count = import_problems(session)
     pages = max(1, -(-len(chosen) // PAGE_SIZE))
 

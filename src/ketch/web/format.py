@@ -14,6 +14,7 @@ STATE_COLOURS: dict[str, str] = {
     "queued": "gray",
     "scheduled": "tan",
     "up_for_retry": "gold",
+    "up_for_reschedule": "turquoise",
     "skipped": "hotpink",
     "upstream_failed": "orange",
     "removed": "lightgrey",

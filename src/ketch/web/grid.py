@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.responses import HTMLResponse, Response
 
 from ketch import operations
-from ketch.db.models import DagRun
+from ketch.db.models import DagRun, TaskInstance
 from ketch.serialization import SerializedDag
 from ketch.states import ACTIVE_RUN_STATES
 from ketch.web.common import PrincipalDep, SessionDep, not_found, page
@@ -34,6 +35,34 @@ IDLE_POLL = "every 10s"
 @dataclass(frozen=True, slots=True)
 class Cell:
     state: str | None
+    instances: int = 1  # a mapped task's cell sums up its instances
+
+
+# Which state a cell of several task instances (a mapped task) shows: the first of
+# this list that any instance is in, Airflow 3's grid ``state_priority``.
+STATE_PRIORITY: tuple[str | None, ...] = (
+    "failed",
+    "upstream_failed",
+    "up_for_retry",
+    "up_for_reschedule",
+    "running",
+    "restarting",
+    "deferred",
+    "awaiting_input",
+    "queued",
+    "scheduled",
+    None,
+    "success",
+    "skipped",
+    "removed",
+)
+_RANK = {state: rank for rank, state in enumerate(STATE_PRIORITY)}
+
+
+def summed_up(states: list[str | None]) -> Cell:
+    """One cell for the instances of a task in a run (one, or a mapped task's many)."""
+    shown = min(states, key=lambda state: _RANK.get(state, len(_RANK)))
+    return Cell(shown, len(states))
 
 
 @dataclass(slots=True)
@@ -60,19 +89,29 @@ class Grid:
         return f"Latest run {run.run_id}: {run.state}, {done} of {len(states)} tasks finished."
 
 
+def run_cells(session: Session, run_pks: list[int]) -> dict[tuple[int, str], Cell]:
+    """Every task's cell in these runs (by dag_run.id), from one query."""
+    found: dict[tuple[int, str], list[str | None]] = {}
+    for run_pk, task_id, state in session.execute(
+        select(TaskInstance.dag_run_id, TaskInstance.task_id, TaskInstance.state).where(
+            TaskInstance.dag_run_id.in_(run_pks)
+        )
+    ):
+        found.setdefault((run_pk, task_id), []).append(state)
+    return {key: summed_up(states) for key, states in found.items()}
+
+
 def build_grid(session: Session, dag_id: str, serialized: SerializedDag, limit: int) -> Grid:
     runs = list(reversed(operations.list_dag_runs(session, dag_id, limit=limit).items))
     task_ids = list(serialized.tasks)
     display = {t: serialized.tasks[t].task_display_name or t for t in task_ids}
     grid = Grid(dag_id, runs, task_ids, display)
     gone: set[str] = set()
-    for run in runs:
-        # run_progress: the run's task states in one query, without parsing the DAG
-        # version of every run (the rows follow the DAG's current task order).
-        for task_id, state in operations.run_progress(session, dag_id, run.run_id).states.items():
-            if task_id not in display:  # a task the DAG no longer has: still shown, last
-                gone.add(task_id)
-            grid.cells[(run.id, task_id)] = Cell(state)
+    # The rows follow the DAG's current task order, without parsing each run's version.
+    grid.cells = run_cells(session, [run.id for run in runs])
+    for _run_pk, task_id in grid.cells:
+        if task_id not in display:  # a task the DAG no longer has: still shown, last
+            gone.add(task_id)
     for task_id in sorted(gone):
         grid.task_ids.append(task_id)
         display[task_id] = task_id
@@ -80,8 +119,8 @@ def build_grid(session: Session, dag_id: str, serialized: SerializedDag, limit: 
     digest = hashlib.sha256()
     for run in runs:
         digest.update(f"{run.id}:{run.state}\n".encode())
-    for (run_id, task_id), cell in sorted(grid.cells.items()):
-        digest.update(f"{run_id}:{task_id}:{cell.state}\n".encode())
+    for (run_pk, task_id), cell in sorted(grid.cells.items()):
+        digest.update(f"{run_pk}:{task_id}:{cell.state}:{cell.instances}\n".encode())
     digest.update("\n".join(grid.task_ids).encode())
     grid.version = digest.hexdigest()[:16]
     return grid

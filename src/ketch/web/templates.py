@@ -17,6 +17,7 @@ from starlette.responses import HTMLResponse
 from starlette.templating import Jinja2Templates
 
 from ketch.auth.sessions import CSRF_FORM_FIELD, CSRF_HEADER
+from ketch.web import access
 from ketch.web import format as fmt
 
 templates = Jinja2Templates(
@@ -35,6 +36,7 @@ _FILTERS: dict[str, Any] = {
 }
 templates.env.filters.update(_FILTERS)
 templates.env.globals["duration"] = fmt.duration
+templates.env.globals["menu"] = access.menu
 
 
 def render(

@@ -8,17 +8,22 @@ live try through its ``follow=true`` event stream and reads a finished one the s
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
+from sqlalchemy.orm import Session
 from starlette.responses import HTMLResponse
 
 from ketch import operations
+from ketch.web import access
 from ketch.web.access import api_dag_path
 from ketch.web.common import PrincipalDep, SessionDep, not_found, page
 
 router = APIRouter(include_in_schema=False)
+
+RETURN_VALUE_CHARS = 4000
 
 
 @router.get("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}", response_class=HTMLResponse)
@@ -47,6 +52,7 @@ def try_page(
             f"{api_dag_path(dag_id)}/dagRuns/{_seg(run_id)}/taskInstances/{_seg(task_id)}"
             f"/logs/{shown}"
         )
+    shown_try = next((t for t in tries if t.try_number == shown), None)
     return page(
         request,
         principal,
@@ -59,8 +65,37 @@ def try_page(
             "tries": tries,
             "shown": shown,
             "log_url": log_url,
+            "return_value": _return_value(session, dag_id, run_id, task_id),
+            "rendered_fields": _rendered(shown_try.rendered_fields if shown_try else None),
+            "api_dag": access.api_dag_path(dag_id),
+            "api_ti": access.api_ti_path(dag_id, run_id, task_id),
+            "may_mark": access.may_mark_task(principal, dag_id, run_id, task_id),
+            "may_clear": access.may_clear(principal, dag_id),
         },
     )
+
+
+def _return_value(session: Session, dag_id: str, run_id: str, task_id: str) -> str | None:
+    """The task's return value as indented JSON, cut at ``RETURN_VALUE_CHARS`` (the whole
+    value is in the XCom API); None when it returned nothing."""
+    try:
+        entry = operations.get_xcom_entry(session, dag_id, run_id, task_id)
+    except operations.NotFound:
+        return None
+    if entry.value is None:  # returned None: Airflow pushes nothing then
+        return None
+    text = json.dumps(entry.value, indent=2, sort_keys=True, default=str)
+    if len(text) > RETURN_VALUE_CHARS:
+        return text[:RETURN_VALUE_CHARS] + "\n… (cut: the whole value is in the XCom API)"
+    return text
+
+
+def _rendered(fields: dict[str, Any] | None) -> dict[str, str]:
+    """Each rendered field as text: strings as they are, anything else as JSON."""
+    return {
+        name: value if isinstance(value, str) else json.dumps(value, indent=2, default=str)
+        for name, value in (fields or {}).items()
+    }
 
 
 def _seg(value: str) -> str:

@@ -134,6 +134,7 @@ class ExecutionApiClient:
         has_return_value: bool = False,
         follow_task_ids: list[str] | None = None,
         retry: bool = True,
+        reschedule_date: str | None = None,
     ) -> None:
         body = {
             "state": state,
@@ -143,6 +144,8 @@ class ExecutionApiClient:
             "follow_task_ids": follow_task_ids,
             "retry": retry,
         }
+        if reschedule_date is not None:
+            body["reschedule_date"] = reschedule_date
         self._call("POST", "/try/finish", body)
 
     def get_variable(self, key: str) -> dict[str, Any]:

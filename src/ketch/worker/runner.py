@@ -39,7 +39,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from ketch.exceptions import FailTask, KetchException, SkipTask, TaskTimeout
+from ketch.exceptions import FailTask, KetchException, RescheduleTask, SkipTask, TaskTimeout
 from ketch.worker.client import (
     ExecutionApiClient,
     ExecutionApiError,
@@ -59,12 +59,13 @@ class TaskTerminated(KetchException):
 class Outcome:
     """How the task ended, in the shape ``POST /execution/try/finish`` takes."""
 
-    state: str  # success | failed | skipped
+    state: str  # success | failed | skipped | up_for_reschedule
     error: str | None = None
     return_value: Any = None
     has_return_value: bool = False
     follow_task_ids: list[str] | None = None
     retry: bool = True
+    reschedule_date: str | None = None  # ISO 8601, with up_for_reschedule
     kill_children: bool = field(default=False, repr=False)
     # Why the try was stopped (a SIGTERM, its execution_timeout): its log's last line.
     stopped: str | None = field(default=None, repr=False)
@@ -417,6 +418,10 @@ def run_task(payload: dict[str, Any], client: ExecutionApiClient) -> Outcome:
     except SkipTask as exc:
         say(f"task skipped: {exc}" if str(exc) else "task skipped")
         return Outcome("skipped")
+    except RescheduleTask as exc:
+        when = exc.reschedule_date.isoformat()
+        say(f"rescheduling: the task runs again (a new try) at {when}")
+        return Outcome("up_for_reschedule", reschedule_date=when)
     except FailTask as exc:
         return _failure(exc, retry=False)
     except (TaskTimeout, TaskTerminated) as exc:
@@ -485,6 +490,7 @@ def report(client: ExecutionApiClient, outcome: Outcome) -> bool:
             has_return_value=outcome.has_return_value,
             follow_task_ids=outcome.follow_task_ids,
             retry=outcome.retry,
+            reschedule_date=outcome.reschedule_date,
         )
     except TryEnded as exc:
         raise Cancelled(why_ended(exc.detail)) from exc

@@ -87,6 +87,7 @@ def make_client(
     endpoint_url: str | None = None,
     credentials: Mapping[str, str | None] | None = None,
     config: Config | None = None,
+    verify: bool | str | None = None,
 ) -> Any:
     """An S3 client from a boto3 Session: the given credentials, else the chain.
 
@@ -104,8 +105,10 @@ def make_client(
     )
     if config is not None:
         merged = merged.merge(config)
-    endpoint = {"endpoint_url": endpoint_url} if endpoint_url else {}
-    return session.client("s3", config=merged, **endpoint)
+    options: dict[str, Any] = {"endpoint_url": endpoint_url} if endpoint_url else {}
+    if verify is not None:  # False, or a CA bundle's path (botocore's verify)
+        options["verify"] = verify
+    return session.client("s3", config=merged, **options)
 
 
 def connection_settings(

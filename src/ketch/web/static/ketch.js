@@ -1,5 +1,5 @@
-// ketch UI actions: pause toggles and the trigger form call the REST API with the
-// session's CSRF token; the grid's live region follows htmx swaps. No log text or
+// ketch UI actions: pause toggles, the trigger form and the run and task actions call
+// the REST API with the session's CSRF token; the grid's live region follows htmx swaps. No log text or
 // server message is ever inserted as HTML: textContent only.
 (function () {
   "use strict";
@@ -149,6 +149,101 @@
       .catch(function (error) {
         document.getElementById("trigger-error").textContent = "Could not reach the server: " + error;
       })
+      .finally(function () { button.disabled = false; });
+  });
+
+  // --- run and task actions: mark, clear (with a preview of what it clears) --------------
+  // <form class="api-action" data-method data-url data-body='{...}'>: the body, plus one
+  // boolean per checkbox[data-field]. data-preview="true" (clear): the first press is a
+  // dry run that lists the task instances; pressing again clears exactly that selection.
+  function actionBody(form) {
+    var body = JSON.parse(form.dataset.body || "{}");
+    // [data-omit-unset]: an unticked box or an empty field is left out of the body, so
+    // the API's default applies (a variable named like a secret stays sensitive).
+    form.querySelectorAll("input[type=checkbox][data-field]").forEach(function (box) {
+      if (box.checked || box.dataset.omitUnset !== "true") body[box.dataset.field] = box.checked;
+    });
+    // Text fields: [data-text-field] goes into the body unless it is [data-in-url] (then
+    // it fills {name} in data-url, percent-encoded: a key may hold any character).
+    form.querySelectorAll("[data-text-field]").forEach(function (input) {
+      if (input.dataset.inUrl === "true") return;
+      if (input.value === "" && input.dataset.omitUnset === "true") return;
+      body[input.dataset.textField] = input.value;
+    });
+    // data-numbers="slots,...": fields sent as numbers when they read as one (else as
+    // typed, and the API says what is wrong with them).
+    (form.dataset.numbers || "").split(",").forEach(function (name) {
+      if (name && typeof body[name] === "string" && /^-?\d+$/.test(body[name].trim())) {
+        body[name] = parseInt(body[name], 10);
+      }
+    });
+    return body;
+  }
+
+  function actionUrl(form) {
+    return form.dataset.url.replace(/\{([a-z_]+)\}/g, function (whole, name) {
+      var input = form.querySelector('[data-text-field="' + name + '"]');
+      return input ? encodeURIComponent(input.value) : whole;
+    });
+  }
+
+  function resetPreview(form) {
+    var list = form.querySelector(".preview");
+    var button = form.querySelector("button[type=submit]");
+    form.dataset.previewed = "false";
+    if (list) { list.hidden = true; list.textContent = ""; }
+    if (button && button.dataset.label) button.textContent = button.dataset.label;
+  }
+
+  function showPreview(form, tis) {
+    var list = form.querySelector(".preview");
+    var button = form.querySelector("button[type=submit]");
+    var result = form.querySelector(".action-result");
+    list.textContent = "";
+    tis.forEach(function (ti) {
+      var item = document.createElement("li");
+      item.textContent = ti.task_id + " (" + (ti.state || "no status") + ")";
+      list.appendChild(item);
+    });
+    list.hidden = tis.length === 0;
+    if (tis.length === 0) {
+      result.textContent = "Nothing to clear with these options.";
+      return;
+    }
+    form.dataset.previewed = "true";
+    result.textContent = tis.length + " task instance" + (tis.length === 1 ? "" : "s") + " will be cleared; press again to confirm.";
+    button.textContent = "Clear these " + tis.length;
+  }
+
+  document.addEventListener("change", function (event) {
+    var form = event.target.closest ? event.target.closest("form.api-action") : null;
+    if (form && form.dataset.preview === "true") resetPreview(form); // options changed
+  });
+
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (!form.classList || !form.classList.contains("api-action")) return;
+    event.preventDefault();
+    var result = form.querySelector(".action-result");
+    var button = form.querySelector("button[type=submit]");
+    var body = actionBody(form);
+    var previewing = form.dataset.preview === "true" && form.dataset.previewed !== "true";
+    if (form.dataset.preview === "true") body.dry_run = previewing;
+    button.disabled = true;
+    callApi(form.dataset.method, actionUrl(form), body)
+      .then(function (answer) {
+        if (!answer.ok) {
+          result.textContent = "Not done: " + detailText(answer);
+          return;
+        }
+        if (previewing) {
+          showPreview(form, (answer.data && answer.data.task_instances) || []);
+          return;
+        }
+        result.textContent = form.dataset.done || "Done.";
+        window.setTimeout(function () { window.location.reload(); }, 800);
+      })
+      .catch(function (error) { result.textContent = "Could not reach the server: " + error; })
       .finally(function () { button.disabled = false; });
   });
 

@@ -2,6 +2,9 @@
 // (?follow=true&offset=N), appends each line as text (textContent, never HTML), keeps
 // the view at the bottom unless the reader scrolled up, and resumes from the bytes it
 // already has when the connection drops. A finished try's stream ends at once.
+// Each line has a number that links to it (#L12: the page opens there), and the search
+// box marks the lines holding its text (case-insensitive), Previous/Next (or Enter,
+// Shift+Enter) moving between them.
 (function () {
   "use strict";
 
@@ -26,13 +29,94 @@
     stick = view.scrollTop + view.clientHeight >= view.scrollHeight - 8;
   });
 
+  var lines = []; // every complete line's element, in order
+  var query = ""; // the search, lowercased ("" when none)
+  var matches = []; // elements of the lines that hold it
+  var current = -1; // the match shown last
+  var wanted = /^#L(\d+)$/.exec(window.location.hash); // a line link opened the page
+  var wantedLine = wanted ? parseInt(wanted[1], 10) : 0;
+
   function lineElement(text) {
     lineCount += 1;
     var line = document.createElement("div");
     line.className = "line";
     line.id = "L" + lineCount;
-    line.textContent = text;
+    var number = document.createElement("a");
+    number.className = "ln";
+    number.href = "#L" + lineCount;
+    number.tabIndex = -1; // thousands of lines: not one tab stop each
+    number.textContent = String(lineCount);
+    var body = document.createElement("span");
+    body.className = "text";
+    body.textContent = text;
+    line.appendChild(number);
+    line.appendChild(body);
+    lines.push(line);
+    if (query && text.toLowerCase().indexOf(query) >= 0) {
+      line.classList.add("match");
+      matches.push(line);
+    }
+    if (lineCount === wantedLine) {
+      line.classList.add("linked");
+      stick = false;
+      window.setTimeout(function () { line.scrollIntoView({ block: "center" }); }, 0);
+    }
     return line;
+  }
+
+  // --- search ------------------------------------------------------------------------
+  var searchBox = document.getElementById("log-search");
+  var counter = document.getElementById("log-matches");
+
+  function say() {
+    if (!counter) return;
+    if (!query) { counter.textContent = ""; return; }
+    counter.textContent = matches.length === 0 ? "No line holds it."
+      : (current >= 0 ? (current + 1) + " of " : "") + matches.length + " line" + (matches.length === 1 ? "" : "s");
+  }
+
+  function search(text) {
+    query = text.toLowerCase();
+    matches.forEach(function (line) { line.classList.remove("match", "current"); });
+    matches = [];
+    current = -1;
+    if (query) {
+      lines.forEach(function (line) {
+        if (line.lastChild.textContent.toLowerCase().indexOf(query) >= 0) {
+          line.classList.add("match");
+          matches.push(line);
+        }
+      });
+    }
+    say();
+  }
+
+  function step(by) {
+    if (!matches.length) return;
+    if (current >= 0) matches[current].classList.remove("current");
+    current = (current + by + matches.length) % matches.length;
+    var line = matches[current];
+    line.classList.add("current");
+    stick = false;
+    line.scrollIntoView({ block: "center" });
+    say();
+  }
+
+  if (searchBox) {
+    var timer = null;
+    searchBox.addEventListener("input", function () {
+      window.clearTimeout(timer);
+      timer = window.setTimeout(function () { search(searchBox.value); }, 150);
+    });
+    searchBox.addEventListener("keydown", function (event) {
+      if (event.key !== "Enter") return;
+      event.preventDefault();
+      window.clearTimeout(timer);
+      if (searchBox.value.toLowerCase() !== query) search(searchBox.value);
+      step(event.shiftKey ? -1 : 1);
+    });
+    document.getElementById("log-next").addEventListener("click", function () { step(1); });
+    document.getElementById("log-prev").addEventListener("click", function () { step(-1); });
   }
 
   function append(text) {
@@ -55,7 +139,7 @@
 
   // The task instance's state at the top of the page, once the followed try has ended.
   var STATES = ["success", "failed", "running", "queued", "scheduled", "up_for_retry",
-                "skipped", "upstream_failed", "removed"];
+                "up_for_reschedule", "skipped", "upstream_failed", "removed"];
   function showState(state) {
     var text = document.getElementById("ti-state");
     var square = document.getElementById("ti-square");
