@@ -70,6 +70,7 @@ def test_no_page_has_a_critical_or_serious_accessibility_violation(
             "/dags",
             "/dags/a11y_demo",
             "/dags/a11y_demo/graph",
+            "/dags/a11y_demo/source",
             f"/dags/a11y_demo/runs/{run_id}",
             f"/dags/a11y_demo/runs/{run_id}/tasks/load",
             "/variables",
