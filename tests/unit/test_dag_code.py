@@ -93,6 +93,13 @@ def test_api_returns_airflow_3s_shape_and_numbers_versions(web: Web, tmp_path: P
     proc.parse_all()
     body = web.get("/api/v1/dagSources/tricky").json()
     assert body["version_number"] == 2 and 'task_id="t2"' in body["content"]
+    text = web.get("/api/v1/dagSources/tricky", headers={"Accept": "text/plain"})
+    assert text.status_code == 200 and text.text == path.read_text()
+    assert text.headers["content-type"].startswith("text/plain")
+    assert web.get("/api/v1/dagSources/tricky", headers={"Accept": "image/png"}).status_code == 406
+    assert web.get("/api/v1/dagSources/tricky?version_number=2").json()["version_number"] == 2
+    old = web.get("/api/v1/dagSources/tricky?version_number=1")
+    assert old.status_code == 404 and "keeps only the latest source" in old.json()["detail"]
     missing = web.get("/api/v1/dagSources/nope")
     assert missing.status_code == 404 and "nope" in missing.json()["detail"]
     assert web.get("/api/v1/dagSources/tricky", role=None).status_code == 401
