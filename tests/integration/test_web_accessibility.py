@@ -1,7 +1,7 @@
 """Accessibility smoke test of every UI page: axe-core (tests/support/axe, installed by
 ``make install``) injected through Playwright into headless Chromium, on a real
-``ketch standalone`` with a DAG that has params, a finished run with a failed task, a
-variable and a pool. No page may have a critical or serious violation (moderate and
+``ketch standalone`` with a DAG that has params and a task group, a finished run with a
+failed task, a variable and a pool. No page may have a critical or serious violation (moderate and
 minor findings are printed)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ AXE = Path(__file__).resolve().parents[1] / "support" / "axe" / "node_modules" /
 DAG_FILE = """
 from datetime import datetime, timezone
 
-from ketch import Param, dag, task
+from ketch import Param, TaskGroup, dag, task
 
 
 @dag(
@@ -36,7 +36,9 @@ def a11y_demo():
     def load(data):
         raise ValueError("the warehouse said no")
 
-    load(extract())
+    with TaskGroup("prepare", tooltip="gets the rows"):
+        rows = extract()
+    load(rows)
 
 
 a11y_demo()
@@ -70,6 +72,7 @@ def test_no_page_has_a_critical_or_serious_accessibility_violation(
             "/dags",
             "/dags/a11y_demo",
             "/dags/a11y_demo/graph",
+            "/dags/a11y_demo/source",
             f"/dags/a11y_demo/runs/{run_id}",
             f"/dags/a11y_demo/runs/{run_id}/tasks/load",
             "/variables",

@@ -39,6 +39,7 @@ EXPECTED_ROLE: dict[tuple[str, str], str | None] = {
     ("GET", "/api/v1/dags/{dag_id}"): "viewer",
     ("PATCH", "/api/v1/dags/{dag_id}"): "user",
     ("GET", "/api/v1/dags/{dag_id}/tasks"): "viewer",
+    ("GET", "/api/v1/dagSources/{dag_id}"): "viewer",
     ("GET", "/api/v1/dags/{dag_id}/dagRuns"): "viewer",
     ("POST", "/api/v1/dags/{dag_id}/dagRuns"): "user",
     ("GET", "/api/v1/dags/{dag_id}/dagRuns/{dag_run_id}"): "viewer",
@@ -102,6 +103,7 @@ EXPECTED_ROLE: dict[tuple[str, str], str | None] = {
     ("GET", "/dags/{dag_id}/runs/{run_id}/tasks/{task_id}"): "viewer",
     ("GET", "/dags/{dag_id}/runs/{run_id}"): "viewer",
     ("GET", "/dags/{dag_id}/graph"): "viewer",
+    ("GET", "/dags/{dag_id}/source"): "viewer",
     ("GET", "/health"): "viewer",
     # Pages over an API resource need the role of its API (a 403 page below it).
     ("GET", "/variables"): "op",

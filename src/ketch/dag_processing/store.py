@@ -7,7 +7,9 @@ Rules (Airflow's, where it has them):
 - an unchanged serialized hash writes nothing but ``last_parsed_at``;
 - a new or changed DAG gets ``needs_next_dagrun`` and a ``dag_version`` row by hash;
 - a file that fails keeps its stored DAGs and gets an ``import_error`` row;
-- a dag_id already active in another file is an import error of the newcomer.
+- a dag_id already active in another file is an import error of the newcomer;
+- the file's source goes to ``dag_code`` in the same transaction when its hash changed
+  (:mod:`ketch.dag_processing.dag_code`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from ketch.dag_processing.dag_code import store_source
 from ketch.db.engine import session_scope
 from ketch.db.models import DagModel, DagVersion, ImportError_
 
@@ -71,6 +74,8 @@ def store_result(engine: Engine, result: FileResult, *, paused_at_creation: bool
             outcome.changed |= _upsert_dag(session, existing, data, paused_at_creation)
             outcome.stored += 1
         outcome.changed |= _deactivate(session, DagModel.fileloc == path, keep=kept)
+        if kept:
+            store_source(session, result.path)
         if errors:
             outcome.error = "\n".join(errors)
             outcome.duplicate = True

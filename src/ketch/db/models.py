@@ -248,6 +248,22 @@ class ImportError_(Base):
     timestamp: Mapped[datetime]
 
 
+class DagCode(Base):
+    """A DAG file's source, so a web server without the DAGs folder can show it.
+
+    Written by the DAG processor in the transaction that stores the file's DAGs, only
+    when the file's sha256 changed (Airflow's ``dag_code``, keyed by file as in Airflow 2:
+    the DAGs of one file share one row)."""
+
+    __tablename__ = "dag_code"
+
+    fileloc: Mapped[str] = mapped_column(Text, primary_key=True)
+    # The file's text, or a note saying it was too large to store.
+    source_code: Mapped[str] = mapped_column(Text)
+    source_code_hash: Mapped[str] = mapped_column(String(64))  # sha256 of the file's bytes
+    last_updated: Mapped[datetime]
+
+
 class Pool(Base):
     __tablename__ = "slot_pool"
 

@@ -25,6 +25,7 @@ One module per resource, all re-exported here (``operations.trigger_dag``):
 from __future__ import annotations
 
 from ketch.operations._common import Page, on_change
+from ketch.operations.dag_source import DagSource, get_dag_source
 from ketch.operations.dags import (
     DagSummary,
     get_dag,
@@ -81,6 +82,7 @@ __all__ = [
     "DagNotFound",
     "DagRunAlreadyExists",
     "DagRunNotFound",
+    "DagSource",
     "DagSummary",
     "DefaultPoolNotDeletable",
     "InvalidRequest",
@@ -101,6 +103,7 @@ __all__ = [
     "generate_manual_run_id",
     "get_dag",
     "get_dag_run",
+    "get_dag_source",
     "get_pool",
     "get_task_instance",
     "get_xcom_entry",

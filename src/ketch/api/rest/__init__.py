@@ -13,6 +13,7 @@ from ketch.api.rest import (
     audit_log,
     connections,
     dag_runs,
+    dag_sources,
     dags,
     health,
     import_errors,
@@ -40,7 +41,17 @@ def build_router() -> APIRouter:
         dependencies=[Depends(authorize)],
         responses=error_responses(401, 403, 503),
     )
-    for module in (health, dags, dag_runs, task_instances, xcom, logs, import_errors, pools):
+    for module in (
+        health,
+        dags,
+        dag_sources,
+        dag_runs,
+        task_instances,
+        xcom,
+        logs,
+        import_errors,
+        pools,
+    ):
         router.include_router(module.router)
     router.include_router(task_instances.mapped_router)  # after xcomEntries
     router.include_router(variable_sync.router)  # before variables: syncStatus is no key

@@ -31,6 +31,7 @@ _DESCRIPTIONS = {
     401: "Not authenticated (no or a bad API token, session or loopback address)",
     403: "Forbidden: the caller's role may not do this",
     404: "Not found: the message names what is missing",
+    406: "Not acceptable: the Accept header names no type the route returns",
     409: "Conflict: it exists already",
     503: "The metadata database is unavailable (retry after the Retry-After seconds)",
 }
