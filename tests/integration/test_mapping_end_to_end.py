@@ -246,6 +246,11 @@ def _check_surface(api: Api, run_id: str) -> None:
     assert (
         "instance 1 fails" not in api.http.get(f"{base}/flaky/logs/1", params={"map_index": 0}).text
     )
+    # Marking one instance changes that one only.
+    marked = api.http.patch(f"{base}/flaky/2", json={"new_state": "failed"}).json()
+    assert [(ti["task_id"], ti["map_index"]) for ti in marked["task_instances"]] == [("flaky", 2)]
+    assert api.http.get(f"{base}/flaky/2").json()["state"] == "failed"
+    assert api.http.get(f"{base}/flaky/0").json()["state"] == "success"
 
 
 def _cli(env: KetchEnv, *args: str) -> str:

@@ -53,6 +53,10 @@ EXPECTED_ROLE: dict[tuple[str, str], str | None] = {
         "GET",
         "/api/v1/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/{map_index}",
     ): "viewer",
+    (
+        "PATCH",
+        "/api/v1/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/{map_index}",
+    ): "user",
     ("PATCH", "/api/v1/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}"): "user",
     ("POST", "/api/v1/dags/{dag_id}/clearTaskInstances"): "user",
     (

@@ -243,8 +243,12 @@ def set_task_instance_state(
     include_downstream: bool = False,
     include_upstream: bool = False,
     now: datetime | None = None,
+    map_index: int | None = None,
 ) -> list[TaskInstance]:
     """Mark a task instance (and optionally its relatives) success, failed or skipped.
+
+    ``map_index`` marks that one instance of a mapped task (its relatives: all of theirs);
+    None marks every instance of the task.
 
     As Airflow's ``DAG.set_task_instance_state``: the TIs whose state differs are
     set; then the task's failed or upstream_failed downstream TIs are cleared so the
@@ -266,7 +270,15 @@ def set_task_instance_state(
             TaskInstance.dag_run_id == run.id, TaskInstance.task_id.in_(wanted)
         )
     )
-    altered = sorted((ti for ti in tis if ti.state != new_state.value), key=lambda t: t.task_id)
+    altered = sorted(
+        (
+            ti
+            for ti in tis
+            if ti.state != new_state.value
+            and (map_index is None or ti.task_id != task_id or ti.map_index == map_index)
+        ),
+        key=lambda t: (t.task_id, t.map_index),
+    )
     for ti in altered:
         _set_ti_state(session, ti, new_state, now)
     session.flush()
