@@ -219,7 +219,7 @@ def _routes(client: TestClient) -> list[tuple[str, str]]:
     return sorted(found)
 
 
-_NUMERIC_PARAMS = {"token_id": "999", "try_number": "1"}
+_NUMERIC_PARAMS = {"token_id": "999", "try_number": "1", "map_index": "0"}
 
 
 def _concrete(path: str) -> str:

@@ -51,6 +51,18 @@ def get_task_instance(
     raise TaskInstanceNotFound(f"task {task_id!r} of run {run_id!r} has no map_index {map_index}")
 
 
+def check_task_instance(
+    session: Session, dag_id: str, run_id: str, task_id: str, map_index: int | None
+) -> None:
+    """Raise the NotFound that names what is missing; ``map_index`` None: any instance of
+    the task will do (a mapped task's too)."""
+    try:
+        get_task_instance(session, dag_id, run_id, task_id, -1 if map_index is None else map_index)
+    except TaskInstanceNotFound:
+        if map_index is not None:
+            raise
+
+
 def list_mapped_task_instances(
     session: Session, dag_id: str, run_id: str, task_id: str
 ) -> list[TaskInstance]:
