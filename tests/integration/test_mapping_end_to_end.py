@@ -246,6 +246,11 @@ def _check_surface(api: Api, run_id: str) -> None:
     assert (
         "instance 1 fails" not in api.http.get(f"{base}/flaky/logs/1", params={"map_index": 0}).text
     )
+    # Marking one instance changes that one only.
+    marked = api.http.patch(f"{base}/flaky/2", json={"new_state": "failed"}).json()
+    assert [(ti["task_id"], ti["map_index"]) for ti in marked["task_instances"]] == [("flaky", 2)]
+    assert api.http.get(f"{base}/flaky/2").json()["state"] == "failed"
+    assert api.http.get(f"{base}/flaky/0").json()["state"] == "success"
 
 
 def _cli(env: KetchEnv, *args: str) -> str:
@@ -285,6 +290,27 @@ def test_mapped_tasks_run_per_instance_and_reduce(api_for: Any, db_url: str) -> 
         assert json.loads(value) == {"x": 6, "map_index": 2, "ti": 2}
     states = json.loads(_cli(env, "tasks", "states", "e2e_mapped", run_id, "-o", "json"))
     assert sorted(r["map_index"] for r in states if r["task_id"] == "pair") == list(range(6))
+    # Marking: one instance with --map-index (database and REST), every one without.
+    for remote, index in (([], "0"), (["--api-url", env.base_url], "1")):
+        out = _cli(
+            env,
+            *remote,
+            "tasks",
+            "mark",
+            "e2e_mapped",
+            run_id,
+            "echo",
+            "--state",
+            "failed",
+            "--map-index",
+            index,
+        )
+        assert "marked 1 task instance(s)" in out
+    echo = _instances(db_url, run_id)["echo"]
+    assert {i: ti.state for i, ti in echo.items()} == {0: "failed", 1: "failed"}
+    base = f"/api/v1/dags/e2e_mapped/dagRuns/{run_id}/taskInstances"
+    marked = api.http.patch(f"{base}/pair", json={"new_state": "failed"}).json()
+    assert sorted(ti["map_index"] for ti in marked["task_instances"]) == list(range(6))
 
 
 def test_unmappable_values_skip_or_fail_with_one_message(api_for: Any, db_url: str) -> None:

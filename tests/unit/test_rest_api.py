@@ -426,7 +426,7 @@ def test_options_and_unlisted_methods_are_405_allowing_what_the_spec_lists(
     fill = {"{dag_id}": "etl", "{dag_run_id}": "r1", "{task_id}": "extract"}
     fill |= {"{try_number}": "1", "{pool_name}": "default_pool", "{key}": "k"}
     fill |= {"{conn_id}": "c", "{token_id}": "1", "{email}": "a@example.com"}
-    fill |= {"{xcom_key}": "return_value"}
+    fill |= {"{xcom_key}": "return_value", "{map_index}": "0"}
     for path, item in spec["paths"].items():
         if not path.startswith(API):
             continue

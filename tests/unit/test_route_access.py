@@ -54,6 +54,10 @@ EXPECTED_ROLE: dict[tuple[str, str], str | None] = {
         "GET",
         "/api/v1/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/{map_index}",
     ): "viewer",
+    (
+        "PATCH",
+        "/api/v1/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/{map_index}",
+    ): "user",
     ("PATCH", "/api/v1/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}"): "user",
     ("POST", "/api/v1/dags/{dag_id}/clearTaskInstances"): "user",
     (
@@ -226,7 +230,7 @@ def _routes(client: TestClient) -> list[tuple[str, str]]:
     return sorted(found)
 
 
-_NUMERIC_PARAMS = {"token_id": "999", "try_number": "1"}
+_NUMERIC_PARAMS = {"token_id": "999", "try_number": "1", "map_index": "0"}
 
 
 def _concrete(path: str) -> str:

@@ -31,6 +31,7 @@ _USER_ACTIONS = tuple(
         ("POST", "/api/v1/dags/{}/dagRuns"),  # trigger
         ("PATCH", "/api/v1/dags/{}/dagRuns/{}"),  # mark a run
         ("PATCH", "/api/v1/dags/{}/dagRuns/{}/taskInstances/{}"),  # mark a task
+        ("PATCH", "/api/v1/dags/{}/dagRuns/{}/taskInstances/{}/{}"),  # mark a mapped instance
         ("POST", "/api/v1/dags/{}/clearTaskInstances"),
     )
 )

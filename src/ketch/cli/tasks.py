@@ -95,13 +95,21 @@ def tasks_clear(
 @click.argument("task_id")
 @click.option("--state", type=click.Choice(["success", "failed"]), required=True)
 @click.option("--downstream", "-d", is_flag=True, help="Also mark its downstream tasks.")
-def tasks_mark(dag_id: str, run_id: str, task_id: str, state: str, downstream: bool) -> None:
+@click.option(
+    "--map-index",
+    type=int,
+    default=None,
+    help="Only this instance of a mapped task (default: every instance).",
+)
+def tasks_mark(
+    dag_id: str, run_id: str, task_id: str, state: str, downstream: bool, map_index: int | None
+) -> None:
     """Set the state of a task instance (a running try is stopped), as Airflow's "mark as".
 
     Failed or upstream_failed tasks downstream of it are cleared so the run can go on.
     """
     altered = get_backend().mark_task_instance(
-        dag_id, run_id, task_id, state, downstream=downstream
+        dag_id, run_id, task_id, state, downstream=downstream, map_index=map_index
     )
     # As in Airflow, failed downstream tasks are cleared after the mark (so the run can
     # resume): with --downstream --state failed that includes the ones just marked.

@@ -65,6 +65,7 @@ from ketch.operations.runs import (
 )
 from ketch.operations.task_instances import (
     MARKABLE_TI_STATES,
+    check_task_instance,
     clear_task_instances,
     get_task_instance,
     list_mapped_task_instances,
@@ -98,6 +99,7 @@ __all__ = [
     "XComNotFound",
     "cancel_dag_run",
     "check_run_id",
+    "check_task_instance",
     "clear_task_instances",
     "delete_pool",
     "generate_manual_run_id",

@@ -51,6 +51,18 @@ def get_task_instance(
     raise TaskInstanceNotFound(f"task {task_id!r} of run {run_id!r} has no map_index {map_index}")
 
 
+def check_task_instance(
+    session: Session, dag_id: str, run_id: str, task_id: str, map_index: int | None
+) -> None:
+    """Raise the NotFound that names what is missing; ``map_index`` None: any instance of
+    the task will do (a mapped task's too)."""
+    try:
+        get_task_instance(session, dag_id, run_id, task_id, -1 if map_index is None else map_index)
+    except TaskInstanceNotFound:
+        if map_index is not None:
+            raise
+
+
 def list_mapped_task_instances(
     session: Session, dag_id: str, run_id: str, task_id: str
 ) -> list[TaskInstance]:
@@ -243,8 +255,12 @@ def set_task_instance_state(
     include_downstream: bool = False,
     include_upstream: bool = False,
     now: datetime | None = None,
+    map_index: int | None = None,
 ) -> list[TaskInstance]:
     """Mark a task instance (and optionally its relatives) success, failed or skipped.
+
+    ``map_index`` marks that one instance of a mapped task (its relatives: all of theirs);
+    None marks every instance of the task.
 
     As Airflow's ``DAG.set_task_instance_state``: the TIs whose state differs are
     set; then the task's failed or upstream_failed downstream TIs are cleared so the
@@ -266,7 +282,15 @@ def set_task_instance_state(
             TaskInstance.dag_run_id == run.id, TaskInstance.task_id.in_(wanted)
         )
     )
-    altered = sorted((ti for ti in tis if ti.state != new_state.value), key=lambda t: t.task_id)
+    altered = sorted(
+        (
+            ti
+            for ti in tis
+            if ti.state != new_state.value
+            and (map_index is None or ti.task_id != task_id or ti.map_index == map_index)
+        ),
+        key=lambda t: (t.task_id, t.map_index),
+    )
     for ti in altered:
         _set_ti_state(session, ti, new_state, now)
     session.flush()

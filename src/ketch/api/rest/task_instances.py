@@ -62,13 +62,13 @@ mapped_router = APIRouter(prefix="/dags/{dag_id}", tags=["TaskInstance"])
 
 
 @mapped_router.get(
-    "/dagRuns/{dag_run_id}/taskInstances/{task_id}/{map_index}", responses=error_responses(404)
+    "/dagRuns/{dag_run_id}/taskInstances/{task_id}/{map_index:int}", responses=error_responses(404)
 )
 def get_mapped_task_instance(
     dag_id: str,
     dag_run_id: str,
     task_id: str,
-    map_index: Annotated[int, Path(ge=-1)],
+    map_index: Annotated[int, Path(ge=0)],
     session: SessionDep,
 ) -> TaskInstanceResponse:
     """One instance of a mapped task (Airflow's mapped task instance endpoint)."""
@@ -84,8 +84,9 @@ def patch_task_instance(
     body: PatchTaskInstanceBody,
     session: SessionDep,
 ) -> TaskInstanceCollectionResponse:
-    """Set the state; returns the task instances whose state changed (as Airflow 3)."""
-    operations.get_task_instance(session, dag_id, dag_run_id, task_id)
+    """Set the state (of every instance of a mapped task); returns the task instances whose
+    state changed (as Airflow 3)."""
+    operations.check_task_instance(session, dag_id, dag_run_id, task_id, None)
     altered = operations.set_task_instance_state(
         session,
         dag_id,
@@ -118,3 +119,32 @@ def clear_task_instances(
     if not body.dry_run:
         session.commit()
     return response
+
+
+@mapped_router.patch(
+    "/dagRuns/{dag_run_id}/taskInstances/{task_id}/{map_index:int}",
+    responses=error_responses(400, 404),
+)
+def patch_mapped_task_instance(
+    dag_id: str,
+    dag_run_id: str,
+    task_id: str,
+    map_index: Annotated[int, Path(ge=0)],
+    body: PatchTaskInstanceBody,
+    session: SessionDep,
+) -> TaskInstanceCollectionResponse:
+    """Set the state of one instance of a mapped task; returns the task instances whose
+    state changed (Airflow 3's PATCH with a map_index)."""
+    operations.get_task_instance(session, dag_id, dag_run_id, task_id, map_index)
+    altered = operations.set_task_instance_state(
+        session,
+        dag_id,
+        dag_run_id,
+        task_id,
+        body.new_state,
+        include_downstream=body.include_downstream,
+        include_upstream=body.include_upstream,
+        map_index=map_index,
+    )
+    session.commit()
+    return _collection(session, altered)

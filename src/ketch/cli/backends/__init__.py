@@ -92,7 +92,14 @@ class Backend(Protocol):
         dry_run: bool,
     ) -> list[Row]: ...
     def mark_task_instance(
-        self, dag_id: str, run_id: str, task_id: str, state: str, *, downstream: bool
+        self,
+        dag_id: str,
+        run_id: str,
+        task_id: str,
+        state: str,
+        *,
+        downstream: bool,
+        map_index: int | None = None,
     ) -> list[Row]: ...
     def get_xcom(
         self, dag_id: str, run_id: str, task_id: str, key: str, map_index: int = -1

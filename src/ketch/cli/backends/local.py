@@ -168,12 +168,25 @@ class LocalBackend:
             return rows
 
     def mark_task_instance(
-        self, dag_id: str, run_id: str, task_id: str, state: str, *, downstream: bool
+        self,
+        dag_id: str,
+        run_id: str,
+        task_id: str,
+        state: str,
+        *,
+        downstream: bool,
+        map_index: int | None = None,
     ) -> list[Row]:
         with dag_session() as session:
-            operations.get_task_instance(session, dag_id, run_id, task_id)  # names what's missing
+            operations.check_task_instance(session, dag_id, run_id, task_id, map_index)
             altered = operations.set_task_instance_state(
-                session, dag_id, run_id, task_id, state, include_downstream=downstream
+                session,
+                dag_id,
+                run_id,
+                task_id,
+                state,
+                include_downstream=downstream,
+                map_index=map_index,
             )
             return ti_rows(session, altered)
 

@@ -106,9 +106,18 @@ class RemoteBackend:
         return list(self._api.json("POST", path, body=body)["task_instances"])
 
     def mark_task_instance(
-        self, dag_id: str, run_id: str, task_id: str, state: str, *, downstream: bool
+        self,
+        dag_id: str,
+        run_id: str,
+        task_id: str,
+        state: str,
+        *,
+        downstream: bool,
+        map_index: int | None = None,
     ) -> list[Row]:
         path = f"/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}/taskInstances/{_q(task_id)}"
+        if map_index is not None:
+            path += f"/{map_index}"
         body = {"new_state": state, "include_downstream": downstream}
         return list(self._api.json("PATCH", path, body=body)["task_instances"])
 
