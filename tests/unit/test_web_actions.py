@@ -295,3 +295,22 @@ def test_a_run_of_1000_mapped_instances_on_every_page(web_both: Web) -> None:
     assert run_page.count("/tasks/work?map_index=") == 1000
     graph = web.get("/dags/mapped/graph?run_id=m1").text
     assert 'data-task-id="work" data-state="failed"' in graph
+
+
+def test_one_mapped_instance_is_marked_on_its_own(web: Web) -> None:
+    _mapped_run(web.engine, 3)
+    text = web.get("/dags/mapped/runs/m1/tasks/work?map_index=2", role="user").text
+    (mark,) = [f for f in _forms(text) if f["body"] == {"new_state": "success"}]
+    assert mark["url"] == "/api/v1/dags/mapped/dagRuns/m1/taskInstances/work/2"
+    answer = _send(web, mark)
+    assert answer.status_code == 200, answer.text
+    with Session(web.engine) as session:
+        rows = session.execute(
+            select(TaskInstance.map_index, TaskInstance.state).where(TaskInstance.task_id == "work")
+        )
+        states = {map_index: state for map_index, state in rows}
+    assert states == {0: "success", 1: "success", 2: "success"}
+    assert (
+        '<form class="api-action"'
+        not in web.get("/dags/mapped/runs/m1/tasks/work?map_index=2", role="viewer").text
+    )

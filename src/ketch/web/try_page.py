@@ -58,6 +58,9 @@ def try_page(
             f"/logs/{shown}" + (f"?map_index={map_index}" if map_index >= 0 else "")
         )
     shown_try = next((t for t in tries if t.try_number == shown), None)
+    api_ti = access.api_ti_path(dag_id, run_id, task_id)
+    if map_index >= 0:
+        api_ti += f"/{map_index}"
     return page(
         request,
         principal,
@@ -74,10 +77,10 @@ def try_page(
             "return_value": _return_value(session, dag_id, run_id, task_id, map_index),
             "rendered_fields": _rendered(shown_try.rendered_fields if shown_try else None),
             "api_dag": access.api_dag_path(dag_id),
-            "api_ti": access.api_ti_path(dag_id, run_id, task_id),
-            # The API marks whole tasks: a mapped instance is cleared (with its siblings)
-            # but not marked on its own here.
-            "may_mark": map_index < 0 and access.may_mark_task(principal, dag_id, run_id, task_id),
+            # A mapped instance is marked on its own (PATCH .../{task_id}/{map_index}), and
+            # cleared with its siblings (a clear names tasks).
+            "api_ti": api_ti,
+            "may_mark": access.may(principal, "PATCH", api_ti),
             "may_clear": access.may_clear(principal, dag_id),
         },
     )
