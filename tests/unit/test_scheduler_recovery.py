@@ -298,3 +298,26 @@ def test_adoption_offers_what_a_started_try_recorded_and_always_asks_the_executo
         "h",
     )
     assert ti_of(engine, "a").state == "running"  # adopted, not lost
+
+
+class StartsDuringAdoption(FakeExecutor):
+    """The try launched before the restart calls try/start while adoption is running
+    (after the queued rows were read, before the relaunch): the window of the
+    queueing.after_launch crash."""
+
+    def adopt(self, tries: Any) -> list[TryKey]:
+        adopted = super().adopt(tries)
+        now = datetime.now(UTC)
+        _set_ti(self.engine, "a", state="running", start_date=now, pid=4242, hostname="h")
+        return adopted
+
+
+def test_a_try_started_during_adoption_is_not_relaunched_nor_reset(engine: Engine) -> None:
+    _a_then_b(engine)
+    _set_ti(engine, "a", state="queued", try_number=1, external_executor_id=None)
+    executor = StartsDuringAdoption(engine)
+    scheduler = scheduler_for(engine, executor)
+    scheduler.adopt()
+    a = ti_of(engine, "a")
+    assert (a.state, a.pid, a.try_number) == ("running", 4242, 1)  # not written back to queued
+    assert TryKey("d", "r", "a", 1) not in executor.launched  # no second process for it

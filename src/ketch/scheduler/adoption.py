@@ -132,8 +132,14 @@ def _relaunch(
 ) -> None:
     with ctx.sessions() as session:
         failed = []
-        for ti, dag_hash in rows:
-            ti = session.merge(ti, load=True)
+        for seen, dag_hash in rows:
+            # Read again, never merged: the process launched before the restart may have
+            # started this try since the rows were read (the execution API answers while
+            # adoption runs). Merging the stale copy wrote it back to queued, so the
+            # relaunched process was let start too, and the try ran twice.
+            ti = session.get(TaskInstance, seen.id, populate_existing=True)
+            if ti is None or ti.state != _TI.QUEUED.value or ti.try_number != seen.try_number:
+                continue  # started (or changed) meanwhile: its own process carries it
             if launch_try(ctx, session, ti, dag_hash):
                 result.relaunched.append(try_key(ti))
             else:
