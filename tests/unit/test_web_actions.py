@@ -8,7 +8,6 @@ from __future__ import annotations
 import html
 import json
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,17 +16,7 @@ from sqlalchemy.orm import Session
 
 from ketch.db.models import DagRun, TaskInstance, TaskInstanceTry, XCom
 from tests.unit.test_operations import NOW
-from tests.unit.test_web_pages import ROLES, Web, _seed, _web
-
-
-@pytest.fixture
-def web(sqlite_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Web]:
-    yield from _web(sqlite_engine, monkeypatch)
-
-
-@pytest.fixture
-def web_both(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Web]:
-    yield from _web(engine, monkeypatch)
+from tests.unit.test_web_pages import ROLES, Web, _seed
 
 
 def _forms(text: str) -> list[dict[str, Any]]:

@@ -5,21 +5,14 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from ketch.serialization import SerializedDag
 from ketch.web.graph import NODE_HEIGHT, NODE_WIDTH, columns_of, layout
 from tests.unit.test_operations import add_dag, serialized_chain
-from tests.unit.test_web_pages import Web, _seed, _web
-
-
-@pytest.fixture
-def web(sqlite_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Web]:
-    yield from _web(sqlite_engine, monkeypatch)
+from tests.unit.test_web_pages import Web, _seed
 
 
 def _dag(edges: dict[str, list[str]]) -> SerializedDag:

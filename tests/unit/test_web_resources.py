@@ -8,7 +8,6 @@ from __future__ import annotations
 import html
 import json
 import re
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -20,19 +19,9 @@ from ketch.authoring.connection import Connection
 from ketch.config import get_settings
 from ketch.db.models import Variable as VariableRow
 from ketch.variables import store
-from tests.unit.test_web_pages import Web, _seed, _web
+from tests.unit.test_web_pages import Web, _seed
 
 SECRET = "s3cr3t-value-never-shown"
-
-
-@pytest.fixture
-def web(sqlite_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Web]:
-    yield from _web(sqlite_engine, monkeypatch)
-
-
-@pytest.fixture
-def web_both(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Web]:
-    yield from _web(engine, monkeypatch)
 
 
 def _menu(text: str) -> list[str]:
