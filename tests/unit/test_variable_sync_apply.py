@@ -311,3 +311,32 @@ def test_database_outage_is_a_failure_with_backoff(
     monkeypatch.setattr(service, "_sessions", working)
     [status] = service.run_once()
     assert status.ok and rows(sqlite_engine) == {"a": ("1", "src", "v1")}
+
+
+def sensitivity(engine: Engine) -> dict[str, bool]:
+    with Session(engine) as session:
+        return {v.key: v.is_sensitive for v in session.scalars(select(Variable))}
+
+
+def test_a_changed_sensitive_setting_reaches_keys_whose_secret_did_not_change(
+    engine: Engine,
+) -> None:
+    snapshot = Snapshot("v1", {"region": "eu-west-1", "pw": "hunter2"})
+    SyncService(get_settings(), engine, [(ListSource("src", snapshot), True)]).run_once()
+    assert sensitivity(engine) == {"region": True, "pw": True}
+    # The operator marks the source not sensitive; the secret is unchanged (no snapshot).
+    relaxed = SyncService(get_settings(), engine, [(ListSource("src", Unchanged("v1")), False)])
+    relaxed.run_once()
+    assert sensitivity(engine) == {"region": False, "pw": False}
+    strict = SyncService(get_settings(), engine, [(ListSource("src", Unchanged("v1")), True)])
+    strict.run_once()
+    assert sensitivity(engine) == {"region": True, "pw": True}
+
+
+def test_the_flag_applies_only_to_the_sources_own_keys(engine: Engine) -> None:
+    set_by_hand(engine, "manual", "x")
+    other = ListSource("other", Snapshot("o1", {"theirs": "1"}))
+    SyncService(get_settings(), engine, [(other, True)]).run_once()
+    mine = ListSource("mine", Snapshot("m1", {"ours": "2"}))
+    SyncService(get_settings(), engine, [(mine, False)]).run_once()
+    assert sensitivity(engine) == {"manual": False, "theirs": True, "ours": False}

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from ketch.db.models import Variable, VariableAuditLog, VariableSyncStatus
@@ -123,6 +123,17 @@ def _status_row(session: Session, source: VariableSource) -> VariableSyncStatus:
     return row
 
 
+def _apply_sensitive_flag(session: Session, source_id: str, sensitive: bool) -> None:
+    """A source's ``sensitive`` setting holds for every key it owns, also after the setting
+    changed while the secret did not: the per-key write in :func:`apply_snapshot` only runs
+    for a changed value, and an unchanged source version applies no snapshot at all."""
+    session.execute(
+        update(Variable)
+        .where(Variable.source == source_id, Variable.is_sensitive.is_not(sensitive))
+        .values(is_sensitive=sensitive)
+    )
+
+
 def apply_snapshot(
     session: Session,
     fernet: MultiFernet,
@@ -207,7 +218,7 @@ def apply_snapshot(
                 source_id,
             )
             row.val = encrypt(fernet, value)
-            row.is_sensitive = row.is_sensitive or sensitive
+            row.is_sensitive = sensitive
             row.source = source_id
             row.source_version = snapshot.version
             row.updated_at = now
@@ -309,6 +320,7 @@ class SyncService:
                     )
                     session.flush()
                     row.managed_keys = _managed_keys(session, source_id)
+                _apply_sensitive_flag(session, source_id, sensitive)
                 row.version = result.version
                 row.last_attempt_at = row.last_success_at = now
                 row.last_error = row.last_error_at = None
