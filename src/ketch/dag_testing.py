@@ -301,8 +301,10 @@ def _wait_or_stuck(session: Session, run_pk: int, now: datetime) -> float | list
 
 def _run_try(request: LaunchRequest, dag: DAG, url: str, echo: Echo) -> TryEnded:
     """One try in this process, through the execution API like any try (the worker's code)."""
+    from ketch.authoring.variable import Variable
     from ketch.worker.callbacks import run_state_callbacks
-    from ketch.worker.client import ExecutionApiClient, TryStateConflict
+    from ketch.worker.client import ExecutionApiClient, TryStateConflict, in_process_try
+    from ketch.worker.masked_output import masked_output
     from ketch.worker.runner import Cancelled, report, run_task, say
 
     key = request.key
@@ -310,15 +312,17 @@ def _run_try(request: LaunchRequest, dag: DAG, url: str, echo: Echo) -> TryEnded
     client = ExecutionApiClient(url, request.token, retry_timeout=30.0)
     host, pid = socket.gethostname(), os.getpid()
     exit_code = 1
-    try:
-        payload = client.start(pid, host)
-        outcome = run_task(payload, client, dag=dag)
-        run_state_callbacks(payload, outcome)
-        recorded = report(client, outcome)
-        say(f"task {outcome.state}" + (f": {outcome.error}" if outcome.error else ""))
-        exit_code = 0 if outcome.state != "failed" and recorded else 1
-    except (TryStateConflict, Cancelled) as exc:
-        say(f"try not run: {exc}")
+    Variable.clear_cache()  # each try reads the values of its own time, as in a real try
+    with in_process_try(url, request.token), masked_output():  # masked as the pump does
+        try:
+            payload = client.start(pid, host)
+            outcome = run_task(payload, client, dag=dag)
+            run_state_callbacks(payload, outcome)
+            recorded = report(client, outcome)
+            say(f"task {outcome.state}" + (f": {outcome.error}" if outcome.error else ""))
+            exit_code = 0 if outcome.state != "failed" and recorded else 1
+        except (TryStateConflict, Cancelled) as exc:
+            say(f"try not run: {exc}")
     return TryEnded(key, request.ti_id, exit_code, hostname=host, pid=pid)
 
 

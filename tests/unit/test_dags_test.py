@@ -228,3 +228,42 @@ def test_a_sensor_in_reschedule_mode_pokes_again_until_it_finds(tmp_path: Path) 
     assert result.state == "success", result
     assert result.task_states == {"wait_for_file": "success"}
     assert (tmp_path / "pokes").read_text() == "3"
+
+
+SECRETS = """
+import logging
+from datetime import datetime
+
+from ketch import DAG, BashOperator, Variable, task
+
+with DAG("leaky", schedule=None, start_date=datetime(2026, 1, 1)):
+
+    @task
+    def careless():
+        secret = Variable.get("warehouse_password")
+        print("printed: " + secret)
+        logging.getLogger("my.task").warning("logged: %s", secret)
+        print("in two wri", end="")
+        print("tes: " + secret[:4], end="")
+        print(secret[4:])
+
+    careless() >> BashOperator(
+        task_id="shell", bash_command="echo echoed {{ var.value.warehouse_password }}"
+    )
+"""
+
+
+def test_a_sensitive_value_is_masked_in_what_the_tries_print(
+    tmp_path: Path, engine: Engine
+) -> None:
+    """As the log pump masks a real try's log: printed, logged, split over writes, echoed."""
+    folder = tmp_path / "dags"
+    write(folder, "leaky.py", SECRETS)
+    secret = "s3cr3t-Warehouse-pw"
+    stored = CliRunner().invoke(ketch_cli.cli, ["variables", "set", "warehouse_password", secret])
+    assert stored.exit_code == 0, stored.output
+    result = dags_test(folder, "leaky")
+    assert result.exit_code == 0, result.output
+    out = result.output + (result.stderr if result.stderr_bytes else "")
+    assert secret not in out
+    assert "printed: ***" in out and "in two writes: ***" in out and "echoed ***" in out

@@ -18,6 +18,8 @@ import json
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -245,3 +247,27 @@ def task_client() -> ExecutionApiClient:
         if _task_client is None:
             _task_client = ExecutionApiClient.from_env()
         return _task_client
+
+
+@contextmanager
+def in_process_try(url: str, token: str) -> Iterator[None]:
+    """The try environment of a try run inside this process (``ketch dags test``), for the
+    length of the block: a real try gets ``KETCH_EXECUTION_API_URL`` and
+    ``KETCH_TRY_TOKEN`` from its executor, and ``Variable.get``, ``Connection.get`` and
+    templates read through them. The cached client is dropped at both ends, since each
+    try has its own token and a token stops working when its try ends."""
+    global _task_client
+    saved = {name: os.environ.get(name) for name in (ENV_URL, ENV_TOKEN)}
+    os.environ[ENV_URL], os.environ[ENV_TOKEN] = url, token
+    with _task_client_lock:
+        _task_client = None
+    try:
+        yield
+    finally:
+        with _task_client_lock:
+            _task_client = None
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
