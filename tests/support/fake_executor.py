@@ -83,6 +83,11 @@ class Outcome:
     def launch_error(cls) -> Outcome:
         return cls("launch_error")
 
+    @classmethod
+    def image_pull_error(cls) -> Outcome:
+        """The pod never started: what the Kubernetes executor reports for ErrImagePull."""
+        return cls("image_pull_error", exit_code=None)
+
 
 @dataclass
 class FakeExecutor:
@@ -184,6 +189,9 @@ class FakeExecutor:
         if outcome.kind == "never_start":
             stop.wait()
             self._end(TryEnded(key, ti_id, -15, reason="cancelled"))
+            return
+        if outcome.kind == "image_pull_error":
+            self._end(TryEnded(key, ti_id, None, "ErrImagePull: no such image", True))
             return
         if not self._start(key, ti_id):
             self._end(TryEnded(key, ti_id, 1))

@@ -321,3 +321,48 @@ def test_a_try_started_during_adoption_is_not_relaunched_nor_reset(engine: Engin
     a = ti_of(engine, "a")
     assert (a.state, a.pid, a.try_number) == ("running", 4242, 1)  # not written back to queued
     assert TryKey("d", "r", "a", 1) not in executor.launched  # no second process for it
+
+
+def _pull_errors_then_success(engine: Engine, errors: int) -> tuple[FakeExecutor, Scheduler]:
+    insert_dag(engine, serialized_dag("d", {"a": {"retries": 0, "retry_delay": 0}}))
+    trigger(engine, "d")
+    script = [Outcome.image_pull_error()] * errors + [Outcome.success()]
+    executor = FakeExecutor(engine, {"a": script})
+    return executor, scheduler_for(engine, executor)
+
+
+def test_tries_that_never_start_are_free_up_to_the_limit(sqlite_engine: Engine) -> None:
+    """[kubernetes] max_failed_before_start_retries (3) such tries cost no retry; the next
+    one is an ordinary failure."""
+    _, scheduler = _pull_errors_then_success(sqlite_engine, 3)
+    drive(scheduler, lambda: ti_of(sqlite_engine, "a").state == "success")
+    assert ti_of(sqlite_engine, "a").try_number == 4
+
+
+def test_a_fourth_try_that_never_starts_fails_the_task(sqlite_engine: Engine) -> None:
+    _, scheduler = _pull_errors_then_success(sqlite_engine, 4)
+    drive(scheduler, lambda: ti_of(sqlite_engine, "a").state == "failed")
+    ti = ti_of(sqlite_engine, "a")
+    assert ti.try_number == 4 and ti.error is not None and "ErrImagePull" in ti.error
+
+
+def test_the_free_tries_follow_the_setting(
+    sqlite_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KETCH__KUBERNETES__MAX_FAILED_BEFORE_START_RETRIES", "1")
+    get_settings.cache_clear()
+    _, scheduler = _pull_errors_then_success(sqlite_engine, 2)
+    drive(scheduler, lambda: ti_of(sqlite_engine, "a").state == "failed")
+    assert ti_of(sqlite_engine, "a").try_number == 2
+
+
+def test_a_raised_max_tries_does_not_use_up_the_free_tries(sqlite_engine: Engine) -> None:
+    """max_tries also grows with each reschedule poke and is reset by a clear; the free tries
+    are counted from the try history, not from max_tries - retries."""
+    insert_dag(sqlite_engine, serialized_dag("d", {"a": {"retries": 0, "retry_delay": 0}}))
+    trigger(sqlite_engine, "d")
+    _set_ti(sqlite_engine, "a", max_tries=5)  # as after five pokes of a reschedule sensor
+    executor = FakeExecutor(sqlite_engine, {"a": [Outcome.image_pull_error(), Outcome.success()]})
+    scheduler = scheduler_for(sqlite_engine, executor)
+    drive(scheduler, lambda: ti_of(sqlite_engine, "a").state == "success")
+    assert ti_of(sqlite_engine, "a").max_tries == 6

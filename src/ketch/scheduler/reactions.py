@@ -11,10 +11,10 @@ import logging
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from ketch.db.models import DagModel, DagRun, TaskInstance
+from ketch.db.models import DagModel, DagRun, TaskInstance, TaskInstanceTry
 from ketch.executors.base import RunningTry, TryEnded, TryKey
 from ketch.scheduler.context import SchedulerContext
 from ketch.scheduler.dag_cache import DagInfo
@@ -59,8 +59,29 @@ def event_error(event: TryEnded) -> str:
     return "ended without reporting a result (exit code unknown)"
 
 
-_MAX_FORGIVEN = 3
 _FLAGGED_BATCH = 1000
+
+
+def _may_forgive_before_start(ctx: SchedulerContext, session: Session, ti: TaskInstance) -> bool:
+    """Whether one more try that failed before it started may be free of charge.
+
+    Counted from the try history (earlier tries that failed without ever starting), not
+    from ``max_tries - retries``: ``max_tries`` also grows with every reschedule poke of a
+    sensor and is reset by a clear, so that difference did not count these failures. One
+    indexed count, only for a try that failed before it started.
+    """
+    limit = ctx.settings.kubernetes.max_failed_before_start_retries
+    earlier = session.scalar(
+        select(func.count())
+        .select_from(TaskInstanceTry)
+        .where(
+            TaskInstanceTry.task_instance_id == ti.id,
+            TaskInstanceTry.try_number < ti.try_number,
+            TaskInstanceTry.start_date.is_(None),
+            TaskInstanceTry.state == _TI.FAILED.value,
+        )
+    )
+    return (earlier or 0) < limit
 
 
 def fail_unreported_try(
@@ -75,13 +96,14 @@ def fail_unreported_try(
     """Record a failure (or retry) for a try that ended, vanished or hung without reporting.
 
     A try that never got to run user code (``before_start``: image pull, admission...) does
-    not use up a retry: ``max_tries`` is raised by one, at most ``_MAX_FORGIVEN`` times over
-    the task's own retries, so a pod that can never start does not retry forever.
+    not use up a retry: ``max_tries`` is raised by one, at most ``[kubernetes]
+    max_failed_before_start_retries`` times per task instance, so a pod that can never start
+    does not retry forever.
     """
     run = session.get(DagRun, ti.dag_run_id)
     info = ctx.dags.get(session, run.dag_hash) if run else None
     task = info.task(ti.task_id) if info else None
-    if task is not None and before_start and ti.max_tries - task.retries < _MAX_FORGIVEN:
+    if task is not None and before_start and _may_forgive_before_start(ctx, session, ti):
         ti.max_tries += 1
     if task is None:
         ti.state, ti.error, ti.end_date = _TI.FAILED.value, error, now
