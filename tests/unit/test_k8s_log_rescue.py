@@ -523,6 +523,58 @@ def test_pod_log_reads_and_follows_from_an_offset(env: Env) -> None:
     assert live.read() == lines(8)
 
 
+def test_a_pending_pod_says_why_it_has_not_started(env: Env) -> None:
+    """What a follower of a queued try is told: the pod's false conditions and events."""
+    key = TryKey("dag", "r1", "stuck", 1)
+    api = env.executor(start=False).api
+    pending = PodLog(api, pod_name(key), json_format=False)
+    assert pending.waiting_reason() is None  # no pod yet
+    env.sim.update_faults(unschedulable_selector="ketch.io/task-id=stuck")
+    api.create_pod(ketch_pod(key, SCRIPT, lines=1))
+    reason = env.sim.wait_for(
+        lambda: (r := pending.waiting_reason()) and "FailedScheduling" in r and r
+    )
+    assert reason.startswith("pod Pending for ")
+    assert "PodScheduled: Unschedulable: 0/1 nodes are available: 1 Insufficient cpu" in reason
+    assert "events: FailedScheduling: 0/1 nodes are available" in reason
+    env.sim.update_faults(unschedulable_selector=None)  # capacity came: it starts
+    env.sim.wait_for(lambda: pending.waiting_reason() is None)
+
+
+def test_a_follower_of_a_queued_try_is_told_why_its_pod_waits(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LogReader.follow gives a Waiting step per new reason, then the log once it starts;
+    a plain read of the queued try says the same in its message."""
+    from ketch.logs import reader as reader_module
+    from ketch.logs.reader import LogReader, LogUnavailable, Waiting
+
+    monkeypatch.setattr(reader_module, "WAITING_CHECK_SECONDS", 0.2)
+    key = TryKey("dag", "r1", "waits", 1)
+    api = env.executor(start=False).api
+    settings = env.settings()
+    reader = LogReader(settings, env.archive, lambda k: PodLog(api, pod_name(k), False))
+    env.sim.update_faults(unschedulable_selector="ketch.io/task-id=waits")
+    api.create_pod(ketch_pod(key, SCRIPT, lines=3))
+    env.sim.wait_for(lambda: env.sim.pod(env.ns, pod_name(key)))
+    with pytest.raises(LogUnavailable) as queued:
+        reader.best(key, True, state="queued")
+    assert "is queued: its log begins when it starts (pod Pending for" in str(queued.value)
+    steps = reader.follow(key, 0, lambda: None)
+    waiting = next(step for step in steps if isinstance(step, Waiting))
+    assert "Unschedulable" in waiting.reason
+    env.sim.update_faults(unschedulable_selector=None)
+    data = b""
+    for step in steps:
+        assert not isinstance(step, Waiting) or "Pending" in step.reason
+        if isinstance(step, bytes):
+            data += step
+        if data == lines(3):
+            break
+    steps.close()  # type: ignore[attr-defined]
+    assert data == lines(3)
+
+
 def test_pod_log_follow_stops_when_the_generator_is_closed(env: Env) -> None:
     key = TryKey("dag", "r1", "closed", 1)
     api = env.executor(start=False).api

@@ -24,7 +24,7 @@ from ketch.config import LoggingSettings, Settings, get_settings
 from ketch.db.models import TaskInstance
 from ketch.executors.base import TryKey
 from ketch.logs.archive import Completion, LocalFolderArchive, LogArchive, S3Archive, log_key
-from ketch.logs.reader import READ_CHUNK, LogReader, LogUnavailable
+from ketch.logs.reader import READ_CHUNK, LogReader, LogUnavailable, Waiting
 from ketch.worker.task_log import log_path
 from tests.support.moto_server import REGION, MotoServer
 from tests.support.tcp_proxy import TcpProxy
@@ -263,11 +263,12 @@ class State:
         return None if self.value in ("queued", "running") else self.value
 
 
-def drain(steps: Iterator[bytes | str]) -> tuple[bytes, str]:
+def drain(steps: Iterator[bytes | str | Waiting]) -> tuple[bytes, str]:
     data = b""
     for step in steps:
         if isinstance(step, str):
             return data, step
+        assert isinstance(step, bytes), step  # no pod here: nothing waits for one
         data += step
     raise AssertionError("the follow ended without the try's state")
 
@@ -324,7 +325,7 @@ def test_a_follower_of_a_queued_try_gets_everything_from_the_first_line(
     settings = Settings(logging=LoggingSettings(base_log_folder=tmp_path / "logs"))
     state = State("queued")
     steps = LogReader(settings, LocalFolderArchive(settings.log_folder)).follow(KEY, 0, state)
-    got: list[bytes | str] = []
+    got: list[bytes | str | Waiting] = []
     waiting = threading.Event()
 
     def follow() -> None:
@@ -472,3 +473,17 @@ def test_a_pod_source_reads_the_pod_log_once_per_request_not_per_call() -> None:
     source._snapshot = (source._snapshot[0] - PodSource.SNAPSHOT_SECONDS - 1, b"")  # type: ignore[index]
     assert source.read(14, 100) == b"four\n"
     assert pod_log.reads == 2
+
+
+def test_sse_sends_why_a_pod_waits_as_its_own_event_not_as_log() -> None:
+    from ketch.api.rest.logs import sse_events
+
+    steps: list[bytes | str | Waiting] = [
+        Waiting("pod Pending for 3s; PodScheduled: Unschedulable: 0/1 nodes"),
+        b"line 1\n",
+        "success",
+    ]
+    sent = b"".join(sse_events(iter(steps))).decode()
+    assert sent.index("event: waiting") < sent.index("event: log") < sent.index("event: end")
+    assert "data: pod Pending for 3s; PodScheduled: Unschedulable: 0/1 nodes" in sent
+    assert "data: line 1" in sent

@@ -19,6 +19,7 @@ from collections.abc import Generator
 from datetime import UTC, datetime
 from typing import Any
 
+from ketch.executors.kubernetes import reasons
 from ketch.executors.kubernetes.client import KubeApi, KubeApiError
 from ketch.executors.kubernetes.pod import BASE_CONTAINER, key_of
 from ketch.executors.kubernetes.reasons import killed_by_kubernetes
@@ -42,6 +43,17 @@ def _decode(data: bytes) -> bytes:
     return decode_stream(data)
 
 
+def _parse_time(value: Any) -> datetime | None:
+    """A Kubernetes timestamp (``2026-12-01T17:00:00Z``), or None."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 class PodLog:
     """The live log of one try's pod (its ``base`` container), as plain bytes."""
 
@@ -55,6 +67,24 @@ class PodLog:
 
     def pod_exists(self) -> bool:
         return self.api.get_pod(self.pod_name) is not None
+
+    def waiting_reason(self) -> str | None:
+        """Why the pod has not started the try yet (``pod Pending for 42s; PodScheduled:
+        Unschedulable: ...; events: FailedScheduling: ...``), shown to whoever follows the
+        log of a queued try, as Argo shows a pending node's message. None once it started,
+        or when there is no pod. A pod GET and an events list: asked every few seconds."""
+        pod = self.api.get_pod(self.pod_name)
+        if pod is None or reasons.is_started(pod):
+            return None
+        events = self.api.pod_events(self.pod_name)
+        parts = reasons.pending_details(pod, events)
+        created = _parse_time((pod.get("metadata") or {}).get("creationTimestamp"))
+        if created is not None:
+            waited = (datetime.now(UTC) - created).total_seconds()
+            parts.insert(0, f"pod Pending for {max(waited, 0):.0f}s")
+        else:
+            parts.insert(0, "pod Pending")
+        return "; ".join(parts)
 
     def _running(self) -> bool:
         """The pod exists and its container has not ended (it may not have started yet)."""

@@ -34,6 +34,9 @@ POLL_SECONDS = 0.1  # a local file: cheap to poll, and a follower sees a line wi
 ARCHIVE_POLL_SECONDS = 1.0  # each poll of S3 is a LIST request
 END_WAIT_SECONDS = 45.0
 STATE_CHECK_SECONDS = 0.5  # a finished try whose last chunk is still on its way
+# While a try's pod has not started, its follower is told why (Unschedulable, pulling the
+# image...) at most this often: each look is a pod GET and an events list.
+WAITING_CHECK_SECONDS = 5.0
 
 
 class LogUnavailable(Exception):
@@ -190,6 +193,22 @@ class PodSource:
         follow: Iterator[bytes] = self.pod_log.follow(offset)
         return follow
 
+    def waiting_reason(self) -> str | None:
+        """Why the pod has not started yet; None when it has, or when that cannot be read
+        now (the reason is a help, never a reason to fail a read)."""
+        try:
+            reason: str | None = self.pod_log.waiting_reason()
+        except Exception:
+            return None
+        return reason
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A step of :meth:`LogReader.follow`: the try has not started, and this is why."""
+
+    reason: str
+
 
 PodLogFactory = Callable[[TryKey], Any]  # the try's PodLog, or None (no pod, not k8s)
 
@@ -281,14 +300,18 @@ class LogReader:
                 f" {key.run_id!r}: these ids cannot name a file inside the log folder"
             ) from exc
         found = self.sources(key, live)
-        if found:
+        if found and not (state == "queued" and _pod_not_started(found[0])):
             return found[0]
         raise LogUnavailable(self.why_none(key, live, state))
 
     def why_none(self, key: TryKey, live: bool, state: str | None) -> str:
         what = f"try {key.try_number} of task {key.task_id!r} in run {key.run_id!r}"
         if state == "queued":
-            return f"{what} is queued: its log begins when it starts"
+            pod = self._pod(key)
+            reason = pod.waiting_reason() if pod is not None else None
+            return f"{what} is queued: its log begins when it starts" + (
+                f" ({reason})" if reason else ""
+            )
         if live:
             return f"{what} is running but its log is not reachable from this server yet"
         where = self.archive_description()
@@ -348,13 +371,15 @@ class LogReader:
         key: TryKey,
         offset: int,
         is_live: Callable[[], str | None],
-    ) -> Iterator[bytes | str]:
+    ) -> Iterator[bytes | str | Waiting]:
         """Bytes as they are written, then the try's final state (a ``str``) once it is
         over and everything was read. Yields ``b""`` while waiting (short steps, so a
-        caller on a thread pool never holds a thread for long)."""
+        caller on a thread pool never holds a thread for long), and :class:`Waiting` when
+        the reason a try's pod has not started changes."""
         state = is_live()
         last_check = time.monotonic()
         ended_at: float | None = None
+        waiting = _WaitingReasons()
         while True:
             live = state is None
             unreachable = False  # the archive is down: wait for it, do not end
@@ -400,9 +425,36 @@ class LogReader:
             if live and now - last_check >= STATE_CHECK_SECONDS:
                 state = is_live()  # read before the next read: its last bytes are seen
                 last_check = now
+            if live and not offset and (changed := waiting.changed(found, now)) is not None:
+                yield changed
             poll = min((getattr(s, "poll", POLL_SECONDS) for s in found), default=POLL_SECONDS)
             time.sleep(poll)
             yield b""
+
+
+def _pod_not_started(source: Source) -> bool:
+    """A queued try's pod that has not started has no log yet (the API answers 400)."""
+    return isinstance(source, PodSource) and source.waiting_reason() is not None
+
+
+class _WaitingReasons:
+    """The latest reason a follower was given for a pod that has not started, so each
+    new one is sent once (looked up every :data:`WAITING_CHECK_SECONDS`)."""
+
+    def __init__(self) -> None:
+        self.last: str | None = None
+        self.checked = 0.0
+
+    def changed(self, found: list[Source], now: float) -> Waiting | None:
+        pod = next((source for source in found if isinstance(source, PodSource)), None)
+        if pod is None or now - self.checked < WAITING_CHECK_SECONDS:
+            return None
+        self.checked = now
+        reason = pod.waiting_reason()
+        if reason is None or reason == self.last:
+            return None
+        self.last = reason
+        return Waiting(reason)
 
 
 def _finished_writing(source: Source) -> bool:

@@ -35,7 +35,7 @@ from ketch.api.rest.common import SessionDep, TryNumber, error_responses
 from ketch.db.models import TaskInstance
 from ketch.executors.base import TryKey
 from ketch.logs.access import LogAccess
-from ketch.logs.reader import LogReader, LogUnavailable
+from ketch.logs.reader import LogReader, LogUnavailable, Waiting
 from ketch.states import TaskInstanceState
 
 router = APIRouter(tags=["Task Log"])
@@ -73,12 +73,18 @@ def _state_check(
     return check
 
 
-def sse_events(steps: Iterator[bytes | str]) -> Iterator[bytes]:
+def sse_events(steps: Iterator[bytes | str | Waiting]) -> Iterator[bytes]:
     """SSE bytes of :meth:`LogReader.follow`'s steps (UTF-8 decoded incrementally:
-    invalid bytes become U+FFFD; a character split across reads is kept whole)."""
+    invalid bytes become U+FFFD; a character split across reads is kept whole). Why a
+    try's pod has not started is a ``waiting`` event, not a log line: it is not part of
+    the log."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     last_sent = time.monotonic()
     for step in steps:
+        if isinstance(step, Waiting):
+            last_sent = time.monotonic()
+            yield format_sse_event(data_str=step.reason, event="waiting")
+            continue
         if isinstance(step, str):
             if tail := decoder.decode(b"", final=True):
                 yield format_sse_event(data_str=tail, event="log")

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import click
 from pydantic import BaseModel
 
 from ketch import operations
@@ -236,13 +237,17 @@ class LocalBackend:
     ) -> Iterator[bytes]:
         """The log as it grows (a queued try: once it starts), until the try is over and
         all of it was read."""
+        from ketch.logs.reader import Waiting
+
         key, _live, _state = self._log_try(dag_id, run_id, task_id, try_number, map_index)
         for step in self._log_reader().follow(
             key, 0, self._try_state(dag_id, run_id, task_id, try_number, map_index)
         ):
             if isinstance(step, str):
                 return
-            if step:
+            if isinstance(step, Waiting):  # why the pod has not started: not part of the log
+                click.echo(f"waiting: {step.reason}", err=True)
+            elif step:
                 yield step
 
     def _try_state(

@@ -13,6 +13,8 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import click
+
 from ketch.cli._common import CliError
 from ketch.cli.backends import RemoteTarget, Row
 from ketch.cli.backends.http import ApiClient
@@ -152,6 +154,8 @@ class RemoteBackend:
                 return
             if event == "log":
                 yield data.encode()
+            elif event == "waiting":  # why the pod has not started: not part of the log
+                click.echo(f"waiting: {data}", err=True)
 
     # --- pools ----------------------------------------------------------------------------
 

@@ -110,6 +110,13 @@ def killed_by_kubernetes(pod: dict[str, Any]) -> bool:
 def pending_reason(pod: dict[str, Any], events: list[dict[str, Any]], waited: float) -> str:
     """Why a pod stayed Pending too long, with its conditions and Kubernetes events."""
     parts = [f"pod Pending for {waited:.0f}s (worker_pods_pending_timeout)"]
+    return "; ".join(parts + pending_details(pod, events))
+
+
+def pending_details(pod: dict[str, Any], events: list[dict[str, Any]]) -> list[str]:
+    """What holds a Pending pod back: false conditions (``PodScheduled: Unschedulable:
+    0/3 nodes are available...``), waiting containers and the last Kubernetes events."""
+    parts: list[str] = []
     for cond in (pod.get("status") or {}).get("conditions") or []:
         if cond.get("status") == "False" and cond.get("reason"):
             parts.append(f"{cond.get('type')}: {cond['reason']}: {cond.get('message') or ''}")
@@ -124,7 +131,7 @@ def pending_reason(pod: dict[str, Any], events: list[dict[str, Any]], waited: fl
             seen.append(text)
     if seen:
         parts.append("events: " + " | ".join(seen))
-    return "; ".join(parts)
+    return parts
 
 
 def is_started(pod: dict[str, Any]) -> bool:

@@ -148,13 +148,26 @@
     if (square) square.className = "sq state-" + (STATES.indexOf(state) >= 0 ? state : "none");
   }
 
+  var waiting = false;
+
   function connect() {
     source = new EventSource(url + join + "follow=true&offset=" + offset);
     source.addEventListener("open", function () {
       failures = 0;
       status.textContent = "Following the log…";
     });
-    source.addEventListener("log", function (event) { append(event.data); });
+    source.addEventListener("log", function (event) {
+      if (waiting) {
+        waiting = false;
+        status.textContent = "Following the log…";
+      }
+      append(event.data);
+    });
+    // Why the try's pod has not started yet (Unschedulable, pulling the image...).
+    source.addEventListener("waiting", function (event) {
+      waiting = true;
+      status.textContent = "Waiting for the try to start: " + event.data;
+    });
     source.addEventListener("end", function (event) {
       ended = true;
       source.close();
