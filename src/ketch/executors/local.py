@@ -14,9 +14,9 @@ A try gets a minimal environment, never the scheduler's (:func:`try_environment`
 it needs to run and reach the execution API, the names or patterns listed in ``[core]
 task_env_passthrough``, and never a ``KETCH_*`` setting or a value the scheduler holds
 as a secret (database URL, Fernet key, signing keys): the try's ``os.environ`` is
-replaced with it at fork. The fork server itself still starts with the scheduler's
-environment (see the comment in :meth:`LocalExecutor.start`), so ``/proc/self/environ``
-of a try and a DAG file preloaded in the server are not minimal yet.
+replaced with it at fork, and the fork server itself starts with it, since a forked try
+inherits the server's start-up environment (its ``/proc/self/environ``) and DAG files
+preloaded in the server are imported there.
 """
 
 from __future__ import annotations
@@ -351,11 +351,11 @@ class LocalExecutor:
             log.warning("cannot create the log folder %s: %s", self.settings.log_folder, exc)
         self._watcher = PidfdWatcher()
         self._watcher.start()
-        # The fork server itself keeps the scheduler's environment (each try's os.environ
-        # is replaced by the allow-list at fork). Starting it with the allow-list made a
-        # relaunched try run twice in about half the crash-safety runs at
-        # adoption.after_relaunch, for a reason not found yet: see the issue 8 note.
-        self._forkserver = ForkServer(self._on_child_exit, self._on_orphans, env=None)
+        # The fork server starts with the tries' environment too: a forked try's
+        # /proc/self/environ is the server's start-up environment. (This once seemed to
+        # make a relaunched try run twice after a crash; that was adoption writing a stale
+        # copy of a started try back to queued, fixed in scheduler/adoption.py.)
+        self._forkserver = ForkServer(self._on_child_exit, self._on_orphans, env=self._env)
         self._forkserver.start()
         self._monitor = threading.Thread(
             target=self._monitor_loop, name="ketch-local-executor", daemon=True
