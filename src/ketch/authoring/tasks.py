@@ -511,6 +511,36 @@ class XComArg(DependencyMixin):
         # Airflow refuses too: without it, ``a, b = task()`` would loop on __getitem__.
         raise TypeError("'XComArg' object is not iterable")
 
+    def plain_args(self) -> list[XComArg]:
+        """The plain (task, key) references this value reads: itself here; every source
+        of a ``map``/``zip``/``concat`` (:mod:`ketch.authoring.xcom_arg_ops`)."""
+        return [self]
+
+    def _return_value_only(self, message: str) -> None:
+        if self.key != "return_value":
+            raise ValueError(message)
+
+    def map(self, f: Callable[[Any], Any]) -> XComArg:
+        """Airflow's ``XComArg.map``: each element through ``f``, in the consuming try."""
+        from ketch.authoring.xcom_arg_ops import MapXComArg
+
+        self._return_value_only("cannot map against non-return XCom")
+        return MapXComArg(self, [f])
+
+    def zip(self, *others: XComArg, fillvalue: Any = NOTSET) -> XComArg:
+        """Airflow's ``XComArg.zip``: tuples of the values' elements."""
+        from ketch.authoring.xcom_arg_ops import ZipXComArg
+
+        self._return_value_only("cannot map against non-return XCom")
+        return ZipXComArg([self, *others], fillvalue=fillvalue)
+
+    def concat(self, *others: XComArg) -> XComArg:
+        """Airflow's ``XComArg.concat``: the values' elements one after the other."""
+        from ketch.authoring.xcom_arg_ops import ConcatXComArg
+
+        self._return_value_only("cannot concatenate non-return XCom")
+        return ConcatXComArg([self, *others])
+
     def __repr__(self) -> str:
         return f"XComArg({self.operator.task_id!r}, {self.key!r})"
 
@@ -565,12 +595,12 @@ class DagParam(XComArg):
 
 
 def find_xcom_args(value: Any) -> list[XComArg]:
-    """Every XComArg inside ``value`` (nested lists, tuples, sets, dicts); a
-    :class:`DagParam` is none (it comes from no task)."""
+    """Every plain XComArg inside ``value`` (nested lists, tuples, sets, dicts; the
+    sources of a ``map``/``zip``/``concat``); a :class:`DagParam` is none (no task)."""
     if isinstance(value, DagParam):
         return []
     if isinstance(value, XComArg):
-        return [value]
+        return value.plain_args()
     if isinstance(value, dict):
         return [x for item in value.values() for x in find_xcom_args(item)]
     if isinstance(value, list | tuple | set | frozenset):
