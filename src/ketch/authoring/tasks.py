@@ -71,6 +71,8 @@ TASK_ARGS = (
     "email_on_failure",
     "email_on_retry",
     "task_display_name",
+    # Airflow's name for a mapped instance (ketch.authoring.map_index_template).
+    "map_index_template",
 )
 
 # Airflow's [operators] default_owner.
@@ -306,6 +308,9 @@ class BaseTask(DependencyMixin):
         self._task_display_name = optional_str(
             f"{where}: task_display_name", g.get("task_display_name")
         )
+        self.map_index_template: str | None = optional_str(
+            f"{where}: map_index_template", g.get("map_index_template")
+        )
         if "retries" in g:
             self._int("retries", 0, minimum=0)
         self.max_active_tis_per_dag = self._optional_int("max_active_tis_per_dag")
@@ -430,6 +435,11 @@ class ExecutedTask:
 
 
 _last_executed: ExecutedTask | None = None
+
+
+def peek_last_executed() -> ExecutedTask | None:
+    """The last :class:`ExecutedTask` of this process, left for the state callbacks."""
+    return _last_executed
 
 
 def take_last_executed() -> ExecutedTask | None:
