@@ -90,6 +90,38 @@ def test_the_lazy_values_behave_as_sequences() -> None:
     assert lazy[1] == 2 and calls == [2]
 
 
+def test_the_calls_combine_in_any_order() -> None:
+    with DAG("mixed", schedule=None, start_date=START) as d:
+
+        @task
+        def nums():
+            return [1, 2, 3]
+
+        @task
+        def words():
+            return {"a": 1, "b": 2}
+
+        @task
+        def show(v):
+            return v
+
+        n, w = nums(), words()
+        show.override(task_id="map_zip").expand(v=n.map(lambda x: -x).zip(w))
+        show.override(task_id="zip_map").expand(v=n.zip(w).map(lambda p: f"{p[0]}{p[1][0]}"))
+        show.override(task_id="concat_maps").expand(v=n.map(str).concat(w.map(lambda kv: kv[1])))
+        show.override(task_id="kwargs").expand_kwargs(n.map(lambda x: {"v": x * 2}))
+    assert _each(d, "map_zip", 2) == [(-1, ("a", 1)), (-2, ("b", 2))]
+    assert _each(d, "zip_map", 2) == ["1a", "2b"]
+    assert _each(d, "concat_maps", 5) == ["1", "2", "3", 1, 2]
+    assert _each(d, "kwargs", 3) == [2, 4, 6]
+    s = serialize_dag(d, Path("/tmp"))
+    shapes = {t: s.tasks[t].expand.args[0] for t in ("map_zip", "zip_map", "kwargs")}  # type: ignore[union-attr]
+    assert shapes["map_zip"].combine == "zip" and shapes["zip_map"].combine == "zip"
+    assert shapes["kwargs"].xcom_task_id == "nums" and shapes["kwargs"].name is None
+    # An ordinary task may take one too: it gets a read-only sequence, shown by its kind.
+    assert repr(n.zip(w).resolve(_pull)) == "<XCom zip of 2 items>"
+
+
 def test_calls_chain_flatten_and_link_every_source() -> None:
     d = _dag()
     mapped = d.tasks["mapped"].expand_value["v"]  # type: ignore[attr-defined]
@@ -166,6 +198,13 @@ def test_a_param_cannot_be_a_source() -> None:
 
     with pytest.raises(ValueError, match="zip\\(\\) cannot take the DAG param 'p'"):
         with_param()
+
+    @dag(schedule=None, start_date=START, params={"p": [1]})
+    def mapping_a_param(p=None):
+        p.map(str)
+
+    with pytest.raises(ValueError, match="cannot map over the DAG param 'p'"):
+        mapping_a_param()
 
 
 def test_a_value_that_is_not_a_list_fails_the_reading_try() -> None:

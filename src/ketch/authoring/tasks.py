@@ -527,6 +527,9 @@ class XComArg(DependencyMixin):
         return [self]
 
     def _return_value_only(self, message: str) -> None:
+        """Airflow's PlainXComArg checks: only a task's return value is mapped over."""
+        if isinstance(self, DagParam):
+            raise ValueError(f"cannot map over the DAG param {self.name!r} (not supported)")
         if self.key != "return_value":
             raise ValueError(message)
 

@@ -69,8 +69,20 @@ def _is_task(f: Any) -> bool:
     return isinstance(f, DecoratedTask | BaseTask)
 
 
-class _MapResult(Sequence[Any]):
+class _LazyResult(Sequence[Any]):
+    """What a try reads: shown (rendered fields, logs) by its kind and length, without
+    reading its elements (a map's callable runs only when an element is read)."""
+
+    kind = ""
+
+    def __repr__(self) -> str:
+        return f"<XCom {self.kind} of {len(self)} items>"
+
+
+class _MapResult(_LazyResult):
     """The upstream value with the callables applied to an element when it is read."""
+
+    kind = "map"
 
     def __init__(self, value: Any, callables: Sequence[Callable[[Any], Any]]) -> None:
         self.value = value
@@ -86,7 +98,9 @@ class _MapResult(Sequence[Any]):
         return len(self.value)
 
 
-class _ZipResult(Sequence[Any]):
+class _ZipResult(_LazyResult):
+    kind = "zip"
+
     def __init__(self, values: list[Any], fillvalue: Any) -> None:
         self.values = values
         self.fillvalue = fillvalue
@@ -100,7 +114,9 @@ class _ZipResult(Sequence[Any]):
         return min(lengths) if self.fillvalue is NOTSET else max(lengths)
 
 
-class _ConcatResult(Sequence[Any]):
+class _ConcatResult(_LazyResult):
+    kind = "concat"
+
     def __init__(self, values: list[Any]) -> None:
         self.values = values
 
@@ -133,6 +149,9 @@ class _DerivedXComArg(XComArg):
 
     def __getitem__(self, key: str) -> XComArg:
         raise TypeError(f"{self!r} cannot be subscripted")
+
+    def _return_value_only(self, message: str) -> None:
+        """Its sources were checked when it was made (it has no key of its own)."""
 
 
 class MapXComArg(_DerivedXComArg):
