@@ -38,7 +38,7 @@ def test_the_template_renders_with_the_instance_arguments_and_its_own_context() 
         load.expand(path=["a.csv", "b.csv"])
         labelled.override(map_index_template="{{ label }}").expand(x=[7, 8])
     _run(d, "load", 1)
-    assert render_map_index(strict=True) == "b.csv"
+    assert render_map_index(strict=True, task_id="load") == "b.csv"
     _run(d, "labelled", 0)
     assert render_map_index(strict=True) == "item 7"
 
@@ -55,6 +55,8 @@ def test_a_template_that_cannot_render_fails_strictly_and_is_dropped_quietly() -
     with pytest.raises(TemplateError, match="map_index_template '\\{\\{ nope \\}\\}' could not"):
         render_map_index(strict=True)
     assert render_map_index(strict=False) is None
+    # Another task's try (one that failed before its task started) gets no name from it.
+    assert render_map_index(strict=False, task_id="other") is None
 
 
 def test_no_template_no_name_and_a_long_name_is_cut_to_250() -> None:

@@ -20,14 +20,17 @@ from ketch.authoring.templating import TemplateError, environment
 MAX_LENGTH = 250  # Airflow's task_instance.rendered_map_index is a String(250)
 
 
-def render_map_index(*, strict: bool) -> str | None:
-    """The rendered name of the instance this process ran, or None (no template, or a
+def render_map_index(*, strict: bool, task_id: str | None = None) -> str | None:
+    """The rendered name of the instance this process ran (of ``task_id`` when given: a
+    try that failed before its task started has none), or None (no template, or a
     template that failed to render when ``strict`` is False)."""
     from ketch.authoring.tasks import peek_last_executed
 
     executed = peek_last_executed()
-    template = getattr(executed.task, "map_index_template", None) if executed else None
-    if executed is None or template is None:
+    if executed is None or task_id not in (None, executed.task.task_id):
+        return None
+    template = getattr(executed.task, "map_index_template", None)
+    if template is None:
         return None
     try:
         rendered = environment(executed.task.dag).from_string(template).render(executed.context)

@@ -403,7 +403,8 @@ def run_task(payload: dict[str, Any], client: ExecutionApiClient, dag: Any = Non
 
     outcome = _run_task(payload, client, dag)
     if outcome.state != "success":
-        outcome = replace(outcome, rendered_map_index=render_map_index(strict=False))
+        rendered = render_map_index(strict=False, task_id=payload["task_id"])
+        outcome = replace(outcome, rendered_map_index=rendered)
     return outcome
 
 
