@@ -86,6 +86,18 @@ class SerializedExpandArg(BaseModel):
     length: int | None = None  # a literal list's or dict's length
     xcom_task_id: str | None = None
     xcom_key: str = "return_value"
+    # ``XComArg.zip()``/``.concat()`` (ketch.authoring.xcom_arg_ops): the shape of each
+    # part; ``fill`` is whether zip got a fillvalue. ``.map()`` keeps its source's shape.
+    combine: Literal["zip", "concat"] | None = None
+    parts: list[SerializedExpandArg] = Field(default_factory=list)
+    fill: bool = False
+
+    def combined_length(self, lengths: list[int]) -> int:
+        """Airflow's ``get_task_map_length``: zip is the shortest part (the longest with a
+        fillvalue), concat the sum of the parts."""
+        if self.combine == "concat":
+            return sum(lengths)
+        return max(lengths) if self.fill else min(lengths)
 
 
 class SerializedExpand(BaseModel):

@@ -307,3 +307,57 @@ def test_python_dash_m_ketch_works() -> None:
         [sys.executable, "-m", "ketch", "--help"], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0 and "standalone" in proc.stdout
+
+
+def test_tasks_test_runs_one_instance_of_a_mapped_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "mapped.py").write_text(
+        textwrap.dedent(
+            """
+            from ketch import dag, task, get_current_context
+
+            @dag(schedule=None)
+            def mapped():
+                @task(map_index_template="{{ task.op_kwargs['path'] }}")
+                def load(path, table):
+                    print(f"loading {path} into {table} as instance {get_current_context()['map_index']}")
+                    return path
+
+                @task
+                def files():
+                    return ["a", "b"]
+
+                @task
+                def plain():
+                    return 1
+
+                load.expand(path=["a.csv", "b.csv"], table=["t1", "t2"])
+                load.override(task_id="over_upstream").expand(path=files(), table=["t"])
+                plain()
+
+            mapped()
+            """
+        )
+    )
+    monkeypatch.setenv("KETCH__CORE__DAGS_FOLDER", str(dags))
+    get_settings.cache_clear()
+    ok = ketch("tasks", "test", "mapped", "load", "2026-01-02", "--map-index", "2")
+    assert ok.exit_code == 0, ok.output
+    assert "loading b.csv into t1 as instance 2" in ok.output
+    assert 'return value: "b.csv"' in ok.output and "rendered map index: b.csv" in ok.output
+    # Airflow's messages for a missing or a needless map_index; the range of a literal.
+    cases = {
+        ("load",): "No map_index passed to mapped task",
+        ("plain", "--map-index", "0"): "map_index passed to non-mapped task",
+        ("load", "--map-index", "4"): "map_index 4 is out of range: task 'load' has 4 instances",
+        ("over_upstream", "--map-index", "0"): "maps over the value of 'files'",
+    }
+    for args, message in cases.items():
+        refused = ketch("tasks", "test", "mapped", *args)
+        assert refused.exit_code == 1 and message in refused.output, refused.output
+        assert "Traceback" not in refused.output
+    twice = ketch("tasks", "test", "mapped", "plain", "2026-01-02", "--logical-date", "2026-01-02")
+    assert twice.exit_code == 1 and "give the logical date once" in twice.output

@@ -426,3 +426,17 @@ def test_finish_stores_multiple_outputs_each_under_its_key(
     with Session(engine) as session:
         values = {x.key: x.value for x in session.scalars(select(XCom))}
     assert values == {"return_value": whole, "total": 3, "names": ["a", "b"]}
+
+
+@pytest.mark.parametrize("state", ["success", "failed"])
+def test_finish_stores_the_rendered_map_index(
+    engine: Engine, client: TestClient, state: str
+) -> None:
+    """Both ways a finish is recorded (the one-statement success path, the locked failure
+    path) store the instance's name; a name above Airflow's 250 characters is refused."""
+    t = make_try(engine)
+    start(client, t)
+    too_long = finish(client, t, state=state, rendered_map_index="x" * 251)
+    assert too_long.status_code == 422
+    assert finish(client, t, state=state, rendered_map_index="in/a.csv").status_code == 204
+    assert ti_row(engine, t.ti_id).rendered_map_index == "in/a.csv"

@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import AwareDatetime, BaseModel, ConfigDict, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import Float, and_, cast, extract, func, literal, select, update
 from sqlalchemy.orm import Session
 
@@ -87,6 +87,8 @@ class FinishBody(BaseModel):
     retry: bool = True
     # With up_for_reschedule (a sensor in reschedule mode): when the next poke is due.
     reschedule_date: AwareDatetime | None = None
+    # The instance's map_index_template rendered by the try (ketch.authoring.map_index_template).
+    rendered_map_index: str | None = Field(default=None, max_length=250)
 
     @model_validator(mode="after")
     def _reschedule_has_a_date(self) -> FinishBody:
@@ -560,6 +562,7 @@ def _finish_without_retry_decision(session: Session, claims: TryClaims, body: Fi
             error=body.error,
             next_retry_at=None,
             needs_reaction=True,  # see scheduler/reactions.py
+            rendered_map_index=body.rendered_map_index,
         )
         .returning(TaskInstance.dag_run_id, TaskInstance.map_index)
         .execution_options(synchronize_session=False)
@@ -611,6 +614,7 @@ def finish_try(
             return Response(status_code=204)
         raise refusal
     _put_xcoms(session, ti.dag_run_id, ti.task_id, ti.map_index, body)
+    ti.rendered_map_index = body.rendered_map_index
     run = session.get(DagRun, ti.dag_run_id)
     assert run is not None
     record_try_outcome(

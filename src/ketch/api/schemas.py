@@ -340,6 +340,8 @@ class TaskInstanceResponse(BaseModel):
     dag_id: str
     dag_run_id: str
     map_index: int  # -1: not mapped (or a mapped task not expanded yet)
+    # Airflow's name of the instance: its map_index_template as its last try rendered it.
+    rendered_map_index: str | None = None
     state: str | None
     try_number: int
     max_tries: int
@@ -368,6 +370,7 @@ class TaskInstanceResponse(BaseModel):
             dag_id=ti.dag_id,
             dag_run_id=ti.run_id,
             map_index=ti.map_index,
+            rendered_map_index=ti.rendered_map_index,
             state=ti.state,
             try_number=ti.try_number,
             max_tries=ti.max_tries,

@@ -183,13 +183,12 @@ class MappedTask(BaseTask):
     # ----- the shape the scheduler needs ------------------------------------
 
     def serialize_expand(self) -> SerializedExpand:
+        from ketch.authoring.xcom_arg_ops import serialize_source
         from ketch.serialization import SerializedExpand, SerializedExpandArg
 
         def arg(name: str | None, value: Any) -> SerializedExpandArg:
             if isinstance(value, XComArg):
-                return SerializedExpandArg(
-                    name=name, xcom_task_id=value.operator.task_id, xcom_key=value.key
-                )
+                return serialize_source(value, name)
             return SerializedExpandArg(name=name, length=len(value))
 
         if self.expand_kind == DICT_OF_LISTS:
@@ -203,7 +202,9 @@ class MappedTask(BaseTask):
         values = (
             self.expand_value.values() if self.expand_kind == DICT_OF_LISTS else [self.expand_value]
         )
-        return {v.operator.task_id for v in values if isinstance(v, XComArg)}
+        return {
+            p.operator.task_id for v in values if isinstance(v, XComArg) for p in v.plain_args()
+        }
 
     # ----- one instance ------------------------------------------------------
 

@@ -71,6 +71,8 @@ TASK_ARGS = (
     "email_on_failure",
     "email_on_retry",
     "task_display_name",
+    # Airflow's name for a mapped instance (ketch.authoring.map_index_template).
+    "map_index_template",
 )
 
 # Airflow's [operators] default_owner.
@@ -306,6 +308,9 @@ class BaseTask(DependencyMixin):
         self._task_display_name = optional_str(
             f"{where}: task_display_name", g.get("task_display_name")
         )
+        self.map_index_template: str | None = optional_str(
+            f"{where}: map_index_template", g.get("map_index_template")
+        )
         if "retries" in g:
             self._int("retries", 0, minimum=0)
         self.max_active_tis_per_dag = self._optional_int("max_active_tis_per_dag")
@@ -432,6 +437,11 @@ class ExecutedTask:
 _last_executed: ExecutedTask | None = None
 
 
+def peek_last_executed() -> ExecutedTask | None:
+    """The last :class:`ExecutedTask` of this process, left for the state callbacks."""
+    return _last_executed
+
+
 def take_last_executed() -> ExecutedTask | None:
     """The last :class:`ExecutedTask` of this process (forgotten once taken)."""
     global _last_executed
@@ -511,6 +521,39 @@ class XComArg(DependencyMixin):
         # Airflow refuses too: without it, ``a, b = task()`` would loop on __getitem__.
         raise TypeError("'XComArg' object is not iterable")
 
+    def plain_args(self) -> list[XComArg]:
+        """The plain (task, key) references this value reads: itself here; every source
+        of a ``map``/``zip``/``concat`` (:mod:`ketch.authoring.xcom_arg_ops`)."""
+        return [self]
+
+    def _return_value_only(self, message: str) -> None:
+        """Airflow's PlainXComArg checks: only a task's return value is mapped over."""
+        if isinstance(self, DagParam):
+            raise ValueError(f"cannot map over the DAG param {self.name!r} (not supported)")
+        if self.key != "return_value":
+            raise ValueError(message)
+
+    def map(self, f: Callable[[Any], Any]) -> XComArg:
+        """Airflow's ``XComArg.map``: each element through ``f``, in the consuming try."""
+        from ketch.authoring.xcom_arg_ops import MapXComArg
+
+        self._return_value_only("cannot map against non-return XCom")
+        return MapXComArg(self, [f])
+
+    def zip(self, *others: XComArg, fillvalue: Any = NOTSET) -> XComArg:
+        """Airflow's ``XComArg.zip``: tuples of the values' elements."""
+        from ketch.authoring.xcom_arg_ops import ZipXComArg
+
+        self._return_value_only("cannot map against non-return XCom")
+        return ZipXComArg([self, *others], fillvalue=fillvalue)
+
+    def concat(self, *others: XComArg) -> XComArg:
+        """Airflow's ``XComArg.concat``: the values' elements one after the other."""
+        from ketch.authoring.xcom_arg_ops import ConcatXComArg
+
+        self._return_value_only("cannot concatenate non-return XCom")
+        return ConcatXComArg([self, *others])
+
     def __repr__(self) -> str:
         return f"XComArg({self.operator.task_id!r}, {self.key!r})"
 
@@ -565,12 +608,12 @@ class DagParam(XComArg):
 
 
 def find_xcom_args(value: Any) -> list[XComArg]:
-    """Every XComArg inside ``value`` (nested lists, tuples, sets, dicts); a
-    :class:`DagParam` is none (it comes from no task)."""
+    """Every plain XComArg inside ``value`` (nested lists, tuples, sets, dicts; the
+    sources of a ``map``/``zip``/``concat``); a :class:`DagParam` is none (no task)."""
     if isinstance(value, DagParam):
         return []
     if isinstance(value, XComArg):
-        return [value]
+        return value.plain_args()
     if isinstance(value, dict):
         return [x for item in value.values() for x in find_xcom_args(item)]
     if isinstance(value, list | tuple | set | frozenset):

@@ -44,7 +44,8 @@ def tasks_states(dag_id: str, run_id: str, output: str) -> None:
         if output == "table":  # the count; JSON keeps the REST API's history of each try
             row["tries"] = row["try_number"]
         row["error"] = error_line(row["error"] or "")
-    emit(output, rows, ("task_id", "map_index", "state", "tries", "max_tries", "error"))
+    columns = ("task_id", "map_index", "rendered_map_index", "state", "tries", "max_tries")
+    emit(output, rows, (*columns, "error"))
 
 
 @tasks.command("clear")

@@ -163,6 +163,9 @@ class TaskInstance(Base):
     # -1: not mapped (Airflow's value), or a mapped task not expanded yet; 0..N-1: the
     # instances of an expanded mapped task (see scheduler/expansion.py).
     map_index: Mapped[int] = mapped_column(Integer, default=-1, server_default=text("-1"))
+    # The instance's name, its map_index_template rendered by its last try (Airflow's
+    # column); NULL without a template.
+    rendered_map_index: Mapped[str | None] = mapped_column(String(250), default=None)
     state: Mapped[str | None] = mapped_column(String(20), default=None)  # TaskInstanceState
     # The number of the current (or last) try; 0 before the first. Incremented when queued.
     try_number: Mapped[int] = mapped_column(Integer, default=0)

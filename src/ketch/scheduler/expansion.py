@@ -86,17 +86,24 @@ def _upstream_length(
     return _mappable_length(task_id, arg, row.value)
 
 
+def _arg_length(
+    session: Session, dag_run_id: int, info: DagInfo, task_id: str, arg: SerializedExpandArg
+) -> int:
+    """A literal's length, an upstream value's, or that of a zip/concat of several."""
+    if arg.length is not None:
+        return arg.length
+    if arg.combine is not None:
+        parts = [_arg_length(session, dag_run_id, info, task_id, p) for p in arg.parts]
+        return arg.combined_length(parts)
+    return _upstream_length(session, dag_run_id, info, task_id, arg)
+
+
 def expansion_length(
     session: Session, dag_run_id: int, info: DagInfo, task: SerializedTask, max_length: int
 ) -> int:
     """How many instances ``task`` expands to; :class:`_Unexpandable` when it cannot."""
     assert task.expand is not None
-    lengths = [
-        arg.length
-        if arg.length is not None
-        else _upstream_length(session, dag_run_id, info, task.task_id, arg)
-        for arg in task.expand.args
-    ]
+    lengths = [_arg_length(session, dag_run_id, info, task.task_id, a) for a in task.expand.args]
     length = math.prod(lengths)
     if length > max_length:
         raise _Unexpandable(

@@ -138,6 +138,7 @@ class ExecutionApiClient:
         xcoms: dict[str, Any] | None = None,
         retry: bool = True,
         reschedule_date: str | None = None,
+        rendered_map_index: str | None = None,
     ) -> None:
         body: dict[str, Any] = {
             "state": state,
@@ -151,6 +152,8 @@ class ExecutionApiClient:
             body["reschedule_date"] = reschedule_date
         if xcoms:  # sent only when there are some: the body stays what older servers take
             body["xcoms"] = xcoms
+        if rendered_map_index is not None:  # likewise, only with a map_index_template
+            body["rendered_map_index"] = rendered_map_index
         self._call("POST", "/try/finish", body)
 
     def get_variable(self, key: str) -> dict[str, Any]:

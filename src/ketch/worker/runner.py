@@ -71,6 +71,8 @@ class Outcome:
     kill_children: bool = field(default=False, repr=False)
     # Why the try was stopped (a SIGTERM, its execution_timeout): its log's last line.
     stopped: str | None = field(default=None, repr=False)
+    # The instance's name from its map_index_template (ketch.authoring.map_index_template).
+    rendered_map_index: str | None = None
 
 
 def _stamped(message: str) -> str:
@@ -394,9 +396,22 @@ def _stopped(exc: TaskTimeout | TaskTerminated, payload: dict[str, Any], began: 
 
 def run_task(payload: dict[str, Any], client: ExecutionApiClient, dag: Any = None) -> Outcome:
     """Load the DAG (unless given: ``ketch dags test`` runs its in-memory DAG) and run the
-    task here, turning every way it can end into an Outcome."""
+    task here, turning every way it can end into an Outcome, named by its
+    map_index_template: rendered strictly after a success (inside :func:`_run_task`), and
+    quietly after any other end, as Airflow's task runner does."""
+    from ketch.authoring.map_index_template import render_map_index
+
+    outcome = _run_task(payload, client, dag)
+    if outcome.state != "success":
+        rendered = render_map_index(strict=False, task_id=payload["task_id"])
+        outcome = replace(outcome, rendered_map_index=rendered)
+    return outcome
+
+
+def _run_task(payload: dict[str, Any], client: ExecutionApiClient, dag: Any) -> Outcome:
     from ketch.authoring.context import build_context
     from ketch.authoring.loader import load_dag
+    from ketch.authoring.map_index_template import render_map_index
     from ketch.authoring.templating import reporting_to
 
     task_id = payload["task_id"]
@@ -416,6 +431,7 @@ def run_task(payload: dict[str, Any], client: ExecutionApiClient, dag: Any = Non
                 reporting_to(_rendered_fields_reporter(client)),
             ):
                 result = task.execute(context, _xcom_puller(client))
+                rendered = render_map_index(strict=True)
             problem = _mapping_problem(task, result, payload)
         finally:
             signal.signal(signal.SIGTERM, _note_sigterm)
@@ -441,7 +457,7 @@ def run_task(payload: dict[str, Any], client: ExecutionApiClient, dag: Any = Non
     if problem:
         say(problem)
         return Outcome("failed", error=problem)
-    return _success(task_id, result, payload)
+    return replace(_success(task_id, result, payload), rendered_map_index=rendered)
 
 
 def _mapping_problem(task: Any, result: Any, payload: dict[str, Any]) -> str | None:
@@ -514,6 +530,7 @@ def report(client: ExecutionApiClient, outcome: Outcome) -> bool:
             xcoms=outcome.xcoms,
             retry=outcome.retry,
             reschedule_date=outcome.reschedule_date,
+            rendered_map_index=outcome.rendered_map_index,
         )
     except TryEnded as exc:
         raise Cancelled(why_ended(exc.detail)) from exc
@@ -523,7 +540,8 @@ def report(client: ExecutionApiClient, outcome: Outcome) -> bool:
     except ExecutionApiError as exc:
         if exc.status == 413 and outcome.state == "success":
             say(exc.detail)
-            return report(client, Outcome("failed", error=exc.detail))
+            failed = Outcome("failed", error=exc.detail)
+            return report(client, replace(failed, rendered_map_index=outcome.rendered_map_index))
         say(f"outcome not recorded: {exc}")
         return False
     return True
