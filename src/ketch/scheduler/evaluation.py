@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -33,6 +33,7 @@ from ketch.states import FINISHED_TI_STATES, TaskInstanceState, mapped_task_stat
 
 BRANCH_XCOM_KEY = "__branch__"
 _FINISHED = frozenset(s.value for s in FINISHED_TI_STATES)
+_REMOVED = TaskInstanceState.REMOVED.value
 _CHUNK = 500
 
 
@@ -101,6 +102,21 @@ class RunTally:
             self.unfinished -= 1
         self.unfinished += length
         self._add_instances(task_id, dict.fromkeys(range(length), state))
+
+    def revised(self, task_id: str, revision: Revision) -> None:
+        """A mapped task's instances were revised: ``added`` ones (no state) exist now,
+        ``removed`` ones are ``removed``."""
+        instances = self.instances[task_id]
+        task = self.info.task(task_id)
+        for index in revision.added:
+            instances[index] = None
+            self.instance_counts[task_id][None] += 1
+            self.unfinished += 1
+            for down in task.downstream_task_ids if task else ():
+                self.extra_upstreams[down] += 1
+        for index in revision.removed:
+            self._set_instance_state(task_id, instances, index, _REMOVED)
+        self.states[task_id] = self._aggregate(task_id)
 
     def _aggregate(self, task_id: str) -> str | None:
         """One state for a mapped task's instances (see ``mapped_task_state``)."""
@@ -172,8 +188,11 @@ class RunTally:
             task_id, (self.follow.get(p) for p in branch_parents if self.states.get(p) in _FINISHED)
         ):
             return Decision.SKIPPED
-        total = len(task.upstream_task_ids) + self.extra_upstreams[task_id]
-        counts = UpstreamCounts.from_tally(self.counts[task_id], total)
+        # Removed instances of a mapped upstream are no upstream any more (see
+        # docs/airflow-compat.md: Airflow counts them, and an all_success task never runs).
+        removed = self.counts[task_id][_REMOVED]
+        total = len(task.upstream_task_ids) + self.extra_upstreams[task_id] - removed
+        counts = replace(UpstreamCounts.from_tally(self.counts[task_id], total), removed=0)
         decision = decide(task.trigger_rule, counts)
         if decision == Decision.RUN and task_id in self.past_blocked:
             return Decision.WAIT  # Airflow's PrevDagrunDep: it keeps no state, it waits
@@ -203,14 +222,30 @@ class Expansion:
 Expander = Callable[[str], Expansion]
 
 
+@dataclass(frozen=True, slots=True)
+class Revision:
+    """What revising an expanded mapped task's instances did: the map indexes it created
+    (no state yet) and those it made ``removed`` (see scheduler/revision.py)."""
+
+    removed: tuple[int, ...] = ()
+    added: tuple[int, ...] = ()
+
+
+Reviser = Callable[[str], Revision]
+
+
 def cascade(
-    tally: RunTally, candidates: Iterable[str], expand: Expander | None = None
+    tally: RunTally,
+    candidates: Iterable[str],
+    expand: Expander | None = None,
+    revise: Reviser | None = None,
 ) -> dict[str, Decision]:
     """Decide every NULL-state candidate; final states cascade to their downstream tasks.
 
     A mapped task not expanded yet whose rule is met is handed to ``expand``, which
     writes its instances (or its placeholder's final state) itself; it is not in the
-    returned decisions.
+    returned decisions. An expanded one (cleared) is handed to ``revise`` first, which
+    adds or removes instances when the length it maps over changed.
     """
     work = deque(candidates)
     decided: dict[str, Decision] = {}
@@ -227,6 +262,14 @@ def cascade(
                 tally.expanded(task_id, result.length, Decision.RUN.value)
                 continue
             tally.set_state(task_id, result.state)
+        elif decision == Decision.RUN and revise is not None and task_id in tally.instances:
+            tally.revised(task_id, revise(task_id))
+            if tally.states.get(task_id) is None:
+                decided[task_id] = decision
+                tally.set_state(task_id, decision.value)
+                continue
+            # no instance is left to run (the others are removed or finished): decide
+            # its downstream tasks
         else:
             decided[task_id] = decision
             tally.set_state(task_id, decision.value)

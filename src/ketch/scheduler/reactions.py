@@ -21,6 +21,8 @@ from ketch.scheduler.dag_cache import DagInfo
 from ketch.scheduler.evaluation import (
     Expander,
     Expansion,
+    Reviser,
+    Revision,
     RunTally,
     cascade,
     downstream_of,
@@ -29,6 +31,7 @@ from ketch.scheduler.evaluation import (
 )
 from ketch.scheduler.expansion import expand_mapped_task
 from ketch.scheduler.past_deps import blocked_by_past, wake_later_runs
+from ketch.scheduler.revision import revise_map_indexes
 from ketch.scheduler.task_state import record_try_outcome
 from ketch.states import (
     FAILED_TI_STATES,
@@ -226,7 +229,10 @@ def react_to_changes(
         ctx.poke()
     tally.past_blocked = blocked_by_past(session, run, info, tally.states)
     decided = cascade(
-        tally, downstream_of(tally, [ti.task_id for ti in tis]), _expander(ctx, session, run, info)
+        tally,
+        downstream_of(tally, [ti.task_id for ti in tis]),
+        _expander(ctx, session, run, info),
+        _reviser(ctx, session, run, info),
     )
     write_decisions(session, run.id, decided, ctx.clock())
     if tally.unfinished == 0:
@@ -247,6 +253,22 @@ def _expander(ctx: SchedulerContext, session: Session, run: DagRun, info: DagInf
         )
 
     return expand
+
+
+def _reviser(ctx: SchedulerContext, session: Session, run: DagRun, info: DagInfo) -> Reviser:
+    """Revises a cleared mapped task's instances in this transaction (scheduler/revision.py)."""
+
+    def revise(task_id: str) -> Revision:
+        return revise_map_indexes(
+            session,
+            run.id,
+            info,
+            task_id,
+            max_length=ctx.settings.core.max_map_length,
+            now=ctx.clock(),
+        )
+
+    return revise
 
 
 def _learn_branch_choices(session: Session, tally: RunTally, task_ids: list[str]) -> None:
@@ -282,7 +304,9 @@ def evaluate_run_fully(ctx: SchedulerContext, session: Session, run: DagRun) -> 
     tally = ctx.tallies.get(session, run.id, info)
     pending = [tid for tid in info.topological_order if tally.states.get(tid, "x") is None]
     tally.past_blocked = blocked_by_past(session, run, info, tally.states)
-    decided = cascade(tally, pending, _expander(ctx, session, run, info))
+    decided = cascade(
+        tally, pending, _expander(ctx, session, run, info), _reviser(ctx, session, run, info)
+    )
     write_decisions(session, run.id, decided, ctx.clock())
     log.debug("run %s/%s evaluated: %d decisions", run.dag_id, run.run_id, len(decided))
     if tally.unfinished == 0:
