@@ -116,6 +116,14 @@ class RunTally:
                 self.extra_upstreams[down] += 1
         for index in revision.removed:
             self._set_instance_state(task_id, instances, index, _REMOVED)
+        self.skip_instances(task_id, revision.skipped)
+
+    def skip_instances(self, task_id: str, indexes: Iterable[int]) -> None:
+        """Instances a mapped branch's same-index instance did not follow were skipped
+        (see scheduler/mapped_branch.py)."""
+        instances = self.instances[task_id]
+        for index in indexes:
+            self._set_instance_state(task_id, instances, index, TaskInstanceState.SKIPPED.value)
         self.states[task_id] = self._aggregate(task_id)
 
     def _aggregate(self, task_id: str) -> str | None:
@@ -213,10 +221,12 @@ class RunTally:
 @dataclass(frozen=True, slots=True)
 class Expansion:
     """What expanding a mapped task gave: ``length`` scheduled instances, or a final
-    ``state`` of its placeholder (skipped: nothing to map over; failed: see its error)."""
+    ``state`` of its placeholder (skipped: nothing to map over; failed: see its error);
+    ``skipped``: instances a mapped branch did not follow."""
 
     length: int = 0
     state: str | None = None
+    skipped: tuple[int, ...] = ()
 
 
 Expander = Callable[[str], Expansion]
@@ -225,10 +235,12 @@ Expander = Callable[[str], Expansion]
 @dataclass(frozen=True, slots=True)
 class Revision:
     """What revising an expanded mapped task's instances did: the map indexes it created
-    (no state yet) and those it made ``removed`` (see scheduler/revision.py)."""
+    (no state yet) and those it made ``removed`` (see scheduler/revision.py); ``skipped``:
+    instances a mapped branch did not follow."""
 
     removed: tuple[int, ...] = ()
     added: tuple[int, ...] = ()
+    skipped: tuple[int, ...] = ()
 
 
 Reviser = Callable[[str], Revision]
@@ -260,8 +272,11 @@ def cascade(
             result = expand(task_id)
             if result.state is None:
                 tally.expanded(task_id, result.length, Decision.RUN.value)
-                continue
-            tally.set_state(task_id, result.state)
+                tally.skip_instances(task_id, result.skipped)
+                if tally.states.get(task_id) not in _FINISHED:
+                    continue
+            else:
+                tally.set_state(task_id, result.state)
         elif decision == Decision.RUN and revise is not None and task_id in tally.instances:
             tally.revised(task_id, revise(task_id))
             if tally.states.get(task_id) is None:
@@ -317,8 +332,10 @@ def write_decisions(
 def load_branch_choices(
     session: Session, dag_run_id: int, task_ids: Iterable[str] | None = None
 ) -> dict[str, Any]:
+    """What each branch task that is not mapped chose (a mapped one's choices apply per map
+    index: scheduler/mapped_branch.py)."""
     stmt = select(XCom.task_id, XCom.value).where(
-        XCom.dag_run_id == dag_run_id, XCom.key == BRANCH_XCOM_KEY
+        XCom.dag_run_id == dag_run_id, XCom.key == BRANCH_XCOM_KEY, XCom.map_index == -1
     )
     if task_ids is not None:
         stmt = stmt.where(XCom.task_id.in_(list(task_ids)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import datetime
 
 from sqlalchemy import or_, select
@@ -30,6 +31,7 @@ from ketch.scheduler.evaluation import (
     write_decisions,
 )
 from ketch.scheduler.expansion import expand_mapped_task
+from ketch.scheduler.mapped_branch import skip_unfollowed_instances
 from ketch.scheduler.past_deps import blocked_by_past, wake_later_runs
 from ketch.scheduler.revision import revise_map_indexes
 from ketch.scheduler.task_state import record_try_outcome
@@ -243,7 +245,7 @@ def _expander(ctx: SchedulerContext, session: Session, run: DagRun, info: DagInf
     """Expands a mapped task of ``run`` in this transaction (see scheduler/expansion.py)."""
 
     def expand(task_id: str) -> Expansion:
-        return expand_mapped_task(
+        result = expand_mapped_task(
             session,
             run.id,
             info,
@@ -251,6 +253,10 @@ def _expander(ctx: SchedulerContext, session: Session, run: DagRun, info: DagInf
             max_length=ctx.settings.core.max_map_length,
             now=ctx.clock(),
         )
+        if result.state is not None:
+            return result
+        skipped = skip_unfollowed_instances(session, run.id, info, task_id, ctx.clock())
+        return replace(result, skipped=skipped)
 
     return expand
 
@@ -259,7 +265,7 @@ def _reviser(ctx: SchedulerContext, session: Session, run: DagRun, info: DagInfo
     """Revises a cleared mapped task's instances in this transaction (scheduler/revision.py)."""
 
     def revise(task_id: str) -> Revision:
-        return revise_map_indexes(
+        revision = revise_map_indexes(
             session,
             run.id,
             info,
@@ -267,6 +273,8 @@ def _reviser(ctx: SchedulerContext, session: Session, run: DagRun, info: DagInfo
             max_length=ctx.settings.core.max_map_length,
             now=ctx.clock(),
         )
+        skipped = skip_unfollowed_instances(session, run.id, info, task_id, ctx.clock())
+        return replace(revision, skipped=skipped)
 
     return revise
 
