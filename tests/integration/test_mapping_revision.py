@@ -6,7 +6,10 @@ revision's commit boundary (``revision.before_commit`` / ``revision.after_commit
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -119,7 +122,7 @@ def _rerun(api: Api, run_id: str, task_id: str) -> None:
     assert run["state"] == "success"
 
 
-def _check_clear_and_rerun(api: Api, env: KetchEnv, db_url: str) -> None:
+def _check_clear_and_rerun(api: Api, env: KetchEnv, db_url: str) -> str:
     _set_length(env, 3)
     wait_for(lambda: api.dag(DAG_ID), 60, 0.1, f"{DAG_ID} parsed")
     run_id = str(api.trigger(DAG_ID)["dag_run_id"])
@@ -155,6 +158,22 @@ def _check_clear_and_rerun(api: Api, env: KetchEnv, db_url: str) -> None:
     assert values[("total", -1)] == 10
     assert _runs_of_work(env) == {0: 4, 1: 4, 2: 2, 3: 1, 4: 1}
 
+    # An empty list: every instance is removed, and the reduce is skipped as after a fresh
+    # expansion of nothing; the run still succeeds.
+    _set_length(env, 0)
+    _rerun(api, run_id, "items")
+    states, values = _read(db_url, run_id)
+    assert states == dict.fromkeys(range(5), "removed")
+    tis = api.task_instances(DAG_ID, run_id)
+    assert tis["total"]["state"] == "skipped"
+    # And back to three: removed instances within the new length run again.
+    _set_length(env, 3)
+    _rerun(api, run_id, "items")
+    states, values = _read(db_url, run_id)
+    assert states == {0: "success", 1: "success", 2: "success", 3: "removed", 4: "removed"}
+    assert values[("total", -1)] == 30
+    assert _runs_of_work(env) == {0: 5, 1: 5, 2: 3, 3: 1, 4: 1}
+
     # The REST API lists the removed instances with their state.
     listed = api.http.get(
         f"/api/v1/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/work/listMapped"
@@ -162,10 +181,11 @@ def _check_clear_and_rerun(api: Api, env: KetchEnv, db_url: str) -> None:
     assert [(ti["map_index"], ti["state"]) for ti in listed["task_instances"]] == [
         (0, "success"),
         (1, "success"),
-        (2, "removed"),
+        (2, "success"),
         (3, "removed"),
         (4, "removed"),
     ]
+    return run_id
 
 
 def test_a_cleared_mapped_task_follows_the_new_length(
@@ -175,7 +195,24 @@ def test_a_cleared_mapped_task_follows_the_new_length(
     with running(env, "standalone"):
         api = Api(env.base_url)
         wait_for(api.healthy, 60, 0.05, "web server")
-        _check_clear_and_rerun(api, env, db_url)
+        run_id = _check_clear_and_rerun(api, env, db_url)
+    # The CLI shows the removed instances too.
+    done = subprocess.run(
+        [sys.executable, "-m", "ketch", "tasks", "states", DAG_ID, run_id, "-o", "json"],
+        env=env.environ(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert sorted((r["map_index"], r["state"]) for r in rows if r["task_id"] == "work") == [
+        (0, "success"),
+        (1, "success"),
+        (2, "success"),
+        (3, "removed"),
+        (4, "removed"),
+    ]
 
 
 def test_a_cleared_mapped_task_follows_the_new_length_on_kubernetes(

@@ -91,6 +91,14 @@ def test_a_revision_that_leaves_nothing_to_run_decides_the_downstream() -> None:
     assert tally.instances["work"] == {0: "success", 1: "removed"}
 
 
+def test_an_upstream_with_every_instance_removed_counts_as_skipped() -> None:
+    tally = _tally(_cleared(2))
+    assert cascade(tally, ["work"], revise=lambda _: Revision(removed=(0, 1))) == {
+        "total": Decision.SKIPPED
+    }
+    assert tally.states["work"] == "removed"
+
+
 def test_without_a_change_the_instances_run_as_they_are() -> None:
     tally = _tally(_cleared(2))
     assert cascade(tally, ["work"], revise=lambda _: Revision()) == {"work": Decision.RUN}

@@ -196,15 +196,30 @@ class RunTally:
             task_id, (self.follow.get(p) for p in branch_parents if self.states.get(p) in _FINISHED)
         ):
             return Decision.SKIPPED
-        # Removed instances of a mapped upstream are no upstream any more (see
-        # docs/airflow-compat.md: Airflow counts them, and an all_success task never runs).
-        removed = self.counts[task_id][_REMOVED]
-        total = len(task.upstream_task_ids) + self.extra_upstreams[task_id] - removed
-        counts = replace(UpstreamCounts.from_tally(self.counts[task_id], total), removed=0)
-        decision = decide(task.trigger_rule, counts)
+        decision = decide(task.trigger_rule, self._upstream_counts(task_id))
         if decision == Decision.RUN and task_id in self.past_blocked:
             return Decision.WAIT  # Airflow's PrevDagrunDep: it keeps no state, it waits
         return decision
+
+    def _upstream_counts(self, task_id: str) -> UpstreamCounts:
+        """Every upstream instance counts, but removed ones (see scheduler/revision.py and
+        docs/airflow-compat.md: Airflow counts them, and an all_success reduce never runs);
+        an upstream whose every instance was removed counts as one skipped upstream, as
+        a fresh expansion of nothing skips the mapped task."""
+        task = self.info.task(task_id)
+        assert task is not None
+        tally = self.counts[task_id]
+        total = len(task.upstream_task_ids) + self.extra_upstreams[task_id]
+        counts = UpstreamCounts.from_tally(tally, total)
+        if not counts.removed:
+            return counts
+        emptied = sum(1 for up in task.upstream_task_ids if self.states.get(up) == _REMOVED)
+        return replace(
+            counts,
+            total=total - counts.removed + emptied,
+            skipped=counts.skipped + emptied,
+            removed=0,
+        )
 
     def _short_circuited(self, task_id: str) -> bool:
         """A short-circuit task above it (ignoring trigger rules) succeeded and followed
