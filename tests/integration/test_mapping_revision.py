@@ -185,6 +185,11 @@ def _check_clear_and_rerun(api: Api, env: KetchEnv, db_url: str) -> str:
         (3, "removed"),
         (4, "removed"),
     ]
+    # The web page of the mapped task shows them in Airflow's light grey.
+    page = api.http.get(f"/dags/{DAG_ID}/runs/{run_id}/tasks/work")
+    assert page.status_code == 200
+    assert '<span data-instance-state="3">removed</span>' in page.text
+    assert page.text.count("sq state-removed") == 2
     return run_id
 
 
