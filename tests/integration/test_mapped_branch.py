@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from sqlalchemy import create_engine, select
 
 from ketch.db.models import TaskInstance
+from ketch.testing.kube_sim import KubeSimulator
 from tests.support.ketch_process import Api, KetchEnv, running, wait_for
+from tests.support.kube_env import use_kubernetes
 
 DAG_SOURCE = """
 from datetime import datetime, timezone
@@ -82,13 +85,23 @@ def _states(db_url: str, run_id: str) -> dict[tuple[str, int], str | None]:
     return {(row.task_id, row.map_index): row.state for row in rows}
 
 
+@pytest.mark.parametrize("executor", ["local", "kubernetes"])
 def test_each_instance_decides_for_its_own_map_index(
-    ketch_home: Path, db_url: str, tmp_path: Path
+    ketch_home: Path, db_url: str, tmp_path: Path, executor: str
 ) -> None:
     dags = tmp_path / "dags"
     dags.mkdir()
     (dags / "mapped_branching.py").write_text(DAG_SOURCE)
     env = KetchEnv(home=ketch_home, db_url=db_url, dags_folder=dags)
+    if executor == "local":
+        _check(env, db_url)
+        return
+    with KubeSimulator() as sim:
+        use_kubernetes(env, sim, tmp_path)
+        _check(env, db_url)
+
+
+def _check(env: KetchEnv, db_url: str) -> None:
     with running(env, "standalone"):
         api = Api(env.base_url)
         wait_for(api.healthy, 60, 0.05, "web server")
