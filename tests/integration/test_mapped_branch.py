@@ -125,3 +125,69 @@ def _check(env: KetchEnv, db_url: str) -> None:
     assert states[("collect", -1)] == "success"
     assert collected["value"] == [20, 21]
     assert all(states[(t, i)] == "success" for t in ("route", "gate") for i in range(3))
+
+
+RECHOOSE_SOURCE = """
+import os
+from datetime import datetime, timezone
+
+from ketch import dag, task
+
+CONTROL = os.environ["E2E_CONTROL"]
+
+
+@dag(schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+     is_paused_upon_creation=False)
+def rechoose():
+    @task.branch
+    def route(i):
+        with open(os.path.join(CONTROL, "avoid")) as f:
+            return "handle" if i != int(f.read()) else []
+
+    @task
+    def handle(i):
+        return i
+
+    route.expand(i=[0, 1, 2]) >> handle.expand(i=[0, 1, 2])
+
+
+rechoose()
+"""
+
+
+def test_a_cleared_mapped_branch_decides_again_per_map_index(
+    ketch_home: Path, db_url: str, tmp_path: Path
+) -> None:
+    dags, control = tmp_path / "dags", tmp_path / "control"
+    dags.mkdir()
+    control.mkdir()
+    (dags / "rechoose.py").write_text(RECHOOSE_SOURCE)
+    (control / "avoid").write_text("1")
+    env = KetchEnv(
+        home=ketch_home, db_url=db_url, dags_folder=dags, extra={"E2E_CONTROL": str(control)}
+    )
+    with running(env, "standalone"):
+        api = Api(env.base_url)
+        wait_for(api.healthy, 60, 0.05, "web server")
+        wait_for(lambda: api.dag("rechoose"), 60, 0.1, "DAG parsed")
+        run_id = str(api.trigger("rechoose")["dag_run_id"])
+        assert api.wait_run_finished("rechoose", run_id, 120)["state"] == "success"
+        states = _states(db_url, run_id)
+        assert [states[("handle", i)] for i in range(3)] == ["success", "skipped", "success"]
+        # Instance 2 avoids "handle" this time: after the clear, instance 2 is skipped and
+        # instance 1 runs.
+        (control / "avoid").write_text("2")
+        r = api.http.post(
+            "/api/v1/dags/rechoose/clearTaskInstances",
+            json={
+                "dag_run_id": run_id,
+                "task_ids": ["route"],
+                "include_downstream": True,
+                "dry_run": False,
+                "only_failed": False,
+            },
+        )
+        assert r.status_code == 200, r.text
+        assert api.wait_run_finished("rechoose", run_id, 120)["state"] == "success"
+    states = _states(db_url, run_id)
+    assert [states[("handle", i)] for i in range(3)] == ["success", "success", "skipped"]
