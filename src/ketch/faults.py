@@ -33,6 +33,8 @@ FAULT_POINTS: dict[str, str] = {
     "events.after_commit": "ended tries' reactions committed",
     "expansion.before_commit": "a mapped task's instances written, before the commit",
     "expansion.after_commit": "a mapped task's expansion committed",
+    "revision.before_commit": "a cleared mapped task's instances added/removed, before the commit",
+    "revision.after_commit": "a cleared mapped task's revision committed",
     "adoption.after_relaunch": "adoption relaunched never-started tries, before its commit",
     "api.start.before_commit": "a try's start UPDATE done, before its commit",
     "api.start.after_commit": "a try's start committed, before the answer is sent",

@@ -93,8 +93,13 @@ def mapped_task_state(states: Iterable[str | None]) -> str | None:
 def mapped_task_state_of_counts(counts: Mapping[str | None, int]) -> str | None:
     """:func:`mapped_task_state` from the number of instances in each state: None while
     any has none, running while any is unfinished, then failed, upstream_failed, skipped
-    when all were skipped, else success."""
+    when all were skipped, else success. Removed instances (a revision after a clear made
+    them so) do not count, unless every instance is removed."""
     present = {state for state, n in counts.items() if n > 0}
+    if len(present) > 1:
+        present.discard(TaskInstanceState.REMOVED.value)
+    if present == {TaskInstanceState.REMOVED.value}:
+        return TaskInstanceState.REMOVED.value
     if None in present:
         return None
     finished = {s.value for s in FINISHED_TI_STATES}

@@ -79,6 +79,8 @@ FAULT_HIT = {
 OWN_SUITES = {
     "expansion.before_commit": "tests/integration/test_mapping_crash.py",
     "expansion.after_commit": "tests/integration/test_mapping_crash.py",
+    "revision.before_commit": "tests/integration/test_mapping_revision.py",
+    "revision.after_commit": "tests/integration/test_mapping_revision.py",
     # Reached only by sensors in reschedule mode.
     "api.reschedule.before_commit": "tests/integration/test_reschedule_sensors.py",
     "api.reschedule.after_commit": "tests/integration/test_reschedule_sensors.py",

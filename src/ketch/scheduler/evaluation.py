@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -33,6 +33,7 @@ from ketch.states import FINISHED_TI_STATES, TaskInstanceState, mapped_task_stat
 
 BRANCH_XCOM_KEY = "__branch__"
 _FINISHED = frozenset(s.value for s in FINISHED_TI_STATES)
+_REMOVED = TaskInstanceState.REMOVED.value
 _CHUNK = 500
 
 
@@ -101,6 +102,29 @@ class RunTally:
             self.unfinished -= 1
         self.unfinished += length
         self._add_instances(task_id, dict.fromkeys(range(length), state))
+
+    def revised(self, task_id: str, revision: Revision) -> None:
+        """A mapped task's instances were revised: ``added`` ones (no state) exist now,
+        ``removed`` ones are ``removed``."""
+        instances = self.instances[task_id]
+        task = self.info.task(task_id)
+        for index in revision.added:
+            instances[index] = None
+            self.instance_counts[task_id][None] += 1
+            self.unfinished += 1
+            for down in task.downstream_task_ids if task else ():
+                self.extra_upstreams[down] += 1
+        for index in revision.removed:
+            self._set_instance_state(task_id, instances, index, _REMOVED)
+        self.skip_instances(task_id, revision.skipped)
+
+    def skip_instances(self, task_id: str, indexes: Iterable[int]) -> None:
+        """Instances a mapped branch's same-index instance did not follow were skipped
+        (see scheduler/mapped_branch.py)."""
+        instances = self.instances[task_id]
+        for index in indexes:
+            self._set_instance_state(task_id, instances, index, TaskInstanceState.SKIPPED.value)
+        self.states[task_id] = self._aggregate(task_id)
 
     def _aggregate(self, task_id: str) -> str | None:
         """One state for a mapped task's instances (see ``mapped_task_state``)."""
@@ -172,12 +196,30 @@ class RunTally:
             task_id, (self.follow.get(p) for p in branch_parents if self.states.get(p) in _FINISHED)
         ):
             return Decision.SKIPPED
-        total = len(task.upstream_task_ids) + self.extra_upstreams[task_id]
-        counts = UpstreamCounts.from_tally(self.counts[task_id], total)
-        decision = decide(task.trigger_rule, counts)
+        decision = decide(task.trigger_rule, self._upstream_counts(task_id))
         if decision == Decision.RUN and task_id in self.past_blocked:
             return Decision.WAIT  # Airflow's PrevDagrunDep: it keeps no state, it waits
         return decision
+
+    def _upstream_counts(self, task_id: str) -> UpstreamCounts:
+        """Every upstream instance counts, but removed ones (see scheduler/revision.py and
+        docs/airflow-compat.md: Airflow counts them, and an all_success reduce never runs);
+        an upstream whose every instance was removed counts as one skipped upstream, as
+        a fresh expansion of nothing skips the mapped task."""
+        task = self.info.task(task_id)
+        assert task is not None
+        tally = self.counts[task_id]
+        total = len(task.upstream_task_ids) + self.extra_upstreams[task_id]
+        counts = UpstreamCounts.from_tally(tally, total)
+        if not counts.removed:
+            return counts
+        emptied = sum(1 for up in task.upstream_task_ids if self.states.get(up) == _REMOVED)
+        return replace(
+            counts,
+            total=total - counts.removed + emptied,
+            skipped=counts.skipped + emptied,
+            removed=0,
+        )
 
     def _short_circuited(self, task_id: str) -> bool:
         """A short-circuit task above it (ignoring trigger rules) succeeded and followed
@@ -194,23 +236,43 @@ class RunTally:
 @dataclass(frozen=True, slots=True)
 class Expansion:
     """What expanding a mapped task gave: ``length`` scheduled instances, or a final
-    ``state`` of its placeholder (skipped: nothing to map over; failed: see its error)."""
+    ``state`` of its placeholder (skipped: nothing to map over; failed: see its error);
+    ``skipped``: instances a mapped branch did not follow."""
 
     length: int = 0
     state: str | None = None
+    skipped: tuple[int, ...] = ()
 
 
 Expander = Callable[[str], Expansion]
 
 
+@dataclass(frozen=True, slots=True)
+class Revision:
+    """What revising an expanded mapped task's instances did: the map indexes it created
+    (no state yet) and those it made ``removed`` (see scheduler/revision.py); ``skipped``:
+    instances a mapped branch did not follow."""
+
+    removed: tuple[int, ...] = ()
+    added: tuple[int, ...] = ()
+    skipped: tuple[int, ...] = ()
+
+
+Reviser = Callable[[str], Revision]
+
+
 def cascade(
-    tally: RunTally, candidates: Iterable[str], expand: Expander | None = None
+    tally: RunTally,
+    candidates: Iterable[str],
+    expand: Expander | None = None,
+    revise: Reviser | None = None,
 ) -> dict[str, Decision]:
     """Decide every NULL-state candidate; final states cascade to their downstream tasks.
 
     A mapped task not expanded yet whose rule is met is handed to ``expand``, which
     writes its instances (or its placeholder's final state) itself; it is not in the
-    returned decisions.
+    returned decisions. An expanded one (cleared) is handed to ``revise`` first, which
+    adds or removes instances when the length it maps over changed.
     """
     work = deque(candidates)
     decided: dict[str, Decision] = {}
@@ -225,8 +287,19 @@ def cascade(
             result = expand(task_id)
             if result.state is None:
                 tally.expanded(task_id, result.length, Decision.RUN.value)
+                tally.skip_instances(task_id, result.skipped)
+                if tally.states.get(task_id) not in _FINISHED:
+                    continue
+            else:
+                tally.set_state(task_id, result.state)
+        elif decision == Decision.RUN and revise is not None and task_id in tally.instances:
+            tally.revised(task_id, revise(task_id))
+            if tally.states.get(task_id) is None:
+                decided[task_id] = decision
+                tally.set_state(task_id, decision.value)
                 continue
-            tally.set_state(task_id, result.state)
+            # no instance is left to run (the others are removed or finished): decide
+            # its downstream tasks
         else:
             decided[task_id] = decision
             tally.set_state(task_id, decision.value)
@@ -274,8 +347,10 @@ def write_decisions(
 def load_branch_choices(
     session: Session, dag_run_id: int, task_ids: Iterable[str] | None = None
 ) -> dict[str, Any]:
+    """What each branch task that is not mapped chose (a mapped one's choices apply per map
+    index: scheduler/mapped_branch.py)."""
     stmt = select(XCom.task_id, XCom.value).where(
-        XCom.dag_run_id == dag_run_id, XCom.key == BRANCH_XCOM_KEY
+        XCom.dag_run_id == dag_run_id, XCom.key == BRANCH_XCOM_KEY, XCom.map_index == -1
     )
     if task_ids is not None:
         stmt = stmt.where(XCom.task_id.in_(list(task_ids)))

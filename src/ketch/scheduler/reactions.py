@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import datetime
 
 from sqlalchemy import func, or_, select
@@ -21,6 +22,8 @@ from ketch.scheduler.dag_cache import DagInfo
 from ketch.scheduler.evaluation import (
     Expander,
     Expansion,
+    Reviser,
+    Revision,
     RunTally,
     cascade,
     downstream_of,
@@ -28,7 +31,9 @@ from ketch.scheduler.evaluation import (
     write_decisions,
 )
 from ketch.scheduler.expansion import expand_mapped_task
+from ketch.scheduler.mapped_branch import skip_unfollowed_instances
 from ketch.scheduler.past_deps import blocked_by_past, wake_later_runs
+from ketch.scheduler.revision import revise_map_indexes
 from ketch.scheduler.task_state import record_try_outcome
 from ketch.states import (
     FAILED_TI_STATES,
@@ -248,7 +253,10 @@ def react_to_changes(
         ctx.poke()
     tally.past_blocked = blocked_by_past(session, run, info, tally.states)
     decided = cascade(
-        tally, downstream_of(tally, [ti.task_id for ti in tis]), _expander(ctx, session, run, info)
+        tally,
+        downstream_of(tally, [ti.task_id for ti in tis]),
+        _expander(ctx, session, run, info),
+        _reviser(ctx, session, run, info),
     )
     write_decisions(session, run.id, decided, ctx.clock())
     if tally.unfinished == 0:
@@ -259,7 +267,7 @@ def _expander(ctx: SchedulerContext, session: Session, run: DagRun, info: DagInf
     """Expands a mapped task of ``run`` in this transaction (see scheduler/expansion.py)."""
 
     def expand(task_id: str) -> Expansion:
-        return expand_mapped_task(
+        result = expand_mapped_task(
             session,
             run.id,
             info,
@@ -267,8 +275,30 @@ def _expander(ctx: SchedulerContext, session: Session, run: DagRun, info: DagInf
             max_length=ctx.settings.core.max_map_length,
             now=ctx.clock(),
         )
+        if result.state is not None:
+            return result
+        skipped = skip_unfollowed_instances(session, run.id, info, task_id, ctx.clock())
+        return replace(result, skipped=skipped)
 
     return expand
+
+
+def _reviser(ctx: SchedulerContext, session: Session, run: DagRun, info: DagInfo) -> Reviser:
+    """Revises a cleared mapped task's instances in this transaction (scheduler/revision.py)."""
+
+    def revise(task_id: str) -> Revision:
+        revision = revise_map_indexes(
+            session,
+            run.id,
+            info,
+            task_id,
+            max_length=ctx.settings.core.max_map_length,
+            now=ctx.clock(),
+        )
+        skipped = skip_unfollowed_instances(session, run.id, info, task_id, ctx.clock())
+        return replace(revision, skipped=skipped)
+
+    return revise
 
 
 def _learn_branch_choices(session: Session, tally: RunTally, task_ids: list[str]) -> None:
@@ -304,7 +334,9 @@ def evaluate_run_fully(ctx: SchedulerContext, session: Session, run: DagRun) -> 
     tally = ctx.tallies.get(session, run.id, info)
     pending = [tid for tid in info.topological_order if tally.states.get(tid, "x") is None]
     tally.past_blocked = blocked_by_past(session, run, info, tally.states)
-    decided = cascade(tally, pending, _expander(ctx, session, run, info))
+    decided = cascade(
+        tally, pending, _expander(ctx, session, run, info), _reviser(ctx, session, run, info)
+    )
     write_decisions(session, run.id, decided, ctx.clock())
     log.debug("run %s/%s evaluated: %d decisions", run.dag_id, run.run_id, len(decided))
     if tally.unfinished == 0:
