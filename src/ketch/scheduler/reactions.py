@@ -21,6 +21,7 @@ from ketch.scheduler.dag_cache import DagInfo
 from ketch.scheduler.evaluation import (
     Expander,
     Expansion,
+    GroupStep,
     RunTally,
     cascade,
     downstream_of,
@@ -28,6 +29,7 @@ from ketch.scheduler.evaluation import (
     write_decisions,
 )
 from ketch.scheduler.expansion import expand_mapped_task
+from ketch.scheduler.mapped_group import group_stepper
 from ketch.scheduler.past_deps import blocked_by_past, wake_later_runs
 from ketch.scheduler.task_state import record_try_outcome
 from ketch.states import (
@@ -226,7 +228,10 @@ def react_to_changes(
         ctx.poke()
     tally.past_blocked = blocked_by_past(session, run, info, tally.states)
     decided = cascade(
-        tally, downstream_of(tally, [ti.task_id for ti in tis]), _expander(ctx, session, run, info)
+        tally,
+        downstream_of(tally, [ti.task_id for ti in tis]),
+        _expander(ctx, session, run, info),
+        _group_step(ctx, session, tally),
     )
     write_decisions(session, run.id, decided, ctx.clock())
     if tally.unfinished == 0:
@@ -247,6 +252,13 @@ def _expander(ctx: SchedulerContext, session: Session, run: DagRun, info: DagInf
         )
 
     return expand
+
+
+def _group_step(ctx: SchedulerContext, session: Session, tally: RunTally) -> GroupStep:
+    """Decides tasks of mapped task groups per map_index (see scheduler/mapped_group.py)."""
+    return group_stepper(
+        session, tally, max_length=ctx.settings.core.max_map_length, now=ctx.clock()
+    )
 
 
 def _learn_branch_choices(session: Session, tally: RunTally, task_ids: list[str]) -> None:
@@ -282,7 +294,9 @@ def evaluate_run_fully(ctx: SchedulerContext, session: Session, run: DagRun) -> 
     tally = ctx.tallies.get(session, run.id, info)
     pending = [tid for tid in info.topological_order if tally.states.get(tid, "x") is None]
     tally.past_blocked = blocked_by_past(session, run, info, tally.states)
-    decided = cascade(tally, pending, _expander(ctx, session, run, info))
+    decided = cascade(
+        tally, pending, _expander(ctx, session, run, info), _group_step(ctx, session, tally)
+    )
     write_decisions(session, run.id, decided, ctx.clock())
     log.debug("run %s/%s evaluated: %d decisions", run.dag_id, run.run_id, len(decided))
     if tally.unfinished == 0:
