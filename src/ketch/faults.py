@@ -33,6 +33,9 @@ FAULT_POINTS: dict[str, str] = {
     "events.after_commit": "ended tries' reactions committed",
     "expansion.before_commit": "a mapped task's instances written, before the commit",
     "expansion.after_commit": "a mapped task's expansion committed",
+    "mapped_group.before_commit": "a mapped group's task expanded into undecided instances, "
+    "before the commit",
+    "mapped_group.after_commit": "a mapped group's task expansion committed",
     "adoption.after_relaunch": "adoption relaunched never-started tries, before its commit",
     "api.start.before_commit": "a try's start UPDATE done, before its commit",
     "api.start.after_commit": "a try's start committed, before the answer is sent",

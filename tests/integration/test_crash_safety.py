@@ -79,6 +79,8 @@ FAULT_HIT = {
 OWN_SUITES = {
     "expansion.before_commit": "tests/integration/test_mapping_crash.py",
     "expansion.after_commit": "tests/integration/test_mapping_crash.py",
+    "mapped_group.before_commit": "tests/integration/test_mapped_group_crash.py",
+    "mapped_group.after_commit": "tests/integration/test_mapped_group_crash.py",
     # Reached only by sensors in reschedule mode.
     "api.reschedule.before_commit": "tests/integration/test_reschedule_sensors.py",
     "api.reschedule.after_commit": "tests/integration/test_reschedule_sensors.py",
