@@ -327,3 +327,45 @@ def test_a_restarted_scheduler_rebuilds_the_per_index_state_from_the_database(
     drive(second, lambda: _finished(engine, run_id))
     assert _instances(engine, run_id)["tg.b"] == {0: "success", 1: "success"}
     assert run_state(engine, run_id) == "success"
+
+
+def test_an_instance_counts_its_own_index_inside_and_every_instance_outside() -> None:
+    """In memory: b (all_done) in the group after a, and after x outside the group."""
+    from ketch.scheduler.dag_cache import DagInfo
+    from ketch.scheduler.evaluation import RunTally
+    from ketch.scheduler.mapped_group import decide_instances, inner_upstreams
+    from ketch.scheduler.trigger_rules import Decision
+
+    with DAG("mixed", schedule=None, start_date=START) as d:
+
+        @task
+        def x():
+            return 1
+
+        @task
+        def a(v):
+            return v
+
+        @task(trigger_rule="all_done")
+        def b(v, w):
+            return v
+
+        @task_group
+        def tg(v):
+            b(a(v), x_out)
+
+        x_out = x()
+        tg.expand(v=[1, 2, 3])
+    info = DagInfo(serialize_dag(d, Path("/tmp")))
+    b_task = info.task("tg.b")
+    assert b_task is not None and set(b_task.upstream_task_ids) == {"tg.a", "x"}
+    a_states = {0: "failed", 1: "running", 2: "success"}
+    rows = [("x", -1, "running"), *(("tg.a", i, s) for i, s in a_states.items())]
+    rows += [("tg.b", i, None) for i in range(3)]
+    tally = RunTally.build(1, info, rows, {})
+    inner = inner_upstreams(tally, b_task)
+    assert inner == ["tg.a"]
+    assert decide_instances(tally, b_task, inner) == {}  # x outside is not done
+    tally.set_state("x", "success")
+    # all_done: instance 0 (its a failed) and 2 run; 1 waits for its own a only.
+    assert decide_instances(tally, b_task, inner) == {0: Decision.RUN, 2: Decision.RUN}

@@ -66,18 +66,20 @@ def _ready_to_expand(tally: RunTally, inner: list[str]) -> bool:
     )
 
 
-def instance_counts(
-    tally: RunTally, task: SerializedTask, inner: list[str], index: int
-) -> UpstreamCounts:
-    """Upstream counts of instance ``index``: that index of upstreams inside the group,
-    every instance of upstreams outside it."""
+def _outside_counts(
+    tally: RunTally, task: SerializedTask, inner: list[str]
+) -> tuple[Counter[str], int]:
+    """Finished states and number of the instances of the upstreams outside the group
+    (every instance of a mapped one): the same for each instance of ``task``."""
     counts: Counter[str] = Counter()
     total = 0
     for up in task.upstream_task_ids:
+        if up in inner:
+            continue
         instances = tally.instances.get(up)
-        if up in inner or instances is None:
-            state = instances.get(index) if instances is not None else tally.states.get(up)
+        if instances is None:
             total += 1
+            state = tally.states.get(up)
             if state in _FINISHED:
                 counts[state] += 1
             continue
@@ -85,7 +87,7 @@ def instance_counts(
         for state, n in tally.instance_counts[up].items():
             if state in _FINISHED:
                 counts[state] += n
-    return UpstreamCounts.from_tally(counts, total)
+    return counts, total
 
 
 def _task_level_decision(tally: RunTally, task: SerializedTask) -> Decision | None:
@@ -104,18 +106,49 @@ def _task_level_decision(tally: RunTally, task: SerializedTask) -> Decision | No
 def decide_instances(
     tally: RunTally, task: SerializedTask, inner: list[str]
 ) -> dict[int, Decision]:
-    """A decision for each undecided instance whose trigger rule can be decided now."""
+    """A decision for each undecided instance whose trigger rule can be decided now.
+
+    Instance i counts instance i of each upstream inside the group (or its one state if it
+    ended as a whole) and every instance of the upstreams outside it. Instances whose
+    upstreams inside the group are in the same states get the same decision, so the rule
+    is evaluated once per distinct combination, not once per instance.
+    """
     shared = _task_level_decision(tally, task)
+    outside, outside_total = _outside_counts(tally, task, inner)
+    sources = [(tally.instances.get(up), tally.states.get(up)) for up in inner]
+    total = outside_total + len(inner)
+    by_states: dict[tuple[str | None, ...], Decision] = {}
     out: dict[int, Decision] = {}
-    for index, state in tally.instances[task.task_id].items():
-        if state is not None:
-            continue
-        decision = shared or decide(task.trigger_rule, instance_counts(tally, task, inner, index))
-        if decision == Decision.RUN and task.task_id in tally.past_blocked:
-            decision = Decision.WAIT
+    undecided = [i for i, state in tally.instances[task.task_id].items() if state is None]
+    for index, key in zip(undecided, _inner_states(sources, undecided), strict=True):
+        decision = by_states.get(key)
+        if decision is None:
+            decision = shared or _decide(task, outside, total, key)
+            if decision == Decision.RUN and task.task_id in tally.past_blocked:
+                decision = Decision.WAIT
+            by_states[key] = decision
         if decision != Decision.WAIT:
             out[index] = decision
     return out
+
+
+def _inner_states(
+    sources: list[tuple[dict[int, str | None] | None, str | None]], indexes: list[int]
+) -> list[tuple[str | None, ...]]:
+    """For each index, the states of the upstreams inside the group at that index."""
+    columns = [
+        [inst.get(i) for i in indexes] if inst is not None else [whole] * len(indexes)
+        for inst, whole in sources
+    ]
+    return list(zip(*columns, strict=True))
+
+
+def _decide(
+    task: SerializedTask, outside: Counter[str], total: int, inner_states: tuple[str | None, ...]
+) -> Decision:
+    counts = outside.copy()
+    counts.update(s for s in inner_states if s in _FINISHED)
+    return decide(task.trigger_rule, UpstreamCounts.from_tally(counts, total))
 
 
 def write_instance_decisions(
