@@ -369,3 +369,37 @@ def test_an_instance_counts_its_own_index_inside_and_every_instance_outside() ->
     tally.set_state("x", "success")
     # all_done: instance 0 (its a failed) and 2 run; 1 waits for its own a only.
     assert decide_instances(tally, b_task, inner) == {0: Decision.RUN, 2: Decision.RUN}
+
+
+def test_dag_test_runs_a_mapped_group_through_the_real_tries(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``DAG.test()``: every instance in this process, values through the execution API."""
+
+    @dag(dag_id="group_dag_test", schedule=None, start_date=START)
+    def group_dag_test():
+        @task
+        def numbers():
+            return [1, 2, 3]
+
+        @task
+        def a(x, y):
+            return x + y
+
+        @task
+        def b(v):
+            return v * 10
+
+        @task
+        def total(vs):
+            print(f"reduced {list(vs)}")
+
+        @task_group
+        def tg(x, y):
+            return b(a(x, y))
+
+        total(tg.partial(y=1).expand(x=numbers()))
+
+    result = group_dag_test().test()
+    assert result.state == "success"
+    assert "reduced [20, 30, 40]" in capsys.readouterr().out
