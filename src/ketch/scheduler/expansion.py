@@ -41,7 +41,7 @@ _TI = TaskInstanceState
 _CHUNK = 1000
 
 
-class Unexpandable(Exception):
+class _Unexpandable(Exception):
     """Why a mapped task cannot expand; ``state`` is what its placeholder becomes."""
 
     def __init__(self, state: _TI, message: str) -> None:
@@ -56,7 +56,7 @@ def _mappable_length(task_id: str, arg: SerializedExpandArg, value: Any) -> int:
     if isinstance(value, list | tuple | dict):
         return len(value)
     what = f"{arg.name}=" if arg.name else ""
-    raise Unexpandable(
+    raise _Unexpandable(
         _TI.FAILED,
         f"task {task_id!r} cannot map over {what}the return value of {arg.xcom_task_id!r}: "
         f"it is a {type(value).__name__}, not a list or a dict",
@@ -78,7 +78,7 @@ def _upstream_length(
         return len(session.scalars(select(XCom.map_index).where(*where, XCom.map_index >= 0)).all())
     row = session.execute(select(XCom.value).where(*where, XCom.map_index == -1)).first()
     if row is None:
-        raise Unexpandable(
+        raise _Unexpandable(
             _TI.UPSTREAM_FAILED,
             f"task {task_id!r} cannot expand: task {arg.xcom_task_id!r} has no XCom "
             f"{arg.xcom_key!r} to map over",
@@ -89,7 +89,7 @@ def _upstream_length(
 def expansion_length(
     session: Session, dag_run_id: int, info: DagInfo, task: SerializedTask, max_length: int
 ) -> int:
-    """How many instances ``task`` expands to; :class:`Unexpandable` when it cannot."""
+    """How many instances ``task`` expands to; :class:`_Unexpandable` when it cannot."""
     assert task.expand is not None
     lengths = [
         arg.length
@@ -99,7 +99,7 @@ def expansion_length(
     ]
     length = math.prod(lengths)
     if length > max_length:
-        raise Unexpandable(
+        raise _Unexpandable(
             _TI.FAILED,
             f"task {task.task_id!r} expanded to {length} items, above "
             f"max_map_length={max_length} ([core] max_map_length)",
@@ -123,7 +123,7 @@ def _end_placeholder(
     )
 
 
-def write_instances(
+def _write_instances(
     session: Session,
     dag_run_id: int,
     task_id: str,
@@ -183,7 +183,7 @@ def expand_mapped_task(
     assert task is not None and task.expand is not None
     try:
         length = expansion_length(session, dag_run_id, info, task, max_length)
-    except Unexpandable as exc:
+    except _Unexpandable as exc:
         log.error("run %s: %s", dag_run_id, exc)
         error = str(exc) if exc.state == _TI.FAILED else None
         _end_placeholder(session, dag_run_id, task_id, exc.state, error, now)
@@ -192,7 +192,7 @@ def expand_mapped_task(
         log.info("run %s: task %s expanded to 0 items: skipped", dag_run_id, task_id)
         _end_placeholder(session, dag_run_id, task_id, _TI.SKIPPED, None, now)
         return Expansion(state=_TI.SKIPPED.value)
-    if not write_instances(session, dag_run_id, task_id, length):
+    if not _write_instances(session, dag_run_id, task_id, length):
         return Expansion(state=_TI.SCHEDULED.value)
     log.info("run %s: task %s expanded to %d instances", dag_run_id, task_id, length)
     fault_point("expansion.before_commit")

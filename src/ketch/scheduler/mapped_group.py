@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 from ketch.db.models import TaskInstance
 from ketch.faults import fault_point
 from ketch.scheduler.evaluation import GroupStep, RunTally
-from ketch.scheduler.expansion import Unexpandable, expansion_length, write_instances
+from ketch.scheduler.expansion import _Unexpandable, _write_instances, expansion_length
 from ketch.scheduler.trigger_rules import Decision, UpstreamCounts, decide, skipped_by_branch
 from ketch.serialization import SerializedTask
 from ketch.states import FINISHED_TI_STATES
@@ -183,9 +183,9 @@ def _expand_undecided(
     path, which ends the placeholder with the reason)."""
     try:
         length = expansion_length(session, tally.dag_run_id, tally.info, task, max_length)
-    except Unexpandable:
+    except _Unexpandable:
         return False
-    if length == 0 or not write_instances(
+    if length == 0 or not _write_instances(
         session, tally.dag_run_id, task.task_id, length, state=None
     ):
         return False
