@@ -188,7 +188,11 @@ def test_what_a_mapped_group_cannot_hold_is_a_dag_error_naming_it() -> None:
 
         inner.expand(v=[1])
 
+    def linked(one: Any, x: Any) -> None:
+        x >> one(1)
+
     cases = [
+        (linked, "its argument 'x' is a value, not a task"),
         (nested_mapping, "mapping a task inside a mapped task group"),
         (always, "not allowed with trigger rule 'always'"),
         (branch, "a branch task inside a mapped task group is not supported"),

@@ -114,6 +114,17 @@ class MappedArgument(XComArg):
     def references(self) -> list[XComArg]:
         return find_xcom_args(self.group.expand_value)
 
+    @property
+    def roots(self) -> list[BaseTask]:
+        raise DagDefinitionError(
+            f"task group {self.group.group_id!r}: its argument {self.key!r} is a value, not "
+            "a task: pass it to a task instead of linking it with >> or <<"
+        )
+
+    @property
+    def leaves(self) -> list[BaseTask]:
+        return self.roots
+
     def resolve(self, xcom_pull: XComPull) -> Any:
         from ketch.authoring.context import get_current_context
 
