@@ -35,6 +35,9 @@ FAULT_POINTS: dict[str, str] = {
     "expansion.after_commit": "a mapped task's expansion committed",
     "revision.before_commit": "a cleared mapped task's instances added/removed, before the commit",
     "revision.after_commit": "a cleared mapped task's revision committed",
+    "mapped_group.before_commit": "a mapped group's task expanded into undecided instances, "
+    "before the commit",
+    "mapped_group.after_commit": "a mapped group's task expansion committed",
     "adoption.after_relaunch": "adoption relaunched never-started tries, before its commit",
     "api.start.before_commit": "a try's start UPDATE done, before its commit",
     "api.start.after_commit": "a try's start committed, before the answer is sent",

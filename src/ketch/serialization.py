@@ -58,7 +58,8 @@ class SerializedParam(BaseModel):
 
 
 class SerializedTaskGroup(BaseModel):
-    """A task group (Airflow's TaskGroup): only for display, the scheduler never reads it.
+    """A task group (Airflow's TaskGroup): for display; the scheduler reads only what its
+    tasks carry (``SerializedTask.mapped_group_id`` and ``expand``).
 
     ``group_id`` is the full id (``outer.inner``); ``children`` are the full ids of its
     tasks and groups in definition order, so a UI can draw the tree.
@@ -76,6 +77,9 @@ class SerializedTaskGroup(BaseModel):
     downstream_group_ids: list[str] = Field(default_factory=list)
     upstream_task_ids: list[str] = Field(default_factory=list)
     downstream_task_ids: list[str] = Field(default_factory=list)
+    # A mapped task group (``@task_group`` ``.expand``/``.expand_kwargs``): its expand input.
+    # Each of its tasks carries the same shape in its own ``expand``.
+    expand: SerializedExpand | None = None
 
 
 class SerializedExpandArg(BaseModel):
@@ -107,6 +111,9 @@ class SerializedExpand(BaseModel):
 
     kind: Literal["dict_of_lists", "list_of_dicts"]
     args: list[SerializedExpandArg]
+
+
+SerializedTaskGroup.model_rebuild()
 
 
 class SerializedTask(BaseModel):
@@ -154,6 +161,10 @@ class SerializedTask(BaseModel):
     # Set for a mapped task (``.expand``/``.expand_kwargs``): its task instances are
     # created when its upstreams are done, one per element (see scheduler/expansion.py).
     expand: SerializedExpand | None = None
+    # The innermost mapped task group the task is in (its ``expand`` is the group's):
+    # instance i of the task reads, and waits for, instance i of the group's other tasks
+    # (see scheduler/mapped_group.py).
+    mapped_group_id: str | None = None
 
     @property
     def is_mapped(self) -> bool:

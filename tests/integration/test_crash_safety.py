@@ -81,6 +81,8 @@ OWN_SUITES = {
     "expansion.after_commit": "tests/integration/test_mapping_crash.py",
     "revision.before_commit": "tests/integration/test_mapping_revision.py",
     "revision.after_commit": "tests/integration/test_mapping_revision.py",
+    "mapped_group.before_commit": "tests/integration/test_mapped_group_crash.py",
+    "mapped_group.after_commit": "tests/integration/test_mapped_group_crash.py",
     # Reached only by sensors in reschedule mode.
     "api.reschedule.before_commit": "tests/integration/test_reschedule_sensors.py",
     "api.reschedule.after_commit": "tests/integration/test_reschedule_sensors.py",

@@ -88,6 +88,11 @@ class Outcome:
         """The pod never started: what the Kubernetes executor reports for ErrImagePull."""
         return cls("image_pull_error", exit_code=None)
 
+    @classmethod
+    def gate(cls, opened: threading.Event, value: Any = None) -> Outcome:
+        """Running until ``opened`` is set, then a success (ordering without timing)."""
+        return cls("gate", (opened, value))
+
 
 @dataclass
 class FakeExecutor:
@@ -115,7 +120,7 @@ class FakeExecutor:
         self._sink = on_try_ended
 
     def launch(self, request: LaunchRequest) -> str:
-        outcome = self._next_outcome(request.key.task_id)
+        outcome = self._next_outcome(request.key.task_id, request.key.map_index)
         if outcome.kind == "launch_error":
             raise LaunchError("no capacity (scripted)")
         stop = threading.Event()
@@ -175,8 +180,10 @@ class FakeExecutor:
         self._report(key, ti_id, Outcome(state.value))
         self._end(TryEnded(key, ti_id, 0))
 
-    def _next_outcome(self, task_id: str) -> Outcome:
-        script = self.scripts.get(task_id, Outcome.success())
+    def _next_outcome(self, task_id: str, map_index: int = -1) -> Outcome:
+        """The script of ``task_id[map_index]`` (one mapped instance), else of ``task_id``."""
+        default = self.scripts.get(task_id, Outcome.success())
+        script = self.scripts.get(f"{task_id}[{map_index}]", default)
         if isinstance(script, Outcome):
             return script
         with self._lock:
@@ -198,6 +205,11 @@ class FakeExecutor:
             return
         if outcome.delay:
             time.sleep(outcome.delay)
+        if outcome.kind == "gate":
+            opened, value = outcome.value
+            while not (opened.wait(0.05) or stop.is_set()):
+                pass
+            outcome = Outcome.success(value)
         if outcome.kind == "hang":
             stop.wait()
             self._end(TryEnded(key, ti_id, -15, reason="cancelled"))
@@ -262,6 +274,7 @@ class FakeExecutor:
                         task_id=ti.task_id,
                         key="return_value",
                         value=outcome.value,
+                        map_index=ti.map_index,
                         timestamp=now,
                     )
                 )

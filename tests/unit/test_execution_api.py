@@ -257,6 +257,37 @@ def test_xcom_round_trip_within_the_run(engine: Engine, client: TestClient) -> N
     assert client.get("/execution/try/xcom/nope", headers=down.headers()).status_code == 404
 
 
+def test_xcom_of_one_instance_of_a_mapped_task_by_map_index(
+    engine: Engine, client: TestClient
+) -> None:
+    """A task of a mapped task group reads another's value of its own map_index."""
+    down = make_try(engine, task_id="down")
+    with Session(engine) as session:
+        now = datetime.now(UTC)
+        for i in (0, 2):  # instance 1 stored nothing
+            session.add(
+                XCom(
+                    dag_run_id=down.dag_run_id,
+                    task_id="up",
+                    key="return_value",
+                    value=f"v{i}",
+                    map_index=i,
+                    timestamp=now,
+                )
+            )
+        session.commit()
+    start(client, down)
+    whole = client.get("/execution/try/xcom/up", headers=down.headers())
+    assert whole.json() == {"value": ["v0", "v2"]}
+    one = client.get("/execution/try/xcom/up?map_index=2", headers=down.headers())
+    assert one.status_code == 200 and one.json() == {"value": "v2"}
+    none = client.get("/execution/try/xcom/up?map_index=1", headers=down.headers())
+    assert none.status_code == 404
+    assert (
+        client.get("/execution/try/xcom/up?map_index=-1", headers=down.headers()).status_code == 422
+    )
+
+
 def test_failed_try_goes_up_for_retry_while_tries_remain(
     engine: Engine, client: TestClient
 ) -> None:

@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import Float, and_, cast, extract, func, literal, select, update
+from sqlalchemy import Float, and_, cast, extract, func, literal, select, true, update
 from sqlalchemy.orm import Session
 
 from ketch.api.deps import get_session, settings_dep
@@ -423,9 +423,11 @@ def get_xcom(
     claims: ClaimsDep,
     session: SessionDep,
     key: Annotated[str, Query()] = RETURN_VALUE_KEY,
+    map_index: Annotated[int | None, Query(ge=0)] = None,
 ) -> dict[str, Any]:
     """A value another task of the same run stored (its return value by default); of a
-    mapped task, the list of its instances' values in map_index order (Airflow's reduce).
+    mapped task, the list of its instances' values in map_index order (Airflow's reduce),
+    or with ``map_index`` the value of that instance (a task of the same mapped group).
 
     One query: the try's TI by primary key (is the try still live?) joined to the XComs.
     """
@@ -447,6 +449,7 @@ def get_xcom(
                 XCom.dag_run_id == TaskInstance.dag_run_id,
                 XCom.task_id == task_id,
                 XCom.key == key,
+                true() if map_index is None else XCom.map_index == map_index,
             ),
         )
         .where(TaskInstance.id == claims.ti_id)
@@ -457,7 +460,7 @@ def get_xcom(
     found = [row for row in rows if row.xcom_id is not None]
     if not found:
         raise HTTPException(404, f"no XCom {key!r} of task {task_id!r} in run {claims.run_id!r}")
-    if found[0].map_index < 0:
+    if found[0].map_index < 0 or map_index is not None:
         return {"value": found[0].value}
     return {"value": [row.value for row in found]}
 

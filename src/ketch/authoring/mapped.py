@@ -82,6 +82,45 @@ def product_index(lengths: list[int], map_index: int) -> list[int]:
     return out
 
 
+def serialize_expand_input(kind: str, value: Any) -> SerializedExpand:
+    """The shape of an expand input (a mapped task's or a mapped task group's)."""
+    from ketch.authoring.xcom_arg_ops import serialize_source
+    from ketch.serialization import SerializedExpand, SerializedExpandArg
+
+    def arg(name: str | None, value: Any) -> SerializedExpandArg:
+        if isinstance(value, XComArg):
+            return serialize_source(value, name)
+        return SerializedExpandArg(name=name, length=len(value))
+
+    if kind == DICT_OF_LISTS:
+        args = [arg(name, item) for name, item in value.items()]
+    else:
+        args = [arg(None, value)]
+    return SerializedExpand.model_validate({"kind": kind, "args": args})
+
+
+def expand_input_kwargs(
+    owner: str, kind: str, value: Any, map_index: int, xcom_pull: XComPull
+) -> dict[str, Any]:
+    """Instance ``map_index``'s keyword arguments of an expand input (``owner`` names the
+    mapped task or group in messages: "task 'x'"), upstream values resolved."""
+    if kind == LIST_OF_DICTS:
+        items = resolve_xcom_args(value, xcom_pull)
+        chosen = element(items, map_index)
+        if not isinstance(chosen, dict):
+            raise TypeError(
+                f"expand_kwargs() of {owner}: item {map_index} is a "
+                f"{type(chosen).__name__}, not a dict of keyword arguments"
+            )
+        return dict(resolve_xcom_args(chosen, xcom_pull))
+    values = {name: resolve_xcom_args(item, xcom_pull) for name, item in value.items()}
+    for name, item in values.items():
+        if not is_mappable_value(item):
+            raise TypeError(f"{owner} cannot map over {name}={type(item).__name__!r}")
+    indices = product_index([len(v) for v in values.values()], map_index)
+    return {name: element(v, i) for (name, v), i in zip(values.items(), indices, strict=True)}
+
+
 class PartialTask:
     """``Operator.partial(...)`` or ``@task``'s ``fn.partial(...)``: arguments shared by
     every mapped instance, waiting for ``.expand(...)`` or ``.expand_kwargs(...)``."""
@@ -183,19 +222,7 @@ class MappedTask(BaseTask):
     # ----- the shape the scheduler needs ------------------------------------
 
     def serialize_expand(self) -> SerializedExpand:
-        from ketch.authoring.xcom_arg_ops import serialize_source
-        from ketch.serialization import SerializedExpand, SerializedExpandArg
-
-        def arg(name: str | None, value: Any) -> SerializedExpandArg:
-            if isinstance(value, XComArg):
-                return serialize_source(value, name)
-            return SerializedExpandArg(name=name, length=len(value))
-
-        if self.expand_kind == DICT_OF_LISTS:
-            args = [arg(name, value) for name, value in self.expand_value.items()]
-        else:
-            args = [arg(None, self.expand_value)]
-        return SerializedExpand.model_validate({"kind": self.expand_kind, "args": args})
+        return serialize_expand_input(self.expand_kind, self.expand_value)
 
     def mapped_upstream_ids(self) -> set[str]:
         """Tasks whose return value this task maps over."""
@@ -210,25 +237,9 @@ class MappedTask(BaseTask):
 
     def mapped_kwargs(self, map_index: int, xcom_pull: XComPull) -> dict[str, Any]:
         """The keyword arguments of instance ``map_index``, upstream values resolved."""
-        if self.expand_kind == LIST_OF_DICTS:
-            items = resolve_xcom_args(self.expand_value, xcom_pull)
-            chosen = element(items, map_index)
-            if not isinstance(chosen, dict):
-                raise TypeError(
-                    f"expand_kwargs() of task {self.task_id!r}: item {map_index} is a "
-                    f"{type(chosen).__name__}, not a dict of keyword arguments"
-                )
-            return dict(resolve_xcom_args(chosen, xcom_pull))
-        values = {
-            name: resolve_xcom_args(value, xcom_pull) for name, value in self.expand_value.items()
-        }
-        for name, value in values.items():
-            if not is_mappable_value(value):
-                raise TypeError(
-                    f"task {self.task_id!r} cannot map over {name}={type(value).__name__!r}"
-                )
-        indices = product_index([len(v) for v in values.values()], map_index)
-        return {name: element(v, i) for (name, v), i in zip(values.items(), indices, strict=True)}
+        return expand_input_kwargs(
+            f"task {self.task_id!r}", self.expand_kind, self.expand_value, map_index, xcom_pull
+        )
 
     def unmap(self, map_index: int, xcom_pull: XComPull) -> BaseTask:
         """The ordinary task instance ``map_index`` runs (not added to the DAG)."""
@@ -263,15 +274,18 @@ def partial_of(
 
 
 def mapped_dependants(task: BaseTask) -> list[str]:
-    """The mapped tasks that map over ``task``'s return value."""
+    """The mapped tasks and mapped task groups that map over ``task``'s return value."""
+    from ketch.authoring.mapped_group import group_dependants
+
     dag = task.dag
     if dag is None:
         return []
-    return sorted(
+    tasks = sorted(
         t.task_id
         for t in dag.tasks.values()
         if isinstance(t, MappedTask) and task.task_id in t.mapped_upstream_ids()
     )
+    return tasks + group_dependants(task)
 
 
 def push_problem(task: BaseTask, result: TaskResult, max_length: int) -> str | None:

@@ -13,13 +13,19 @@ from typing import TYPE_CHECKING
 
 from ketch.authoring import _defaults
 from ketch.authoring.mapped import MappedTask
+from ketch.authoring.mapped_group import MappedTaskGroup, closest_mapped_group
 from ketch.authoring.timetables import serialize_schedule
 
 if TYPE_CHECKING:
     from ketch.authoring.dag import DAG
     from ketch.authoring.taskgroup import TaskGroup
     from ketch.authoring.tasks import BaseTask
-    from ketch.serialization import SerializedDag, SerializedTask, SerializedTaskGroup
+    from ketch.serialization import (
+        SerializedDag,
+        SerializedExpand,
+        SerializedTask,
+        SerializedTaskGroup,
+    )
 
 
 def _relatives(dag: DAG, task_id: str, direction: Callable[[BaseTask], set[str]]) -> set[str]:
@@ -81,8 +87,17 @@ def serialize_task(dag: DAG, task: BaseTask) -> SerializedTask:
         email_on_retry=task.email_on_retry,
         task_group_id=task.task_group.group_id if task.task_group is not None else None,
         label=task.label,
-        expand=task.serialize_expand() if isinstance(task, MappedTask) else None,
+        expand=_expand_of(task),
+        mapped_group_id=group.group_id if (group := closest_mapped_group(task)) else None,
     )
+
+
+def _expand_of(task: BaseTask) -> SerializedExpand | None:
+    """A mapped task's expand input, or that of the mapped group it is in."""
+    if isinstance(task, MappedTask):
+        return task.serialize_expand()
+    group = closest_mapped_group(task)
+    return group.serialize_expand() if group is not None else None
 
 
 def serialize_task_group(group: TaskGroup) -> SerializedTaskGroup:
@@ -103,6 +118,7 @@ def serialize_task_group(group: TaskGroup) -> SerializedTaskGroup:
         downstream_group_ids=sorted(group.downstream_group_ids),
         upstream_task_ids=sorted(group.upstream_task_ids),
         downstream_task_ids=sorted(group.downstream_task_ids),
+        expand=group.serialize_expand() if isinstance(group, MappedTaskGroup) else None,
     )
 
 

@@ -282,7 +282,10 @@ class TaskGroupFactory:
     """What ``@task_group`` returns: call it inside a DAG to build the group."""
 
     def __init__(
-        self, function: Callable[..., Any], tg_kwargs: dict[str, Any] | None = None
+        self,
+        function: Callable[..., Any],
+        tg_kwargs: dict[str, Any] | None = None,
+        partial_kwargs: dict[str, Any] | None = None,
     ) -> None:
         if not callable(function):
             raise TypeError(f"@task_group decorates a function, not {function!r}")
@@ -292,9 +295,33 @@ class TaskGroupFactory:
         functools.update_wrapper(self, function)
         self.function = function
         self.tg_kwargs = kwargs
+        self.partial_kwargs: dict[str, Any] = dict(partial_kwargs or {})
 
     def override(self, **kwargs: Any) -> TaskGroupFactory:
-        return TaskGroupFactory(self.function, {**self.tg_kwargs, **kwargs})
+        return TaskGroupFactory(self.function, {**self.tg_kwargs, **kwargs}, self.partial_kwargs)
+
+    # Mapped task groups (ketch.authoring.mapped_group), as in Airflow's _TaskGroupFactory.
+
+    def partial(self, **kwargs: Any) -> TaskGroupFactory:
+        """Arguments every instance of the mapped group gets as they are."""
+        from ketch.authoring import mapped_group
+
+        mapped_group.check_arg_names(self, "partial", kwargs)
+        mapped_group.prevent_duplicates(self.partial_kwargs, kwargs, "duplicate partial")
+        return TaskGroupFactory(self.function, self.tg_kwargs, {**kwargs, **self.partial_kwargs})
+
+    def expand(self, **kwargs: Any) -> Any:
+        """A mapped task group: one instance of each of its tasks per element (the cross
+        product of the arguments, the last varying fastest)."""
+        from ketch.authoring import mapped_group
+
+        return mapped_group.expand(self, kwargs)
+
+    def expand_kwargs(self, kwargs: Any) -> Any:
+        """A mapped task group: one instance per dict of keyword arguments."""
+        from ketch.authoring import mapped_group
+
+        return mapped_group.expand_kwargs(self, kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Build the group; return the function's return value, or the group if it is None.

@@ -510,6 +510,10 @@ class XComArg(DependencyMixin):
     def resolve(self, xcom_pull: XComPull) -> Any:
         return xcom_pull(self.operator.task_id, self.key)
 
+    def references(self) -> list[XComArg]:
+        """The upstream values this one reads: a task taking it is linked to their tasks."""
+        return self.plain_args()
+
     def __getitem__(self, key: str) -> XComArg:
         """``output["key"]``: the XCom ``key`` of the same task (Airflow's PlainXComArg),
         e.g. one key of a ``multiple_outputs`` task's dict."""
@@ -583,6 +587,9 @@ class DagParam(XComArg):
     def leaves(self) -> list[BaseTask]:
         return []
 
+    def references(self) -> list[XComArg]:
+        return []  # a param comes from no task
+
     def __getitem__(self, key: str) -> XComArg:
         # A param has no XComs of other keys (Airflow's DagParam is not subscriptable).
         raise TypeError(f"DAG param {self.name!r} cannot be subscripted")
@@ -608,12 +615,12 @@ class DagParam(XComArg):
 
 
 def find_xcom_args(value: Any) -> list[XComArg]:
-    """Every plain XComArg inside ``value`` (nested lists, tuples, sets, dicts; the
-    sources of a ``map``/``zip``/``concat``); a :class:`DagParam` is none (no task)."""
-    if isinstance(value, DagParam):
-        return []
+    """Every XComArg inside ``value`` (nested lists, tuples, sets, dicts) that reads a
+    task's value: a :class:`DagParam` reads none, a ``map``/``zip``/``concat`` reads its
+    sources, a mapped task group's argument reads the group's expand input (see
+    ``XComArg.references``)."""
     if isinstance(value, XComArg):
-        return value.plain_args()
+        return value.references()
     if isinstance(value, dict):
         return [x for item in value.values() for x in find_xcom_args(item)]
     if isinstance(value, list | tuple | set | frozenset):

@@ -96,7 +96,7 @@ class RunTally:
         for down in task.downstream_task_ids if task else ():
             self.extra_upstreams[down] += len(states) - 1
 
-    def expanded(self, task_id: str, length: int, state: str) -> None:
+    def expanded(self, task_id: str, length: int, state: str | None) -> None:
         """A mapped task's placeholder became ``length`` instances in ``state``."""
         if self.states.get(task_id, "absent") is None:
             self.unfinished -= 1
@@ -245,6 +245,9 @@ class Expansion:
 
 
 Expander = Callable[[str], Expansion]
+# Decides a task per map_index (a task of a mapped task group) and writes it; returns the
+# tasks to evaluate next, or None when the task is decided the usual way.
+GroupStep = Callable[[str], list[str] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +269,7 @@ def cascade(
     candidates: Iterable[str],
     expand: Expander | None = None,
     revise: Reviser | None = None,
+    group_step: GroupStep | None = None,
 ) -> dict[str, Decision]:
     """Decide every NULL-state candidate; final states cascade to their downstream tasks.
 
@@ -273,11 +277,15 @@ def cascade(
     writes its instances (or its placeholder's final state) itself; it is not in the
     returned decisions. An expanded one (cleared) is handed to ``revise`` first, which
     adds or removes instances when the length it maps over changed.
+    A task ``group_step`` takes is decided per instance by it.
     """
     work = deque(candidates)
     decided: dict[str, Decision] = {}
     while work:
         task_id = work.popleft()
+        if group_step is not None and (following := group_step(task_id)) is not None:
+            work.extend(following)
+            continue
         if tally.states.get(task_id, "absent") is not None:
             continue
         decision = tally.decide(task_id)

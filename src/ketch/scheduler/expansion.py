@@ -130,9 +130,17 @@ def _end_placeholder(
     )
 
 
-def _write_instances(session: Session, dag_run_id: int, task_id: str, length: int) -> bool:
-    """Placeholder -> instance 0, plus instances 1..length-1 (bulk); False when the
-    placeholder was already expanded or decided (nothing written)."""
+def _write_instances(
+    session: Session,
+    dag_run_id: int,
+    task_id: str,
+    length: int,
+    state: _TI | None = _TI.SCHEDULED,
+) -> bool:
+    """Placeholder -> instance 0, plus instances 1..length-1 (bulk), all in ``state`` (None:
+    each decided later, see scheduler/mapped_group.py); False when the placeholder was
+    already expanded or decided (nothing written)."""
+    value = state.value if state is not None else None
     placeholder = session.execute(
         update(TaskInstance)
         .where(
@@ -141,7 +149,7 @@ def _write_instances(session: Session, dag_run_id: int, task_id: str, length: in
             TaskInstance.map_index == -1,
             TaskInstance.state.is_(None),
         )
-        .values(map_index=0, state=_TI.SCHEDULED.value)
+        .values(map_index=0, state=value)
         .returning(
             TaskInstance.dag_id,
             TaskInstance.run_id,
@@ -157,7 +165,7 @@ def _write_instances(session: Session, dag_run_id: int, task_id: str, length: in
     template = {
         "dag_run_id": dag_run_id,
         "task_id": task_id,
-        "state": _TI.SCHEDULED.value,
+        "state": value,
         "try_number": 0,
         **placeholder._asdict(),
     }

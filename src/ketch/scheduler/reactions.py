@@ -22,6 +22,7 @@ from ketch.scheduler.dag_cache import DagInfo
 from ketch.scheduler.evaluation import (
     Expander,
     Expansion,
+    GroupStep,
     Reviser,
     Revision,
     RunTally,
@@ -32,6 +33,7 @@ from ketch.scheduler.evaluation import (
 )
 from ketch.scheduler.expansion import expand_mapped_task
 from ketch.scheduler.mapped_branch import skip_unfollowed_instances
+from ketch.scheduler.mapped_group import group_stepper
 from ketch.scheduler.past_deps import blocked_by_past, wake_later_runs
 from ketch.scheduler.revision import revise_map_indexes
 from ketch.scheduler.task_state import record_try_outcome
@@ -256,7 +258,8 @@ def react_to_changes(
         tally,
         downstream_of(tally, [ti.task_id for ti in tis]),
         _expander(ctx, session, run, info),
-        _reviser(ctx, session, run, info),
+        revise=_reviser(ctx, session, run, info),
+        group_step=_group_step(ctx, session, tally),
     )
     write_decisions(session, run.id, decided, ctx.clock())
     if tally.unfinished == 0:
@@ -301,6 +304,13 @@ def _reviser(ctx: SchedulerContext, session: Session, run: DagRun, info: DagInfo
     return revise
 
 
+def _group_step(ctx: SchedulerContext, session: Session, tally: RunTally) -> GroupStep:
+    """Decides tasks of mapped task groups per map_index (see scheduler/mapped_group.py)."""
+    return group_stepper(
+        session, tally, max_length=ctx.settings.core.max_map_length, now=ctx.clock()
+    )
+
+
 def _learn_branch_choices(session: Session, tally: RunTally, task_ids: list[str]) -> None:
     branches = [
         tid
@@ -335,7 +345,11 @@ def evaluate_run_fully(ctx: SchedulerContext, session: Session, run: DagRun) -> 
     pending = [tid for tid in info.topological_order if tally.states.get(tid, "x") is None]
     tally.past_blocked = blocked_by_past(session, run, info, tally.states)
     decided = cascade(
-        tally, pending, _expander(ctx, session, run, info), _reviser(ctx, session, run, info)
+        tally,
+        pending,
+        _expander(ctx, session, run, info),
+        revise=_reviser(ctx, session, run, info),
+        group_step=_group_step(ctx, session, tally),
     )
     write_decisions(session, run.id, decided, ctx.clock())
     log.debug("run %s/%s evaluated: %d decisions", run.dag_id, run.run_id, len(decided))

@@ -116,9 +116,12 @@ class ExecutionApiClient:
     def heartbeat(self) -> None:
         self._call("POST", "/try/heartbeat", {})
 
-    def xcom(self, task_id: str, key: str = "return_value") -> Any:
-        """The stored value; ``KeyError`` when there is none."""
+    def xcom(self, task_id: str, key: str = "return_value", map_index: int | None = None) -> Any:
+        """The stored value (of one instance of a mapped task when ``map_index`` is given);
+        ``KeyError`` when there is none."""
         path = f"/try/xcom/{quote(task_id, safe='')}?key={quote(key, safe='')}"
+        if map_index is not None:
+            path += f"&map_index={int(map_index)}"
         try:
             result = self._call("GET", path, None)
         except ExecutionApiError as exc:

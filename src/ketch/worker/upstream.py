@@ -13,6 +13,9 @@ retried (no retry would bring the value). Under any other trigger rule an upstre
 have been skipped or failed, and a missing value is ``None`` as in Airflow; so is
 ``ti.xcom_pull`` of a value the task does not take as an argument.
 
+In a mapped task group, the value of another task of the same group is that task's value
+for the running instance's map_index (Airflow's "relevant upstream map indexes").
+
 Kept light: the try imports it (no database, no web stack).
 """
 
@@ -40,7 +43,12 @@ def xcom_puller(client: ExecutionApiClient) -> Callable[..., Any]:
 
     def xcom_pull(task_id: str, key: str = RETURN_VALUE) -> Any:
         try:
-            value = client.xcom(task_id, key)
+            index = _same_group_index(task_id)
+            value = (
+                client.xcom(task_id, key)
+                if index is None
+                else client.xcom(task_id, key, map_index=index)
+            )
         except KeyError:
             needing = _task_needing(task_id, key)
             if needing is None:
@@ -52,6 +60,20 @@ def xcom_puller(client: ExecutionApiClient) -> Callable[..., Any]:
         return decode(value)
 
     return xcom_pull
+
+
+def _same_group_index(task_id: str) -> int | None:
+    """The running instance's map_index when ``task_id`` is a task of the same mapped task
+    group (its value for this instance is that index's), else None (the whole value)."""
+    from ketch.authoring.context import get_current_context
+    from ketch.authoring.mapped_group import same_group_map_index
+
+    try:
+        context = get_current_context()
+        task = context["task"]
+    except (RuntimeError, KeyError):
+        return None
+    return same_group_map_index(task, task_id, int(context.get("map_index", -1)))
 
 
 def _task_needing(task_id: str, key: str) -> str | None:
