@@ -188,6 +188,20 @@ def pod_hostname(pod: dict[str, Any]) -> str | None:
     return name[:63].rstrip("-.") if len(name) > 63 else name
 
 
+def stub_pod(key: TryKey, name: str) -> dict[str, Any]:
+    """A pod known only by name and try (gone, or never seen)."""
+    return {"metadata": {"name": name, "annotations": try_annotations(key)}}
+
+
+def resource_version(pod: dict[str, Any]) -> int:
+    """The pod's ``resourceVersion`` as a number (0 if unknown): of two copies of one pod
+    the executor keeps the newer, whichever order a watch event and a list brought them."""
+    try:
+        return int((pod.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
 # -- merging ------------------------------------------------------------------------------
 
 
