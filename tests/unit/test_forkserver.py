@@ -177,7 +177,7 @@ def test_a_burst_of_prints_is_coalesced_unless_the_setting_says_no(
 ) -> None:
     """``[logging] coalesce_print_bursts`` reaches the try as the local executor passes it
     (``$KETCH_LOG_PUMP``); either way every printed line is in the log, in order."""
-    from ketch.logs.pump import CONFIG_ENV, PumpConfig
+    from ketch.logs.pump.config import CONFIG_ENV, PumpConfig
 
     log = tmp_path / "burst.log"
     env = {} if coalesce else {CONFIG_ENV: PumpConfig(coalesce=False).to_env()}

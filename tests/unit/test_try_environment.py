@@ -159,7 +159,7 @@ def test_passthrough_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_coalescing_print_bursts_is_a_setting_the_try_receives(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from ketch.logs.pump import CONFIG_ENV, PumpConfig
+    from ketch.logs.pump.config import CONFIG_ENV, PumpConfig
 
     env, _ = try_environment(get_settings(), {})
     assert CONFIG_ENV not in env  # the default: the try coalesces

@@ -51,8 +51,8 @@ from ketch.executors.base import (
     map_index_args,
 )
 from ketch.executors.forkserver import ChildExit, ForkServer, ForkServerError, Spawned
-from ketch.logs.pump import CONFIG_ENV as PUMP_CONFIG_ENV
-from ketch.logs.pump import PumpConfig
+from ketch.logs.pump.config import CONFIG_ENV as PUMP_CONFIG_ENV
+from ketch.logs.pump.config import PumpConfig
 from ketch.worker.client import ENV_RETRY_TIMEOUT, ENV_TOKEN, ENV_URL
 from ketch.worker.secrets_mask import looks_sensitive
 from ketch.worker.task_log import log_path, make_private_dirs

@@ -34,8 +34,8 @@ import yaml
 from ketch.config import KubernetesSettings, Settings
 from ketch.executors.base import LaunchRequest, TryKey, map_index_args
 from ketch.logs.archive.base import log_key
-from ketch.logs.pump import CONFIG_ENV as PUMP_CONFIG_ENV
-from ketch.logs.pump import PumpConfig
+from ketch.logs.pump.config import CONFIG_ENV as PUMP_CONFIG_ENV
+from ketch.logs.pump.config import PumpConfig
 from ketch.logs.shipper import ShipperConfig
 from ketch.worker.client import ENV_TOKEN, ENV_URL
 from ketch.worker.runner import ENV_DAGS_FOLDER
