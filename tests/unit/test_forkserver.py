@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ketch.executors.forkserver import ChildExit, ForkServer
+from ketch.executors.forkserver.client import ChildExit, ForkServer
 
 TARGETS = "tests.unit._forkserver_targets"
 
@@ -139,7 +139,7 @@ def test_a_dead_server_is_restarted_and_its_children_handed_over(
 
 PARENT_SCRIPT = """
 import sys, time
-from ketch.executors.forkserver import ForkServer
+from ketch.executors.forkserver.client import ForkServer
 fs = ForkServer(lambda e: None)
 fs.start([{targets!r}])
 child = fs.spawn(["30"], env={{}}, log_file=None, target={targets!r} + ":sleep_for")
