@@ -191,7 +191,8 @@ class SchedulerTerms:
     called (stop the stack, then release the lease)."""
 
     def __init__(self, settings: Settings, engine: Engine) -> None:
-        from ketch.scheduler.lease import SchedulerLease, tag_connections
+        from ketch.scheduler.lease.holder import tag_connections
+        from ketch.scheduler.lease.scheduler_lease import SchedulerLease
 
         self.settings = settings
         self.engine = engine
@@ -211,7 +212,7 @@ class SchedulerTerms:
 
     def run(self) -> None:
         """Block until :meth:`stop`; raises only if a scheduler stack fails for good."""
-        from ketch.scheduler.lease import LeaseLost
+        from ketch.scheduler.lease.fence import LeaseLost
 
         _import_stack_modules(self.settings)  # now, not in the failover's critical path
         try:
@@ -390,7 +391,7 @@ def _uvicorn_server(app: Any, host: str, port: int) -> Any:
 
 def _scheduler_terms(settings: Settings, engine: Engine) -> SchedulerTerms:
     """The process's lease and stacks; a second scheduler on SQLite exits here, one line."""
-    from ketch.scheduler.lease import AnotherScheduler
+    from ketch.scheduler.lease.sqlite_lock import AnotherScheduler
 
     try:
         return SchedulerTerms(settings, engine)

@@ -23,7 +23,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ketch.scheduler.lease import application_name
+from ketch.scheduler.lease.holder import application_name
 from tests.support.ketch_process import Api, KetchEnv, KetchProcess, wait_for
 from tests.support.postgres import PostgresServer
 from tests.support.tcp_proxy import TcpProxy

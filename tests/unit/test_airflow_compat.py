@@ -561,7 +561,7 @@ def test_check_airflow_says_when_a_real_airflow_is_importable(
 def test_tries_and_the_fork_server_are_told_the_setting() -> None:
     """A try gets no KETCH__ settings: the flag reaches it in the DAG defaults' JSON."""
     from ketch.config import Settings
-    from ketch.executors.local import try_environment
+    from ketch.executors.try_environment import try_environment
 
     for on in (True, False):
         env, _ = try_environment(Settings(core={"airflow_compat": on}))  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ketch.authoring import loader
-from ketch.executors.forkserver import ChildExit, ForkServer
+from ketch.executors.forkserver.client import ChildExit, ForkServer
 
 TARGETS = "tests.unit._forkserver_targets"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ketch.executors.forkserver import ChildExit, ForkServer
+from ketch.executors.forkserver.client import ChildExit, ForkServer
 
 TARGETS = "tests.unit._forkserver_targets"
 
@@ -139,7 +139,7 @@ def test_a_dead_server_is_restarted_and_its_children_handed_over(
 
 PARENT_SCRIPT = """
 import sys, time
-from ketch.executors.forkserver import ForkServer
+from ketch.executors.forkserver.client import ForkServer
 fs = ForkServer(lambda e: None)
 fs.start([{targets!r}])
 child = fs.spawn(["30"], env={{}}, log_file=None, target={targets!r} + ":sleep_for")
@@ -177,7 +177,7 @@ def test_a_burst_of_prints_is_coalesced_unless_the_setting_says_no(
 ) -> None:
     """``[logging] coalesce_print_bursts`` reaches the try as the local executor passes it
     (``$KETCH_LOG_PUMP``); either way every printed line is in the log, in order."""
-    from ketch.logs.pump import CONFIG_ENV, PumpConfig
+    from ketch.logs.pump.config import CONFIG_ENV, PumpConfig
 
     log = tmp_path / "burst.log"
     env = {} if coalesce else {CONFIG_ENV: PumpConfig(coalesce=False).to_env()}

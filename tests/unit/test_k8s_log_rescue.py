@@ -26,7 +26,7 @@ from ketch.executors.kubernetes.pod import build_pod, try_annotations, try_label
 from ketch.logs.archive.base import ArchiveUnavailable, Completion, LogArchive, log_key
 from ketch.logs.archive.local import LocalFolderArchive
 from ketch.logs.pod_log import PodLog, capture_pod_log
-from ketch.logs.pump import CONFIG_ENV
+from ketch.logs.pump.config import CONFIG_ENV
 from ketch.testing.kube_sim import Faults, KubeSimulator
 
 _NAMESPACES = itertools.count()

@@ -17,18 +17,16 @@ from ketch.config import SchedulerSettings, get_settings
 from ketch.db.engine import make_engine
 from ketch.db.models import Pool
 from ketch.db.models import SchedulerLease as LeaseRow
-from ketch.scheduler import lease as lease_mod
-from ketch.scheduler.lease import (
-    AnotherScheduler,
-    LeaseLost,
-    SchedulerLease,
-    application_name,
+from ketch.scheduler.lease import term as term_mod
+from ketch.scheduler.lease.fence import LeaseLost, install_fence
+from ketch.scheduler.lease.holder import application_name, tag_connections
+from ketch.scheduler.lease.scheduler_lease import SchedulerLease
+from ketch.scheduler.lease.sqlite_lock import AnotherScheduler
+from ketch.scheduler.lease.statements import (
     insert_lease,
-    install_fence,
     read_lease,
     release_lease,
     renew_lease,
-    tag_connections,
     take_lease,
 )
 from ketch.scheduler.loop import Scheduler
@@ -334,14 +332,14 @@ def test_a_paused_holder_loses_at_expiry_and_its_open_transaction_is_ended(
     a = new_lease(engines, pg_url, FAST, "a")
     b = new_lease(engines, pg_url, FAST, "b")
     frozen = threading.Event()
-    real_renew = lease_mod.renew_lease
+    real_renew = term_mod.renew_lease
 
     def renew(conn: object, holder: str, *args: object, **kwargs: object) -> bool:
         if holder == "a":
             frozen.wait(30)
         return real_renew(conn, holder, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(lease_mod, "renew_lease", renew)
+    monkeypatch.setattr(term_mod, "renew_lease", renew)
     lost: list[str] = []
     try:
         assert a.acquire(threading.Event())

@@ -38,6 +38,7 @@ from ketch.logs.archive import (
     open_archive,
 )
 from ketch.logs.archive import s3 as s3_module
+from ketch.logs.archive.s3_layout import join_chunks
 from ketch.worker.task_log import log_path, open_log_file
 from tests.support.moto_server import (
     DUMMY_CREDENTIALS,
@@ -306,14 +307,14 @@ def test_s3_layout(s3_archive: S3Archive, s3_server: MotoServer, bucket: str) ->
 def test_s3_join_chunks() -> None:
     """Sorted by offset: a repeat is skipped, an overlap extends, a gap ends the log."""
     chunks = [(4, 4, "b"), (0, 4, "a"), (2, 2, "repeat"), (6, 4, "c"), (12, 1, "after-gap")]
-    pieces = s3_module.join_chunks(chunks)
+    pieces = join_chunks(chunks)
     assert [(p.name, p.base, p.start, p.end) for p in pieces] == [
         ("a", 0, 0, 4),
         ("b", 4, 4, 8),
         ("c", 6, 8, 10),
     ]
     assert pieces[2].range_header() == "bytes=2-3"
-    assert s3_module.join_chunks([(1, 5, "late")]) == []
+    assert join_chunks([(1, 5, "late")]) == []
 
 
 def test_s3_gap_stops_the_size(s3_archive: S3Archive) -> None:

@@ -29,7 +29,8 @@ from ketch.executors.base import TryKey
 from ketch.logs import keeper as keeper_module
 from ketch.logs.archive import LocalFolderArchive, LogArchive, S3Archive, log_key, open_archive
 from ketch.logs.keeper import PUMP_GONE_REASON, LogKeeper
-from ketch.logs.pump import PumpConfig, add_note, note_line
+from ketch.logs.pump.config import PumpConfig
+from ketch.logs.pump.notes import add_note, note_line
 from ketch.worker.task_log import log_path
 from tests.support.moto_server import REGION, MotoServer
 from tests.support.tcp_proxy import TcpProxy

@@ -29,11 +29,13 @@ import pytest
 
 from ketch.logs.archive.base import Completion
 from ketch.logs.json_lines import decode_stream
-from ketch.logs.pump import NOTES_SUFFIX, PumpConfig, add_note, note_line, take_notes
+from ketch.logs.pump.config import PumpConfig
+from ketch.logs.pump.notes import NOTES_SUFFIX, add_note, note_line, take_notes
 
 TRY_HEADER = r'''
 import json, os, signal, subprocess, sys, time
 from ketch.logs import pump
+from ketch.logs.pump import handle as pump_handle, process as pump_process
 from ketch.worker import secrets_mask
 
 LOG, SIDE = sys.argv[1], sys.argv[2]
@@ -289,7 +291,7 @@ def test_a_late_acknowledgement_is_not_taken_for_the_next_answer(tmp_path: Path)
     and ``mask_secret`` gives up waiting for its acknowledgement. The late ``K`` must not
     become the answer to the next question (the runner would fail the try with it)."""
     body = r"""
-pump._ACK_TIMEOUT = 0.5
+pump_handle._ACK_TIMEOUT = 0.5
 handle = start()
 out(b"x" * 100_000 + b"\n")  # more than the stdout pipe holds: the pump's echo blocks
 secrets_mask.mask_secret("slow-ack-secret")
@@ -446,7 +448,7 @@ def test_a_grandchild_holding_the_pipe_does_not_keep_the_pump_forever(tmp_path: 
     pump waits ``_ORPHAN_GRACE`` (set short in the try, before ``start``), then writes
     what it has and ends although the pipe is still open."""
     body = r"""
-pump._ORPHAN_GRACE = 0.5
+pump_process._ORPHAN_GRACE = 0.5
 handle = start()
 sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)
 note("sleeper", sleeper.pid)

@@ -20,7 +20,7 @@ import pytest
 
 from ketch.executors.base import TryKey
 from ketch.logs.archive import S3Archive, log_key
-from ketch.logs.pump import PumpConfig
+from ketch.logs.pump.config import PumpConfig
 from ketch.logs.shipper import ShipperConfig
 from tests.support.moto_server import REGION, MotoServer
 from tests.support.tcp_proxy import TcpProxy

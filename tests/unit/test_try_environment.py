@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session
 from ketch.authoring._defaults import PARSE_DEFAULTS_ENV
 from ketch.config import Settings, get_settings
 from ketch.executors.base import TryEnded
-from ketch.executors.local import LocalExecutor, scheduler_secrets, try_environment
+from ketch.executors.local import LocalExecutor
+from ketch.executors.try_environment import scheduler_secrets, try_environment
 from ketch.serialization import SerializedDag, SerializedSchedule, SerializedTask
 from ketch.worker.task_log import log_path, make_private_dirs, open_log_file
 from tests.unit._worker_support import (  # noqa: F401 (fixtures)
@@ -159,7 +160,7 @@ def test_passthrough_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_coalescing_print_bursts_is_a_setting_the_try_receives(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from ketch.logs.pump import CONFIG_ENV, PumpConfig
+    from ketch.logs.pump.config import CONFIG_ENV, PumpConfig
 
     env, _ = try_environment(get_settings(), {})
     assert CONFIG_ENV not in env  # the default: the try coalesces

@@ -168,7 +168,7 @@ class DagProcessor:
         self._logged_errors: dict[Path, str] = {}
         # DAG files' top-level code runs in these children: they get what a task try gets
         # (an allow-list, never the database URL or a key), plus the DAG defaults.
-        from ketch.executors.local import try_environment
+        from ketch.executors.try_environment import try_environment
 
         self._child_env = {
             **try_environment(settings)[0],

@@ -10,36 +10,27 @@ them again by ``"pid:create_time"`` (the create time rules out a reused pid) and
 watches them with a pidfd, since they are no longer our children and their exit
 status cannot be learned. The execution API already holds their outcome.
 
-A try gets a minimal environment, never the scheduler's (:func:`try_environment`): what
-it needs to run and reach the execution API, the names or patterns listed in ``[core]
-task_env_passthrough``, and never a ``KETCH_*`` setting or a value the scheduler holds
-as a secret (database URL, Fernet key, signing keys): the try's ``os.environ`` is
-replaced with it at fork, and the fork server itself starts with it, since a forked try
-inherits the server's start-up environment (its ``/proc/self/environ``) and DAG files
-preloaded in the server are imported there.
+A try gets a minimal environment, never the scheduler's (see ``try_environment``): the
+try's ``os.environ`` is replaced with it at fork, and the fork server itself starts with
+it, since a forked try inherits the server's start-up environment (its
+``/proc/self/environ``) and DAG files preloaded in the server are imported there.
+Processes that are no longer our children are named and watched by ``process_watch``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import selectors
 import signal
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
-from urllib.parse import urlsplit
 
 import psutil
-from pydantic import BaseModel, SecretStr
 
-from ketch.authoring._defaults import PARSE_DEFAULTS_ENV, defaults_from_settings
 from ketch.config import Settings
 from ketch.executors.base import (
     EventSink,
@@ -50,11 +41,16 @@ from ketch.executors.base import (
     TryKey,
     map_index_args,
 )
-from ketch.executors.forkserver import ChildExit, ForkServer, ForkServerError, Spawned
-from ketch.logs.pump import CONFIG_ENV as PUMP_CONFIG_ENV
-from ketch.logs.pump import PumpConfig
-from ketch.worker.client import ENV_RETRY_TIMEOUT, ENV_TOKEN, ENV_URL
-from ketch.worker.secrets_mask import looks_sensitive
+from ketch.executors.forkserver.client import ChildExit, ForkServer, ForkServerError, Spawned
+from ketch.executors.process_watch import (
+    HOSTNAME,
+    PidfdWatcher,
+    open_pidfd,
+    parse_external_id,
+    started_process,
+)
+from ketch.executors.try_environment import try_environment
+from ketch.worker.client import ENV_TOKEN, ENV_URL
 from ketch.worker.task_log import log_path, make_private_dirs
 
 log = logging.getLogger(__name__)
@@ -63,8 +59,6 @@ TIMEOUT_GRACE_SECONDS = 10.0  # the try enforces its own timeout; this is the ba
 KILL_GRACE_SECONDS = 5.0  # SIGTERM, then SIGKILL this much later
 _MONITOR_INTERVAL = 0.25
 VANISHED = "process vanished while the scheduler was down"
-# What a try records as its hostname at start (the runner calls socket.gethostname()).
-_HOSTNAME = socket.gethostname()
 
 
 @dataclass(eq=False)
@@ -81,240 +75,12 @@ class _Tracked:
     sigkill_at: float | None = None  # monotonic time to escalate to SIGKILL
 
 
-# -- the try's environment ---------------------------------------------------------------
-
-# What every try gets from the scheduler's environment when set: names, or patterns
-# (fnmatch, case-sensitive). Everything else stays with the scheduler.
-TRY_ENV_ALLOWED = (
-    "PATH",
-    "HOME",
-    "USER",
-    "LOGNAME",
-    "LANG",
-    "LANGUAGE",
-    "LC_*",
-    "TZ",
-    "TMPDIR",
-    "PYTHONPATH",
-    "VIRTUAL_ENV",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "NO_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "no_proxy",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-    ENV_RETRY_TIMEOUT,
-)
-# Never passed, even when asked for: settings (the database URL, keys...), the remote
-# CLI's API token, and where the configuration and generated keys are.
-TRY_ENV_NEVER = ("KETCH__*", "KETCH_API_TOKEN", "KETCH_CONFIG", "KETCH_HOME")
-# Keys ketch generates into $KETCH_HOME when they are not configured.
-_SECRET_FILES = ("fernet_key", "jwt_secret", "session_secret")
-# A secret shorter than this is not looked for inside other values (only equality).
-_MIN_SECRET_LENGTH = 8
-_GLOB_CHARS = frozenset("*?[")
-
-
-def _secret_strings(value: object) -> Iterable[str]:
-    """Every SecretStr value in a settings model, recursively."""
-    if isinstance(value, SecretStr):
-        yield value.get_secret_value()
-    elif isinstance(value, BaseModel):
-        for name in type(value).model_fields:
-            yield from _secret_strings(getattr(value, name))
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _secret_strings(item)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _secret_strings(item)
-
-
-def scheduler_secrets(settings: Settings) -> set[str]:
-    """The secret values this scheduler holds: every secret setting (each Fernet key of
-    a list, the database URL and its password) and the keys generated into $KETCH_HOME."""
-    found: set[str] = set()
-    for secret in _secret_strings(settings):
-        found.add(secret)
-        found.update(part.strip() for part in secret.split(","))
-        with contextlib.suppress(ValueError):
-            password = urlsplit(secret).password
-            if password:
-                found.add(password)
-    for name in _SECRET_FILES:
-        with contextlib.suppress(OSError, UnicodeDecodeError):
-            found.add((settings.home / name).read_text().strip())
-    return {s for s in found if s}
-
-
-def _holds_secret(value: str, secrets: set[str]) -> bool:
-    return any(
-        value == secret or (len(secret) >= _MIN_SECRET_LENGTH and secret in value)
-        for secret in secrets
-    )
-
-
-def task_env_passthrough(settings: Settings) -> list[str]:
-    """``[core] task_env_passthrough``: more names (or fnmatch patterns) a try gets."""
-    return [name.strip() for name in settings.core.task_env_passthrough if name.strip()]
-
-
-def try_environment(
-    settings: Settings, environ: Mapping[str, str] | None = None
-) -> tuple[dict[str, str], list[str]]:
-    """The environment every try starts from (before its token and the API URL), and the
-    names refused although ``[core] task_env_passthrough`` asked for them.
-
-    A name is passed when it is in :data:`TRY_ENV_ALLOWED`, named exactly in the
-    passthrough list, or matched by a passthrough pattern and not sensitive-looking
-    (``*PASSWORD*``, ``*SECRET*``, ``*TOKEN*``...: name those exactly). Never passed:
-    :data:`TRY_ENV_NEVER` (``KETCH__*`` settings, the CLI's API token, the locations of
-    the configuration and of the generated keys) and any variable whose value holds a
-    secret of the scheduler's.
-    """
-    source = os.environ if environ is None else environ
-    passthrough = task_env_passthrough(settings)
-    exact = {p for p in passthrough if not _GLOB_CHARS & set(p)}
-    patterns = [p for p in passthrough if _GLOB_CHARS & set(p)]
-    secrets = scheduler_secrets(settings)
-    env: dict[str, str] = {}
-    refused: list[str] = []
-    for name, value in source.items():
-        builtin = any(fnmatchcase(name, allowed) for allowed in TRY_ENV_ALLOWED)
-        asked = name in exact or (
-            any(fnmatchcase(name, p) for p in patterns) and not looks_sensitive(name)
-        )
-        if not (builtin or asked):
-            continue
-        if any(fnmatchcase(name, never) for never in TRY_ENV_NEVER) or _holds_secret(
-            value, secrets
-        ):
-            if asked:
-                refused.append(name)
-            continue
-        env[name] = value
-    # The DAG defaults the scheduler parsed with: the try needs neither the settings
-    # module nor the configuration they came from.
-    env[PARSE_DEFAULTS_ENV] = json.dumps(defaults_from_settings(settings))
-    if not settings.logging.coalesce_print_bursts:
-        env[PUMP_CONFIG_ENV] = PumpConfig(coalesce=False).to_env()
-    return env, sorted(refused)
-
-
-def parse_external_id(external_id: str | None) -> tuple[int, float] | None:
-    """``"pid:create_time"`` -> (pid, create_time); None when absent or not ours."""
-    if not external_id:
-        return None
-    pid, sep, created = external_id.partition(":")
-    try:
-        return (int(pid), float(created)) if sep else None
-    except ValueError:
-        return None
-
-
-def same_process(pid: int, create_time: float) -> bool:
-    """True when ``pid`` is alive and is the process created at ``create_time``."""
-    try:
-        return abs(psutil.Process(pid).create_time() - create_time) < 0.05
-    except psutil.Error:
-        return False
-
-
-def _started_process(running: RunningTry) -> tuple[int, float] | None:
-    """(pid, create_time) of the process that started ``running`` on this machine, from
-    what it recorded at ``try/start``; None when it is elsewhere, gone or not that process.
-
-    A process created after the try started cannot be it (the pid was reused).
-    """
-    if running.pid is None or running.hostname != _HOSTNAME:
-        return None
-    try:
-        created = psutil.Process(running.pid).create_time()
-    except psutil.Error:
-        return None
-    if running.started_at_epoch is not None and created > running.started_at_epoch + 0.05:
-        return None
-    return running.pid, created
-
-
 def describe_exit(exit_code: int | None, sig: int | None) -> str | None:
     if sig is not None:
         return f"killed by signal {sig}"
     if exit_code:
         return f"exited with code {exit_code}"
     return None
-
-
-class PidfdWatcher:
-    """One selector thread over pidfds: hears when processes that are not our children exit."""
-
-    def __init__(self) -> None:
-        self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._pending: list[tuple[int, Callable[[], None]]] = []
-        self._lock = threading.Lock()
-        self._stopped = False
-        self._thread = threading.Thread(target=self._loop, name="ketch-pidfd", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def watch(self, pidfd: int, on_exit: Callable[[], None]) -> None:
-        """Call ``on_exit`` (on the watcher thread) when the pidfd's process ends; owns the fd."""
-        with self._lock:
-            self._pending.append((pidfd, on_exit))
-        os.write(self._wake_w, b"x")
-
-    def stop(self) -> None:
-        self._stopped = True
-        os.write(self._wake_w, b"x")
-        self._thread.join(timeout=5)
-        for key in list(self._selector.get_map().values()):
-            if key.data is not None:
-                os.close(key.fd)
-        self._selector.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
-
-    def _loop(self) -> None:
-        while not self._stopped:
-            for key, _ in self._selector.select():
-                if key.data is None:
-                    self._drain()
-                    continue
-                self._selector.unregister(key.fd)
-                os.close(key.fd)
-                try:
-                    key.data()
-                except Exception:
-                    log.exception("pidfd exit callback failed")
-
-    def _drain(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-        with self._lock:
-            pending, self._pending = self._pending, []
-        for fd, callback in pending:
-            self._selector.register(fd, selectors.EVENT_READ, callback)
-
-
-def open_pidfd(pid: int, create_time: float) -> int | None:
-    """A pidfd for the process ``pid`` created at ``create_time``; None if it is gone."""
-    try:
-        fd = os.pidfd_open(pid)
-    except (ProcessLookupError, OSError):
-        return None
-    if not same_process(pid, create_time):  # checked after pinning: no reuse race
-        os.close(fd)
-        return None
-    return fd
 
 
 class LocalExecutor:
@@ -466,7 +232,7 @@ class LocalExecutor:
             tracked.ti_id,
             exit_code,
             tracked.kill_reason or reason,
-            hostname=_HOSTNAME,
+            hostname=HOSTNAME,
             pid=tracked.pid,
         )
         if self._sink is None:
@@ -507,7 +273,7 @@ class LocalExecutor:
         neither adopted nor reported, and the scheduler relaunches it."""
         adopted: list[TryKey] = []
         for running in tries:
-            parsed = _started_process(running) or parse_external_id(running.external_executor_id)
+            parsed = started_process(running) or parse_external_id(running.external_executor_id)
             if parsed is None:
                 continue
             tracked = _Tracked(running.key, running.ti_id, timeout=running.execution_timeout)

@@ -44,7 +44,7 @@ from ketch.config import Settings
 from ketch.executors.base import TryKey
 from ketch.logs.archive.base import ArchiveError, Completion, LogArchive, log_key
 from ketch.logs.metrics import LOG_RESCUES, LOG_SHIP_ERRORS
-from ketch.logs.pump import add_note, note_line, take_notes
+from ketch.logs.pump.notes import add_note, note_line, take_notes
 from ketch.logs.rescue import rescue_from_file
 from ketch.logs.shipper import reachable_message, ship_new_bytes, unavailable_message
 from ketch.states import TaskInstanceState

@@ -58,7 +58,7 @@ class SchedulerContext:
         something (``ketch.scheduler.lease``): a scheduler that lost its lease cannot
         commit a single decision; ``check`` raises ``LeaseLost`` and the transaction
         rolls back. Off unless called (tests build a Scheduler without a lease)."""
-        from ketch.scheduler.lease import install_fence
+        from ketch.scheduler.lease.fence import install_fence
 
         install_fence(self.sessions, check)
         self.fenced = True

@@ -3,7 +3,8 @@
 Modules: ``pod`` (building a try's pod from template + defaults + executor_config),
 ``client`` (API client setup, QPS/burst limiter, retries), ``watch`` (label-selector
 watch with resourceVersion resume and relist on 410), ``reasons`` (pod status -> why a
-try ended), ``executor`` (:class:`KubernetesExecutor`).
+try ended), ``finished_pods`` (a finished pod's log capture, then its deletion),
+``executor`` (:class:`KubernetesExecutor`).
 """
 
 from ketch.executors.kubernetes.executor import KubernetesExecutor

@@ -20,17 +20,14 @@ queued or running (cleared, marked or superseded, perhaps while no scheduler ran
 Every ``TryEnded`` names the pod's hostname (``pod.pod_hostname``): what the try recorded
 as its hostname at start, so the scheduler can tell this pod's end from another's.
 
-Finished pods: first their log is captured (``log_capture(pod, reason)``, set by the
-scheduler's side: it rescues the log of a try that did not close it itself, from the pod's
-container log; the executor knows nothing of archives), then they are deleted per
+Finished pods (``finished_pods``): first their log is captured (``log_capture(pod, reason)``,
+set by the scheduler's side: it rescues the log of a try that did not close it itself, from
+the pod's container log; the executor knows nothing of archives), then they are deleted per
 ``delete_worker_pods`` / ``delete_worker_pods_on_failure`` (or kept). Every finished pod is
 offered to ``log_capture`` once per scheduler: tracked tries' pods, pods of tries that ended
 while no scheduler ran (found by ``adopt``), kept pods, pods given up while Pending. A
-capture that raises keeps the pod: it is retried with backoff (``capture_attempts`` times,
-2 s doubling), each failure logged as a WARNING and counted (``log_capture_failures``,
-``log_capture_pending``, ``log_capture_last_error``: what the health endpoint reports);
-after the last attempt the pod is deleted anyway (if it is to be deleted) with an ERROR
-saying its log may be incomplete (``log_capture_abandoned``).
+capture that raises keeps the pod and is retried; the executor's ``log_capture_*``
+attributes are what the health endpoint reports.
 """
 
 from __future__ import annotations
@@ -38,10 +35,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from ketch.config import Settings
@@ -55,6 +51,7 @@ from ketch.executors.base import (
 )
 from ketch.executors.kubernetes import reasons
 from ketch.executors.kubernetes.client import TRANSIENT_CODES, KubeApi, KubeApiError
+from ketch.executors.kubernetes.finished_pods import FinishedPods, LogCapture
 from ketch.executors.kubernetes.pod import (
     SELECTOR,
     PodBuilder,
@@ -62,10 +59,10 @@ from ketch.executors.kubernetes.pod import (
     key_of,
     pod_hostname,
     pod_name,
-    try_annotations,
+    resource_version,
+    stub_pod,
 )
 from ketch.executors.kubernetes.watch import PodWatcher
-from ketch.logs.metrics import LOG_CAPTURE_ABANDONED, LOG_CAPTURE_FAILURES
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +70,6 @@ VANISHED = "pod vanished (deleted outside ketch or lost while the scheduler was 
 CANCELLED = "the try was cancelled: its pod was deleted"
 DELETED_EARLY = "the pod was deleted before it finished"
 _HOUSEKEEPING_INTERVAL = 1.0
-CAPTURE_ATTEMPTS = 8
-CAPTURE_BACKOFF_FIRST = 2.0  # seconds, doubling
-CAPTURE_BACKOFF_MAX = 60.0
-
-LogCapture = Callable[[dict[str, Any], str], None]
-"""``log_capture(pod, reason)``: archive the log of a finished pod if its try did not;
-raise to keep the pod for another attempt. ``reason``: why the pod ended, in words
-(:func:`ketch.executors.kubernetes.reasons.capture_reason`)."""
 
 
 @dataclass(eq=False)
@@ -93,46 +82,6 @@ class _Tracked:
     cancelled: bool = False
     creating: bool = False  # its create is in flight (or retried in the background)
     hostname: str | None = None  # what the try sees as its hostname (see pod_hostname)
-
-
-@dataclass(eq=False)
-class _Finished:
-    """A finished pod on its way out: its log is captured, then it is deleted if wanted."""
-
-    pod: dict[str, Any]
-    reason: str
-    delete: bool
-    attempts: int = 0  # failed captures so far
-    due: float = 0.0  # monotonic time of the next attempt
-    queued: bool = False  # an attempt is submitted or running
-
-
-def _stub(key: TryKey, name: str) -> dict[str, Any]:
-    """A pod known only by name and try (gone, or never seen)."""
-    return {"metadata": {"name": name, "annotations": try_annotations(key)}}
-
-
-def _rv(pod: dict[str, Any]) -> int:
-    try:
-        return int((pod.get("metadata") or {}).get("resourceVersion") or 0)
-    except ValueError:
-        return 0
-
-
-def _finished_at(pod: dict[str, Any]) -> float | None:
-    """Epoch seconds when the pod's containers finished (or it was created), if known."""
-    stamps = []
-    for s in (pod.get("status") or {}).get("containerStatuses") or []:
-        fin = ((s.get("state") or {}).get("terminated") or {}).get("finishedAt")
-        if fin:
-            stamps.append(fin)
-    stamp = max(stamps) if stamps else (pod.get("metadata") or {}).get("creationTimestamp")
-    if not stamp:
-        return None
-    try:
-        return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 class KubernetesExecutor:
@@ -150,10 +99,8 @@ class KubernetesExecutor:
         self._tries: dict[TryKey, _Tracked] = {}
         self._by_name: dict[str, _Tracked] = {}
         self._pods: dict[str, dict[str, Any]] = {}  # latest version of every pod we saw
-        self._deleting: set[str] = set()
         self._before_start_failures: dict[tuple[str, str, str], int] = {}
         self._create_pool: ThreadPoolExecutor | None = None
-        self._delete_pool: ThreadPoolExecutor | None = None
         self._watcher: PodWatcher | None = None
         self._stop = threading.Event()
         self._housekeeper: threading.Thread | None = None
@@ -162,34 +109,64 @@ class KubernetesExecutor:
         # reconcile() once adopt() has told us which tries the database still runs
         self._reconcile_lock = threading.Lock()
         self._adopted = False
-        self.log_capture: LogCapture | None = None
+        self.finished = FinishedPods(
+            self.kube, lambda: self.api, self._lock, lambda name: name in self._pods
+        )
+
+    # -- finished pods' log capture (see finished_pods) -------------------------------
+
+    @property
+    def log_capture(self) -> LogCapture | None:
         """Called once with every finished pod (as last seen) and why it ended, before any
         deletion: the scheduler rescues the pod's log here. An exception keeps the pod and
-        the call is retried (see the module's docstring)."""
-        self.capture_attempts = CAPTURE_ATTEMPTS
-        self.capture_backoff = (CAPTURE_BACKOFF_FIRST, CAPTURE_BACKOFF_MAX)
-        self._finishing: dict[str, _Finished] = {}  # by pod name: capture pending or running
-        self._captured: set[str] = set()  # pods whose capture is done (or given up)
-        self.log_capture_failures = 0  # failed capture attempts since start
-        self.log_capture_abandoned = 0  # pods left (deleted) after the last failed attempt
-        self.log_capture_last_error: str | None = None  # "pod NAME: error", the latest
+        the call is retried (see :mod:`ketch.executors.kubernetes.finished_pods`)."""
+        return self.finished.log_capture
+
+    @log_capture.setter
+    def log_capture(self, capture: LogCapture | None) -> None:
+        self.finished.log_capture = capture
+
+    @property
+    def capture_attempts(self) -> int:
+        return self.finished.capture_attempts
+
+    @capture_attempts.setter
+    def capture_attempts(self, attempts: int) -> None:
+        self.finished.capture_attempts = attempts
+
+    @property
+    def capture_backoff(self) -> tuple[float, float]:
+        """(first delay, longest delay) in seconds between capture attempts, doubling."""
+        return self.finished.capture_backoff
+
+    @capture_backoff.setter
+    def capture_backoff(self, backoff: tuple[float, float]) -> None:
+        self.finished.capture_backoff = backoff
+
+    @property
+    def log_capture_failures(self) -> int:
+        """Failed capture attempts since start."""
+        return self.finished.failures
+
+    @property
+    def log_capture_abandoned(self) -> int:
+        """Pods left (deleted) after the last failed attempt."""
+        return self.finished.abandoned
+
+    @property
+    def log_capture_last_error(self) -> str | None:
+        """``"pod NAME: error"``, the latest."""
+        return self.finished.last_error
 
     @property
     def log_capture_pending(self) -> int:
         """Finished pods kept because capturing their log failed (a retry is due)."""
-        with self._lock:
-            return sum(1 for f in self._finishing.values() if f.attempts > 0)
+        return self.finished.pending
 
     def log_capture_state(self) -> dict[str, Any]:
         """For the health endpoint: failures so far, pods waiting for a retry, the last
         error, pods given up."""
-        with self._lock:
-            return {
-                "failures": self.log_capture_failures,
-                "pending": sum(1 for f in self._finishing.values() if f.attempts > 0),
-                "abandoned": self.log_capture_abandoned,
-                "last_error": self.log_capture_last_error,
-            }
+        return self.finished.state()
 
     @property
     def api(self) -> KubeApi:
@@ -206,7 +183,7 @@ class KubernetesExecutor:
         self._create_pool = ThreadPoolExecutor(
             self.kube.worker_pods_creation_batch_size, thread_name_prefix="ketch-k8s-create"
         )
-        self._delete_pool = ThreadPoolExecutor(8, thread_name_prefix="ketch-k8s-delete")
+        self.finished.start()
         self._watcher = PodWatcher(api, SELECTOR, self._on_event, self._on_sync)
         self._watcher.start()
         self._housekeeper = threading.Thread(
@@ -221,17 +198,15 @@ class KubernetesExecutor:
             self._watcher.stop()
         if self._housekeeper is not None:
             self._housekeeper.join(timeout=5)
-        for pool in (self._create_pool, self._delete_pool):
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+        if self._create_pool is not None:
+            self._create_pool.shutdown(wait=True, cancel_futures=True)
+        self.finished.stop()
         with self._lock:
             self._tries.clear()
             self._by_name.clear()
-            # captures not done are redone by the next adopt(): their pods are still there
-            self._finishing.clear()
         self._adopted = False  # nothing is tracked now: no orphans until the next adopt()
         self._watcher = self._housekeeper = None
-        self._create_pool = self._delete_pool = None
+        self._create_pool = None
 
     def running(self) -> set[TryKey]:
         with self._lock:
@@ -396,7 +371,7 @@ class KubernetesExecutor:
         if outcome is None:
             return
         self._emit(tracked, outcome)
-        self._dispose(
+        self.finished.dispose(
             pod,
             outcome.succeeded,
             force=not reasons.is_started(pod),
@@ -408,11 +383,10 @@ class KubernetesExecutor:
         with self._lock:
             if kind == "DELETED":
                 self._pods.pop(name, None)
-                self._deleting.discard(name)
-                self._captured.discard(name)
+                self.finished.forget(name)
             else:
                 old = self._pods.get(name)
-                if old is not None and _rv(old) > _rv(pod):
+                if old is not None and resource_version(old) > resource_version(pod):
                     return
                 self._pods[name] = pod
             tracked = self._by_name.get(name)
@@ -427,7 +401,7 @@ class KubernetesExecutor:
             if self._emit(tracked, outcome):
                 # the pod's log is gone: a log its try did not complete is closed saying so
                 why = CANCELLED if tracked.cancelled else None if finished else DELETED_EARLY
-                self._finish(pod, delete=False, reason=why)
+                self.finished.finish(pod, delete=False, reason=why)
             return
         self._observe(tracked, pod)
 
@@ -450,149 +424,16 @@ class KubernetesExecutor:
                 and time.monotonic() - tracked.pending_since > 5
             )
             if gone and self._emit(tracked, reasons.Outcome(None, VANISHED)):
-                self._finish(_stub(tracked.key, tracked.name), delete=False, reason=VANISHED)
-
-    # -- finished pods: capture, then deletion --------------------------------------
-
-    def _dispose(
-        self,
-        pod: dict[str, Any],
-        succeeded: bool,
-        *,
-        force: bool = False,
-        reason: str | None = None,
-    ) -> None:
-        """A finished pod: capture its log, then apply the deletion settings (``force``: it
-        never started, delete it anyway)."""
-        if succeeded:
-            wanted = self.kube.delete_worker_pods
-        else:
-            wanted = force or self.kube.delete_worker_pods_on_failure
-        self._finish(pod, delete=wanted, reason=reason)
-
-    def _finish(self, pod: dict[str, Any], *, delete: bool, reason: str | None = None) -> None:
-        """Capture the finished (or gone) pod's log once, then delete it if ``delete``.
-        ``reason``: why it ended, for the rescued log's footer (default: from its status)."""
-        name = pod["metadata"]["name"]
-        with self._lock:
-            entry = self._finishing.get(name)
-            if entry is not None:  # seen again while its capture is pending
-                entry.delete = entry.delete or delete
-                if _rv(pod) > _rv(entry.pod):
-                    entry.pod = pod
-                return
-            capture = self.log_capture is not None and name not in self._captured
-            if capture:
-                entry = _Finished(pod, reason or reasons.capture_reason(pod), delete)
-                self._finishing[name] = entry
-        if entry is not None:
-            self._submit_capture(entry)
-        elif delete:
-            self._delete_async(pod)
-
-    def _submit_capture(self, entry: _Finished) -> None:
-        name = entry.pod["metadata"]["name"]
-        with self._lock:
-            pool = self._delete_pool
-            if pool is None or entry.queued:
-                return
-            entry.queued = True
-        try:
-            pool.submit(self._capture, entry)
-        except RuntimeError:  # shutting down: the next scheduler captures it
-            with self._lock:
-                self._finishing.pop(name, None)
-
-    def _capture(self, entry: _Finished) -> None:
-        name = entry.pod["metadata"]["name"]
-        capture = self.log_capture
-        try:
-            if capture is not None:
-                capture(entry.pod, entry.reason)
-        except Exception as exc:
-            first, most = self.capture_backoff
-            with self._lock:
-                entry.attempts += 1
-                self.log_capture_failures += 1
-                LOG_CAPTURE_FAILURES.inc()
-                self.log_capture_last_error = f"pod {name}: {exc}"
-                last = entry.attempts >= self.capture_attempts
-                delay = min(most, first * 2 ** (entry.attempts - 1))
-                if not last:
-                    entry.due = time.monotonic() + delay
-                    entry.queued = False
-                else:
-                    self.log_capture_abandoned += 1
-                    LOG_CAPTURE_ABANDONED.inc()
-            if not last:
-                log.warning(
-                    "capturing the log of pod %s failed (attempt %d of %d, next in %gs;"
-                    " the pod is kept until then): %s",
-                    name,
-                    entry.attempts,
-                    self.capture_attempts,
-                    delay,
-                    exc,
+                self.finished.finish(
+                    stub_pod(tracked.key, tracked.name), delete=False, reason=VANISHED
                 )
-                return
-            log.error(
-                "capturing the log of pod %s failed %d times, giving up%s: its try's archived"
-                " log may be incomplete: %s",
-                name,
-                entry.attempts,
-                "; deleting the pod anyway" if entry.delete else "",
-                exc,
-            )
-        with self._lock:
-            if self._finishing.get(name) is not entry:
-                return  # the executor stopped meanwhile
-            del self._finishing[name]
-            if name in self._pods:  # (a pod gone already sends no DELETED to forget it)
-                self._captured.add(name)
-            if not entry.delete or name in self._deleting:
-                return
-            self._deleting.add(name)
-        self._delete(entry.pod)
-
-    def _retry_captures(self) -> None:
-        now = time.monotonic()
-        with self._lock:
-            due = [f for f in self._finishing.values() if not f.queued and f.due <= now]
-        for entry in due:
-            self._submit_capture(entry)
-
-    def _delete_async(self, pod: dict[str, Any]) -> None:
-        name = pod["metadata"]["name"]
-        with self._lock:
-            entry = self._finishing.get(name)
-            if entry is not None:  # deleted once its log is captured
-                entry.delete = True
-                return
-            if name in self._deleting or self._delete_pool is None:
-                return
-            self._deleting.add(name)
-            pool = self._delete_pool
-        try:
-            pool.submit(self._delete, pod)
-        except RuntimeError:  # shutting down
-            with self._lock:
-                self._deleting.discard(name)
-
-    def _delete(self, pod: dict[str, Any]) -> None:
-        name = pod["metadata"]["name"]
-        try:
-            self.api.delete_pod(name)
-        except KubeApiError as exc:
-            log.warning("could not delete pod %s: %s", name, exc)
-            with self._lock:
-                self._deleting.discard(name)
 
     # -- housekeeping ----------------------------------------------------------------
 
     def _housekeeping_loop(self) -> None:
         while not self._stop.wait(_HOUSEKEEPING_INTERVAL):
             try:
-                self._retry_captures()
+                self.finished.retry_captures()
                 self._check_pending()
                 if time.monotonic() - self._last_reconcile >= self.kube.reconcile_interval:
                     self.reconcile()
@@ -616,7 +457,9 @@ class KubernetesExecutor:
                 log.warning("could not read the events of pod %s: %s", tracked.name, exc)
             reason = reasons.pending_reason(pod or {}, events, now - tracked.pending_since)
             self._emit(tracked, reasons.Outcome(None, reason, failed_before_start=True))
-            self._finish(pod or _stub(tracked.key, tracked.name), delete=True, reason=reason)
+            self.finished.finish(
+                pod or stub_pod(tracked.key, tracked.name), delete=True, reason=reason
+            )
 
     def reconcile(self) -> None:
         """One list call: missed ends, vanished pods, expired kept pods, orphans."""
@@ -652,10 +495,14 @@ class KubernetesExecutor:
             if name in skip:
                 continue
             with self._lock:
-                if name in self._by_name or name in self._deleting:
+                if name in self._by_name or self.finished.is_deleting(name):
                     continue
                 cached = self._pods.get(name)
-            pod = cached if cached is not None and _rv(cached) > _rv(listed) else listed
+            pod = (
+                cached
+                if cached is not None and resource_version(cached) > resource_version(listed)
+                else listed
+            )
             outcome = reasons.ended(pod)
             if outcome is None:
                 key = key_of(pod)
@@ -669,14 +516,14 @@ class KubernetesExecutor:
                         name,
                         key,
                     )
-                    self._delete_async(pod)
+                    self.finished.delete_async(pod)
                 continue
             if outcome.succeeded:
-                self._dispose(pod, True)
+                self.finished.dispose(pod, True)
                 continue
-            finished = _finished_at(pod)
+            finished = reasons.finished_at(pod)
             expired = finished is not None and time.time() - finished > retention
-            self._dispose(pod, False, force=expired or not reasons.is_started(pod))
+            self.finished.dispose(pod, False, force=expired or not reasons.is_started(pod))
 
     # -- adoption --------------------------------------------------------------------
 
@@ -705,7 +552,9 @@ class KubernetesExecutor:
                     name = pod_name(running.key)
                     if running.external_executor_id:
                         log.info("try %s: its pod %s is gone", running.key, name)
-                        self._finish(_stub(running.key, name), delete=False, reason=VANISHED)
+                        self.finished.finish(
+                            stub_pod(running.key, name), delete=False, reason=VANISHED
+                        )
                         if self._sink is not None:
                             self._sink(
                                 TryEnded(
@@ -722,7 +571,11 @@ class KubernetesExecutor:
                 tracked = self._track(running.key, running.ti_id, name, pod_hostname(pod))
                 with self._lock:
                     cached = self._pods.get(name)
-                    latest = cached if cached is not None and _rv(cached) > _rv(pod) else pod
+                    latest = (
+                        cached
+                        if cached is not None and resource_version(cached) > resource_version(pod)
+                        else pod
+                    )
                     self._pods[name] = latest
                 adopted.append(running.key)
                 self._observe(tracked, latest)
@@ -740,4 +593,4 @@ class KubernetesExecutor:
         tracked.cancelled = True
         with self._lock:
             pod = self._pods.get(tracked.name) or {"metadata": {"name": tracked.name}}
-        self._delete_async(pod)
+        self.finished.delete_async(pod)

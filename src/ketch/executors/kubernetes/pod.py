@@ -34,8 +34,8 @@ import yaml
 from ketch.config import KubernetesSettings, Settings
 from ketch.executors.base import LaunchRequest, TryKey, map_index_args
 from ketch.logs.archive.base import log_key
-from ketch.logs.pump import CONFIG_ENV as PUMP_CONFIG_ENV
-from ketch.logs.pump import PumpConfig
+from ketch.logs.pump.config import CONFIG_ENV as PUMP_CONFIG_ENV
+from ketch.logs.pump.config import PumpConfig
 from ketch.logs.shipper import ShipperConfig
 from ketch.worker.client import ENV_TOKEN, ENV_URL
 from ketch.worker.runner import ENV_DAGS_FOLDER
@@ -186,6 +186,20 @@ def pod_hostname(pod: dict[str, Any]) -> str | None:
         return None
     name = str(name)
     return name[:63].rstrip("-.") if len(name) > 63 else name
+
+
+def stub_pod(key: TryKey, name: str) -> dict[str, Any]:
+    """A pod known only by name and try (gone, or never seen)."""
+    return {"metadata": {"name": name, "annotations": try_annotations(key)}}
+
+
+def resource_version(pod: dict[str, Any]) -> int:
+    """The pod's ``resourceVersion`` as a number (0 if unknown): of two copies of one pod
+    the executor keeps the newer, whichever order a watch event and a list brought them."""
+    try:
+        return int((pod.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
 
 
 # -- merging ------------------------------------------------------------------------------

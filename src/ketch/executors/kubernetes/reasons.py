@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from ketch.executors.kubernetes.pod import BASE_CONTAINER
@@ -186,3 +187,19 @@ def capture_reason(pod: dict[str, Any], pending: str | None = None) -> str:
     if outcome is not None and outcome.reason:
         return outcome.reason
     return f"the pod ended ({p})"
+
+
+def finished_at(pod: dict[str, Any]) -> float | None:
+    """Epoch seconds when the pod's containers finished (or it was created), if known."""
+    stamps = []
+    for s in (pod.get("status") or {}).get("containerStatuses") or []:
+        fin = ((s.get("state") or {}).get("terminated") or {}).get("finishedAt")
+        if fin:
+            stamps.append(fin)
+    stamp = max(stamps) if stamps else (pod.get("metadata") or {}).get("creationTimestamp")
+    if not stamp:
+        return None
+    try:
+        return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None

@@ -17,7 +17,8 @@ from ketch.logs.archive.base import (
     log_key,
 )
 from ketch.logs.archive.local import LocalFolderArchive
-from ketch.logs.archive.s3 import ConnectionLookup, S3Archive
+from ketch.logs.archive.s3 import S3Archive
+from ketch.logs.archive.s3_client import ConnectionLookup
 
 if TYPE_CHECKING:
     from ketch.config import Settings

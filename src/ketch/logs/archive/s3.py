@@ -26,160 +26,47 @@ a range inside the chunks already known is read without listing again; a size, a
 download, or a range reaching past the known end lists afresh (new chunks arrive). A
 chunk that is gone when fetched (retention deleted the log) drops the log's listing.
 boto3 is imported only when the client is made (a try imports this module).
+
+The client and its errors are in ``s3_client``, the layout and the joining of chunks in
+``s3_layout``; this module is the archive itself: writing, the cached listing, reading,
+retention.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 import threading
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from ketch.logs.archive.base import ArchiveError, ArchiveUnavailable, Completion
+from ketch.logs.archive.s3_client import (
+    ConnectionLookup,
+    connection_settings,
+    make_client,
+    one_line,
+    parse_s3_url,
+    s3_calls,
+)
+from ketch.logs.archive.s3_layout import (
+    CHUNK_NAME,
+    COMPLETE_NAME,
+    Listing,
+    Piece,
+    clip,
+    join_chunks,
+)
 
 if TYPE_CHECKING:
     from botocore.config import Config
 
     from ketch.config import LoggingSettings
 
-COMPLETE_NAME = "complete.json"
-_CHUNK_NAME = re.compile(r"(\d{16,})\.chunk")
 DELETE_BATCH = 1000  # DeleteObjects' limit per call
 LISTING_CACHE_SIZE = 256  # logs whose chunk listing is kept (a few KB each: one Piece a chunk)
-# Error codes worth a retry later (besides any 5xx); KMS codes come as "KMS.<code>".
-_TRANSIENT_CODES = frozenset(
-    {
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "RequestLimitExceeded",
-        "TooManyRequestsException",
-        "RequestTimeout",
-        "InternalError",
-        "ServiceUnavailable",
-    }
-)
-# HeadBucket's errors have no body, only a status: name them as the other calls do.
-_BARE_STATUS = {
-    "404": ("NoSuchBucket", "The specified bucket does not exist"),
-    "403": ("AccessDenied", "Access Denied"),
-}
-
-ConnectionLookup = Callable[[str], Mapping[str, Any]]
-
-
-def parse_s3_url(url: str) -> tuple[str, str]:
-    """``s3://bucket/some/prefix/`` -> ``("bucket", "some/prefix")``."""
-    if not url.startswith("s3://") or not url[5:].split("/", 1)[0]:
-        raise ArchiveError(f"{url!r} is not an s3://bucket[/prefix] URL")
-    bucket, _, prefix = url[5:].partition("/")
-    return bucket, prefix.strip("/")
-
-
-def make_client(
-    *,
-    region: str | None = None,
-    endpoint_url: str | None = None,
-    credentials: Mapping[str, str | None] | None = None,
-    config: Config | None = None,
-    verify: bool | str | None = None,
-) -> Any:
-    """An S3 client from a boto3 Session: the given credentials, else the chain.
-
-    Without ``endpoint_url`` none is passed, so boto3 honours ``AWS_ENDPOINT_URL_S3``
-    and ``AWS_ENDPOINT_URL`` itself. Timeouts are short and retries few: the caller
-    (the log shipper) retries with its own backoff, and a try must not hang on S3."""
-    import boto3
-    from botocore.config import Config
-
-    session = boto3.session.Session(region_name=region, **(credentials or {}))
-    # total_max_attempts counts the first try, as AWS_MAX_ATTEMPTS does (botocore's
-    # retries "max_attempts" would count retries only: 3 would mean 4 attempts).
-    merged = Config(
-        connect_timeout=5, read_timeout=20, retries={"mode": "standard", "total_max_attempts": 3}
-    )
-    if config is not None:
-        merged = merged.merge(config)
-    options: dict[str, Any] = {"endpoint_url": endpoint_url} if endpoint_url else {}
-    if verify is not None:  # False, or a CA bundle's path (botocore's verify)
-        options["verify"] = verify
-    return session.client("s3", config=merged, **options)
-
-
-def connection_settings(
-    connection: Mapping[str, Any],
-) -> tuple[dict[str, str | None], dict[str, Any]]:
-    """An aws connection's credentials (login, password, extra's aws_session_token)
-    and its extra (region_name, endpoint_url), as Airflow's aws connections have them."""
-    extra = connection.get("extra") or {}
-    if isinstance(extra, str):
-        extra = json.loads(extra) if extra.strip() else {}
-    if not isinstance(extra, dict):
-        raise ValueError("its extra is not a JSON object")
-    credentials = {
-        "aws_access_key_id": connection.get("login") or None,
-        "aws_secret_access_key": connection.get("password") or None,
-        "aws_session_token": extra.get("aws_session_token") or None,
-    }
-    return credentials, extra
-
-
-@dataclass(frozen=True)
-class Piece:
-    """Bytes ``[start, end)`` of a log, held by the object ``name`` that begins at ``base``."""
-
-    name: str
-    base: int
-    start: int
-    end: int
-
-    def range_header(self) -> str:
-        return f"bytes={self.start - self.base}-{self.end - self.base - 1}"
-
-
-def join_chunks(chunks: list[tuple[int, int, str]]) -> list[Piece]:
-    """The pieces that make up the log from 0 to its first gap, from its chunks
-    ``(offset, length, object name)``; repeats and overlaps are used once."""
-    pieces: list[Piece] = []
-    cursor = 0
-    for offset, length, name in sorted(chunks):
-        end = offset + length
-        if end <= cursor:
-            continue  # wholly below the cursor: a repeat
-        if offset > cursor:
-            break  # a gap: the rest is not available yet
-        pieces.append(Piece(name, offset, cursor, end))
-        cursor = end
-    return pieces
-
-
-@dataclass(frozen=True)
-class Listing:
-    """One listing of a log: its joined pieces, and whether it is final (``complete.json``
-    was listed and the pieces reach the completion's size: nothing can be added)."""
-
-    pieces: tuple[Piece, ...]
-    final: bool
-
-    @property
-    def end(self) -> int:
-        return self.pieces[-1].end if self.pieces else 0
-
-
-def _clip(pieces: tuple[Piece, ...], start: int, stop: int | None) -> Iterator[Piece]:
-    for piece in pieces:
-        low, high = max(piece.start, start), piece.end if stop is None else min(piece.end, stop)
-        if low < high:
-            yield Piece(piece.name, piece.base, low, high)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 class S3Archive:
@@ -231,7 +118,7 @@ class S3Archive:
                     credentials, extra = connection_settings(connection_lookup(conn_id))
                 except Exception as exc:  # an unknown id, a malformed extra
                     raise ArchiveError(
-                        _one_line(f"{where}: connection {conn_id!r}: {exc}")
+                        one_line(f"{where}: connection {conn_id!r}: {exc}")
                     ) from None
             return make_client(
                 region=logging.s3_region or extra.get("region_name"),
@@ -268,7 +155,7 @@ class S3Archive:
                     with self._calls():
                         self._client = self._client_factory()
                 except ValueError as exc:  # boto3's for bad settings (an invalid endpoint URL)
-                    raise ArchiveError(_one_line(f"{self.describe()}: {exc}")) from None
+                    raise ArchiveError(one_line(f"{self.describe()}: {exc}")) from None
             return self._client
 
     # -- names -------------------------------------------------------------------------
@@ -284,37 +171,9 @@ class S3Archive:
 
     # -- errors ------------------------------------------------------------------------
 
-    @contextmanager
-    def _calls(self) -> Iterator[None]:
+    def _calls(self) -> AbstractContextManager[None]:
         """Turn botocore's exceptions into ArchiveError / ArchiveUnavailable."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            yield
-        except (BotoCoreError, ClientError) as exc:
-            raise self._error(exc) from None
-
-    def _error(self, exc: Exception) -> ArchiveError:
-        from botocore.exceptions import (
-            ClientError,
-            ConnectionError,
-            HTTPClientError,
-            IncompleteReadError,
-        )
-
-        where = self.describe()
-        if isinstance(exc, ClientError):
-            error = exc.response.get("Error", {})
-            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-            code = str(error.get("Code") or status)
-            code, message = _BARE_STATUS.get(code, (code, str(error.get("Message") or "")))
-            transient = status >= 500 or status == 429 or code.split(".")[-1] in _TRANSIENT_CODES
-            kind = ArchiveUnavailable if transient else ArchiveError
-            return kind(_one_line(f"{where}: {code}: {message}".rstrip(": ")))
-        text = _one_line(f"{where}: {type(exc).__name__}: {exc}")
-        if isinstance(exc, ConnectionError | HTTPClientError | IncompleteReadError):
-            return ArchiveUnavailable(text)  # unreachable, timed out, cut mid-body
-        return ArchiveError(text)  # no credentials, invalid parameters, ...
+        return s3_calls(self.describe())
 
     # -- writing -----------------------------------------------------------------------
 
@@ -373,7 +232,7 @@ class S3Archive:
             for page in pages:
                 for obj in page.get("Contents", []):
                     name = obj["Key"][len(prefix) :]
-                    if match := _CHUNK_NAME.fullmatch(name):
+                    if match := CHUNK_NAME.fullmatch(name):
                         chunks.append((int(match[1]), int(obj["Size"]), obj["Key"]))
                     elif name == COMPLETE_NAME:
                         completed = True
@@ -451,7 +310,7 @@ class S3Archive:
 
         A body cut mid-way (the connection of a slow reader's stream dropped while it
         waited) is fetched again from where it broke, once per chunk."""
-        for piece in _clip(listing.pieces, start, stop):
+        for piece in clip(listing.pieces, start, stop):
             at, resumed = piece.start, False
             while True:
                 rest = Piece(piece.name, piece.base, at, piece.end)
@@ -500,7 +359,7 @@ class S3Archive:
             for page in pages:
                 for obj in page.get("Contents", []):
                     log, _, name = obj["Key"][len(root) :].rpartition("/")
-                    if not log or not (name == COMPLETE_NAME or _CHUNK_NAME.fullmatch(name)):
+                    if not log or not (name == COMPLETE_NAME or CHUNK_NAME.fullmatch(name)):
                         continue
                     names[log].append(obj["Key"])
                     if log not in newest or obj["LastModified"] > newest[log]:
@@ -517,7 +376,7 @@ class S3Archive:
         if errors:
             first = errors[0]
             raise ArchiveError(
-                _one_line(
+                one_line(
                     f"{self.describe()}: {first.get('Code')}: {first.get('Message')} "
                     f"({len(errors)} objects not deleted, e.g. {first.get('Key')})"
                 )

@@ -12,7 +12,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from ketch.testing.kube_sim.cluster import ApiError, Cluster, LogBuffer, now_rfc3339
+from ketch.testing.kube_sim.cluster import Cluster
+from ketch.testing.kube_sim.errors import ApiError
+from ketch.testing.kube_sim.runtime import LogBuffer, now_rfc3339
 from ketch.testing.kube_sim.selectors import (
     SelectorError,
     parse_field_selector,
