@@ -66,6 +66,8 @@ def test_no_page_has_a_critical_or_serious_accessibility_violation(
         api.wait_run_finished("a11y_demo", run_id, 90)
         assert api.http.put("/api/v1/variables/region", json={"value": "eu"}).status_code == 200
         assert api.http.put("/api/v1/pools/etl", json={"slots": 2}).status_code == 200
+        conn = {"conn_type": "postgres", "host": "db", "password": "pw"}
+        assert api.http.put("/api/v1/connections/warehouse", json=conn).status_code == 200
         base = api.http.base_url
         pages = [
             "/",
@@ -90,6 +92,8 @@ def test_no_page_has_a_critical_or_serious_accessibility_violation(
                 page.wait_for_load_state("networkidle")
                 if path == "/dags/a11y_demo":
                     page.get_by_text("Trigger a run").click()  # the form's fields too
+                if path == "/connections":
+                    page.get_by_text("Edit", exact=True).click()  # the edit form's fields
                 report[path] = _violations(page)
                 screenshot(page, "a11y_" + (path.strip("/").replace("/", "_") or "home")[:60])
     worst = {"critical", "serious"}

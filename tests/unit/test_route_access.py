@@ -89,6 +89,7 @@ EXPECTED_ROLE: dict[tuple[str, str], str | None] = {
     ("POST", "/api/v1/connections/import"): "op",
     ("GET", "/api/v1/connections/{conn_id}"): "op",
     ("PUT", "/api/v1/connections/{conn_id}"): "op",
+    ("PATCH", "/api/v1/connections/{conn_id}"): "op",
     ("DELETE", "/api/v1/connections/{conn_id}"): "op",
     ("GET", "/api/v1/tokens"): "admin",
     ("POST", "/api/v1/tokens"): "admin",

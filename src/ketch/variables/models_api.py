@@ -143,6 +143,26 @@ class ConnectionPostBody(ConnectionBody):
     connection_id: str
 
 
+# Airflow's field names in a PATCH body and its update_mask (``schema``, not ``schema_``).
+PATCHABLE = ("conn_type", "description", "host", "login", "password", "schema", "port", "extra")
+
+
+def patched_connection(
+    stored: Connection, body: ConnectionPostBody, update_mask: list[str] | None
+) -> Connection:
+    """``stored`` with a PATCH applied, as Airflow 3's ``update_orm_from_pydantic`` does:
+    with ``update_mask``, only the fields it names (a masked field the body leaves out is
+    cleared); without it, every field the body sets, and the password and extra always
+    (left out: cleared). ``***`` where a GET shows a hidden value keeps the stored value,
+    so a form that sends back what it was shown changes no secret."""
+    sent = body.model_dump(by_alias=True, exclude={"connection_id"})
+    given = {"schema" if name == "schema_" else name for name in body.model_fields_set}
+    chosen = (given | {"password", "extra"}) if update_mask is None else set(update_mask)
+    data = {name: getattr(stored, name) for name in PATCHABLE}
+    data |= {name: sent[name] for name in PATCHABLE if name in chosen}
+    return keep_masked_values(ConnectionBody(**data).to_connection(stored.conn_id), stored)
+
+
 class ConnectionResponse(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 

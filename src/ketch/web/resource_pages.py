@@ -1,6 +1,7 @@
 """Pages over the REST API's own list responses, so they show exactly what the API
 would (passwords and sensitive ``extra`` keys as ``***``): ``/connections`` and
-``/pools`` (op), ``/tokens`` and ``/audit`` (admin), and ``/health`` (every signed-in
+``/pools`` (op; both with forms that act through the API: a connection's edit sends a
+PATCH naming the fields it changes, so a password left blank stays), ``/tokens`` and ``/audit`` (admin), and ``/health`` (every signed-in
 role: the database, the log archive and the scheduler lease).
 
 A role that may not read the resource gets a 403 page naming the role it needs.
@@ -38,7 +39,14 @@ def connections_page(
     if not access.may_read(principal, api):
         return refused(request, principal, "Connections", api)
     found = list_connections(session, settings, limit=SHOWN, offset=0)
-    context = {"title": "Connections", "items": found.connections, "total": found.total_entries}
+    context = {
+        "title": "Connections",
+        "items": found.connections,
+        "total": found.total_entries,
+        "shown": SHOWN,
+        "api": api,
+        "may_write": access.may_write(principal, api + "/x"),
+    }
     return page(request, principal, "connections.html", context)
 
 

@@ -1,4 +1,5 @@
-"""Connections: list, get, create (POST), create or replace (PUT), delete, import.
+"""Connections: list, get, create (POST), create or replace (PUT), update (PATCH, Airflow
+3's shape: the body names the connection, ``?update_mask=`` the fields), delete, import.
 
 Passwords and the values of sensitive ``extra`` keys are never returned (``***``); a PUT
 that sends ``***`` back there keeps the stored value (see
@@ -8,20 +9,22 @@ format (conn_id -> fields or URI) as the body, all or nothing.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, HTTPException, Response, status
+from fastapi import APIRouter, Body, HTTPException, Query, Response, status
 
-from ketch.api.rest.common import Limit, Offset, SessionDep, SettingsDep
+from ketch.api.rest.common import Limit, Offset, SessionDep, SettingsDep, error_responses
 from ketch.operations import InvalidRequest
 from ketch.variables import store
 from ketch.variables.models_api import (
+    PATCHABLE,
     ConnectionBody,
     ConnectionCollectionResponse,
     ConnectionPostBody,
     ConnectionResponse,
     ImportResponse,
     keep_masked_values,
+    patched_connection,
 )
 
 router = APIRouter(prefix="/connections", tags=["Connection"])
@@ -87,6 +90,45 @@ def put_connection(
         stored = None
     if stored is not None:
         conn = keep_masked_values(conn, stored)
+    conn = store.set_connection(session, settings, conn)
+    session.commit()
+    return ConnectionResponse.from_connection(conn)
+
+
+UpdateMask = Annotated[
+    list[str] | None,
+    Query(description="The fields to change (Airflow's names); without it, every field sent."),
+]
+
+
+@router.patch("/{conn_id:path}", responses=error_responses(400, 404))
+def patch_connection(
+    conn_id: str,
+    body: ConnectionPostBody,
+    session: SessionDep,
+    settings: SettingsDep,
+    update_mask: UpdateMask = None,
+) -> ConnectionResponse:
+    """Update a connection (Airflow 3's PATCH). 400 if the body's ``connection_id`` is not
+    the path's or ``update_mask`` names a field connections do not have (Airflow ignores
+    such a name; ketch says so); 404 if it does not exist. An edit that should keep the
+    password names the other fields in ``update_mask`` (or sends ``***`` back)."""
+    if body.connection_id != conn_id:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST,
+            "The connection_id in the request body does not match the URL parameter",
+        )
+    unknown = sorted(set(update_mask or ()) - set(PATCHABLE))
+    if unknown:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST,
+            f"update_mask: no such connection field(s) {unknown}; fields: {list(PATCHABLE)}",
+        )
+    stored = store.get_connection(session, settings, conn_id)
+    try:
+        conn = patched_connection(stored, body, update_mask)
+    except ValueError as exc:
+        raise InvalidRequest("connection", str(exc)) from exc
     conn = store.set_connection(session, settings, conn)
     session.commit()
     return ConnectionResponse.from_connection(conn)

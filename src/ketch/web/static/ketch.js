@@ -168,6 +168,11 @@
     form.querySelectorAll("[data-text-field]").forEach(function (input) {
       if (input.dataset.inUrl === "true") return;
       if (input.value === "" && input.dataset.omitUnset === "true") return;
+      // [data-empty-null]: an emptied field is sent as null (it clears the value).
+      if (input.value === "" && input.dataset.emptyNull === "true") {
+        body[input.dataset.textField] = null;
+        return;
+      }
       body[input.dataset.textField] = input.value;
     });
     // data-numbers="slots,...": fields sent as numbers when they read as one (else as
@@ -180,11 +185,21 @@
     return body;
   }
 
-  function actionUrl(form) {
-    return form.dataset.url.replace(/\{([a-z_]+)\}/g, function (whole, name) {
+  function actionUrl(form, body) {
+    var url = form.dataset.url.replace(/\{([a-z_]+)\}/g, function (whole, name) {
       var input = form.querySelector('[data-text-field="' + name + '"]');
       return input ? encodeURIComponent(input.value) : whole;
     });
+    // data-update-mask="true" (a PATCH): ?update_mask= names every field the form sends
+    // beyond data-body's fixed ones, so a field left out (a blank password) is kept.
+    if (form.dataset.updateMask === "true") {
+      var fixed = JSON.parse(form.dataset.body || "{}");
+      var names = Object.keys(body).filter(function (name) { return !(name in fixed); });
+      url += (url.indexOf("?") < 0 ? "?" : "&") + names.map(function (name) {
+        return "update_mask=" + encodeURIComponent(name);
+      }).join("&");
+    }
+    return url;
   }
 
   function resetPreview(form) {
@@ -230,7 +245,7 @@
     var previewing = form.dataset.preview === "true" && form.dataset.previewed !== "true";
     if (form.dataset.preview === "true") body.dry_run = previewing;
     button.disabled = true;
-    callApi(form.dataset.method, actionUrl(form), body)
+    callApi(form.dataset.method, actionUrl(form, body), body)
       .then(function (answer) {
         if (!answer.ok) {
           result.textContent = "Not done: " + detailText(answer);
