@@ -595,7 +595,7 @@ class KubernetesSettings(BaseModel):
     max_failed_before_start_retries: int = Field(
         default=3,
         ge=0,
-        description="Tries that fail before the task starts (image pull, admission) that do not use up a retry.",
+        description="Tries of a task instance that fail before the task starts (image pull, admission) that do not use up a retry, counted from its try history.",
     )
     reconcile_interval: float = Field(
         default=300.0,

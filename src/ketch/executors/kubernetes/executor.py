@@ -99,7 +99,6 @@ class KubernetesExecutor:
         self._tries: dict[TryKey, _Tracked] = {}
         self._by_name: dict[str, _Tracked] = {}
         self._pods: dict[str, dict[str, Any]] = {}  # latest version of every pod we saw
-        self._before_start_failures: dict[tuple[str, str, str], int] = {}
         self._create_pool: ThreadPoolExecutor | None = None
         self._watcher: PodWatcher | None = None
         self._stop = threading.Event()
@@ -326,17 +325,11 @@ class KubernetesExecutor:
         """Report the try's end (once: False if it had ended already)."""
         if not self._forget(tracked):
             return False
+        # Reported as it is: how many such tries are free is the scheduler's decision,
+        # counted from the try history in the database ([kubernetes]
+        # max_failed_before_start_retries), which outlives this process and tells mapped
+        # instances apart.
         before_start = outcome.failed_before_start
-        k = (tracked.key.dag_id, tracked.key.run_id, tracked.key.task_id)
-        if not before_start:
-            with self._lock:
-                self._before_start_failures.pop(k, None)
-        else:
-            with self._lock:
-                count = self._before_start_failures.get(k, 0) + 1
-                self._before_start_failures[k] = count
-            if count > self.kube.max_failed_before_start_retries:
-                before_start = False  # the limit is reached: this one counts as a retry
         reason = outcome.reason
         if tracked.cancelled and not outcome.succeeded:
             reason = "cancelled; pod deleted" + (f" ({reason})" if reason else "")
