@@ -37,7 +37,6 @@ RETRY_AFTER_SECONDS = 1
 def create_app(settings: Settings, *, include_execution: bool = True) -> FastAPI:
     """The web app; without the execution API when it is served on its own port."""
     from ketch.api.execution import router as execution_router
-    from ketch.api.execution_variables import router as execution_variables_router
     from ketch.api.rest import build_router
     from ketch.api.rest.errors import install_error_handlers
     from ketch.api.rest.variable_sync import metrics_router as variable_sync_metrics_router
@@ -60,7 +59,6 @@ def create_app(settings: Settings, *, include_execution: bool = True) -> FastAPI
     # should not be matched against every REST route before reaching it.
     if include_execution:
         app.include_router(execution_router)
-        app.include_router(execution_variables_router)
     app.include_router(build_router())
     app.include_router(  # /metrics (Prometheus)
         variable_sync_metrics_router, dependencies=[Depends(authorize)]
