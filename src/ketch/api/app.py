@@ -22,8 +22,8 @@ from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from ketch.auth import oidc
 from ketch.auth.install import install_auth
+from ketch.auth.oidc.routes import install as install_sign_in
 from ketch.auth.principal import authorize
 from ketch.config import Settings
 from ketch.db.outage import OutageTracker, is_db_unavailable, reason
@@ -63,7 +63,7 @@ def create_app(settings: Settings, *, include_execution: bool = True) -> FastAPI
     app.include_router(  # /metrics (Prometheus)
         variable_sync_metrics_router, dependencies=[Depends(authorize)]
     )
-    oidc.install(app, settings)  # /login, the callback, /logout (raises OidcConfigError)
+    install_sign_in(app, settings)  # /login, the callback, /logout (raises OidcConfigError)
     app.include_router(web_router)  # the UI's pages (signed in) and /static (public)
     install_auth(app, settings)
     return app
