@@ -305,7 +305,9 @@ def _run_try(request: LaunchRequest, dag: DAG, url: str, echo: Echo) -> TryEnded
     from ketch.worker.callbacks import run_state_callbacks
     from ketch.worker.client import ExecutionApiClient, TryStateConflict, in_process_try
     from ketch.worker.masked_output import masked_output
-    from ketch.worker.runner import Cancelled, report, run_task, say
+    from ketch.worker.runner.output import say
+    from ketch.worker.runner.report import Cancelled, report
+    from ketch.worker.runner.task import run_task
 
     key = request.key
     echo(f"--- task {key.task_id}, try {key.try_number} ---")

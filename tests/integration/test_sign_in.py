@@ -432,7 +432,8 @@ def test_sign_out_with_the_csrf_header(web_sqlite: WebApp, client: httpx.Client)
 
 
 def test_http_issuer_only_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ketch.auth.oidc import OidcConfigError, check_settings
+    from ketch.auth.oidc.errors import OidcConfigError
+    from ketch.auth.oidc.settings import check_settings
 
     settings = configure_auth(monkeypatch, "http://idp.example.com")
     with pytest.raises(OidcConfigError, match="http:// on a host that is not this machine"):
@@ -559,7 +560,7 @@ def forged(
     settings = configure_auth(monkeypatch, FORGED_ISSUER)
     app = build_app(settings)
     fake = ForgedProvider()
-    from ketch.auth.oidc import build_runtime
+    from ketch.auth.oidc.provider import build_runtime
 
     app.state.oidc = build_runtime(settings)
     app.state.oidc.client.client_kwargs["transport"] = httpx.MockTransport(fake.handle)

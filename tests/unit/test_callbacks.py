@@ -19,7 +19,7 @@ from ketch import DAG, EmptyTask, dag
 from ketch.authoring.serialize import serialize_dag
 from ketch.exceptions import DagDefinitionError
 from ketch.worker.callbacks import callback_kind
-from ketch.worker.runner import Outcome
+from ketch.worker.runner.outcome import Outcome
 from tests.support.ketch_process import Api, KetchEnv, running, wait_for
 
 START = datetime(2026, 1, 1)

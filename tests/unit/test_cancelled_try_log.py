@@ -23,7 +23,7 @@ from ketch import operations
 from ketch.config import get_settings
 from ketch.executors.base import LaunchRequest, TryEnded
 from ketch.executors.local import LocalExecutor
-from ketch.worker.runner import why_ended
+from ketch.worker.runner.stopping import why_ended
 from ketch.worker.task_log import log_path
 from tests.unit._worker_support import DagSetup, api_server, api_url, dag_setup  # noqa: F401 (fixtures)
 
@@ -219,7 +219,7 @@ def test_why_ended_in_words(detail: str, said: str) -> None:
 
 def test_a_timeout_shows_where_the_tasks_own_code_was(capsys: pytest.CaptureFixture[str]) -> None:
     from ketch.exceptions import TaskTimeout
-    from ketch.worker.runner import execution_timeout
+    from ketch.worker.runner.timeout import execution_timeout
 
     def stuck_in_user_code() -> None:
         time.sleep(5)
@@ -229,7 +229,7 @@ def test_a_timeout_shows_where_the_tasks_own_code_was(capsys: pytest.CaptureFixt
         with execution_timeout(0.05):
             stuck_in_user_code()
     except TaskTimeout as exc:
-        from ketch.worker.runner import _stopped
+        from ketch.worker.runner.task import _stopped
 
         outcome = _stopped(exc, {"execution_timeout": 0.05}, time.monotonic())
     assert outcome is not None
@@ -237,4 +237,4 @@ def test_a_timeout_shows_where_the_tasks_own_code_was(capsys: pytest.CaptureFixt
     out = capsys.readouterr().out
     assert "the task was here when it was stopped:" in out
     assert "in stuck_in_user_code" in out and "time.sleep(5)" in out
-    assert "runner.py" not in out and "Traceback" not in out
+    assert "ketch/worker/runner" not in out and "Traceback" not in out

@@ -18,7 +18,7 @@ from ketch import DAG, task
 from ketch.authoring.context import build_context
 from ketch.authoring.python import infer_multiple_outputs
 from ketch.authoring.tasks import XComArg
-from ketch.worker.runner import _success
+from ketch.worker.runner.return_values import success_outcome
 from tests.unit.test_authoring import PAYLOAD
 
 START = datetime(2026, 1, 1)
@@ -159,11 +159,11 @@ def test_a_non_dict_fails_with_airflows_message() -> None:
 
 
 def test_runner_outcome_carries_the_keys_encoded() -> None:
-    outcome = _success("annotated", run("annotated"), {"max_xcom_size": 1000})
+    outcome = success_outcome("annotated", run("annotated"), {"max_xcom_size": 1000})
     assert outcome.state == "success"
     assert outcome.xcoms == {"a": 1, "b": 2}
     assert outcome.return_value == {"a": 1, "b": 2}
-    too_big = _success("annotated", run("annotated"), {"max_xcom_size": 5})
+    too_big = success_outcome("annotated", run("annotated"), {"max_xcom_size": 5})
     assert too_big.state == "failed" and "max_xcom_size" in (too_big.error or "")
 
 
@@ -179,7 +179,7 @@ def test_ti_xcom_push_is_stored_with_the_outcome_and_multiple_outputs_win() -> N
         pusher()
     result = d.get_task("pusher").execute(build_context(PAYLOAD), lambda *_: None)
     assert result.xcoms == {"extra": [1, 2], "k": 1}
-    outcome = _success("pusher", result, {"max_xcom_size": 1000})
+    outcome = success_outcome("pusher", result, {"max_xcom_size": 1000})
     assert outcome.xcoms == {"extra": [1, 2], "k": 1}
     d.get_task("pusher").python_callable = lambda ti: ti.xcom_push(3, "x")  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="non-empty string"):

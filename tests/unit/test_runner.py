@@ -23,7 +23,9 @@ from ketch.db.models import TaskInstance
 from ketch.exceptions import TaskTimeout
 from ketch.executors.base import LaunchRequest
 from ketch.worker.client import ExecutionApiClient, ExecutionApiError, TryStateConflict
-from ketch.worker.runner import check_return_value, execution_timeout, parse_args
+from ketch.worker.runner.entry import parse_args
+from ketch.worker.runner.return_values import check_return_value
+from ketch.worker.runner.timeout import execution_timeout
 from tests.unit._worker_support import DagSetup, api_server, api_url, dag_setup, free_port  # noqa: F401 (fixtures)
 
 

@@ -24,8 +24,8 @@ from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from ketch.auth import oidc
 from ketch.auth.install import install_auth
+from ketch.auth.oidc.routes import install as install_sign_in
 from ketch.auth.principal import authorize
 from ketch.config import Settings
 from ketch.db.outage import OutageTracker, is_db_unavailable, reason
@@ -39,7 +39,6 @@ RETRY_AFTER_SECONDS = 1
 def create_app(settings: Settings, *, include_execution: bool = True) -> FastAPI:
     """The web app; without the execution API when it is served on its own port."""
     from ketch.api.execution import router as execution_router
-    from ketch.api.execution_variables import router as execution_variables_router
     from ketch.api.rest import build_router
     from ketch.api.rest.errors import install_error_handlers
     from ketch.api.rest.variable_sync import metrics_router as variable_sync_metrics_router
@@ -63,12 +62,11 @@ def create_app(settings: Settings, *, include_execution: bool = True) -> FastAPI
     # should not be matched against every REST route before reaching it.
     if include_execution:
         app.include_router(execution_router)
-        app.include_router(execution_variables_router)
     app.include_router(build_router())
     app.include_router(  # /metrics (Prometheus)
         variable_sync_metrics_router, dependencies=[Depends(authorize)]
     )
-    oidc.install(app, settings)  # /login, the callback, /logout (raises OidcConfigError)
+    install_sign_in(app, settings)  # /login, the callback, /logout (raises OidcConfigError)
     app.include_router(web_router)  # the UI's pages (signed in) and /static (public)
     install_auth(app, settings)
     return app

@@ -21,7 +21,6 @@ from ketch.config import Settings
 def create_execution_app(settings: Settings) -> FastAPI:
     """An app serving ``/execution`` only (everything else is 404)."""
     from ketch.api.execution import router as execution_router
-    from ketch.api.execution_variables import router as execution_variables_router
     from ketch.api.rest.errors import install_error_handlers
     from ketch.db.engine import get_engine, session_factory
 
@@ -36,5 +35,4 @@ def create_execution_app(settings: Settings) -> FastAPI:
     install_database_outage_handling(app)
     install_error_handlers(app)
     app.include_router(execution_router)
-    app.include_router(execution_variables_router)
     return app

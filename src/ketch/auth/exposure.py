@@ -38,7 +38,8 @@ def check_exposure(settings: Settings, host: str) -> None:
 
     Called by every command that starts the web server, before it binds.
     """
-    from ketch.auth.oidc import OidcConfigError, check_settings
+    from ketch.auth.oidc.errors import OidcConfigError
+    from ketch.auth.oidc.settings import check_settings
 
     auth = settings.auth
     try:

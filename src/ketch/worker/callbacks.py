@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ketch.worker.runner import Outcome
+    from ketch.worker.runner.outcome import Outcome
 
 
 def callback_kind(payload: dict[str, Any], outcome: Outcome) -> str | None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException
 
-from ketch.api.execution import LiveClaimsDep, SessionDep, SettingsDep
+from ketch.api.execution.claims import LiveClaimsDep, SessionDep, SettingsDep
 from ketch.variables import store
 from ketch.worker.secrets_mask import looks_sensitive
 
