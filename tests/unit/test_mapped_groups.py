@@ -456,3 +456,47 @@ def test_a_cleared_group_emptied_by_its_upstream_removes_every_instance(engine: 
     assert seen["tg.a"] == seen["tg.b"] == {0: "removed", 1: "removed"}
     # As for a plain mapped task emptied by a revision: the reduce is skipped.
     assert seen["total"] == {-1: "skipped"} and run_state(engine, run_id) == "success"
+
+
+def test_the_new_length_reaches_every_task_of_a_longer_chain(engine: Engine) -> None:
+    """numbers -> tg{a -> b -> c} -> total: each chained task is revised after the one above."""
+
+    @dag(dag_id="chain3", schedule=None, start_date=START)
+    def chain3():
+        @task
+        def numbers():
+            return [1, 2, 3]
+
+        @task
+        def a(x):
+            return x
+
+        @task
+        def b(v):
+            return v
+
+        @task
+        def c(v):
+            return v
+
+        @task
+        def total(vs):
+            return sum(vs)
+
+        @task_group
+        def tg(x):
+            return c(b(a(x)))
+
+        total(tg.expand(x=numbers()))
+
+    scripts: dict[str, Any] = {"numbers": Outcome.success([1, 2, 3])}
+    run_id, scheduler = _start(engine, chain3(), scripts)
+    drive(scheduler, lambda: _finished(engine, run_id))
+    for length, rows in ((1, 3), (4, 4)):
+        scripts["numbers"] = Outcome.success(list(range(length)))
+        _clear(engine, run_id, "numbers")
+        drive(scheduler, lambda: _finished(engine, run_id))
+        seen = _instances(engine, run_id)
+        expected = {i: "success" if i < length else "removed" for i in range(rows)}
+        assert seen["tg.a"] == seen["tg.b"] == seen["tg.c"] == expected, seen
+        assert seen["total"] == {-1: "success"} and run_state(engine, run_id) == "success"
