@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, delete
 from sqlalchemy.orm import Session
 
 from ketch.db.models import DagRun, DagVersion, TaskInstance, TaskInstanceTry, XCom
@@ -268,6 +268,15 @@ class FakeExecutor:
                     )
                 )
             elif outcome.kind == "success" and outcome.value is not None:
+                # A rerun after a clear replaces the value, as try/finish's upsert does.
+                session.execute(
+                    delete(XCom).where(
+                        XCom.dag_run_id == ti.dag_run_id,
+                        XCom.task_id == ti.task_id,
+                        XCom.key == "return_value",
+                        XCom.map_index == ti.map_index,
+                    )
+                )
                 session.add(
                     XCom(
                         dag_run_id=ti.dag_run_id,

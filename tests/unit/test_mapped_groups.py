@@ -407,3 +407,96 @@ def test_dag_test_runs_a_mapped_group_through_the_real_tries(
     result = group_dag_test().test()
     assert result.state == "success"
     assert "reduced [20, 30, 40]" in capsys.readouterr().out
+
+
+def _clear(engine: Engine, run_id: int, task_id: str) -> None:
+    """Clear ``task_id`` and its downstream tasks, as the REST clear endpoint does."""
+    from ketch.db.models import DagRun
+    from ketch.operations.task_instances import clear_task_instances
+
+    with Session(engine) as session, session.begin():
+        run = session.get(DagRun, run_id)
+        assert run is not None
+        clear_task_instances(session, run.dag_id, run.run_id, [task_id], include_downstream=True)
+
+
+def test_a_cleared_group_follows_the_new_length_in_every_task(engine: Engine) -> None:
+    """Clearing the upstream a group maps over (with its downstream): the chained task b is
+    revised like the root a, not left with the old count (issue 12)."""
+    scripts: dict[str, Any] = {"numbers": Outcome.success([1, 2, 3])}
+    run_id, scheduler = _start(engine, _pipeline(), scripts)
+    drive(scheduler, lambda: _finished(engine, run_id))
+    assert _instances(engine, run_id)["tg.b"] == dict.fromkeys(range(3), "success")
+
+    for length in (5, 2, 2):
+        scripts["numbers"] = Outcome.success(list(range(length)))
+        _clear(engine, run_id, "numbers")
+        drive(scheduler, lambda: _finished(engine, run_id))
+        seen = _instances(engine, run_id)
+        expected = {i: "success" if i < length else "removed" for i in range(5)}
+        assert seen["tg.a"] == expected and seen["tg.b"] == expected, seen
+        assert seen["total"] == {-1: "success"} and run_state(engine, run_id) == "success"
+
+    # Clearing the chained task alone (its removed rows are cleared too) keeps the count.
+    _clear(engine, run_id, "tg.b")
+    drive(scheduler, lambda: _finished(engine, run_id))
+    seen = _instances(engine, run_id)
+    assert seen["tg.b"] == {0: "success", 1: "success", 2: "removed", 3: "removed", 4: "removed"}
+    assert run_state(engine, run_id) == "success"
+
+
+def test_a_cleared_group_emptied_by_its_upstream_removes_every_instance(engine: Engine) -> None:
+    scripts: dict[str, Any] = {"numbers": Outcome.success([1, 2])}
+    run_id, scheduler = _start(engine, _pipeline(), scripts)
+    drive(scheduler, lambda: _finished(engine, run_id))
+    scripts["numbers"] = Outcome.success([])
+    _clear(engine, run_id, "numbers")
+    drive(scheduler, lambda: _finished(engine, run_id))
+    seen = _instances(engine, run_id)
+    assert seen["tg.a"] == seen["tg.b"] == {0: "removed", 1: "removed"}
+    # As for a plain mapped task emptied by a revision: the reduce is skipped.
+    assert seen["total"] == {-1: "skipped"} and run_state(engine, run_id) == "success"
+
+
+def test_the_new_length_reaches_every_task_of_a_longer_chain(engine: Engine) -> None:
+    """numbers -> tg{a -> b -> c} -> total: each chained task is revised after the one above."""
+
+    @dag(dag_id="chain3", schedule=None, start_date=START)
+    def chain3():
+        @task
+        def numbers():
+            return [1, 2, 3]
+
+        @task
+        def a(x):
+            return x
+
+        @task
+        def b(v):
+            return v
+
+        @task
+        def c(v):
+            return v
+
+        @task
+        def total(vs):
+            return sum(vs)
+
+        @task_group
+        def tg(x):
+            return c(b(a(x)))
+
+        total(tg.expand(x=numbers()))
+
+    scripts: dict[str, Any] = {"numbers": Outcome.success([1, 2, 3])}
+    run_id, scheduler = _start(engine, chain3(), scripts)
+    drive(scheduler, lambda: _finished(engine, run_id))
+    for length, rows in ((1, 3), (4, 4)):
+        scripts["numbers"] = Outcome.success(list(range(length)))
+        _clear(engine, run_id, "numbers")
+        drive(scheduler, lambda: _finished(engine, run_id))
+        seen = _instances(engine, run_id)
+        expected = {i: "success" if i < length else "removed" for i in range(rows)}
+        assert seen["tg.a"] == seen["tg.b"] == seen["tg.c"] == expected, seen
+        assert seen["total"] == {-1: "success"} and run_state(engine, run_id) == "success"

@@ -16,6 +16,13 @@ every instance (the reduce), as for a mapped task. While an upstream inside the 
 has not expanded, the task is left to the usual path: if that upstream ended as a whole
 (skipped by a zero-length expansion, failed), the task follows by its trigger rule.
 
+After a clear, such a task is revised like a cleared mapped task (``scheduler/revision.py``,
+Airflow revises every task of a mapped group by the group's length): when none of its
+instances is decided and each upstream inside the group has a decided instance again (the
+root was revised once what the group maps over ran again), missing map indexes are created
+and the ones beyond the group's length now are removed, before the first decision. A clear
+with downstream tasks thus carries the new length down the group, task after task.
+
 Crash safety: the instances and the decisions are written in the caller's transaction,
 the one that decided the upstream; killed before the commit (``mapped_group.before_commit``)
 the run still has the placeholder, which the full evaluation after the restart expands
@@ -34,8 +41,9 @@ from sqlalchemy.orm import Session
 
 from ketch.db.models import TaskInstance
 from ketch.faults import fault_point
-from ketch.scheduler.evaluation import GroupStep, RunTally
+from ketch.scheduler.evaluation import GroupStep, Revision, RunTally
 from ketch.scheduler.expansion import _Unexpandable, _write_instances, expansion_length
+from ketch.scheduler.revision import revise_map_indexes
 from ketch.scheduler.trigger_rules import Decision, UpstreamCounts, decide, skipped_by_branch
 from ketch.serialization import SerializedTask
 from ketch.states import FINISHED_TI_STATES
@@ -176,6 +184,25 @@ def write_instance_decisions(
             )
 
 
+def _all_undecided(tally: RunTally, task_id: str) -> bool:
+    """No instance of ``task_id`` is decided: it was just cleared (a clear sets every row of
+    the task, removed ones included, back to no state), or expanded and not decided yet."""
+    return tally.instance_counts[task_id][None] == len(tally.instances[task_id])
+
+
+def _revisable(tally: RunTally, task_id: str, inner: list[str]) -> bool:
+    """Time to revise ``task_id``'s instances (scheduler/revision.py): none is decided (it was
+    cleared) and each upstream inside the group has instances of which one is decided, so
+    the root of the group was revised after what it maps over ran again. A clear of the
+    upstream with its downstream tasks leaves every task of the group undecided; the
+    revision then follows the group down, one task after the other, each with the same
+    length (the group's). Also true once after a fresh expansion in an earlier transaction
+    (a query that changes nothing)."""
+    return _all_undecided(tally, task_id) and all(
+        up in tally.instances and not _all_undecided(tally, up) for up in inner
+    )
+
+
 def _expand_undecided(
     session: Session, tally: RunTally, task: SerializedTask, max_length: int
 ) -> bool:
@@ -212,6 +239,7 @@ def group_stepper(
         inner = inner_upstreams(tally, task)
         if not inner:
             return None  # a root of the group: decided and expanded as a mapped task
+        expanded_now = False
         if task_id not in tally.instances:
             if tally.states.get(task_id, "absent") is not None or not _ready_to_expand(
                 tally, inner
@@ -219,13 +247,20 @@ def group_stepper(
                 return None
             if not _expand_undecided(session, tally, task, max_length):
                 return None
+            expanded_now = True
+        revision = Revision()
+        if not expanded_now and _revisable(tally, task_id, inner):
+            revision = revise_map_indexes(
+                session, tally.dag_run_id, tally.info, task_id, max_length=max_length, now=now
+            )
+            if revision.added or revision.removed:
+                tally.revised(task_id, revision)
         decided = decide_instances(tally, task, inner)
-        if not decided:
-            return []
-        write_instance_decisions(session, tally.dag_run_id, task_id, decided, now)
-        for index, decision in decided.items():
-            tally.set_state(task_id, decision.value, index)
-        if all(d == Decision.RUN for d in decided.values()):
+        if decided:
+            write_instance_decisions(session, tally.dag_run_id, task_id, decided, now)
+            for index, decision in decided.items():
+                tally.set_state(task_id, decision.value, index)
+        if not revision.removed and all(d == Decision.RUN for d in decided.values()):
             return []
         return list(task.downstream_task_ids)
 
