@@ -20,8 +20,9 @@ from ketch.authoring.s3_key_sensor import S3KeySensor
 from ketch.authoring.sensors import BaseSensor, FileSensor, PokeReturnValue, PythonSensor
 from ketch.authoring.short_circuit import ShortCircuitTask
 from ketch.authoring.taskgroup import TaskGroup, task_group
-from ketch.authoring.tasks import BaseTask, EmptyTask, TaskResult, XComArg
+from ketch.authoring.tasks import BaseTask, EmptyTask, TaskResult
 from ketch.authoring.variable import Variable
+from ketch.authoring.xcom_args import XComArg
 from ketch.exceptions import AirflowFailException, AirflowSkipException, FailTask, SkipTask
 from ketch.states import TriggerRule
 

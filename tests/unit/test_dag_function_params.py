@@ -14,7 +14,7 @@ import pytest
 from ketch import Param, dag, task
 from ketch.authoring.context import build_context
 from ketch.authoring.serialize import serialize_dag
-from ketch.authoring.tasks import DagParam
+from ketch.authoring.xcom_args import DagParam
 from tests.support.ketch_process import standalone_with_dag
 from tests.unit.test_authoring import PAYLOAD
 

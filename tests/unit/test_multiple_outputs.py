@@ -17,7 +17,7 @@ import pytest
 from ketch import DAG, task
 from ketch.authoring.context import build_context
 from ketch.authoring.python import infer_multiple_outputs
-from ketch.authoring.tasks import XComArg
+from ketch.authoring.xcom_args import XComArg
 from ketch.worker.runner.return_values import success_outcome
 from tests.unit.test_authoring import PAYLOAD
 
@@ -187,7 +187,7 @@ def test_ti_xcom_push_is_stored_with_the_outcome_and_multiple_outputs_win() -> N
 
 
 def test_a_dag_param_is_not_subscriptable() -> None:
-    from ketch.authoring.tasks import DagParam
+    from ketch.authoring.xcom_args import DagParam
 
     with DAG("p", schedule=None, start_date=START) as d:
         param = DagParam(d, "x", 1)

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from ketch import DAG, BashTask, task
 from ketch.authoring.context import build_context
 from ketch.authoring.python import PythonTask
-from ketch.authoring.tasks import TaskResult, XComArg
+from ketch.authoring.tasks import TaskResult
 from ketch.authoring.templating import (
     MAX_FIELD_LENGTH,
     TemplateError,
@@ -35,6 +35,7 @@ from ketch.authoring.templating import (
     reporting_to,
 )
 from ketch.authoring.variable import Variable
+from ketch.authoring.xcom_args import XComArg
 from ketch.db.models import TaskInstance
 from ketch.worker import secrets_mask
 from tests.support.ketch_process import Api, KetchEnv, running, wait_for

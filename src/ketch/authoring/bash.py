@@ -23,7 +23,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from ketch.authoring.tasks import BaseTask, TaskResult, XComPull
+from ketch.authoring.tasks import BaseTask, TaskResult
+from ketch.authoring.xcom_args import XComPull
 from ketch.exceptions import SkipTask
 
 if TYPE_CHECKING:

@@ -231,7 +231,7 @@ class DAG:
 
     def param(self, name: str, default: Any = NOTSET) -> Any:
         """Airflow's ``DAG.param``: a reference to the param ``name``, resolved in the try."""
-        from ketch.authoring.tasks import DagParam
+        from ketch.authoring.xcom_args import DagParam
 
         return DagParam(self, name, default)
 
@@ -434,7 +434,7 @@ class _DagFactory:
         self.kwargs = kwargs
 
     def __call__(self, *args: Any, **kwargs: Any) -> DAG:
-        from ketch.authoring.tasks import DagParam
+        from ketch.authoring.xcom_args import DagParam
 
         # Airflow: each argument of the function (its default applied) becomes a DAG param,
         # and the function receives references to the params, resolved in the try.

@@ -19,7 +19,8 @@ from ketch.authoring.bash import BashDecoratedTask
 from ketch.authoring.mapped import INTO_OP_KWARGS, PartialTask
 from ketch.authoring.python import BranchPythonTask, PythonTask, infer_multiple_outputs
 from ketch.authoring.short_circuit import ShortCircuitTask
-from ketch.authoring.tasks import BaseTask, XComArg, find_xcom_args
+from ketch.authoring.tasks import BaseTask
+from ketch.authoring.xcom_args import XComArg, find_xcom_args
 
 if TYPE_CHECKING:
     from ketch.authoring.taskgroup import TaskGroup

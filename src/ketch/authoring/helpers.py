@@ -11,7 +11,7 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
-from ketch.authoring.tasks import DependencyMixin
+from ketch.authoring.dependencies import DependencyMixin
 
 
 def chain(*tasks: Any) -> None:

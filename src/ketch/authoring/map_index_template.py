@@ -24,7 +24,7 @@ def render_map_index(*, strict: bool, task_id: str | None = None) -> str | None:
     """The rendered name of the instance this process ran (of ``task_id`` when given: a
     try that failed before its task started has none), or None (no template, or a
     template that failed to render when ``strict`` is False)."""
-    from ketch.authoring.tasks import peek_last_executed
+    from ketch.authoring.task_runtime import peek_last_executed
 
     executed = peek_last_executed()
     if executed is None or task_id not in (None, executed.task.task_id):

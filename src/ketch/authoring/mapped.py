@@ -21,11 +21,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ketch.authoring import _context
-from ketch.authoring.tasks import (
-    TASK_ARGS,
-    BaseTask,
+from ketch.authoring.task_args import TASK_ARGS
+from ketch.authoring.tasks import BaseTask, TaskResult
+from ketch.authoring.xcom_args import (
     DagParam,
-    TaskResult,
     XComArg,
     XComPull,
     find_xcom_args,

@@ -32,7 +32,8 @@ from ketch.authoring.mapped import (
     serialize_expand_input,
 )
 from ketch.authoring.taskgroup import TaskGroup
-from ketch.authoring.tasks import BaseTask, DagParam, XComArg, XComPull, find_xcom_args
+from ketch.authoring.tasks import BaseTask
+from ketch.authoring.xcom_args import DagParam, XComArg, XComPull, find_xcom_args
 from ketch.exceptions import DagDefinitionError
 from ketch.states import TriggerRule
 

@@ -22,7 +22,8 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ketch.authoring.context import DATE_KEYS
-from ketch.authoring.tasks import BaseTask, TaskResult, XComPull
+from ketch.authoring.tasks import BaseTask, TaskResult
+from ketch.authoring.xcom_args import XComPull
 
 if TYPE_CHECKING:
     from ketch.authoring.context import Context

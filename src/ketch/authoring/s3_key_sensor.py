@@ -19,7 +19,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ketch.authoring.sensors import BaseSensor
-from ketch.authoring.tasks import TaskResult, XComPull
+from ketch.authoring.tasks import TaskResult
+from ketch.authoring.xcom_args import XComPull
 
 if TYPE_CHECKING:
     from ketch.authoring.context import Context

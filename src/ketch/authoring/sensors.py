@@ -27,7 +27,8 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ketch.authoring.python import PythonTask
-from ketch.authoring.tasks import BaseTask, TaskResult, XComPull
+from ketch.authoring.tasks import BaseTask, TaskResult
+from ketch.authoring.xcom_args import XComPull
 from ketch.exceptions import FailTask, RescheduleTask, SensorTimeout, SkipTask, TaskTimeout
 
 if TYPE_CHECKING:

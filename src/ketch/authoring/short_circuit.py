@@ -24,7 +24,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ketch.authoring.python import PythonTask
-from ketch.authoring.tasks import TaskResult, XComPull
+from ketch.authoring.tasks import TaskResult
+from ketch.authoring.xcom_args import XComPull
 
 if TYPE_CHECKING:
     from ketch.authoring.context import Context

@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ketch.authoring import _context
-from ketch.authoring.tasks import BaseTask, DependencyMixin
+from ketch.authoring.dependencies import DependencyMixin
+from ketch.authoring.tasks import BaseTask
 from ketch.exceptions import DagDefinitionError
 
 if TYPE_CHECKING:

@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 
     from ketch.authoring.context import Context
     from ketch.authoring.dag import DAG
-    from ketch.authoring.tasks import BaseTask, XComPull
+    from ketch.authoring.tasks import BaseTask
+    from ketch.authoring.xcom_args import XComPull
 
 # Airflow's [core] max_templated_field_length: a longer rendered field is stored truncated.
 MAX_FIELD_LENGTH = 4096
@@ -271,7 +272,7 @@ class _Renderer:
         return self._env
 
     def render(self, value: Any, seen: set[int]) -> Any:
-        from ketch.authoring.tasks import XComArg
+        from ketch.authoring.xcom_args import XComArg
 
         if isinstance(value, str):
             return self._render_str(value)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ketch.authoring.params import NOTSET
-from ketch.authoring.tasks import DagParam, XComArg, XComPull
+from ketch.authoring.xcom_args import DagParam, XComArg, XComPull
 
 if TYPE_CHECKING:
     from ketch.serialization import SerializedExpandArg

@@ -17,7 +17,7 @@ from ketch.cli._common import CliError
 def literal_length(task: Any) -> int | None:
     """The number of instances of a mapped task that maps over literals only, else None."""
     from ketch.authoring.mapped import DICT_OF_LISTS
-    from ketch.authoring.tasks import XComArg
+    from ketch.authoring.xcom_args import XComArg
 
     value = task.expand_value
     if task.expand_kind == DICT_OF_LISTS:

@@ -34,7 +34,7 @@ def callback_kind(payload: dict[str, Any], outcome: Outcome) -> str | None:
 def run_state_callbacks(payload: dict[str, Any], outcome: Outcome) -> None:
     """Run the task's callbacks for ``outcome`` (nothing if no task ran in this process)."""
     from ketch.authoring.context import running_context
-    from ketch.authoring.tasks import run_callbacks, take_last_executed
+    from ketch.authoring.task_runtime import run_callbacks, take_last_executed
 
     executed = take_last_executed()
     kind = callback_kind(payload, outcome)

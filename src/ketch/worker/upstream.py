@@ -80,7 +80,7 @@ def _task_needing(task_id: str, key: str) -> str | None:
     """The running task's id when it runs under all_success and one of its arguments is
     ``task_id``'s value under ``key``; else None."""
     from ketch.authoring.context import get_current_context
-    from ketch.authoring.tasks import find_xcom_args
+    from ketch.authoring.xcom_args import find_xcom_args
     from ketch.states import TriggerRule
 
     if key != RETURN_VALUE:
