@@ -8,7 +8,7 @@ from fastapi import Depends, HTTPException, Path, Query, Request, status
 from sqlalchemy.orm import Session
 
 from ketch.api.deps import get_session, settings_dep
-from ketch.api.schemas import ErrorResponse
+from ketch.api.schemas.common import ErrorResponse
 from ketch.config import Settings
 
 SessionDep = Annotated[Session, Depends(get_session)]

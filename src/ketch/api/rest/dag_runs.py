@@ -6,7 +6,7 @@ from fastapi import APIRouter, status
 
 from ketch import operations
 from ketch.api.rest.common import Limit, Offset, SessionDep, error_responses
-from ketch.api.schemas import (
+from ketch.api.schemas.dag_runs import (
     DagRunCollectionResponse,
     DagRunPatchBody,
     DagRunResponse,

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from ketch import operations
 from ketch.api.rest.common import Limit, Offset, SessionDep, error_responses
-from ketch.api.schemas import (
+from ketch.api.schemas.dags import (
     DagCollectionResponse,
     DagDetailsResponse,
     DagPatchBody,

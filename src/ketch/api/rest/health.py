@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ketch.api.rest.common import SessionDep
-from ketch.api.schemas import HealthResponse
+from ketch.api.schemas.health import HealthResponse
 from ketch.db.models import HealthProbe
 from ketch.db.outage import OutageTracker, reason
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from ketch import operations
 from ketch.api.rest.common import Limit, Offset, SessionDep
-from ketch.api.schemas import ImportErrorCollectionResponse, ImportErrorResponse
+from ketch.api.schemas.import_errors import ImportErrorCollectionResponse, ImportErrorResponse
 
 router = APIRouter(tags=["ImportError"])
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Response, status
 
 from ketch import operations
 from ketch.api.rest.common import Limit, Offset, SessionDep, error_responses
-from ketch.api.schemas import PoolCollectionResponse, PoolPutBody, PoolResponse
+from ketch.api.schemas.pools import PoolCollectionResponse, PoolPutBody, PoolResponse
 
 router = APIRouter(prefix="/pools", tags=["Pool"])
 

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from ketch import operations
 from ketch.api.rest.common import SessionDep, error_responses
-from ketch.api.schemas import (
+from ketch.api.schemas.task_instances import (
     ClearTaskInstancesBody,
     PatchTaskInstanceBody,
     TaskInstanceCollectionResponse,

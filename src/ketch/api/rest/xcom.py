@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from ketch.api.rest.common import Limit, Offset, SessionDep, error_responses
-from ketch.api.schemas import XComCollectionResponse, XComResponse, XComResponseNative
+from ketch.api.schemas.xcom import XComCollectionResponse, XComResponse, XComResponseNative
 from ketch.operations import xcom
 
 router = APIRouter(

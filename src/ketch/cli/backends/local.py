@@ -16,15 +16,12 @@ import click
 from pydantic import BaseModel
 
 from ketch import operations
-from ketch.api.schemas import (
-    DagResponse,
-    DagRunResponse,
-    ImportErrorResponse,
-    PoolResponse,
-    TaskInstanceResponse,
-    TaskResponse,
-    XComResponseNative,
-)
+from ketch.api.schemas.dag_runs import DagRunResponse
+from ketch.api.schemas.dags import DagResponse, TaskResponse
+from ketch.api.schemas.import_errors import ImportErrorResponse
+from ketch.api.schemas.pools import PoolResponse
+from ketch.api.schemas.task_instances import TaskInstanceResponse
+from ketch.api.schemas.xcom import XComResponseNative
 from ketch.auth import api_tokens
 from ketch.cli._common import CliError, db_session, load_settings
 from ketch.cli.backends import Row
