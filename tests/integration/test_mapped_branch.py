@@ -85,7 +85,13 @@ def _states(db_url: str, run_id: str) -> dict[tuple[str, int], str | None]:
     return {(row.task_id, row.map_index): row.state for row in rows}
 
 
-@pytest.mark.parametrize("executor", ["local", "kubernetes"])
+# Both databases and both executors, in two runs (each standalone run costs CI ~40 s):
+# SQLite with the local executor, PostgreSQL with the Kubernetes simulator.
+@pytest.mark.parametrize(
+    ("executor", "db_url"),
+    [("local", "sqlite"), ("kubernetes", "postgresql")],
+    indirect=["db_url"],
+)
 def test_each_instance_decides_for_its_own_map_index(
     ketch_home: Path, db_url: str, tmp_path: Path, executor: str
 ) -> None:
@@ -155,6 +161,7 @@ rechoose()
 """
 
 
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # SQLite: the test above
 def test_a_cleared_mapped_branch_decides_again_per_map_index(
     ketch_home: Path, db_url: str, tmp_path: Path
 ) -> None:

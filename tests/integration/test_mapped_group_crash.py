@@ -84,8 +84,17 @@ def _states(db_url: str, run_id: str) -> dict[str, dict[int, str | None]]:
     return out
 
 
+# Each point on one database, the group's own commit boundary on both (each kill-and-restart
+# run costs CI about a minute).
 @pytest.mark.parametrize(
-    "point", ["expansion.before_commit", "mapped_group.before_commit", "mapped_group.after_commit"]
+    ("point", "db_url"),
+    [
+        ("expansion.before_commit", "sqlite"),
+        ("mapped_group.before_commit", "sqlite"),
+        ("mapped_group.before_commit", "postgresql"),
+        ("mapped_group.after_commit", "postgresql"),
+    ],
+    indirect=["db_url"],
 )
 def test_killed_while_a_group_expands_the_run_completes_each_instance_once(
     ketch_home: Path, db_url: str, tmp_path: Path, point: str

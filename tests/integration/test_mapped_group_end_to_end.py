@@ -92,7 +92,13 @@ def _rows(db_url: str, run_id: str) -> tuple[dict[str, dict[int, str]], dict[str
     return states, values
 
 
-@pytest.mark.parametrize("executor", ["local", "kubernetes"])
+# Both databases and both executors, in two runs (each standalone run costs CI ~40 s):
+# SQLite with the local executor, PostgreSQL with the Kubernetes simulator.
+@pytest.mark.parametrize(
+    ("executor", "db_url"),
+    [("local", "sqlite"), ("kubernetes", "postgresql")],
+    indirect=["db_url"],
+)
 def test_a_mapped_group_runs_each_instance_on_its_own_values_and_reduces(
     ketch_home: Path, db_url: str, tmp_path: Path, executor: str, request: pytest.FixtureRequest
 ) -> None:

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import create_engine, select
 
 from ketch.db.models import TaskInstance, XCom
@@ -160,6 +161,8 @@ def _expect(db_url: str, run_id: str, files: list[str], rows: int) -> dict[str, 
     return values
 
 
+# PostgreSQL only: the revision of a plain mapped task runs on both (test_mapping_revision.py)
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_a_cleared_mapped_group_follows_the_new_length(
     ketch_home: Path, db_url: str, tmp_path: Path
 ) -> None:

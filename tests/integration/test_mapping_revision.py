@@ -193,6 +193,8 @@ def _check_clear_and_rerun(api: Api, env: KetchEnv, db_url: str) -> str:
     return run_id
 
 
+# SQLite with the local executor here, PostgreSQL with the Kubernetes simulator below.
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_a_cleared_mapped_task_follows_the_new_length(
     ketch_home: Path, db_url: str, tmp_path: Path
 ) -> None:
@@ -220,6 +222,7 @@ def test_a_cleared_mapped_task_follows_the_new_length(
     ]
 
 
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_a_cleared_mapped_task_follows_the_new_length_on_kubernetes(
     ketch_home: Path, db_url: str, tmp_path: Path
 ) -> None:
@@ -232,7 +235,17 @@ def test_a_cleared_mapped_task_follows_the_new_length_on_kubernetes(
             _check_clear_and_rerun(api, env, db_url)
 
 
-@pytest.mark.parametrize("point", ["revision.before_commit", "revision.after_commit"])
+# before_commit on both databases, after_commit on PostgreSQL (a kill-and-restart run costs
+# CI about a minute).
+@pytest.mark.parametrize(
+    ("point", "db_url"),
+    [
+        ("revision.before_commit", "sqlite"),
+        ("revision.before_commit", "postgresql"),
+        ("revision.after_commit", "postgresql"),
+    ],
+    indirect=["db_url"],
+)
 def test_killed_at_revision_the_rerun_completes_with_the_new_instances(
     ketch_home: Path, db_url: str, tmp_path: Path, point: str
 ) -> None:

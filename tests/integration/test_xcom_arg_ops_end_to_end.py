@@ -209,6 +209,8 @@ def _check_bad_names(api: Api, db_url: str) -> None:
     assert "map_index_template" not in fails.error
 
 
+# SQLite with the local executor here, PostgreSQL with the Kubernetes simulator below.
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_map_zip_concat_and_named_instances_on_the_local_executor(start: Any, db_url: str) -> None:
     api, env = start()
     run_id = _check_run(api, db_url)
@@ -216,6 +218,7 @@ def test_map_zip_concat_and_named_instances_on_the_local_executor(start: Any, db
     _check_bad_names(api, db_url)
 
 
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_map_zip_concat_and_named_instances_on_kubernetes(
     start: Any, db_url: str, kube_simulator: KubeSimulator
 ) -> None:
