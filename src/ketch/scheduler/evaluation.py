@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -332,21 +332,40 @@ def write_decisions(
     session: Session, dag_run_id: int, decided: dict[str, Decision], now: datetime
 ) -> None:
     """Persist decisions in bulk; only TIs still without a state change (a guard against races)."""
-    by_state: dict[Decision, list[str]] = {}
-    for task_id, decision in decided.items():
-        by_state.setdefault(decision, []).append(task_id)
-    for decision, task_ids in by_state.items():
+    _write_undecided(
+        session, [TaskInstance.dag_run_id == dag_run_id], TaskInstance.task_id, decided, now
+    )
+
+
+def write_instance_decisions(
+    session: Session, dag_run_id: int, task_id: str, decided: dict[int, Decision], now: datetime
+) -> None:
+    """Persist per-instance decisions of one task (a task of a mapped task group), by
+    map_index; only instances still undecided, as :func:`write_decisions`."""
+    where = [TaskInstance.dag_run_id == dag_run_id, TaskInstance.task_id == task_id]
+    _write_undecided(session, where, TaskInstance.map_index, decided, now)
+
+
+def _write_undecided(
+    session: Session,
+    where: list[Any],
+    key: Any,
+    decided: Mapping[Any, Decision],
+    now: datetime,
+) -> None:
+    """One UPDATE per decision (and chunk of keys) of the rows matching ``where`` whose
+    ``key`` column is among the decided keys and whose state is still NULL."""
+    by_state: dict[Decision, list[Any]] = {}
+    for item, decision in decided.items():
+        by_state.setdefault(decision, []).append(item)
+    for decision, keys in by_state.items():
         values: dict[str, Any] = {"state": decision.value}
         if decision != Decision.RUN:
             values.update(start_date=now, end_date=now, duration=0.0)
-        for i in range(0, len(task_ids), _CHUNK):
+        for i in range(0, len(keys), _CHUNK):
             session.execute(
                 update(TaskInstance)
-                .where(
-                    TaskInstance.dag_run_id == dag_run_id,
-                    TaskInstance.task_id.in_(task_ids[i : i + _CHUNK]),
-                    TaskInstance.state.is_(None),
-                )
+                .where(*where, key.in_(keys[i : i + _CHUNK]), TaskInstance.state.is_(None))
                 .values(**values)
                 .execution_options(synchronize_session=False)
             )

@@ -34,14 +34,12 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import event, update
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from ketch.db.models import TaskInstance
 from ketch.faults import fault_point
-from ketch.scheduler.evaluation import GroupStep, Revision, RunTally
+from ketch.scheduler.evaluation import GroupStep, Revision, RunTally, write_instance_decisions
 from ketch.scheduler.expansion import _Unexpandable, _write_instances, expansion_length
 from ketch.scheduler.revision import revise_map_indexes
 from ketch.scheduler.trigger_rules import Decision, UpstreamCounts, decide, skipped_by_branch
@@ -51,7 +49,6 @@ from ketch.states import FINISHED_TI_STATES
 log = logging.getLogger("ketch.scheduler.mapped_group")
 
 _FINISHED = frozenset(s.value for s in FINISHED_TI_STATES)
-_CHUNK = 500
 
 
 def inner_upstreams(tally: RunTally, task: SerializedTask) -> list[str]:
@@ -157,31 +154,6 @@ def _decide(
     counts = outside.copy()
     counts.update(s for s in inner_states if s in _FINISHED)
     return decide(task.trigger_rule, UpstreamCounts.from_tally(counts, total))
-
-
-def write_instance_decisions(
-    session: Session, dag_run_id: int, task_id: str, decided: dict[int, Decision], now: datetime
-) -> None:
-    """Persist per-instance decisions; only instances still undecided (as write_decisions)."""
-    by_state: dict[Decision, list[int]] = {}
-    for index, decision in decided.items():
-        by_state.setdefault(decision, []).append(index)
-    for decision, indexes in by_state.items():
-        values: dict[str, Any] = {"state": decision.value}
-        if decision != Decision.RUN:
-            values.update(start_date=now, end_date=now, duration=0.0)
-        for i in range(0, len(indexes), _CHUNK):
-            session.execute(
-                update(TaskInstance)
-                .where(
-                    TaskInstance.dag_run_id == dag_run_id,
-                    TaskInstance.task_id == task_id,
-                    TaskInstance.map_index.in_(indexes[i : i + _CHUNK]),
-                    TaskInstance.state.is_(None),
-                )
-                .values(**values)
-                .execution_options(synchronize_session=False)
-            )
 
 
 def _all_undecided(tally: RunTally, task_id: str) -> bool:
