@@ -300,17 +300,21 @@ class LogReader:
                 f" {key.run_id!r}: these ids cannot name a file inside the log folder"
             ) from exc
         found = self.sources(key, live)
-        if found and not (state == "queued" and _pod_not_started(found[0])):
+        waiting = None
+        if found and state == "queued" and isinstance(found[0], PodSource):
+            waiting = found[0].waiting_reason()  # a pod not started has no log yet (400)
+        if found and waiting is None:
             return found[0]
-        raise LogUnavailable(self.why_none(key, live, state))
+        raise LogUnavailable(self.why_none(key, live, state, waiting))
 
-    def why_none(self, key: TryKey, live: bool, state: str | None) -> str:
+    def why_none(
+        self, key: TryKey, live: bool, state: str | None, waiting: str | None = None
+    ) -> str:
+        """Why no source has this log; ``waiting``: why the try's pod has not started."""
         what = f"try {key.try_number} of task {key.task_id!r} in run {key.run_id!r}"
         if state == "queued":
-            pod = self._pod(key)
-            reason = pod.waiting_reason() if pod is not None else None
             return f"{what} is queued: its log begins when it starts" + (
-                f" ({reason})" if reason else ""
+                f" ({waiting})" if waiting else ""
             )
         if live:
             return f"{what} is running but its log is not reachable from this server yet"
@@ -430,11 +434,6 @@ class LogReader:
             poll = min((getattr(s, "poll", POLL_SECONDS) for s in found), default=POLL_SECONDS)
             time.sleep(poll)
             yield b""
-
-
-def _pod_not_started(source: Source) -> bool:
-    """A queued try's pod that has not started has no log yet (the API answers 400)."""
-    return isinstance(source, PodSource) and source.waiting_reason() is not None
 
 
 class _WaitingReasons:
